@@ -1,0 +1,86 @@
+/* daemon/daemon.h: the trainer and the process around it (owner: daemon/, prefix dmn_).
+ *
+ * A `struct dmn_trainer` owns one run: its config, data sets, net, optimizer, schedule,
+ * batcher and counters. It is driven one optimizer step at a time (dmn_trainer_step), by the
+ * foreground `evowidth train` loop or by the daemon's trainer thread, which applies queued
+ * commands between two steps. Only the thread driving a trainer may touch it.
+ * Errors: 0 or negative errno, with a reason in err. Nothing here exits. */
+#ifndef DMN_DAEMON_H
+#define DMN_DAEMON_H
+
+#include <stdio.h>
+
+#include "daemon/config.h"
+#include "net/net.h"
+
+struct dmn_adapt;
+
+struct dmn_trainer {
+    struct dmn_config cfg;
+    struct net *net;
+    struct net_dataset train, val, test; // normalised with the training set's statistics
+    struct net_batcher batcher;
+    struct net_optim opt;
+    struct net_sched sched;
+    size_t step, total_steps, steps_per_epoch;
+    uint64_t rng;             // the run's own stream (init, adaptation)
+    float *xb;                // (batch, C, H, W), owned
+    uint8_t *yb;              // (batch), owned
+    double lr;                // learning rate of the last step
+    double run_loss;          // sums since the last progress line
+    size_t run_correct, run_n;
+    double last_loss, last_acc;         // of the last progress window
+    double val_loss, val_acc;           // last validation (NAN before the first)
+    double train_seconds;               // time inside steps (excludes evaluation)
+    double adapt_seconds;               // time inside adaptation
+    double last_log_time;               // dmn_now() of the last progress line
+    size_t initial_params;
+    struct dmn_adapt *adapt;            // adaptation state and event log, owned
+    FILE *events;                       // JSON-lines event log (borrowed), may be NULL
+    FILE *log;                          // progress lines; NULL = quiet (borrowed)
+};
+
+/* Loads data, builds and initialises the net from cfg (copied). */
+int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, char *err,
+                       size_t errlen);
+void dmn_trainer_destroy(struct dmn_trainer *t);
+/* One optimizer step on the next mini-batch (and an adaptation when the policy says so).
+ * Returns 0, or a negative errno if the step could not run (the model is unchanged). */
+int dmn_trainer_step(struct dmn_trainer *t);
+/* 1 once step >= total_steps. */
+int dmn_trainer_done(const struct dmn_trainer *t);
+/* Re-derives total steps and the schedule horizon after cfg.train.epochs changed. */
+void dmn_trainer_set_epochs(struct dmn_trainer *t, size_t epochs);
+/* Runs one adaptation pass now (the daemon's POST /adapt); returns surgeries kept or <0. */
+int dmn_trainer_adapt_now(struct dmn_trainer *t);
+/* Evaluates on d (eval mode) at the training batch size. */
+int dmn_trainer_eval(struct dmn_trainer *t, const struct net_dataset *d, struct net_eval *ev);
+/* Validation loss of the current model on the validation set (or the test set when there is
+ * none), on at most max_samples samples; used around surgeries. */
+double dmn_trainer_val_loss(struct dmn_trainer *t, size_t max_samples);
+
+/* Full checkpoint: model, optimizer, step, RNG and data order, config (policy included). */
+int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t errlen);
+/* Restores a checkpoint written by dmn_trainer_save into a trainer built from its own stored
+ * config; the data are reloaded. The result continues bit-identically. */
+int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen);
+
+/* Prints a progress line to t->log if log_every_seconds passed since the last one, or always
+ * when force is set. */
+void dmn_trainer_progress(struct dmn_trainer *t, int force);
+
+/* Human-readable evaluation: loss, accuracy, per-class precision/recall/F1, confusion. */
+void dmn_print_eval(FILE *out, const char *title, const struct net_eval *ev);
+/* Per-layer widths, parameters and FLOPs. */
+void dmn_print_layers(FILE *out, const struct net *n);
+
+/* `evowidth train` / `evowidth eval` / `evowidth layers`: argc/argv after the subcommand.
+ * Return a process exit code (0 ok, 1 failure, 2 usage). */
+int dmn_cmd_train(int argc, char **argv);
+int dmn_cmd_eval(int argc, char **argv);
+int dmn_cmd_layers(int argc, char **argv);
+
+/* Seconds from a monotonic clock. */
+double dmn_now(void);
+
+#endif

@@ -1,0 +1,23 @@
+/* daemon/daemon_internal.h: what daemon/ sources share (owner: daemon/). */
+#ifndef DMN_INTERNAL_H
+#define DMN_INTERNAL_H
+
+#include "daemon/daemon.h"
+
+/* Adaptation glue (daemon/adapt.c): sets up t->adapt from t->cfg.adapt. */
+int dmn__adapt_init(struct dmn_trainer *t, char *err, size_t errlen);
+void dmn__adapt_free(struct dmn_trainer *t);
+/* Runs an adaptation when the policy's schedule says so; 0 or negative errno. */
+int dmn__adapt_maybe(struct dmn_trainer *t);
+/* Adaptation state (policy counters, event log) as bytes for the checkpoint's TRNR chunk,
+ * and back; *out is malloc'ed (NULL with len 0 when there is nothing). */
+int dmn__adapt_serialize(struct dmn_trainer *t, void **out, size_t *len);
+int dmn__adapt_deserialize(struct dmn_trainer *t, const void *data, size_t len);
+/* The adaptation events so far as a JSON array (caller owns), NULL when none / OOM. */
+cJSON *dmn__adapt_events_json(struct dmn_trainer *t);
+/* Top singular values of every dense / conv weight (for `evowidth layers`). */
+void dmn__print_spectra(FILE *out, const struct net *n);
+/* Adds the configured group-lasso gradient (optimizer.group_lasso) to the net's grads. */
+void dmn__group_lasso(struct dmn_trainer *t);
+
+#endif

@@ -1,0 +1,39 @@
+/* daemon/main_evowidth.c: the `evowidth` command: foreground training and tools on saved
+ * models, and (later in this file's table) the client of a running evowidthd. One table of
+ * subcommands; each returns the process exit code. */
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+
+struct ew_cmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *help;
+};
+
+static const struct ew_cmd EW_CMDS[] = {
+    {"train", dmn_cmd_train, "train CONFIG in the foreground (no daemon)"},
+    {"eval", dmn_cmd_eval, "evaluate a saved model on its test set"},
+    {"layers", dmn_cmd_layers, "widths, parameters, MACs and spectra of a saved model"},
+};
+
+static void ew_usage(FILE *f)
+{
+    fprintf(f, "usage: evowidth COMMAND [ARGS]   (evowidth COMMAND --help for its options)\n");
+    for (size_t i = 0; i < sizeof(EW_CMDS) / sizeof(EW_CMDS[0]); i++)
+        fprintf(f, "  %-10s %s\n", EW_CMDS[i].name, EW_CMDS[i].help);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        ew_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof(EW_CMDS) / sizeof(EW_CMDS[0]); i++)
+        if (strcmp(argv[1], EW_CMDS[i].name) == 0) return EW_CMDS[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "evowidth: unknown command \"%s\"\n", argv[1]);
+    ew_usage(stderr);
+    return 2;
+}

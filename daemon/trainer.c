@@ -1,0 +1,328 @@
+/* daemon/trainer.c: one training run, driven a step at a time.
+ *
+ * dmn_trainer_create loads the data named by the config (IDX for MNIST / Fashion-MNIST,
+ * CIFAR-10 batches, or synthetic), carves the validation split with the run's seeded RNG,
+ * normalises everything with the training set's per-channel statistics (stored in the net so
+ * a saved model evaluates the same way), builds the net and initialises it.
+ *
+ * Determinism: every random draw comes from t->rng (init, split, adaptation) or the batcher's
+ * own stream (order, augmentation); both are saved in checkpoints, so a resumed run takes the
+ * same steps as an uninterrupted one. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "daemon/daemon.h"
+#include "daemon/daemon_internal.h"
+
+double dmn_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// ---- data -------------------------------------------------------------------------------
+
+/* dir/name, or dir/name.gz when only that exists. */
+static void dmn__data_path(char *out, size_t n, const char *dir, const char *name)
+{
+    struct stat st;
+    snprintf(out, n, "%s/%s", dir, name);
+    if (stat(out, &st) == 0) return;
+    snprintf(out, n, "%s/%s.gz", dir, name);
+    if (stat(out, &st) == 0) return;
+    snprintf(out, n, "%s/%s", dir, name); // neither: report the plain name
+}
+
+static int dmn__load_data(struct dmn_trainer *t, struct net_dataset *all, char *err,
+                          size_t errlen)
+{
+    const struct dmn_config *c = &t->cfg;
+    char a[CFG_PATH_MAX + 64], b[CFG_PATH_MAX + 64];
+    int rc;
+    switch (c->data.dataset) {
+    case CFG_DATA_FASHION_MNIST:
+    case CFG_DATA_MNIST:
+        dmn__data_path(a, sizeof(a), c->data.dir, "train-images-idx3-ubyte");
+        dmn__data_path(b, sizeof(b), c->data.dir, "train-labels-idx1-ubyte");
+        if ((rc = net_data_load_idx(all, a, b, err, errlen)) < 0) return rc;
+        dmn__data_path(a, sizeof(a), c->data.dir, "t10k-images-idx3-ubyte");
+        dmn__data_path(b, sizeof(b), c->data.dir, "t10k-labels-idx1-ubyte");
+        if ((rc = net_data_load_idx(&t->test, a, b, err, errlen)) < 0) return rc;
+        break;
+    case CFG_DATA_CIFAR10: {
+        char files[5][CFG_PATH_MAX + 64];
+        const char *fp[5];
+        for (int i = 0; i < 5; i++) {
+            snprintf(files[i], sizeof(files[i]), "%s/data_batch_%d.bin", c->data.dir, i + 1);
+            fp[i] = files[i];
+        }
+        if ((rc = net_data_load_cifar(all, fp, 5, err, errlen)) < 0) return rc;
+        snprintf(a, sizeof(a), "%s/test_batch.bin", c->data.dir);
+        fp[0] = a;
+        if ((rc = net_data_load_cifar(&t->test, fp, 1, err, errlen)) < 0) return rc;
+        break;
+    }
+    case CFG_DATA_SYNTHETIC: {
+        // One draw for train and test so both share the class templates.
+        const struct cfg_synthetic *s = &c->synthetic;
+        struct net_shape sh = {s->channels, s->height, s->width, 1};
+        struct net_dataset whole = {0};
+        if ((rc = net_data_synthetic(&whole, s->n_train + s->n_test, &sh, s->classes,
+                                     (float)s->noise, c->train.seed)) < 0) {
+            snprintf(err, errlen, "synthetic data: cannot generate (%d)", rc);
+            return rc;
+        }
+        uint64_t r = c->train.seed ^ 0x5eedULL;
+        if ((rc = net_data_split(&whole, all, &t->test, s->n_test, &r)) < 0) {
+            net_data_free(&whole);
+            snprintf(err, errlen, "synthetic data: cannot split off %zu test samples", s->n_test);
+            return rc;
+        }
+        break;
+    }
+    }
+    return 0;
+}
+
+// ---- create / destroy -------------------------------------------------------------------
+
+void dmn_trainer_destroy(struct dmn_trainer *t)
+{
+    if (!t) return;
+    dmn__adapt_free(t);
+    net_destroy(t->net);
+    net_data_free(&t->train);
+    net_data_free(&t->val);
+    net_data_free(&t->test);
+    net_batcher_free(&t->batcher);
+    free(t->xb);
+    free(t->yb);
+    free(t);
+}
+
+void dmn_trainer_set_epochs(struct dmn_trainer *t, size_t epochs)
+{
+    t->cfg.train.epochs = epochs;
+    t->total_steps = epochs * t->steps_per_epoch;
+    cfg_net_sched(&t->cfg, t->total_steps, &t->sched);
+}
+
+int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, char *err,
+                       size_t errlen)
+{
+    int rc;
+    struct net_dataset all = {0};
+    struct dmn_trainer *t = calloc(1, sizeof(*t));
+    if (!t) return -ENOMEM;
+    t->cfg = *cfg;
+    t->rng = cfg->train.seed * 0x9e3779b97f4a7c15ULL + 1;
+    t->val_loss = t->val_acc = NAN;
+    net_set_threads(cfg->train.threads);
+    if ((rc = dmn__load_data(t, &all, err, errlen)) < 0) goto fail;
+    if (cfg->data.val_split > 0) {
+        if (cfg->data.val_split + cfg->train.batch_size > all.n) {
+            snprintf(err, errlen, "data.val_split: %zu leaves less than one batch of the %zu "
+                     "training samples", cfg->data.val_split, all.n);
+            rc = -EINVAL;
+            goto fail;
+        }
+        if ((rc = net_data_split(&all, &t->train, &t->val, cfg->data.val_split, &t->rng)) < 0) {
+            snprintf(err, errlen, "data: cannot split the validation set");
+            goto fail;
+        }
+    } else {
+        t->train = all;
+        memset(&all, 0, sizeof(all));
+    }
+    if (t->train.n < cfg->train.batch_size) {
+        snprintf(err, errlen, "train.batch_size: %zu is larger than the %zu training samples",
+                 cfg->train.batch_size, t->train.n);
+        rc = -EINVAL;
+        goto fail;
+    }
+    size_t K = cfg_n_classes(cfg);
+    if (t->train.n_classes > K) {
+        snprintf(err, errlen, "data: labels go up to %zu but the model has %zu classes",
+                 t->train.n_classes - 1, K);
+        rc = -EINVAL;
+        goto fail;
+    }
+    if ((rc = net_create(&t->net, &t->train.shape, K, cfg->model, cfg->n_layers, err, errlen)) < 0)
+        goto fail;
+    net_data_stats(&t->train, t->net->norm_mean, t->net->norm_std);
+    net_data_normalize(&t->train, t->net->norm_mean, t->net->norm_std);
+    if (t->val.n) net_data_normalize(&t->val, t->net->norm_mean, t->net->norm_std);
+    net_data_normalize(&t->test, t->net->norm_mean, t->net->norm_std);
+    net_init_params(t->net, &t->rng);
+    t->initial_params = t->net->n_params;
+
+    const size_t B = cfg->train.batch_size, D = t->train.shape.c * t->train.shape.h *
+                                                 t->train.shape.w;
+    t->xb = malloc(B * D * sizeof(float));
+    t->yb = malloc(B);
+    if (!t->xb || !t->yb || net_reserve(t->net, B) < 0) {
+        snprintf(err, errlen, "out of memory for batch %zu", B);
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if ((rc = net_batcher_init(&t->batcher, t->train.n, cfg->train.seed ^ 0xba7c4e5ULL,
+                               cfg->data.crop_pad, cfg->data.flip)) < 0) {
+        snprintf(err, errlen, "out of memory for the batcher");
+        goto fail;
+    }
+    cfg_net_optim(cfg, &t->opt);
+    t->steps_per_epoch = t->train.n / B;
+    dmn_trainer_set_epochs(t, cfg->train.epochs);
+    if ((rc = dmn__adapt_init(t, err, errlen)) < 0) goto fail;
+    *out = t;
+    return 0;
+fail:
+    net_data_free(&all);
+    dmn_trainer_destroy(t);
+    return rc;
+}
+
+// ---- stepping ---------------------------------------------------------------------------
+
+int dmn_trainer_done(const struct dmn_trainer *t)
+{
+    return t->step >= t->total_steps;
+}
+
+int dmn_trainer_step(struct dmn_trainer *t)
+{
+    const size_t B = t->cfg.train.batch_size, K = t->net->n_classes;
+    double t0 = dmn_now();
+    net_batcher_next(&t->batcher, &t->train, B, t->xb, t->yb);
+    net_zero_grad(t->net);
+    float loss = net_forward(t->net, t->xb, t->yb, B, 1);
+    if (!isfinite(loss)) return isnan(loss) && t->net->ws_batch < B ? -ENOMEM : -EDOM;
+    net_backward(t->net, t->yb, B);
+    dmn__group_lasso(t);
+    t->lr = net_sched_lr(&t->sched, t->step);
+    net_optim_step(t->net, &t->opt, (float)t->lr);
+    t->step++;
+
+    size_t correct = 0;
+    for (size_t b = 0; b < B; b++) {
+        const float *p = t->net->probs + b * K;
+        size_t best = 0;
+        for (size_t k = 1; k < K; k++)
+            if (p[k] > p[best]) best = k;
+        correct += best == t->yb[b];
+    }
+    t->run_loss += (double)loss * (double)B;
+    t->run_correct += correct;
+    t->run_n += B;
+    t->train_seconds += dmn_now() - t0;
+    return dmn__adapt_maybe(t);
+}
+
+int dmn_trainer_eval(struct dmn_trainer *t, const struct net_dataset *d, struct net_eval *ev)
+{
+    return net_evaluate(t->net, d, t->cfg.train.batch_size, ev);
+}
+
+double dmn_trainer_val_loss(struct dmn_trainer *t, size_t max_samples)
+{
+    const struct net_dataset *d = t->val.n ? &t->val : &t->test;
+    struct net_dataset part = *d;
+    if (part.n > max_samples) part.n = max_samples;
+    struct net_eval ev;
+    if (net_evaluate(t->net, &part, t->cfg.train.batch_size, &ev) < 0) return NAN;
+    double l = ev.loss;
+    net_eval_free(&ev);
+    return l;
+}
+
+// ---- progress ---------------------------------------------------------------------------
+
+static void dmn__fmt_eta(char *out, size_t n, double s)
+{
+    if (!isfinite(s) || s < 0) s = 0;
+    unsigned long x = (unsigned long)(s + 0.5);
+    if (x >= 3600)
+        snprintf(out, n, "%luh%02lum", x / 3600, (x / 60) % 60);
+    else
+        snprintf(out, n, "%lum%02lus", x / 60, x % 60);
+}
+
+void dmn_trainer_progress(struct dmn_trainer *t, int force)
+{
+    double now = dmn_now();
+    if (!force && now - t->last_log_time < t->cfg.train.log_every_seconds) return;
+    if (t->run_n) {
+        t->last_loss = t->run_loss / (double)t->run_n;
+        t->last_acc = (double)t->run_correct / (double)t->run_n;
+    }
+    double sps = t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) /
+                                            t->train_seconds
+                                      : 0.0;
+    char eta[32];
+    dmn__fmt_eta(eta, sizeof(eta),
+                 sps > 0 ? (double)((t->total_steps - t->step) * t->cfg.train.batch_size) / sps
+                         : 0.0);
+    if (t->log) {
+        size_t epoch = t->steps_per_epoch ? t->step / t->steps_per_epoch : 0;
+        fprintf(t->log,
+                "epoch %zu/%zu  step %zu/%zu  loss %.4f  acc %5.2f%%  lr %.4g  %.0f samples/s  "
+                "params %zu  ETA %s\n",
+                epoch + (t->step < t->total_steps), t->cfg.train.epochs, t->step, t->total_steps,
+                t->last_loss, 100.0 * t->last_acc, t->lr, sps, t->net->n_params, eta);
+        fflush(t->log);
+    }
+    t->run_loss = 0;
+    t->run_correct = t->run_n = 0;
+    t->last_log_time = now;
+}
+
+// ---- printing ---------------------------------------------------------------------------
+
+void dmn_print_eval(FILE *out, const char *title, const struct net_eval *ev)
+{
+    const size_t K = ev->n_classes;
+    fprintf(out, "%s: %zu samples  loss %.4f  accuracy %.2f%%\n", title, ev->n, ev->loss,
+            100.0 * ev->accuracy);
+    fprintf(out, "  class  precision  recall     f1\n");
+    double mp = 0, mr = 0, mf = 0;
+    for (size_t k = 0; k < K; k++) {
+        fprintf(out, "  %5zu  %9.4f  %6.4f  %6.4f\n", k, ev->precision[k], ev->recall[k],
+                ev->f1[k]);
+        mp += ev->precision[k];
+        mr += ev->recall[k];
+        mf += ev->f1[k];
+    }
+    fprintf(out, "   mean  %9.4f  %6.4f  %6.4f\n", mp / (double)K, mr / (double)K, mf / (double)K);
+    fprintf(out, "  confusion (rows: true class, columns: predicted)\n       ");
+    for (size_t k = 0; k < K; k++) fprintf(out, "%6zu", k);
+    fputc('\n', out);
+    for (size_t i = 0; i < K; i++) {
+        fprintf(out, "  %5zu", i);
+        for (size_t j = 0; j < K; j++) fprintf(out, "%6zu", ev->confusion[i * K + j]);
+        fputc('\n', out);
+    }
+}
+
+void dmn_print_layers(FILE *out, const struct net *n)
+{
+    fprintf(out, "  %-12s %-8s %7s %6s %10s %12s\n", "layer", "kind", "width", "rank", "params",
+            "MACs/sample");
+    for (size_t i = 0; i < n->n_layers; i++) {
+        const struct net_layer *l = &n->layers[i];
+        size_t np = 0;
+        for (size_t k = l->t0; k < l->t0 + l->n_t; k++)
+            if (n->tensors[k].arena == NET_ARENA_PARAM) np += n->tensors[k].n;
+        size_t width = l->spec.kind == NET_RES ? l->spec.width : l->out.c;
+        struct net tmp = *n;
+        tmp.n_layers = 1;
+        tmp.layers = (struct net_layer *)l;
+        fprintf(out, "  %-12s %-8s %7zu %6zu %10zu %12zu\n", l->spec.name,
+                net_kind_name(l->spec.kind), width, l->spec.rank, np, net_flops(&tmp));
+    }
+    fprintf(out, "  total parameters %zu, MACs/sample %zu\n", n->n_params, net_flops(n));
+}

@@ -1,0 +1,492 @@
+/* net/ckpt.c: the model / checkpoint file (R12).
+ *
+ * Layout (native little-endian, checked by a probe):
+ *   "EVOW" | u32 version | u32 sizeof(float) | u32 0x01020304
+ *   chunks: char tag[4] | u64 length | payload
+ *   u32 CRC-32 (zlib) of every byte before it.
+ * Chunks: ARCH (input shape, classes, normalisation, layer specs, arena sizes), PARM (params),
+ * STAT (BN running stats), OPTM (optimizer hyper-state, m, v; optional), then caller blobs.
+ * The whole image is built in memory, written to path.tmp, fsynced, renamed over path, and
+ * the directory fsynced, so a crash leaves either the old file or the new one.
+ * Loading reads the whole file, checks size, magic, version, probe and CRC before parsing,
+ * then bounds-checks every chunk; a net is returned only if everything is consistent. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <zlib.h>
+
+#include "net/net.h"
+
+#define CKPT_VERSION 1u
+#define CKPT_PROBE 0x01020304u
+#define CKPT_MAX_LAYERS 256
+
+// ---- a growable byte buffer ------------------------------------------------------------
+
+struct ckpt_buf {
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void cb_put(struct ckpt_buf *b, const void *src, size_t n)
+{
+    if (b->oom) return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n) cap *= 2;
+        unsigned char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, src, n);
+    b->len += n;
+}
+
+static void cb_u32(struct ckpt_buf *b, uint32_t v)
+{
+    cb_put(b, &v, 4);
+}
+
+static void cb_u64(struct ckpt_buf *b, uint64_t v)
+{
+    cb_put(b, &v, 8);
+}
+
+static void cb_f32(struct ckpt_buf *b, float v)
+{
+    cb_put(b, &v, 4);
+}
+
+/* Starts a chunk; returns the offset of its length field, patched by cb_end. */
+static size_t cb_begin(struct ckpt_buf *b, const char *tag)
+{
+    cb_put(b, tag, 4);
+    size_t at = b->len;
+    cb_u64(b, 0);
+    return at;
+}
+
+static void cb_end(struct ckpt_buf *b, size_t at)
+{
+    if (b->oom) return;
+    uint64_t len = b->len - at - 8;
+    memcpy(b->p + at, &len, 8);
+}
+
+// ---- save -----------------------------------------------------------------------------
+
+static int ckpt_write_atomic(const char *path, const void *data, size_t len, char *err,
+                             size_t errlen)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+        snprintf(err, errlen, "%s: path too long", path);
+        return -ENAMETOOLONG;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(e));
+        return -e;
+    }
+    const unsigned char *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            snprintf(err, errlen, "%s: write failed: %s", tmp, strerror(e));
+            close(fd);
+            unlink(tmp);
+            return -e;
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) < 0 || close(fd) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: fsync failed: %s", tmp, strerror(e));
+        unlink(tmp);
+        return -e;
+    }
+    if (rename(tmp, path) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: rename failed: %s", path, strerror(e));
+        unlink(tmp);
+        return -e;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s", path);
+    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd); // best effort: some filesystems refuse fsync on directories
+        close(dfd);
+    }
+    return 0;
+}
+
+int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt,
+              const struct ckpt_blob *blobs, size_t n_blobs, char *err, size_t errlen)
+{
+    struct ckpt_buf b = {0};
+    cb_put(&b, "EVOW", 4);
+    cb_u32(&b, CKPT_VERSION);
+    cb_u32(&b, (uint32_t)sizeof(float));
+    cb_u32(&b, CKPT_PROBE);
+
+    size_t at = cb_begin(&b, "ARCH");
+    cb_u64(&b, n->in_shape.c);
+    cb_u64(&b, n->in_shape.h);
+    cb_u64(&b, n->in_shape.w);
+    cb_u64(&b, n->n_classes);
+    for (int c = 0; c < 4; c++) cb_f32(&b, n->norm_mean[c]);
+    for (int c = 0; c < 4; c++) cb_f32(&b, n->norm_std[c]);
+    cb_u64(&b, n->n_layers);
+    for (size_t i = 0; i < n->n_layers; i++) {
+        const struct net_layer_spec *s = &n->layers[i].spec;
+        cb_u32(&b, (uint32_t)s->kind);
+        cb_put(&b, s->name, NET_NAME_MAX);
+        cb_u64(&b, s->out);
+        cb_u64(&b, s->width);
+        cb_u64(&b, s->rank);
+        cb_u64(&b, s->k);
+        cb_u64(&b, s->stride);
+        cb_u64(&b, s->pad);
+        cb_u32(&b, (uint32_t)s->bias);
+        cb_u32(&b, (uint32_t)s->bn);
+    }
+    cb_u64(&b, n->n_params);
+    cb_u64(&b, n->n_state);
+    cb_end(&b, at);
+
+    at = cb_begin(&b, "PARM");
+    cb_put(&b, n->params, n->n_params * sizeof(float));
+    cb_end(&b, at);
+    at = cb_begin(&b, "STAT");
+    cb_put(&b, n->state, n->n_state * sizeof(float));
+    cb_end(&b, at);
+    if (opt) {
+        at = cb_begin(&b, "OPTM");
+        cb_u32(&b, (uint32_t)opt->kind);
+        cb_f32(&b, opt->momentum);
+        cb_u32(&b, (uint32_t)opt->nesterov);
+        cb_f32(&b, opt->weight_decay);
+        cb_f32(&b, opt->beta1);
+        cb_f32(&b, opt->beta2);
+        cb_f32(&b, opt->eps);
+        cb_u64(&b, opt->t);
+        cb_put(&b, n->m, n->n_params * sizeof(float));
+        cb_put(&b, n->v, n->n_params * sizeof(float));
+        cb_end(&b, at);
+    }
+    for (size_t i = 0; i < n_blobs; i++) {
+        at = cb_begin(&b, blobs[i].tag);
+        cb_put(&b, blobs[i].data, blobs[i].len);
+        cb_end(&b, at);
+    }
+    if (b.oom) {
+        free(b.p);
+        snprintf(err, errlen, "%s: out of memory building the checkpoint", path);
+        return -ENOMEM;
+    }
+    uint32_t crc = (uint32_t)crc32(0L, b.p, (uInt)0);
+    // zlib's crc32 takes uInt lengths: feed it in pieces for files over 4 GiB.
+    for (size_t off = 0; off < b.len; off += 1u << 30) {
+        size_t k = b.len - off < (1u << 30) ? b.len - off : (1u << 30);
+        crc = (uint32_t)crc32(crc, b.p + off, (uInt)k);
+    }
+    cb_u32(&b, crc);
+    int rc = b.oom ? -ENOMEM : ckpt_write_atomic(path, b.p, b.len, err, errlen);
+    free(b.p);
+    return rc;
+}
+
+// ---- load -----------------------------------------------------------------------------
+
+struct ckpt_rd {
+    const unsigned char *p;
+    size_t len, pos;
+    int bad;
+};
+
+static void rd_get(struct ckpt_rd *r, void *dst, size_t n)
+{
+    if (r->bad || r->len - r->pos < n) {
+        r->bad = 1;
+        memset(dst, 0, n);
+        return;
+    }
+    memcpy(dst, r->p + r->pos, n);
+    r->pos += n;
+}
+
+static uint32_t rd_u32(struct ckpt_rd *r)
+{
+    uint32_t v;
+    rd_get(r, &v, 4);
+    return v;
+}
+
+static uint64_t rd_u64(struct ckpt_rd *r)
+{
+    uint64_t v;
+    rd_get(r, &v, 8);
+    return v;
+}
+
+static float rd_f32(struct ckpt_rd *r)
+{
+    float v;
+    rd_get(r, &v, 4);
+    return v;
+}
+
+void ckpt_blobs_free(struct ckpt_blob *b, size_t n)
+{
+    if (!b) return;
+    for (size_t i = 0; i < n; i++) free(b[i].data);
+    free(b);
+}
+
+const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, const char *tag)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(b[i].tag, tag, 4) == 0) return &b[i];
+    return NULL;
+}
+
+static int ckpt_read_file(const char *path, unsigned char **out, size_t *len, char *err,
+                          size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        fclose(f);
+        return -EINVAL;
+    }
+    size_t n = (size_t)st.st_size;
+    unsigned char *p = malloc(n + 1);
+    if (!p) {
+        fclose(f);
+        snprintf(err, errlen, "%s: out of memory reading %zu bytes", path, n);
+        return -ENOMEM;
+    }
+    if (fread(p, 1, n, f) != n) {
+        snprintf(err, errlen, "%s: read failed", path);
+        free(p);
+        fclose(f);
+        return -EIO;
+    }
+    fclose(f);
+    *out = p;
+    *len = n;
+    return 0;
+}
+
+int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *has_opt,
+              struct ckpt_blob **blobs, size_t *n_blobs, char *err, size_t errlen)
+{
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    struct net *n = NULL;
+    struct net_layer_spec *specs = NULL;
+    struct ckpt_blob *bl = NULL;
+    size_t nbl = 0;
+    struct net_optim o = {0};
+    int got_opt = 0, got_parm = 0, got_stat = 0;
+    int rc = ckpt_read_file(path, &buf, &len, err, errlen);
+    if (rc < 0) return rc;
+    rc = -EINVAL;
+    if (len < 16 + 4) {
+        snprintf(err, errlen, "%s: truncated (%zu bytes, not a checkpoint)", path, len);
+        goto fail;
+    }
+    if (memcmp(buf, "EVOW", 4) != 0) {
+        snprintf(err, errlen, "%s: bad magic (not an evowidth model or checkpoint)", path);
+        goto fail;
+    }
+    struct ckpt_rd r = {buf, len - 4, 4, 0};
+    uint32_t ver = rd_u32(&r), fsz = rd_u32(&r), probe = rd_u32(&r);
+    if (ver != CKPT_VERSION) {
+        snprintf(err, errlen, "%s: unsupported format version %u (this build reads %u)", path,
+                 ver, CKPT_VERSION);
+        goto fail;
+    }
+    if (fsz != sizeof(float) || probe != CKPT_PROBE) {
+        snprintf(err, errlen, "%s: written on a machine with another float size or byte order",
+                 path);
+        goto fail;
+    }
+    uint32_t want, crc = (uint32_t)crc32(0L, NULL, 0);
+    for (size_t off = 0; off < len - 4; off += 1u << 30) {
+        size_t k = len - 4 - off < (1u << 30) ? len - 4 - off : (1u << 30);
+        crc = (uint32_t)crc32(crc, buf + off, (uInt)k);
+    }
+    memcpy(&want, buf + len - 4, 4);
+    if (crc != want) {
+        snprintf(err, errlen, "%s: CRC mismatch (file is corrupt or truncated)", path);
+        goto fail;
+    }
+
+    // ARCH must come first: it sizes everything else.
+    char tag[5] = {0};
+    rd_get(&r, tag, 4);
+    uint64_t clen = rd_u64(&r);
+    if (r.bad || strcmp(tag, "ARCH") != 0 || clen > r.len - r.pos) {
+        snprintf(err, errlen, "%s: missing or truncated ARCH chunk", path);
+        goto fail;
+    }
+    struct net_shape in = {0};
+    in.c = rd_u64(&r);
+    in.h = rd_u64(&r);
+    in.w = rd_u64(&r);
+    in.spatial = 1;
+    size_t classes = rd_u64(&r);
+    float mean[4], sd[4];
+    for (int c = 0; c < 4; c++) mean[c] = rd_f32(&r);
+    for (int c = 0; c < 4; c++) sd[c] = rd_f32(&r);
+    size_t nl = rd_u64(&r);
+    if (r.bad || nl == 0 || nl > CKPT_MAX_LAYERS) {
+        snprintf(err, errlen, "%s: ARCH chunk has an invalid layer count", path);
+        goto fail;
+    }
+    specs = calloc(nl, sizeof(*specs));
+    if (!specs) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (size_t i = 0; i < nl; i++) {
+        specs[i].kind = (enum net_kind)rd_u32(&r);
+        rd_get(&r, specs[i].name, NET_NAME_MAX);
+        specs[i].name[NET_NAME_MAX - 1] = 0;
+        specs[i].out = rd_u64(&r);
+        specs[i].width = rd_u64(&r);
+        specs[i].rank = rd_u64(&r);
+        specs[i].k = rd_u64(&r);
+        specs[i].stride = rd_u64(&r);
+        specs[i].pad = rd_u64(&r);
+        specs[i].bias = (int)rd_u32(&r);
+        specs[i].bn = (int)rd_u32(&r);
+        // Sizes beyond this would overflow arena arithmetic; no real layer is near.
+        if (specs[i].out > (1u << 20) || specs[i].width > (1u << 20) ||
+            specs[i].rank > (1u << 20) || specs[i].k > 64 || specs[i].pad > 64) {
+            snprintf(err, errlen, "%s: layer %zu has implausible sizes", path, i);
+            goto fail;
+        }
+    }
+    size_t np = rd_u64(&r), ns = rd_u64(&r);
+    if (r.bad || in.c > 4 || in.h > 4096 || in.w > 4096 || classes > 65536) {
+        snprintf(err, errlen, "%s: ARCH chunk is malformed", path);
+        goto fail;
+    }
+    char why[256];
+    if ((rc = net_create(&n, &in, classes, specs, nl, why, sizeof(why))) < 0) {
+        snprintf(err, errlen, "%s: %s", path, why);
+        goto fail;
+    }
+    rc = -EINVAL;
+    if (np != n->n_params || ns != n->n_state) {
+        snprintf(err, errlen, "%s: arena sizes (%zu, %zu) do not match the architecture (%zu, %zu)",
+                 path, np, ns, n->n_params, n->n_state);
+        goto fail;
+    }
+    memcpy(n->norm_mean, mean, sizeof(mean));
+    memcpy(n->norm_std, sd, sizeof(sd));
+
+    while (r.pos < r.len) {
+        rd_get(&r, tag, 4);
+        clen = rd_u64(&r);
+        if (r.bad || clen > r.len - r.pos) {
+            snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
+            goto fail;
+        }
+        size_t end = r.pos + clen;
+        if (strcmp(tag, "PARM") == 0) {
+            if (clen != np * sizeof(float)) goto badsize;
+            rd_get(&r, n->params, clen);
+            got_parm = 1;
+        } else if (strcmp(tag, "STAT") == 0) {
+            if (clen != ns * sizeof(float)) goto badsize;
+            rd_get(&r, n->state, clen);
+            got_stat = 1;
+        } else if (strcmp(tag, "OPTM") == 0) {
+            if (clen != 40 + 2 * np * sizeof(float)) goto badsize;
+            o.kind = (enum net_opt_kind)rd_u32(&r);
+            o.momentum = rd_f32(&r);
+            o.nesterov = (int)rd_u32(&r);
+            o.weight_decay = rd_f32(&r);
+            o.beta1 = rd_f32(&r);
+            o.beta2 = rd_f32(&r);
+            o.eps = rd_f32(&r);
+            o.t = rd_u64(&r);
+            rd_get(&r, n->m, np * sizeof(float));
+            rd_get(&r, n->v, np * sizeof(float));
+            if (o.kind != NET_SGD && o.kind != NET_ADAMW) {
+                snprintf(err, errlen, "%s: unknown optimizer kind %d", path, (int)o.kind);
+                goto fail;
+            }
+            got_opt = 1;
+        } else {
+            struct ckpt_blob *q = realloc(bl, (nbl + 1) * sizeof(*bl));
+            if (!q) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+            bl = q;
+            memcpy(bl[nbl].tag, tag, 5);
+            bl[nbl].len = clen;
+            bl[nbl].data = malloc(clen + 1);
+            if (!bl[nbl].data) {
+                rc = -ENOMEM;
+                goto fail;
+            }
+            rd_get(&r, bl[nbl].data, clen);
+            ((char *)bl[nbl].data)[clen] = 0; // text blobs read as strings
+            nbl++;
+        }
+        if (r.pos != end) goto badsize;
+    }
+    if (!got_parm || !got_stat) {
+        snprintf(err, errlen, "%s: missing %s chunk", path, got_parm ? "STAT" : "PARM");
+        goto fail;
+    }
+    if (opt && got_opt) *opt = o;
+    if (has_opt) *has_opt = got_opt;
+    if (blobs) {
+        *blobs = bl;
+        *n_blobs = nbl;
+    } else {
+        ckpt_blobs_free(bl, nbl);
+    }
+    free(specs);
+    free(buf);
+    *out = n;
+    return 0;
+badsize:
+    snprintf(err, errlen, "%s: chunk \"%.4s\" has the wrong size for this architecture", path, tag);
+    rc = -EINVAL;
+fail:
+    ckpt_blobs_free(bl, nbl);
+    net_destroy(n);
+    free(specs);
+    free(buf);
+    return rc;
+}

@@ -1,0 +1,228 @@
+/* net/kernels.c: convolution (im2col + sgemm) and batch-norm kernels shared by the conv,
+ * bn and res layers. Activations are (C, B, H, W), so im2col of a whole batch is one
+ * (C*K*K, B*OH*OW) matrix and the convolution one sgemm whose output is already (OC, B, OH, OW).
+ *
+ * OpenMP runs only the element-wise loops (over rows of col or over channels, so no two
+ * threads write the same element); sgemm is always called outside a parallel region. */
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "net/net_internal.h"
+
+void net__conv_geom(struct net__conv *g, size_t C, size_t H, size_t W, size_t OC, size_t K,
+                    size_t S, size_t P)
+{
+    g->C = C;
+    g->H = H;
+    g->W = W;
+    g->OC = OC;
+    g->K = K;
+    g->S = S;
+    g->P = P;
+    g->OH = (H + 2 * P - K) / S + 1;
+    g->OW = (W + 2 * P - K) / S + 1;
+}
+
+static int net__conv_is_pointwise(const struct net__conv *g)
+{
+    return g->K == 1 && g->S == 1 && g->P == 0;
+}
+
+size_t net__conv_col_size(const struct net__conv *g, size_t B)
+{
+    return net__conv_is_pointwise(g) ? 0 : g->C * g->K * g->K * B * g->OH * g->OW;
+}
+
+/* col (C*K*K, B*OH*OW) from inp (C, B, H, W); out-of-image taps are 0. */
+static void net__im2col(float *col, const float *inp, const struct net__conv *g, size_t B)
+{
+    const size_t K = g->K, H = g->H, W = g->W, OH = g->OH, OW = g->OW, S = g->S;
+    const long P = (long)g->P;
+    const size_t rows = g->C * K * K, N = B * OH * OW;
+#pragma omp parallel for schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const size_t c = r / (K * K), ki = (r / K) % K, kj = r % K;
+        float *dst = col + r * N;
+        for (size_t b = 0; b < B; b++) {
+            const float *src = inp + (c * B + b) * H * W;
+            for (size_t oh = 0; oh < OH; oh++) {
+                long ih = (long)(oh * S + ki) - P;
+                float *d = dst + (b * OH + oh) * OW;
+                if (ih < 0 || ih >= (long)H) {
+                    memset(d, 0, OW * sizeof(float));
+                    continue;
+                }
+                const float *srow = src + (size_t)ih * W;
+                if (S == 1) {
+                    // Contiguous run: [lo, hi) of ow where iw = ow + kj - P is inside.
+                    long off = (long)kj - P;
+                    size_t lo = off < 0 ? (size_t)(-off) : 0;
+                    long hi_l = (long)W - off;
+                    size_t hi = hi_l < 0 ? 0 : ((size_t)hi_l < OW ? (size_t)hi_l : OW);
+                    if (lo > hi) lo = hi;
+                    for (size_t ow = 0; ow < lo; ow++) d[ow] = 0.0f;
+                    if (hi > lo) memcpy(d + lo, srow + (long)lo + off, (hi - lo) * sizeof(float));
+                    for (size_t ow = hi; ow < OW; ow++) d[ow] = 0.0f;
+                } else {
+                    for (size_t ow = 0; ow < OW; ow++) {
+                        long iw = (long)(ow * S + kj) - P;
+                        d[ow] = (iw >= 0 && iw < (long)W) ? srow[iw] : 0.0f;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dinp (C, B, H, W) += col2im(dcol); threads split over channels so writes never collide. */
+static void net__col2im_add(float *dinp, const float *dcol, const struct net__conv *g, size_t B)
+{
+    const size_t K = g->K, H = g->H, W = g->W, OH = g->OH, OW = g->OW, S = g->S;
+    const long P = (long)g->P;
+    const size_t N = B * OH * OW;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < g->C; c++) {
+        for (size_t ki = 0; ki < K; ki++) {
+            for (size_t kj = 0; kj < K; kj++) {
+                const float *src = dcol + ((c * K + ki) * K + kj) * N;
+                for (size_t b = 0; b < B; b++) {
+                    float *dst = dinp + (c * B + b) * H * W;
+                    for (size_t oh = 0; oh < OH; oh++) {
+                        long ih = (long)(oh * S + ki) - P;
+                        if (ih < 0 || ih >= (long)H) continue;
+                        const float *s = src + (b * OH + oh) * OW;
+                        float *drow = dst + (size_t)ih * W;
+                        for (size_t ow = 0; ow < OW; ow++) {
+                            long iw = (long)(ow * S + kj) - P;
+                            if (iw >= 0 && iw < (long)W) drow[iw] += s[ow];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+void net__conv_fwd(float *out, float *col, const float *inp, const float *w, const float *b,
+                   const struct net__conv *g, size_t B)
+{
+    // out (OC, N) = w (OC, CKK) . col (CKK, N)
+    const size_t N = B * g->OH * g->OW, CKK = g->C * g->K * g->K;
+    const float *src = inp;
+    if (!net__conv_is_pointwise(g)) {
+        net__im2col(col, inp, g, B);
+        src = col;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->OC, (int)N, (int)CKK, 1.0f, w,
+                (int)CKK, src, (int)N, 0.0f, out, (int)N);
+    if (b) {
+#pragma omp parallel for schedule(static)
+        for (size_t o = 0; o < g->OC; o++) {
+            float *row = out + o * N;
+            const float bo = b[o];
+            for (size_t i = 0; i < N; i++) row[i] += bo;
+        }
+    }
+}
+
+void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
+                   const float *inp, const float *w, const struct net__conv *g, size_t B)
+{
+    const size_t N = B * g->OH * g->OW, CKK = g->C * g->K * g->K;
+    const int pw = net__conv_is_pointwise(g);
+    const float *src = inp;
+    if (!pw) {
+        net__im2col(col, inp, g, B); // recomputed: cheaper than keeping it per layer
+        src = col;
+    }
+    /* dw (OC, CKK) += dout (OC, N) . col^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->OC, (int)CKK, (int)N, 1.0f, dout,
+                (int)N, src, (int)N, 1.0f, dw, (int)CKK);
+    if (db) {
+#pragma omp parallel for schedule(static)
+        for (size_t o = 0; o < g->OC; o++) {
+            const float *row = dout + o * N;
+            float s = 0.0f;
+            for (size_t i = 0; i < N; i++) s += row[i];
+            db[o] += s;
+        }
+    }
+    if (!dinp) return;
+    /* dcol (CKK, N) = w^T . dout; for a pointwise conv dcol is dinp itself (beta 1 adds). */
+    if (pw) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)N, (int)g->OC, 1.0f, w,
+                    (int)CKK, dout, (int)N, 1.0f, dinp, (int)N);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)N, (int)g->OC, 1.0f, w,
+                (int)CKK, dout, (int)N, 0.0f, dcol, (int)N);
+    net__col2im_add(dinp, dcol, g, B);
+}
+
+// ---- batch norm ----------------------------------------------------------------------
+
+void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar, const float *inp,
+                 const float *gamma, const float *beta, size_t C, size_t N, size_t cs, size_t is,
+                 int training)
+{
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++) {
+        const float *x = inp + c * cs;
+        float mean, istd;
+        if (training) {
+            double s = 0.0, s2 = 0.0;
+            for (size_t i = 0; i < N; i++) {
+                double v = x[i * is];
+                s += v;
+                s2 += v * v;
+            }
+            double mu = s / (double)N;
+            double var = s2 / (double)N - mu * mu;
+            if (var < 0.0) var = 0.0;
+            mean = (float)mu;
+            istd = (float)(1.0 / sqrt(var + NET__BN_EPS));
+            inv[c] = istd;
+            // Running variance is unbiased, as in torch.
+            double unb = N > 1 ? var * (double)N / (double)(N - 1) : var;
+            rmean[c] = (1.0f - NET__BN_MOMENTUM) * rmean[c] + NET__BN_MOMENTUM * mean;
+            rvar[c] = (1.0f - NET__BN_MOMENTUM) * rvar[c] + NET__BN_MOMENTUM * (float)unb;
+        } else {
+            mean = rmean[c];
+            istd = 1.0f / sqrtf(rvar[c] + NET__BN_EPS);
+        }
+        const float gc = gamma[c], bc = beta[c];
+        float *o = out + c * cs;
+        float *xh = training ? xhat + c * cs : NULL;
+        for (size_t i = 0; i < N; i++) {
+            float h = (x[i * is] - mean) * istd;
+            if (xh) xh[i * is] = h;
+            o[i * is] = gc * h + bc;
+        }
+    }
+}
+
+void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                 const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is)
+{
+    /* With y = g*xh + b, xh = (x - mu) * inv over N items:
+     * dx = g*inv/N * (N*dy - sum(dy) - xh * sum(dy*xh)). */
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++) {
+        const float *dy = dout + c * cs, *xh = xhat + c * cs;
+        double sdy = 0.0, sdyx = 0.0;
+        for (size_t i = 0; i < N; i++) {
+            sdy += dy[i * is];
+            sdyx += (double)dy[i * is] * xh[i * is];
+        }
+        dgamma[c] += (float)sdyx;
+        dbeta[c] += (float)sdy;
+        if (!dinp) continue;
+        const float k = gamma[c] * inv[c] / (float)N;
+        const float a = (float)sdy, bsum = (float)sdyx;
+        float *dx = dinp + c * cs;
+        for (size_t i = 0; i < N; i++)
+            dx[i * is] = k * ((float)N * dy[i * is] - a - xh[i * is] * bsum);
+    }
+}

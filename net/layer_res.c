@@ -1,0 +1,302 @@
+/* net/layer_res.c: the residual block on (C, B, H, W) activations.
+ *
+ *   h1  = relu(BN1(conv1_3x3,stride s(x)))            conv1: C -> m  (m = spec.width)
+ *   a2  = BN2(conv2_3x3(h1))                          conv2: m -> O  (O = spec.out)
+ *   sc  = x                      if C == O and s == 1 (identity)
+ *         BNp(convp_1x1,stride s(x))  otherwise       (projection)
+ *   out = relu(a2 + sc)
+ * With bn = 0 the BNs are absent and each conv has a bias (torch_ref's Res block).
+ *
+ * Tensors, in order (bn = 1): c1.w, bn1.gamma, bn1.beta, bn1.mean*, bn1.var*, c2.w, bn2.gamma,
+ * bn2.beta, bn2.mean*, bn2.var*, [p.w, bnp.gamma, bnp.beta, bnp.mean*, bnp.var*] (* = state);
+ * (bn = 0): c1.w, c1.b, c2.w, c2.b, [p.w, p.b].
+ * Workspace: h1 (m, N1), and with bn the xhat / inv of each BN; N1 = B * OH * OW. */
+#include <stdio.h>
+#include <string.h>
+
+#include "net/net_internal.h"
+
+/* Tensor indices within the layer; -1 when absent. */
+struct res_ix {
+    int c1w, c1b, g1, b1, m1, v1;
+    int c2w, c2b, g2, b2, m2, v2;
+    int pw, pb, gp, bp, mp, vp;
+};
+
+static int res_has_proj(const struct net_layer *l)
+{
+    return l->in.c != l->spec.out || l->spec.stride != 1;
+}
+
+static struct res_ix res_index(const struct net_layer *l)
+{
+    struct res_ix x;
+    memset(&x, -1, sizeof(x));
+    int k = 0;
+    x.c1w = k++;
+    if (l->spec.bn) {
+        x.g1 = k++, x.b1 = k++, x.m1 = k++, x.v1 = k++;
+    } else {
+        x.c1b = k++;
+    }
+    x.c2w = k++;
+    if (l->spec.bn) {
+        x.g2 = k++, x.b2 = k++, x.m2 = k++, x.v2 = k++;
+    } else {
+        x.c2b = k++;
+    }
+    if (res_has_proj(l)) {
+        x.pw = k++;
+        if (l->spec.bn) {
+            x.gp = k++, x.bp = k++, x.mp = k++, x.vp = k++;
+        } else {
+            x.pb = k++;
+        }
+    }
+    return x;
+}
+
+static void res_geoms(const struct net_layer *l, struct net__conv *g1, struct net__conv *g2,
+                      struct net__conv *gp)
+{
+    size_t s = l->spec.stride;
+    net__conv_geom(g1, l->in.c, l->in.h, l->in.w, l->spec.width, 3, s, 1);
+    net__conv_geom(g2, l->spec.width, g1->OH, g1->OW, l->spec.out, 3, 1, 1);
+    net__conv_geom(gp, l->in.c, l->in.h, l->in.w, l->spec.out, 1, s, 0);
+}
+
+static int res_shape(struct net_layer *l, char *err, size_t errlen)
+{
+    if (!l->in.spatial) {
+        snprintf(err, errlen, "needs a spatial input");
+        return -1;
+    }
+    if (l->spec.out == 0 || l->spec.width == 0 || l->spec.stride == 0) {
+        snprintf(err, errlen, "\"out\", \"width\" and \"stride\" must be >= 1");
+        return -1;
+    }
+    struct net__conv g1, g2, gp;
+    res_geoms(l, &g1, &g2, &gp);
+    l->out = (struct net_shape){l->spec.out, g1.OH, g1.OW, 1};
+    return 0;
+}
+
+static size_t res_tensors(const struct net_layer *l, struct net__tdesc *t)
+{
+    size_t k = 0, C = l->in.c, m = l->spec.width, O = l->spec.out;
+    int bn = l->spec.bn;
+#define RES_BN(pfx, n)                                                                          \
+    do {                                                                                        \
+        t[k++] = (struct net__tdesc){pfx ".gamma", {n}, 1, 0, NET_ARENA_PARAM};                 \
+        t[k++] = (struct net__tdesc){pfx ".beta", {n}, 1, 0, NET_ARENA_PARAM};                  \
+        t[k++] = (struct net__tdesc){pfx ".mean", {n}, 1, 0, NET_ARENA_STATE};                  \
+        t[k++] = (struct net__tdesc){pfx ".var", {n}, 1, 0, NET_ARENA_STATE};                   \
+    } while (0)
+    t[k++] = (struct net__tdesc){"c1.w", {m, C, 3, 3}, 4, 1, NET_ARENA_PARAM};
+    if (bn)
+        RES_BN("bn1", m);
+    else
+        t[k++] = (struct net__tdesc){"c1.b", {m}, 1, 0, NET_ARENA_PARAM};
+    t[k++] = (struct net__tdesc){"c2.w", {O, m, 3, 3}, 4, 1, NET_ARENA_PARAM};
+    if (bn)
+        RES_BN("bn2", O);
+    else
+        t[k++] = (struct net__tdesc){"c2.b", {O}, 1, 0, NET_ARENA_PARAM};
+    if (res_has_proj(l)) {
+        t[k++] = (struct net__tdesc){"p.w", {O, C, 1, 1}, 4, 1, NET_ARENA_PARAM};
+        if (bn)
+            RES_BN("bnp", O);
+        else
+            t[k++] = (struct net__tdesc){"p.b", {O}, 1, 0, NET_ARENA_PARAM};
+    }
+#undef RES_BN
+    return k;
+}
+
+static size_t res_n1(const struct net_layer *l, size_t B)
+{
+    return B * l->out.h * l->out.w;
+}
+
+static size_t res_ws(const struct net_layer *l, size_t B)
+{
+    size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
+    size_t s = m * N1; // h1
+    if (l->spec.bn) {
+        s += m * N1 + m + O * N1 + O;
+        if (res_has_proj(l)) s += O * N1 + O;
+    }
+    return s;
+}
+
+static size_t res_colmax(const struct net_layer *l, size_t B)
+{
+    struct net__conv g1, g2, gp;
+    res_geoms(l, &g1, &g2, &gp);
+    size_t c = net__conv_col_size(&g1, B), c2 = net__conv_col_size(&g2, B);
+    size_t cp = net__conv_col_size(&gp, B);
+    if (c2 > c) c = c2;
+    return cp > c ? cp : c;
+}
+
+static size_t res_scratch(const struct net_layer *l, size_t B)
+{
+    size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
+    size_t mo = m > O ? m : O;
+    // forward: col + tmpA + tmpB; backward: G + D + E + col + dcol
+    return 2 * res_colmax(l, B) + 2 * O * N1 + mo * N1 + m * N1;
+}
+
+/* Workspace views. */
+struct res_ws {
+    float *h1, *xh1, *inv1, *xh2, *inv2, *xhp, *invp;
+};
+
+static struct res_ws res_views(const struct net_layer *l, size_t B)
+{
+    struct res_ws w = {0};
+    size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
+    float *p = l->ws;
+    w.h1 = p, p += m * N1;
+    if (l->spec.bn) {
+        w.xh1 = p, p += m * N1;
+        w.inv1 = p, p += m;
+        w.xh2 = p, p += O * N1;
+        w.inv2 = p, p += O;
+        if (res_has_proj(l)) {
+            w.xhp = p, p += O * N1;
+            w.invp = p;
+        }
+    }
+    return w;
+}
+
+static void res_init(struct net *n, struct net_layer *l, uint64_t *rng)
+{
+    struct res_ix x = res_index(l);
+    size_t C = l->in.c, m = l->spec.width, O = l->spec.out;
+    net__he_fill(net__p(n, l, (size_t)x.c1w), m * C * 9, C * 9, rng);
+    net__he_fill(net__p(n, l, (size_t)x.c2w), O * m * 9, m * 9, rng);
+    if (x.pw >= 0) net__he_fill(net__p(n, l, (size_t)x.pw), O * C, C, rng);
+    int gs[3] = {x.g1, x.g2, x.gp}, vs[3] = {x.v1, x.v2, x.vp};
+    size_t ns[3] = {m, O, O};
+    for (int i = 0; i < 3; i++) {
+        if (gs[i] < 0) continue;
+        float *g = net__p(n, l, (size_t)gs[i]), *v = net__p(n, l, (size_t)vs[i]);
+        for (size_t c = 0; c < ns[i]; c++) g[c] = v[c] = 1.0f;
+    }
+}
+
+/* Parameter pointer or NULL for an absent tensor. */
+static float *res_p(struct net *n, struct net_layer *l, int k)
+{
+    return k < 0 ? NULL : net__p(n, l, (size_t)k);
+}
+
+static float *res_g(struct net *n, struct net_layer *l, int k)
+{
+    return k < 0 ? NULL : net__g(n, l, (size_t)k);
+}
+
+static void res_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
+                        size_t B, int training)
+{
+    struct res_ix x = res_index(l);
+    struct res_ws w = res_views(l, B);
+    struct net__conv g1, g2, gp;
+    res_geoms(l, &g1, &g2, &gp);
+    const size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
+    const size_t colmax = res_colmax(l, B);
+    float *col = n->scratch, *tmpA = col + colmax, *tmpB = tmpA + (m > O ? m : O) * N1;
+    const int bn = l->spec.bn;
+
+    // Main branch, first half: h1 = relu(BN1(conv1 x)).
+    net__conv_fwd(bn ? tmpA : w.h1, col, inp, res_p(n, l, x.c1w), res_p(n, l, x.c1b), &g1, B);
+    if (bn)
+        net__bn_fwd(w.h1, w.xh1, w.inv1, res_p(n, l, x.m1), res_p(n, l, x.v1), tmpA,
+                    res_p(n, l, x.g1), res_p(n, l, x.b1), m, N1, N1, 1, training);
+    for (size_t i = 0; i < m * N1; i++) w.h1[i] = w.h1[i] > 0.0f ? w.h1[i] : 0.0f;
+
+    // Second half into out: a2 = BN2(conv2 h1).
+    net__conv_fwd(bn ? tmpA : out, col, w.h1, res_p(n, l, x.c2w), res_p(n, l, x.c2b), &g2, B);
+    if (bn)
+        net__bn_fwd(out, w.xh2, w.inv2, res_p(n, l, x.m2), res_p(n, l, x.v2), tmpA,
+                    res_p(n, l, x.g2), res_p(n, l, x.b2), O, N1, N1, 1, training);
+
+    // Shortcut.
+    const float *sc = inp;
+    if (x.pw >= 0) {
+        net__conv_fwd(bn ? tmpA : tmpB, col, inp, res_p(n, l, x.pw), res_p(n, l, x.pb), &gp, B);
+        if (bn)
+            net__bn_fwd(tmpB, w.xhp, w.invp, res_p(n, l, x.mp), res_p(n, l, x.vp), tmpA,
+                        res_p(n, l, x.gp), res_p(n, l, x.bp), O, N1, N1, 1, training);
+        sc = tmpB;
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < O * N1; i++) {
+        float v = out[i] + sc[i];
+        out[i] = v > 0.0f ? v : 0.0f;
+    }
+}
+
+static void res_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,
+                         const float *inp, const float *out, size_t B)
+{
+    struct res_ix x = res_index(l);
+    struct res_ws w = res_views(l, B);
+    struct net__conv g1, g2, gp;
+    res_geoms(l, &g1, &g2, &gp);
+    const size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
+    const size_t colmax = res_colmax(l, B);
+    float *col = n->scratch, *dcol = col + colmax, *G = dcol + colmax, *D = G + O * N1;
+    float *E = D + O * N1;
+    const int bn = l->spec.bn;
+
+    // G = dL/d(a2 + sc) through the final ReLU.
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < O * N1; i++) G[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+    if (dinp) memset(dinp, 0, l->in.c * B * l->in.h * l->in.w * sizeof(float));
+
+    // Shortcut.
+    if (x.pw >= 0) {
+        const float *dzp = G;
+        if (bn) {
+            net__bn_bwd(D, res_g(n, l, x.gp), res_g(n, l, x.bp), G, w.xhp, w.invp,
+                        res_p(n, l, x.gp), O, N1, N1, 1);
+            dzp = D;
+        }
+        net__conv_bwd(dinp, res_g(n, l, x.pw), res_g(n, l, x.pb), col, dcol, dzp, inp,
+                      res_p(n, l, x.pw), &gp, B);
+    } else if (dinp) {
+        for (size_t i = 0; i < O * N1; i++) dinp[i] += G[i];
+    }
+
+    // Main branch.
+    const float *dz2 = G;
+    if (bn) {
+        net__bn_bwd(D, res_g(n, l, x.g2), res_g(n, l, x.b2), G, w.xh2, w.inv2, res_p(n, l, x.g2),
+                    O, N1, N1, 1);
+        dz2 = D;
+    }
+    memset(E, 0, m * N1 * sizeof(float));
+    net__conv_bwd(E, res_g(n, l, x.c2w), res_g(n, l, x.c2b), col, dcol, dz2, w.h1,
+                  res_p(n, l, x.c2w), &g2, B);
+    for (size_t i = 0; i < m * N1; i++)
+        if (w.h1[i] <= 0.0f) E[i] = 0.0f;
+    if (bn)
+        net__bn_bwd(E, res_g(n, l, x.g1), res_g(n, l, x.b1), E, w.xh1, w.inv1, res_p(n, l, x.g1),
+                    m, N1, N1, 1);
+    net__conv_bwd(dinp, res_g(n, l, x.c1w), res_g(n, l, x.c1b), col, dcol, E, inp,
+                  res_p(n, l, x.c1w), &g1, B);
+}
+
+static size_t res_flops(const struct net_layer *l)
+{
+    size_t HW = l->out.h * l->out.w, C = l->in.c, m = l->spec.width, O = l->spec.out;
+    size_t f = HW * (m * C * 9 + O * m * 9);
+    if (res_has_proj(l)) f += HW * O * C;
+    return f;
+}
+
+const struct net__ops net__res_ops = {res_shape,   res_tensors, res_ws,       res_scratch,
+                                      res_init,    res_forward, res_backward, res_flops};

@@ -1,0 +1,363 @@
+/* net/net.c: building a net from specs, its arenas, and the forward/backward driver.
+ *
+ * Design (llm.c's fill_in_parameter_sizes + malloc_and_point_parameters): each layer's
+ * ops->tensors declares its tensors; we lay them out back to back, one arena each for params,
+ * grads, Adam m and Adam v (identical layout) plus one for BN running statistics. Layers keep
+ * only the index of their first tensor, so a new net with other widths is a new table.
+ *
+ * Activations: acts[i] is layer i's input, acts[n_layers] the logits, dacts likewise. The
+ * workspace is sized for `ws_batch` samples and grows on demand (net_reserve).
+ * Thread-safety: a net is used by one thread at a time; kernels use OpenMP inside. */
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "net/net_internal.h"
+
+static const struct net__ops *const NET__OPS[NET_KIND_COUNT] = {
+    [NET_DENSE] = &net__dense_ops, [NET_CONV] = &net__conv_ops,       [NET_BN] = &net__bn_ops,
+    [NET_RELU] = &net__relu_ops,   [NET_MAXPOOL] = &net__maxpool_ops, [NET_GAP] = &net__gap_ops,
+    [NET_FLATTEN] = &net__flatten_ops, [NET_RES] = &net__res_ops,
+};
+static const char *const NET__KIND_NAME[NET_KIND_COUNT] = {
+    [NET_DENSE] = "dense", [NET_CONV] = "conv", [NET_BN] = "bn",           [NET_RELU] = "relu",
+    [NET_MAXPOOL] = "maxpool", [NET_GAP] = "gap", [NET_FLATTEN] = "flatten", [NET_RES] = "res",
+};
+
+const char *net_kind_name(enum net_kind k)
+{
+    return (unsigned)k < NET_KIND_COUNT ? NET__KIND_NAME[k] : "?";
+}
+
+int net_kind_from_name(const char *s)
+{
+    for (int k = 0; k < NET_KIND_COUNT; k++)
+        if (strcmp(s, NET__KIND_NAME[k]) == 0) return k;
+    return -1;
+}
+
+void net_set_threads(int n_threads)
+{
+    if (n_threads < 1) n_threads = 1;
+    omp_set_num_threads(n_threads);
+    openblas_set_num_threads(n_threads);
+}
+
+// ---- tensors --------------------------------------------------------------------------
+
+float *net__p(const struct net *n, const struct net_layer *l, size_t k)
+{
+    return net_tensor_data(n, &n->tensors[l->t0 + k]);
+}
+
+float *net__g(const struct net *n, const struct net_layer *l, size_t k)
+{
+    const struct net_tensor *t = &n->tensors[l->t0 + k];
+    return t->arena == NET_ARENA_PARAM ? n->grads + t->off : NULL;
+}
+
+float *net_tensor_data(const struct net *n, const struct net_tensor *t)
+{
+    return (t->arena == NET_ARENA_PARAM ? n->params : n->state) + t->off;
+}
+
+struct net_tensor *net_tensor_get(const struct net *n, size_t layer, const char *suffix)
+{
+    if (layer >= n->n_layers) return NULL;
+    const struct net_layer *l = &n->layers[layer];
+    size_t pre = strlen(l->spec.name) + 1;
+    for (size_t i = l->t0; i < l->t0 + l->n_t; i++)
+        if (strcmp(n->tensors[i].name + pre, suffix) == 0) return &n->tensors[i];
+    return NULL;
+}
+
+long net_layer_find(const struct net *n, const char *name)
+{
+    for (size_t i = 0; i < n->n_layers; i++)
+        if (strcmp(n->layers[i].spec.name, name) == 0) return (long)i;
+    return -1;
+}
+
+void net__he_fill(float *w, size_t count, size_t fan_in, uint64_t *rng)
+{
+    float sd = sqrtf(2.0f / (float)(fan_in ? fan_in : 1));
+    for (size_t i = 0; i < count; i++) w[i] = sd * net_rand_normal(rng);
+}
+
+// ---- create / destroy -----------------------------------------------------------------
+
+static void net__free_ws(struct net *n)
+{
+    if (n->acts) {
+        for (size_t i = 0; i <= n->n_layers; i++) {
+            free(n->acts[i]);
+            free(n->dacts[i]);
+        }
+    }
+    free(n->acts);
+    free(n->dacts);
+    free(n->ws_pool);
+    free(n->scratch);
+    free(n->probs);
+    n->acts = n->dacts = NULL;
+    n->ws_pool = n->scratch = n->probs = NULL;
+    n->ws_batch = 0;
+    n->scratch_n = 0;
+}
+
+void net_destroy(struct net *n)
+{
+    if (!n) return;
+    net__free_ws(n);
+    free(n->layers);
+    free(n->tensors);
+    free(n->params);
+    free(n->grads);
+    free(n->m);
+    free(n->v);
+    free(n->state);
+    free(n);
+}
+
+int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
+               const struct net_layer_spec *specs, size_t n_specs, char *err, size_t errlen)
+{
+    int rc = -EINVAL;
+    struct net *n = calloc(1, sizeof(*n));
+    if (!n) return -ENOMEM;
+    if (n_specs == 0 || !in->c || !in->h || !in->w || in->c > 4 || n_classes < 2) {
+        snprintf(err, errlen, "model: need at least one layer, 1-4 input channels and >= 2 classes");
+        goto fail;
+    }
+    n->in_shape = *in;
+    n->in_shape.spatial = 1;
+    n->n_classes = n_classes;
+    for (size_t c = 0; c < 4; c++) {
+        n->norm_mean[c] = 0.0f;
+        n->norm_std[c] = 1.0f;
+    }
+    n->n_layers = n_specs;
+    n->layers = calloc(n_specs, sizeof(*n->layers));
+    n->tensors = calloc(n_specs * NET__MAX_T, sizeof(*n->tensors));
+    if (!n->layers || !n->tensors) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+
+    // Shapes and names, layer by layer.
+    struct net_shape cur = n->in_shape;
+    size_t kind_count[NET_KIND_COUNT] = {0};
+    for (size_t i = 0; i < n_specs; i++) {
+        struct net_layer *l = &n->layers[i];
+        l->spec = specs[i];
+        if ((unsigned)l->spec.kind >= NET_KIND_COUNT) {
+            snprintf(err, errlen, "model layer %zu: unknown kind %d", i, (int)l->spec.kind);
+            goto fail;
+        }
+        kind_count[l->spec.kind]++;
+        if (!l->spec.name[0])
+            snprintf(l->spec.name, sizeof(l->spec.name), "%s%zu", NET__KIND_NAME[l->spec.kind],
+                     kind_count[l->spec.kind]);
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(n->layers[j].spec.name, l->spec.name) == 0) {
+                snprintf(err, errlen, "model layer %zu: duplicate name \"%s\"", i, l->spec.name);
+                goto fail;
+            }
+        }
+        l->in = cur;
+        char why[160] = "";
+        if (NET__OPS[l->spec.kind]->shape(l, why, sizeof(why)) < 0) {
+            snprintf(err, errlen, "model layer %zu (%s \"%s\"): %s", i,
+                     NET__KIND_NAME[l->spec.kind], l->spec.name, why);
+            goto fail;
+        }
+        cur = l->out;
+    }
+    if (cur.spatial || cur.c != n_classes) {
+        snprintf(err, errlen, "model: the last layer must output %zu class scores (flat), got %zux%zux%zu",
+                 n_classes, cur.c, cur.h, cur.w);
+        goto fail;
+    }
+
+    // Tensor table and arena offsets.
+    size_t off[2] = {0, 0};
+    for (size_t i = 0; i < n_specs; i++) {
+        struct net_layer *l = &n->layers[i];
+        struct net__tdesc td[NET__MAX_T];
+        l->t0 = n->n_tensors;
+        l->n_t = NET__OPS[l->spec.kind]->tensors(l, td);
+        for (size_t k = 0; k < l->n_t; k++) {
+            struct net_tensor *t = &n->tensors[n->n_tensors++];
+            snprintf(t->name, sizeof(t->name), "%s.%s", l->spec.name, td[k].suffix);
+            t->arena = td[k].arena;
+            t->nd = td[k].nd;
+            t->n = 1;
+            for (int d = 0; d < 4; d++) {
+                t->dims[d] = d < td[k].nd ? td[k].dims[d] : 1;
+                t->n *= t->dims[d];
+            }
+            t->decay = td[k].decay;
+            t->layer = i;
+            t->off = off[t->arena];
+            off[t->arena] += t->n;
+        }
+    }
+    n->n_params = off[NET_ARENA_PARAM];
+    n->n_state = off[NET_ARENA_STATE];
+    n->params = calloc(n->n_params + 1, sizeof(float));
+    n->grads = calloc(n->n_params + 1, sizeof(float));
+    n->m = calloc(n->n_params + 1, sizeof(float));
+    n->v = calloc(n->n_params + 1, sizeof(float));
+    n->state = calloc(n->n_state + 1, sizeof(float));
+    if (!n->params || !n->grads || !n->m || !n->v || !n->state) {
+        snprintf(err, errlen, "model: out of memory for %zu parameters", n->n_params);
+        rc = -ENOMEM;
+        goto fail;
+    }
+    *out = n;
+    return 0;
+fail:
+    net_destroy(n);
+    return rc;
+}
+
+void net_init_params(struct net *n, uint64_t *rng)
+{
+    memset(n->params, 0, n->n_params * sizeof(float));
+    memset(n->m, 0, n->n_params * sizeof(float));
+    memset(n->v, 0, n->n_params * sizeof(float));
+    memset(n->state, 0, n->n_state * sizeof(float));
+    for (size_t i = 0; i < n->n_layers; i++) {
+        struct net_layer *l = &n->layers[i];
+        if (NET__OPS[l->spec.kind]->init) NET__OPS[l->spec.kind]->init(n, l, rng);
+    }
+}
+
+size_t net_flops(const struct net *n)
+{
+    size_t f = 0;
+    for (size_t i = 0; i < n->n_layers; i++)
+        f += NET__OPS[n->layers[i].spec.kind]->flops(&n->layers[i]);
+    return f;
+}
+
+// ---- workspace ------------------------------------------------------------------------
+
+static size_t net__numel(const struct net_shape *s)
+{
+    return s->c * s->h * s->w;
+}
+
+int net_reserve(struct net *n, size_t batch)
+{
+    if (batch <= n->ws_batch) return 0;
+    struct net tmp = *n; // build the new workspace in tmp, swap on success
+    tmp.acts = calloc(n->n_layers + 1, sizeof(float *));
+    tmp.dacts = calloc(n->n_layers + 1, sizeof(float *));
+    tmp.ws_pool = tmp.scratch = tmp.probs = NULL;
+    tmp.ws_batch = batch;
+    if (!tmp.acts || !tmp.dacts) goto nomem;
+    size_t ws_total = 0, scratch = 0;
+    for (size_t i = 0; i < n->n_layers; i++) {
+        const struct net_layer *l = &n->layers[i];
+        const struct net__ops *ops = NET__OPS[l->spec.kind];
+        ws_total += ops->ws_size(l, batch);
+        size_t s = ops->scratch_size(l, batch);
+        if (s > scratch) scratch = s;
+    }
+    for (size_t i = 0; i <= n->n_layers; i++) {
+        size_t sz = batch * net__numel(i == 0 ? &n->in_shape : &n->layers[i - 1].out);
+        tmp.acts[i] = malloc((sz + 1) * sizeof(float));
+        tmp.dacts[i] = malloc((sz + 1) * sizeof(float));
+        if (!tmp.acts[i] || !tmp.dacts[i]) goto nomem;
+    }
+    tmp.ws_pool = malloc((ws_total + 1) * sizeof(float));
+    tmp.scratch = malloc((scratch + 1) * sizeof(float));
+    tmp.probs = malloc((batch * n->n_classes + 1) * sizeof(float));
+    if (!tmp.ws_pool || !tmp.scratch || !tmp.probs) goto nomem;
+    tmp.scratch_n = scratch;
+    net__free_ws(n);
+    n->acts = tmp.acts;
+    n->dacts = tmp.dacts;
+    n->ws_pool = tmp.ws_pool;
+    n->scratch = tmp.scratch;
+    n->scratch_n = tmp.scratch_n;
+    n->probs = tmp.probs;
+    n->ws_batch = batch;
+    float *p = n->ws_pool;
+    for (size_t i = 0; i < n->n_layers; i++) {
+        struct net_layer *l = &n->layers[i];
+        l->ws = p;
+        p += NET__OPS[l->spec.kind]->ws_size(l, batch);
+    }
+    return 0;
+nomem:
+    net__free_ws(&tmp); // only tmp's new buffers; n keeps its old workspace
+    return -ENOMEM;
+}
+
+// ---- forward / backward ---------------------------------------------------------------
+
+float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int training)
+{
+    if (net_reserve(n, B) < 0) return NAN;
+    // (B, C, H, W) -> (C, B, H, W)
+    const size_t C = n->in_shape.c, HW = n->in_shape.h * n->in_shape.w;
+    float *a0 = n->acts[0];
+    if (C == 1) {
+        memcpy(a0, x, B * HW * sizeof(float));
+    } else {
+        for (size_t b = 0; b < B; b++)
+            for (size_t c = 0; c < C; c++)
+                memcpy(a0 + (c * B + b) * HW, x + (b * C + c) * HW, HW * sizeof(float));
+    }
+    for (size_t i = 0; i < n->n_layers; i++) {
+        struct net_layer *l = &n->layers[i];
+        NET__OPS[l->spec.kind]->forward(n, l, n->acts[i + 1], n->acts[i], B, training);
+    }
+    n->training = training;
+
+    // Softmax and mean cross-entropy, computed in double for the sum.
+    const size_t K = n->n_classes;
+    const float *z = n->acts[n->n_layers];
+    double loss = 0.0;
+    for (size_t b = 0; b < B; b++) {
+        const float *zb = z + b * K;
+        float *pb = n->probs + b * K;
+        float mx = zb[0];
+        for (size_t k = 1; k < K; k++) mx = zb[k] > mx ? zb[k] : mx;
+        double sum = 0.0;
+        for (size_t k = 0; k < K; k++) {
+            pb[k] = expf(zb[k] - mx);
+            sum += pb[k];
+        }
+        for (size_t k = 0; k < K; k++) pb[k] = (float)(pb[k] / sum);
+        if (y) loss += -(zb[y[b]] - mx - log(sum));
+    }
+    return y ? (float)(loss / (double)B) : 0.0f;
+}
+
+void net_backward(struct net *n, const uint8_t *y, size_t B)
+{
+    const size_t K = n->n_classes, L = n->n_layers;
+    float *dz = n->dacts[L];
+    const float inv_b = 1.0f / (float)B;
+    for (size_t b = 0; b < B; b++)
+        for (size_t k = 0; k < K; k++)
+            dz[b * K + k] = (n->probs[b * K + k] - (k == y[b] ? 1.0f : 0.0f)) * inv_b;
+    for (size_t i = L; i-- > 0;) {
+        struct net_layer *l = &n->layers[i];
+        NET__OPS[l->spec.kind]->backward(n, l, i > 0 ? n->dacts[i] : NULL, n->dacts[i + 1],
+                                         n->acts[i], n->acts[i + 1], B);
+    }
+}
+
+void net_zero_grad(struct net *n)
+{
+    memset(n->grads, 0, n->n_params * sizeof(float));
+}

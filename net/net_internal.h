@@ -1,0 +1,87 @@
+/* net/net_internal.h: what the net/ sources share and nobody else sees (owner: net/).
+ *
+ * Each layer kind fills one `struct net__ops` (R2); net.c dispatches through NET__OPS[kind].
+ * Kernels follow R3: outputs first, then inputs, then weights, then dimensions; they never
+ * allocate, log or fail; weight-gradient outputs accumulate (+=). */
+#ifndef NET_INTERNAL_H
+#define NET_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "net/net.h"
+
+#define NET__MAX_T 16 // most tensors a layer declares (res block with BN: 13)
+
+/* A tensor a layer asks for; net.c turns these into arena offsets. */
+struct net__tdesc {
+    const char *suffix;
+    size_t dims[4];
+    int nd;
+    int decay;
+    enum net_arena arena;
+};
+
+struct net__ops {
+    /* Sets l->out from l->in and l->spec, or -EINVAL with a reason. */
+    int (*shape)(struct net_layer *l, char *err, size_t errlen);
+    /* Declares the layer's tensors in order; returns how many (<= NET__MAX_T). */
+    size_t (*tensors)(const struct net_layer *l, struct net__tdesc *t);
+    /* Floats of private workspace kept from forward to backward, for batch B. */
+    size_t (*ws_size)(const struct net_layer *l, size_t B);
+    /* Floats of shared transient scratch needed during forward or backward. */
+    size_t (*scratch_size)(const struct net_layer *l, size_t B);
+    void (*init)(struct net *n, struct net_layer *l, uint64_t *rng);
+    /* out = f(inp). */
+    void (*forward)(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                    int training);
+    /* Writes dinp (if not NULL) and accumulates parameter gradients. */
+    void (*backward)(struct net *n, struct net_layer *l, float *dinp, const float *dout,
+                     const float *inp, const float *out, size_t B);
+    /* Multiply-adds per sample. */
+    size_t (*flops)(const struct net_layer *l);
+};
+
+extern const struct net__ops net__dense_ops, net__conv_ops, net__bn_ops, net__relu_ops,
+    net__maxpool_ops, net__gap_ops, net__flatten_ops, net__res_ops;
+
+/* Parameter / state pointers of a layer's k-th tensor (in declaration order). */
+float *net__p(const struct net *n, const struct net_layer *l, size_t k);
+float *net__g(const struct net *n, const struct net_layer *l, size_t k);
+
+/* He-normal fill: std = sqrt(2 / fan_in). */
+void net__he_fill(float *w, size_t count, size_t fan_in, uint64_t *rng);
+
+// ---- convolution on (C, B, H, W) activations -----------------------------------------
+
+struct net__conv {
+    size_t C, H, W;    // input channels and size
+    size_t OC, OH, OW; // output
+    size_t K, S, P;    // kernel, stride, padding
+};
+void net__conv_geom(struct net__conv *g, size_t C, size_t H, size_t W, size_t OC, size_t K,
+                    size_t S, size_t P);
+/* Floats of scratch the conv needs: col, (CKK, B*OH*OW), 0 for a plain 1x1. */
+size_t net__conv_col_size(const struct net__conv *g, size_t B);
+/* out (OC, B, OH, OW) = w (OC, C*K*K) * im2col(inp) + b. b may be NULL. */
+void net__conv_fwd(float *out, float *col, const float *inp, const float *w, const float *b,
+                   const struct net__conv *g, size_t B);
+/* dw += dout * col^T; db += row sums of dout; dinp += col2im(w^T dout) when dinp != NULL.
+ * col and dcol are scratch of net__conv_col_size floats each. */
+void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
+                   const float *inp, const float *w, const struct net__conv *g, size_t B);
+
+// ---- batch norm over channels: element (c, i) lives at x[c * cs + i * is] -------------
+
+#define NET__BN_EPS 1e-5f
+#define NET__BN_MOMENTUM 0.1f
+/* Training forward (batch statistics, running stats updated) or eval forward. xhat (C*N in
+ * the same layout) and inv (C) are saved for backward in training mode. */
+void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar, const float *inp,
+                 const float *gamma, const float *beta, size_t C, size_t N, size_t cs, size_t is,
+                 int training);
+/* dinp = BN backward (overwrites); dgamma, dbeta accumulate. dinp may alias dout. */
+void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
+                 const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is);
+
+#endif

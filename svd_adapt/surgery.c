@@ -1,0 +1,397 @@
+/* svd_adapt/surgery.c: spectra, the rank rules, and the shrink / grow / rank operations.
+ *
+ * Every operation builds the matrices of a width change and hands them to svd__group_apply
+ * (group.c), which maps parameters, optimizer moments and BN state alike:
+ *   rotate  P = U_k^T (k x m), Q = U_k, from the SVD of the producing weight W = U S V^T.
+ *   select  P = rows of I for the kept units S (pivoted QR on the centred activations of all
+ *           readers stacked: one subset for every reader, the "simultaneous" of SOMP);
+ *           per reader r, Q_r = [I; T_r] from the least squares h_D ~ T_r h_S + c_r, and c_r
+ *           goes into the consumer's bias.
+ *   grow    P = [I; 0], Q = [I 0]; new producing rows random orthogonal to the old ones,
+ *           or, for GradMax, zero rows and new consumer columns from the gradient correlation.
+ * The factorized form (rank of a single layer) is handled separately by svd_set_rank. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "svd_adapt/svd_internal.h"
+
+#define SVD_MAX_ROWS 8192 // calibration rows kept per reader (samples x positions, strided)
+
+// ---- spectra -----------------------------------------------------------------------------
+
+/* The producing weight of a group as (m x L). */
+static const struct net_tensor *svd__main_w(const struct net *n, const struct svd__group *g)
+{
+    for (size_t i = 0; i < g->n_rows; i++)
+        if (g->rows[i].kind == SVD_RK_W) return &n->tensors[g->rows[i].t];
+    return NULL;
+}
+
+long svd_spectrum_weights(const struct net *n, const struct svd_gref *ref, float *s, size_t cap)
+{
+    struct svd__group g;
+    int rc = svd__group_build(n, ref, &g);
+    if (rc < 0) return rc;
+    const struct net_tensor *t = svd__main_w(n, &g);
+    if (!t) return -EINVAL;
+    size_t L = t->n / g.m, r = g.m < L ? g.m : L;
+    if (r > cap) return -ENOSPC;
+    rc = svd__svals(net_tensor_data(n, t), g.m, L, s);
+    return rc < 0 ? rc : (long)r;
+}
+
+/* Centres the columns of h (N x m) in place; writes the means to mu (may be NULL). */
+static void svd__centre(float *h, size_t N, size_t m, float *mu)
+{
+    for (size_t j = 0; j < m; j++) {
+        double s = 0.0;
+        for (size_t i = 0; i < N; i++) s += h[i * m + j];
+        float mj = (float)(s / (double)N);
+        for (size_t i = 0; i < N; i++) h[i * m + j] -= mj;
+        if (mu) mu[j] = mj;
+    }
+}
+
+long svd_spectrum_acts(struct net *n, const struct svd_gref *ref, const float *x, size_t B,
+                       float *s, size_t cap)
+{
+    struct svd__group g;
+    int rc = svd__group_build(n, ref, &g);
+    if (rc < 0) return rc;
+    net_forward(n, x, NULL, B, 0);
+    float *h;
+    size_t N;
+    if ((rc = svd__reader_acts(n, &g, 0, B, SVD_MAX_ROWS, &h, &N)) < 0) return rc;
+    svd__centre(h, N, g.m, NULL);
+    size_t r = g.m < N ? g.m : N;
+    if (r > cap) {
+        free(h);
+        return -ENOSPC;
+    }
+    rc = svd__svals(h, N, g.m, s);
+    free(h);
+    for (size_t i = 0; rc == 0 && i < r; i++) s[i] /= sqrtf((float)N);
+    return rc < 0 ? rc : (long)r;
+}
+
+size_t svd_rank_rule(const struct svd_policy *p, const float *s, size_t k)
+{
+    if (k == 0) return 1;
+    size_t keep = k;
+    switch (p->rule) {
+    case SVD_RULE_RELATIVE:
+        keep = 0;
+        while (keep < k && s[keep] >= p->shrink_threshold * s[0]) keep++;
+        break;
+    case SVD_RULE_ENERGY: {
+        double tot = 0.0, acc = 0.0;
+        for (size_t i = 0; i < k; i++) tot += (double)s[i] * s[i];
+        keep = 0;
+        while (keep < k && acc < (1.0 - p->energy_eps) * tot) {
+            acc += (double)s[keep] * s[keep];
+            keep++;
+        }
+        break;
+    }
+    case SVD_RULE_GAP:
+        // CaffeSVD: cut at the first large gap; with no such gap keep everything.
+        for (size_t i = 0; i + 1 < k; i++) {
+            if (s[i + 1] <= 0.0f || s[i] / s[i + 1] > p->gap_threshold) {
+                keep = i + 1;
+                break;
+            }
+        }
+        break;
+    }
+    return keep ? keep : 1;
+}
+
+// ---- shrink ------------------------------------------------------------------------------
+
+static int svd__shrink_rotate(struct net **out, const struct net *n, const struct svd__group *g,
+                              size_t k, char *err, size_t errlen)
+{
+    const struct net_tensor *t = svd__main_w(n, g);
+    const size_t m = g->m, L = t->n / m, r = m < L ? m : L;
+    float *u = malloc(m * r * sizeof(float)), *s = malloc(r * sizeof(float));
+    float *vt = malloc(r * L * sizeof(float)), *P = calloc(k * m, sizeof(float));
+    float *Q = calloc(g->n_readers * m * k, sizeof(float));
+    int rc = -ENOMEM;
+    if (!u || !s || !vt || !P || !Q) goto out;
+    if ((rc = svd__svd(net_tensor_data(n, t), m, L, u, s, vt)) < 0) {
+        snprintf(err, errlen, "SVD did not converge");
+        goto out;
+    }
+    for (size_t i = 0; i < k && i < r; i++)
+        for (size_t j = 0; j < m; j++) P[i * m + j] = u[j * r + i];
+    for (size_t rd = 0; rd < g->n_readers; rd++)
+        for (size_t j = 0; j < m; j++)
+            for (size_t i = 0; i < k && i < r; i++) Q[(rd * m + j) * k + i] = u[j * r + i];
+    rc = svd__group_apply(out, n, g, k, P, Q, NULL, NULL, NULL, err, errlen);
+out:
+    free(u);
+    free(s);
+    free(vt);
+    free(P);
+    free(Q);
+    return rc;
+}
+
+static int svd__shrink_select(struct net **out, struct net *n, const struct svd__group *g,
+                              size_t k, const float *x, size_t B, char *err, size_t errlen)
+{
+    const size_t m = g->m, nr = g->n_readers;
+    float **H = calloc(nr, sizeof(float *)), *mu = malloc(nr * m * sizeof(float));
+    size_t *N = calloc(nr, sizeof(size_t)), Ntot = 0;
+    int *order = malloc(m * sizeof(int));
+    float *stack = NULL, *P = calloc(k * m, sizeof(float));
+    float *Q = calloc(nr * m * k, sizeof(float)), *c = calloc(nr * m, sizeof(float));
+    float *A = NULL, *Bm = NULL, *T = NULL;
+    int rc = -ENOMEM;
+    if (!H || !mu || !N || !order || !P || !Q || !c) goto out;
+    net_forward(n, x, NULL, B, 0);
+    for (size_t r = 0; r < nr; r++) {
+        if ((rc = svd__reader_acts(n, g, r, B, SVD_MAX_ROWS / nr + 1, &H[r], &N[r])) < 0) goto out;
+        svd__centre(H[r], N[r], m, mu + r * m);
+        Ntot += N[r];
+    }
+    rc = -ENOMEM;
+    if (!(stack = malloc(Ntot * m * sizeof(float)))) goto out;
+    for (size_t r = 0, off = 0; r < nr; off += N[r], r++)
+        memcpy(stack + off * m, H[r], N[r] * m * sizeof(float));
+    if ((rc = svd__pivot_order(stack, Ntot, m, order)) < 0) {
+        snprintf(err, errlen, "pivoted QR failed");
+        goto out;
+    }
+    // Kept units in their original order (stable layout), dropped ones after.
+    char *keep = calloc(m, 1);
+    if (!keep) goto out;
+    for (size_t i = 0; i < k; i++) keep[order[i]] = 1;
+    size_t *S = malloc(m * sizeof(size_t)), *D = S ? S + k : NULL;
+    if (!S) {
+        free(keep);
+        goto out;
+    }
+    for (size_t j = 0, a = 0, b = 0; j < m; j++) {
+        if (keep[j])
+            S[a++] = j;
+        else
+            D[b++] = j;
+    }
+    free(keep);
+    const size_t d = m - k;
+    for (size_t i = 0; i < k; i++) P[i * m + S[i]] = 1.0f;
+    A = malloc(SVD_MAX_ROWS * k * sizeof(float) + k * sizeof(float));
+    Bm = malloc(SVD_MAX_ROWS * (d + 1) * sizeof(float));
+    T = malloc(k * (d + 1) * sizeof(float));
+    if (!A || !Bm || !T) {
+        free(S);
+        goto out;
+    }
+    for (size_t r = 0; r < nr; r++) {
+        float *Qr = Q + r * m * k, *cr = c + r * m, *mr = mu + r * m;
+        for (size_t i = 0; i < k; i++) Qr[S[i] * k + i] = 1.0f;
+        if (d == 0) continue;
+        for (size_t q = 0; q < N[r]; q++) {
+            for (size_t i = 0; i < k; i++) A[q * k + i] = H[r][q * m + S[i]];
+            for (size_t e = 0; e < d; e++) Bm[q * d + e] = H[r][q * m + D[e]];
+        }
+        if ((rc = svd__lstsq(A, Bm, N[r], k, d, T)) < 0) {
+            snprintf(err, errlen, "least-squares rewiring is ill-conditioned");
+            free(S);
+            goto out;
+        }
+        // h_D ~ mu_D + T^T (h_S - mu_S): channel D[e] = sum_i T[i][e] h_S[i] + c[D[e]].
+        for (size_t e = 0; e < d; e++) {
+            double ce = mr[D[e]];
+            for (size_t i = 0; i < k; i++) {
+                Qr[D[e] * k + i] = T[i * d + e];
+                ce -= (double)T[i * d + e] * mr[S[i]];
+            }
+            cr[D[e]] = (float)ce;
+        }
+    }
+    free(S);
+    rc = svd__group_apply(out, n, g, k, P, Q, c, NULL, NULL, err, errlen);
+out:
+    for (size_t r = 0; H && r < nr; r++) free(H[r]);
+    free(H);
+    free(mu);
+    free(N);
+    free(order);
+    free(stack);
+    free(P);
+    free(Q);
+    free(c);
+    free(A);
+    free(Bm);
+    free(T);
+    return rc;
+}
+
+int svd_shrink(struct net **out, const struct net *n, const struct svd_gref *ref, size_t k,
+               enum svd_mode mode, const float *x, size_t B, char *err, size_t errlen)
+{
+    struct svd__group g;
+    int rc = svd__group_build(n, ref, &g);
+    if (rc < 0) {
+        snprintf(err, errlen, "layer %zu is not an adaptable group", ref->layer);
+        return rc;
+    }
+    if (k == 0 || k > g.m) {
+        snprintf(err, errlen, "cannot shrink width %zu to %zu", g.m, k);
+        return -EINVAL;
+    }
+    // rotate mixes channels, which a BN's per-channel statistics or a residual stream's
+    // identity shortcuts cannot follow: those groups use select.
+    if (mode == SVD_MODE_ROTATE && !g.has_bn && ref->kind != SVD_G_STREAM)
+        return svd__shrink_rotate(out, n, &g, k, err, errlen);
+    if (!x || !B) {
+        snprintf(err, errlen, "select needs a calibration batch");
+        return -EINVAL;
+    }
+    return svd__shrink_select(out, (struct net *)n, &g, k, x, B, err, errlen);
+}
+
+// ---- grow ------------------------------------------------------------------------------
+
+/* extra rows (extra x L) orthogonal to the rows of w (m x L) and to each other, scaled to
+ * the median row norm of w. When the rows already span R^L the new rows are only random. */
+static int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra,
+                          uint64_t *rng)
+{
+    size_t r = m < L ? m : L;
+    float *u = malloc(m * r * sizeof(float)), *s = malloc(r * sizeof(float));
+    float *vt = malloc(r * L * sizeof(float)), *norms = malloc(m * sizeof(float));
+    int rc = -ENOMEM;
+    if (!u || !s || !vt || !norms) goto out;
+    for (size_t i = 0; i < m; i++) norms[i] = cblas_snrm2((int)L, w + i * L, 1);
+    // Median by partial selection sort (m is small).
+    for (size_t i = 0; i <= m / 2; i++)
+        for (size_t j = i + 1; j < m; j++)
+            if (norms[j] < norms[i]) {
+                float tmp = norms[i];
+                norms[i] = norms[j];
+                norms[j] = tmp;
+            }
+    float scale = m ? norms[m / 2] : 1.0f;
+    if (!(scale > 0.0f)) scale = 1.0f;
+    rc = svd__svd(w, m, L, u, s, vt);
+    size_t rank = 0;
+    while (rc == 0 && rank < r && s[rank] > 1e-6f * s[0]) rank++;
+    for (size_t e = 0; e < extra; e++) {
+        float *v = nw + e * L;
+        for (size_t x = 0; x < L; x++) v[x] = net_rand_normal(rng);
+        // Two passes of Gram-Schmidt against the old row space and the new rows.
+        for (int pass = 0; pass < 2; pass++) {
+            for (size_t i = 0; rc == 0 && i < rank && rank + e < L; i++) {
+                float d = cblas_sdot((int)L, v, 1, vt + i * L, 1);
+                cblas_saxpy((int)L, -d, vt + i * L, 1, v, 1);
+            }
+            for (size_t i = 0; i < e && rank + e < L; i++) {
+                float d = cblas_sdot((int)L, v, 1, nw + i * L, 1);
+                float nn = cblas_sdot((int)L, nw + i * L, 1, nw + i * L, 1);
+                if (nn > 0) cblas_saxpy((int)L, -d / nn, nw + i * L, 1, v, 1);
+            }
+        }
+        float nv = cblas_snrm2((int)L, v, 1);
+        cblas_sscal((int)L, nv > 0 ? scale / nv : 0.0f, v, 1);
+    }
+    rc = 0;
+out:
+    free(u);
+    free(s);
+    free(vt);
+    free(norms);
+    return rc;
+}
+
+/* GradMax (dense -> dense): M = sum_b g_b h_b^T, g = dL/dz of the consumer (n_c), h = the
+ * producer's input (L). New units: zero incoming rows; outgoing columns = top left singular
+ * vectors of M, each scaled to half the mean norm of the existing outgoing columns. */
+static int svd__gradmax_cols(float *cols, struct net *n, const struct svd__group *g, size_t extra,
+                             const float *x, const uint8_t *y, size_t B)
+{
+    const size_t p = g->ref.layer, cons = (size_t)g->gradmax_ok;
+    const size_t L = n->layers[p].in.c, nc = n->layers[cons].out.c, m = g->m;
+    float *M = calloc(nc * L, sizeof(float)), *u = NULL, *s = NULL, *vt = NULL;
+    int rc = -ENOMEM;
+    if (!M) return rc;
+    net_zero_grad(n);
+    net_forward(n, x, y, B, 0);
+    net_backward(n, y, B);
+    net_zero_grad(n);
+    /* M (nc x L) = dz^T (nc x B) . h (B x L) */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)L, (int)B, 1.0f,
+                n->dacts[cons + 1], (int)nc, n->acts[p], (int)L, 0.0f, M, (int)L);
+    size_t r = nc < L ? nc : L;
+    u = malloc(nc * r * sizeof(float));
+    s = malloc(r * sizeof(float));
+    vt = malloc(r * L * sizeof(float));
+    if (!u || !s || !vt) goto out;
+    if ((rc = svd__svd(M, nc, L, u, s, vt)) < 0) goto out;
+    const float *w = net_tensor_data(n, net_tensor_get(n, cons, "w")); // (nc, m)
+    double mean = 0.0;
+    for (size_t j = 0; j < m; j++) {
+        double sq = 0.0;
+        for (size_t o = 0; o < nc; o++) sq += (double)w[o * m + j] * w[o * m + j];
+        mean += sqrt(sq) / (double)m;
+    }
+    for (size_t e = 0; e < extra; e++)
+        for (size_t o = 0; o < nc; o++)
+            cols[o * extra + e] = e < r ? (float)(0.5 * mean) * u[o * r + e] : 0.0f;
+out:
+    free(M);
+    free(u);
+    free(s);
+    free(vt);
+    return rc;
+}
+
+int svd_grow(struct net **out, const struct net *n, const struct svd_gref *ref, size_t extra,
+             enum svd_grow mode, const float *x, const uint8_t *y, size_t B, uint64_t *rng,
+             char *err, size_t errlen)
+{
+    struct svd__group g;
+    int rc = svd__group_build(n, ref, &g);
+    if (rc < 0) {
+        snprintf(err, errlen, "layer %zu is not an adaptable group", ref->layer);
+        return rc;
+    }
+    const size_t m = g.m, m2 = m + extra;
+    const struct net_tensor *t = svd__main_w(n, &g);
+    const size_t L = t->n / m;
+    float *P = calloc(m2 * m, sizeof(float)), *Q = calloc(g.n_readers * m * m2, sizeof(float));
+    float *nw = calloc(extra * L + 1, sizeof(float));
+    float *gcols[SVD__MAX_ENT] = {0};
+    rc = -ENOMEM;
+    if (!P || !Q || !nw) goto out;
+    for (size_t i = 0; i < m; i++) P[i * m + i] = 1.0f;
+    for (size_t r = 0; r < g.n_readers; r++)
+        for (size_t i = 0; i < m; i++) Q[(r * m + i) * m2 + i] = 1.0f;
+    if (mode == SVD_GROW_GRADMAX && g.gradmax_ok >= 0 && x && y && B) {
+        // Zero incoming rows (nw stays 0); outgoing columns of the one dense consumer.
+        const size_t nc = n->layers[g.gradmax_ok].out.c;
+        if (!(gcols[0] = calloc(nc * extra, sizeof(float)))) goto out;
+        if ((rc = svd__gradmax_cols(gcols[0], (struct net *)n, &g, extra, x, y, B)) < 0) {
+            snprintf(err, errlen, "gradmax: SVD of the gradient correlation failed");
+            goto out;
+        }
+    } else if ((rc = svd__orth_rows(nw, net_tensor_data(n, t), m, L, extra, rng)) < 0) {
+        snprintf(err, errlen, "orthogonal growth: SVD failed");
+        goto out;
+    }
+    rc = svd__group_apply(out, n, &g, m2, P, Q, NULL, nw, (const float *const *)gcols, err,
+                          errlen);
+out:
+    free(P);
+    free(Q);
+    free(nw);
+    free(gcols[0]);
+    return rc;
+}
