@@ -225,3 +225,13 @@ void dmn__print_spectra(FILE *out, const struct net *n)
     }
     free(s);
 }
+
+size_t dmn__adapt_n_events(const struct dmn_trainer *t)
+{
+    return t->adapt ? t->adapt->n_events : 0;
+}
+
+const char *dmn__adapt_event(const struct dmn_trainer *t, size_t i)
+{
+    return t->adapt->events[i];
+}

@@ -103,10 +103,10 @@ static const char *check_listen(const char *s)
     if (!colon || colon == s || !colon[1]) return "is not HOST:PORT (e.g. 127.0.0.1:7070)";
     long port = 0;
     for (const char *p = colon + 1; *p; p++) {
-        if (*p < '0' || *p > '9' || port > 65535) return "has a port that is not 1..65535";
+        if (*p < '0' || *p > '9' || port > 65535) return "has a port that is not 0..65535 (0 = any free port)";
         port = port * 10 + (*p - '0');
     }
-    return port >= 1 && port <= 65535 ? NULL : "has a port that is not 1..65535";
+    return port <= 65535 ? NULL : "has a port that is not 0..65535 (0 = any free port)";
 }
 
 // ---- the table --------------------------------------------------------------------------
@@ -1343,4 +1343,20 @@ void cfg_net_sched(const struct dmn_config *c, size_t total_steps, struct net_sc
     s->step_size = c->schedule.step_size;
     s->gamma = (float)c->schedule.gamma;
     s->total_steps = total_steps;
+}
+
+// ---- runtime reload ---------------------------------------------------------------------
+
+int cfg_copy_runtime(struct dmn_config *dst, const struct dmn_config *src, char *err,
+                     size_t errlen)
+{
+    struct dmn_config tmp = *dst;
+    for (size_t i = 0; i < N_ROWS; i++) {
+        const struct cfg_row *r = &CFG_ROWS[i];
+        if (!(r->flags & CFG_RUNTIME)) continue;
+        memcpy((char *)&tmp + r->off, (const char *)src + r->off, r->size);
+    }
+    int rc = cfg_validate(&tmp, err, errlen);
+    if (rc == 0) *dst = tmp;
+    return rc;
 }

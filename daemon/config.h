@@ -110,6 +110,11 @@ int cfg_patch(struct dmn_config *c, const char *section, const cJSON *obj, unsig
 int cfg_set(struct dmn_config *c, const char *key, const char *value, unsigned allow_flags,
             char *err, size_t errlen);
 
+/* Copies every runtime knob (CFG_RUNTIME) of src into dst, all or nothing (SIGHUP reload:
+ * immutable knobs of a re-read file are ignored). 0 or -EINVAL if the result is invalid. */
+int cfg_copy_runtime(struct dmn_config *dst, const struct dmn_config *src, char *err,
+                     size_t errlen);
+
 /* Checks a config built or changed in code: every knob in range, the model non-empty with
  * valid, uniquely named layers ending in a dense layer with one output per class,
  * adapt.max_width >= adapt.min_width, schedule.min_lr <= optimizer.lr, a full batch of

@@ -34,6 +34,7 @@ struct dmn_trainer {
     double train_seconds;               // time inside steps (excludes evaluation)
     double adapt_seconds;               // time inside adaptation
     double last_log_time;               // dmn_now() of the last progress line
+    uint64_t change_seq;                // runtime config changes included (daemon change log)
     size_t initial_params;
     struct dmn_adapt *adapt;            // adaptation state and event log, owned
     FILE *events;                       // JSON-lines event log (borrowed), may be NULL
@@ -79,6 +80,19 @@ void dmn_print_layers(FILE *out, const struct net *n);
 int dmn_cmd_train(int argc, char **argv);
 int dmn_cmd_eval(int argc, char **argv);
 int dmn_cmd_layers(int argc, char **argv);
+
+// ---- the daemon (daemon/server.c) ---------------------------------------------------
+
+struct dmn_server_opts {
+    const char *config_path;  // config file (also re-read on SIGHUP)
+    const char *listen;       // NULL: the config's daemon.listen
+    const char *state_dir;    // NULL: the config's daemon.state_dir
+    const char *token_file;   // NULL: the config's daemon.token_file ("" = no token)
+    int quiet;                // no log lines on stderr
+};
+/* Runs evowidthd until it is stopped (POST /v1/stop, SIGTERM, SIGINT) and returns the process
+ * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr). */
+int dmn_server_run(const struct dmn_server_opts *o);
 
 /* Seconds from a monotonic clock. */
 double dmn_now(void);

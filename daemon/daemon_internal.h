@@ -15,6 +15,10 @@ int dmn__adapt_serialize(struct dmn_trainer *t, void **out, size_t *len);
 int dmn__adapt_deserialize(struct dmn_trainer *t, const void *data, size_t len);
 /* The adaptation events so far as a JSON array (caller owns), NULL when none / OOM. */
 cJSON *dmn__adapt_events_json(struct dmn_trainer *t);
+/* Number of adaptation events so far, and the i-th one's JSON text (borrowed, valid while
+ * the trainer lives). */
+size_t dmn__adapt_n_events(const struct dmn_trainer *t);
+const char *dmn__adapt_event(const struct dmn_trainer *t, size_t i);
 /* Top singular values of every dense / conv weight (for `evowidth layers`). */
 void dmn__print_spectra(FILE *out, const struct net *n);
 /* Adds the configured group-lasso gradient (optimizer.group_lasso) to the net's grads. */

@@ -19,7 +19,7 @@ struct trnr_head {
     uint32_t version, pad;
     uint64_t step, rng, b_n, b_pos, b_epoch, b_rng;
     double train_seconds, adapt_seconds, val_loss, val_acc, last_loss, last_acc;
-    uint64_t initial_params, extra_len;
+    uint64_t initial_params, extra_len, change_seq;
 };
 
 int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t errlen)
@@ -53,6 +53,7 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
         .last_acc = t->last_acc,
         .initial_params = t->initial_params,
         .extra_len = extra_len,
+        .change_seq = t->change_seq,
     };
     size_t tl = sizeof(h) + t->batcher.n * sizeof(uint32_t) + extra_len;
     rc = -ENOMEM;
@@ -132,6 +133,7 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     t->last_loss = h.last_loss;
     t->last_acc = h.last_acc;
     t->initial_params = h.initial_params;
+    t->change_seq = h.change_seq;
     const unsigned char *extra = (const unsigned char *)trb->data + sizeof(h) + h.b_n * 4;
     if ((rc = dmn__adapt_deserialize(t, extra, h.extra_len)) < 0) {
         snprintf(err, errlen, "%s: adaptation state is corrupt", path);

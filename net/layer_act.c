@@ -1,5 +1,7 @@
 /* net/layer_act.c: ReLU, element-wise in any layout. No tensors, no workspace: backward
- * reads the mask from the saved output (out > 0 exactly when inp > 0). */
+ * reads the saved input. The derivative at exactly 0 is taken as 1 (GradMax's "relu1"): a
+ * unit grown with zero incoming weights then still receives gradient, and nothing else
+ * changes since an input is exactly 0 with probability zero. */
 #include "net/net_internal.h"
 
 static int relu_shape(struct net_layer *l, char *err, size_t errlen)
@@ -32,7 +34,7 @@ static void relu_backward(struct net *n, struct net_layer *l, float *dinp, const
     if (!dinp) return;
     const size_t N = B * l->in.c * l->in.h * l->in.w;
 #pragma omp parallel for schedule(static) if (N > 65536)
-    for (size_t i = 0; i < N; i++) dinp[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+    for (size_t i = 0; i < N; i++) dinp[i] = inp[i] >= 0.0f ? dout[i] : 0.0f;
 }
 
 static size_t relu_flops(const struct net_layer *l)

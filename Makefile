@@ -1,0 +1,36 @@
+# Thin wrapper around CMake so a fresh machine needs one command per job (see README.md).
+BUILD ?= build
+JOBS ?= 2
+
+.PHONY: all deps build run test test-asan test-tsan clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DWERROR=ON >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+# The main job: train configs/default.json on Fashion-MNIST.
+run: build
+	$(BUILD)/evowidth train configs/default.json --report $(BUILD)/default-report.json -o $(BUILD)/default.evow
+
+# The whole test suite (unit, slow and end-to-end).
+test: build
+	cd $(BUILD) && ctest -j$(JOBS) --output-on-failure --timeout 600
+
+# Address + undefined-behaviour sanitizers, and ThreadSanitizer for the daemon's two threads.
+test-asan: deps
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE="address;undefined" >/dev/null
+	@cmake --build build-asan -j$(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest -j$(JOBS) --output-on-failure --timeout 900 -LE slow
+
+test-tsan: deps
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE=thread >/dev/null
+	@cmake --build build-tsan -j$(JOBS)
+	cd build-tsan && ctest -j$(JOBS) --output-on-failure --timeout 900 -L e2e
+
+clean:
+	rm -rf build build-asan build-tsan

@@ -1,0 +1,43 @@
+/* daemon/main_evowidthd.c: the evowidthd process: options, then dmn_server_run. */
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/daemon.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: evowidthd --config FILE [--listen ADDR:PORT] [--state-dir DIR]\n"
+               "                 [--token-file F] [--quiet]\n"
+               "Trains in the background, checkpoints into the state dir (resuming from the\n"
+               "newest valid checkpoint there) and serves the HTTP/JSON API on loopback.\n"
+               "Config knobs: evowidthd --help-config.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, 0, 'c'},   {"listen", required_argument, 0, 'l'},
+        {"state-dir", required_argument, 0, 's'}, {"token-file", required_argument, 0, 't'},
+        {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
+        {"help-config", no_argument, 0, 'H'},     {0, 0, 0, 0}};
+    struct dmn_server_opts o = {0};
+    int c;
+    while ((c = getopt_long(argc, argv, "c:l:s:t:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': o.config_path = optarg; break;
+        case 'l': o.listen = optarg; break;
+        case 's': o.state_dir = optarg; break;
+        case 't': o.token_file = optarg; break;
+        case 'q': o.quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        case 'H': cfg_help(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!o.config_path || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    return dmn_server_run(&o);
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what evowidth needs from Debian, only when something is missing (idempotent).
+# Usage: scripts/deps.sh [extra-package ...]
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev liblapacke-dev libuv1-dev
+      libcjson-dev zlib1g-dev libhttp-parser-dev dataset-fashion-mnist curl "$@")
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "evowidth: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
