@@ -113,17 +113,49 @@ size_t svd_rank_rule(const struct svd_policy *p, const float *s, size_t k)
 
 // ---- shrink ------------------------------------------------------------------------------
 
-static int svd__shrink_rotate(struct net **out, const struct net *n, const struct svd__group *g,
-                              size_t k, char *err, size_t errlen)
+/* Tensor index of the group's first row of a kind, or -1. */
+static long svd__row_t(const struct svd__group *g, enum svd__rk kind)
+{
+    for (size_t i = 0; i < g->n_rows; i++)
+        if (g->rows[i].kind == kind) return (long)g->rows[i].t;
+    return -1;
+}
+
+/* rotate: P = U_k^T, Q = U_k from the SVD of the producing weight. With a BN after the
+ * producer (a dense or conv layer followed by a BN layer), the BN is first folded into the
+ * weight in its eval form, W_f = diag(gamma / sigma) W, b_f = gamma (b - mu) / sigma + beta,
+ * the SVD is that of W_f, and the new BN is set to pass the rotated channels through: with
+ * y = P W_f x and its calibration mean m and variance v, gamma' = sqrt(v + eps),
+ * beta' = m + P b_f, running mean = m (+ P b_f when the producer keeps a bias), running
+ * var = v. In eval mode that BN is then exactly the identity on P (W_f x + b_f). */
+static int svd__shrink_rotate(struct net **out, struct net *n, const struct svd__group *g,
+                              size_t k, const float *x, size_t Bc, char *err, size_t errlen)
 {
     const struct net_tensor *t = svd__main_w(n, g);
     const size_t m = g->m, L = t->n / m, r = m < L ? m : L;
+    const long tg = svd__row_t(g, SVD_RK_GAMMA), tb = svd__row_t(g, SVD_RK_BIAS);
+    float *wf = malloc(m * L * sizeof(float)), *bf = calloc(m, sizeof(float));
     float *u = malloc(m * r * sizeof(float)), *s = malloc(r * sizeof(float));
     float *vt = malloc(r * L * sizeof(float)), *P = calloc(k * m, sizeof(float));
-    float *Q = calloc(g->n_readers * m * k, sizeof(float));
+    float *Q = calloc(g->n_readers * m * k, sizeof(float)), *h = NULL;
+    struct net *nn = NULL;
     int rc = -ENOMEM;
-    if (!u || !s || !vt || !P || !Q) goto out;
-    if ((rc = svd__svd(net_tensor_data(n, t), m, L, u, s, vt)) < 0) {
+    if (!wf || !bf || !u || !s || !vt || !P || !Q) goto out;
+    memcpy(wf, net_tensor_data(n, t), m * L * sizeof(float));
+    if (tb >= 0) memcpy(bf, net_tensor_data(n, &n->tensors[tb]), m * sizeof(float));
+    const float *gam = NULL, *bet = NULL, *mu = NULL, *var = NULL;
+    if (tg >= 0) {
+        gam = net_tensor_data(n, &n->tensors[tg]);
+        bet = net_tensor_data(n, &n->tensors[svd__row_t(g, SVD_RK_BETA)]);
+        mu = net_tensor_data(n, &n->tensors[svd__row_t(g, SVD_RK_MEAN)]);
+        var = net_tensor_data(n, &n->tensors[svd__row_t(g, SVD_RK_VAR)]);
+        for (size_t i = 0; i < m; i++) {
+            float a = gam[i] / sqrtf(var[i] + 1e-5f);
+            for (size_t j = 0; j < L; j++) wf[i * L + j] *= a;
+            bf[i] = a * (bf[i] - mu[i]) + bet[i];
+        }
+    }
+    if ((rc = svd__svd(wf, m, L, u, s, vt)) < 0) {
         snprintf(err, errlen, "SVD did not converge");
         goto out;
     }
@@ -132,13 +164,70 @@ static int svd__shrink_rotate(struct net **out, const struct net *n, const struc
     for (size_t rd = 0; rd < g->n_readers; rd++)
         for (size_t j = 0; j < m; j++)
             for (size_t i = 0; i < k && i < r; i++) Q[(rd * m + j) * k + i] = u[j * r + i];
-    rc = svd__group_apply(out, n, g, k, P, Q, NULL, NULL, NULL, err, errlen);
+    if ((rc = svd__group_apply(&nn, n, g, k, P, Q, NULL, NULL, NULL, err, errlen)) < 0) goto out;
+    // The folded weight and bias, rotated, replace what the generic map produced.
+    float *nw = net_tensor_data(nn, &nn->tensors[t - n->tensors]);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)L, (int)m, 1.0f, P, (int)m,
+                wf, (int)L, 0.0f, nw, (int)L);
+    float *pb = calloc(k, sizeof(float));
+    if (!pb) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < m; j++) pb[i] += P[i * m + j] * bf[j];
+    if (tb >= 0) memcpy(net_tensor_data(nn, &nn->tensors[tb]), pb, k * sizeof(float));
+    if (tg >= 0) {
+        // Statistics of y = P W_f x: from the BN layer's input z on the calibration batch,
+        // W_f x = a (z - b) where a = gamma / sigma.
+        const size_t bn_layer = n->tensors[tg].layer;
+        struct svd__group gz = *g;
+        gz.n_readers = 1;
+        gz.readers[0] = (struct svd__reader){bn_layer, -1};
+        size_t N;
+        net_forward(n, x, NULL, Bc, 0);
+        if ((rc = svd__reader_acts(n, &gz, 0, Bc, SVD_MAX_ROWS, &h, &N)) < 0) {
+            free(pb);
+            goto out;
+        }
+        const float *b0 = tb >= 0 ? net_tensor_data(n, &n->tensors[tb]) : NULL;
+        float *G = net_tensor_data(nn, &nn->tensors[tg]);
+        float *Bt = net_tensor_data(nn, &nn->tensors[svd__row_t(g, SVD_RK_BETA)]);
+        float *M = net_tensor_data(nn, &nn->tensors[svd__row_t(g, SVD_RK_MEAN)]);
+        float *V = net_tensor_data(nn, &nn->tensors[svd__row_t(g, SVD_RK_VAR)]);
+        for (size_t i = 0; i < k; i++) {
+            double s1 = 0.0, s2 = 0.0;
+            for (size_t q = 0; q < N; q++) {
+                double y = 0.0;
+                for (size_t j = 0; j < m; j++) {
+                    float a = gam[j] / sqrtf(var[j] + 1e-5f);
+                    y += (double)P[i * m + j] * a * (h[q * m + j] - (b0 ? b0[j] : 0.0f));
+                }
+                s1 += y;
+                s2 += y * y;
+            }
+            double mean = s1 / (double)N, v = s2 / (double)N - mean * mean;
+            if (v < 0.0) v = 0.0;
+            G[i] = (float)sqrt(v + 1e-5);
+            Bt[i] = (float)mean + pb[i];
+            M[i] = (float)mean + (tb >= 0 ? pb[i] : 0.0f);
+            V[i] = (float)v;
+        }
+    }
+    free(pb);
+    *out = nn;
+    nn = NULL;
+    rc = 0;
 out:
+    net_destroy(nn);
+    free(wf);
+    free(bf);
     free(u);
     free(s);
     free(vt);
     free(P);
     free(Q);
+    free(h);
     return rc;
 }
 
@@ -247,10 +336,16 @@ int svd_shrink(struct net **out, const struct net *n, const struct svd_gref *ref
         snprintf(err, errlen, "cannot shrink width %zu to %zu", g.m, k);
         return -EINVAL;
     }
-    // rotate mixes channels, which a BN's per-channel statistics or a residual stream's
-    // identity shortcuts cannot follow: those groups use select.
-    if (mode == SVD_MODE_ROTATE && !g.has_bn && ref->kind != SVD_G_STREAM)
-        return svd__shrink_rotate(out, n, &g, k, err, errlen);
+    /* rotate mixes channels. A residual stream's identity shortcuts cannot follow a rotation,
+     * and a residual block's inner BN has no saved input to fold with: those use select. */
+    int bn_layer_after = g.has_bn && ref->kind == SVD_G_UNITS;
+    if (mode == SVD_MODE_ROTATE && ref->kind != SVD_G_STREAM && (!g.has_bn || bn_layer_after)) {
+        if (g.has_bn && (!x || !B)) {
+            snprintf(err, errlen, "rotate with batch norm needs a calibration batch");
+            return -EINVAL;
+        }
+        return svd__shrink_rotate(out, (struct net *)n, &g, k, x, B, err, errlen);
+    }
     if (!x || !B) {
         snprintf(err, errlen, "select needs a calibration batch");
         return -EINVAL;
