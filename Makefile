@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build run test test-asan test-tsan clean
+.PHONY: all deps build run train test test-asan test-tsan clean
 
 all: build
 
@@ -13,8 +13,13 @@ build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DWERROR=ON >/dev/null
 	@cmake --build $(BUILD) -j$(JOBS)
 
-# The main job: train configs/default.json on Fashion-MNIST.
+# The main job: evowidthd trains configs/default.json on Fashion-MNIST and serves the API
+# (it prints the URL to poll; Ctrl-C checkpoints and exits; run again to resume).
 run: build
+	$(BUILD)/evowidthd --config configs/default.json --state-dir $(BUILD)/state
+
+# The same training in the foreground, with the final report.
+train: build
 	$(BUILD)/evowidth train configs/default.json --report $(BUILD)/default-report.json -o $(BUILD)/default.evow
 
 # The whole test suite (unit, slow and end-to-end).

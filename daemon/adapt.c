@@ -12,7 +12,7 @@
 #include "daemon/daemon_internal.h"
 #include "svd_adapt/svd_adapt.h"
 
-#define DMN_VAL_SAMPLES 1024 // validation samples judged around a surgery
+#define DMN_VAL_SAMPLES 512 // validation samples judged around a surgery
 
 struct dmn_adapt {
     struct svd_state *st;
