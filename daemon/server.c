@@ -74,7 +74,7 @@ struct dmn_cmd {
     int rc;
     char err[256];
     size_t step;
-    char path[512];
+    char path[1024];
     double loss, acc, val_loss, val_acc;
     int kept;
     size_t n_layers;
@@ -100,7 +100,7 @@ struct dmn_snapshot {
     size_t n_layers;
     struct dmn_layer_info layers[CFG_MAX_LAYERS];
     size_t last_ckpt_step;
-    char last_ckpt[512];
+    char last_ckpt[1024];
     size_t n_events;
 };
 
@@ -477,7 +477,7 @@ static void *dmn__trainer_main(void *arg)
         }
         size_t every = t->cfg.daemon.checkpoint_every_steps;
         if ((every && t->step % every == 0) || dmn_trainer_done(t)) {
-            char path[512];
+            char path[1024];
             if (dmn__checkpoint(s, path, sizeof(path), err, sizeof(err)) < 0)
                 dmn__log(s, "checkpoint failed: %s", err);
             else if (dmn_trainer_done(t))
@@ -491,7 +491,7 @@ static void *dmn__trainer_main(void *arg)
         }
     }
     // Stop: the step in progress has finished; write the final checkpoint.
-    char path[512];
+    char path[1024];
     if (dmn__checkpoint(s, path, sizeof(path), err, sizeof(err)) < 0)
         dmn__log(s, "final checkpoint failed: %s", err);
     else

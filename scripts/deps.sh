@@ -3,7 +3,8 @@
 # Usage: scripts/deps.sh [extra-package ...]
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev liblapacke-dev libuv1-dev
-      libcjson-dev zlib1g-dev libhttp-parser-dev dataset-fashion-mnist curl "$@")
+      libcjson-dev zlib1g-dev libhttp-parser-dev dataset-fashion-mnist curl
+      libcurl4-openssl-dev python3 "$@")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
