@@ -191,10 +191,11 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
         } else {
             mean = rmean[c];
             istd = 1.0f / sqrtf(rvar[c] + NET__BN_EPS);
+            if (inv) inv[c] = istd;
         }
         const float gc = gamma[c], bc = beta[c];
         float *o = out + c * cs;
-        float *xh = training ? xhat + c * cs : NULL;
+        float *xh = xhat ? xhat + c * cs : NULL;
         for (size_t i = 0; i < N; i++) {
             float h = (x[i * is] - mean) * istd;
             if (xh) xh[i * is] = h;
@@ -204,10 +205,12 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
 }
 
 void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
-                 const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is)
+                 const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
+                 int training)
 {
     /* With y = g*xh + b, xh = (x - mu) * inv over N items:
-     * dx = g*inv/N * (N*dy - sum(dy) - xh * sum(dy*xh)). */
+     * training (mu, inv from the batch): dx = g*inv/N * (N*dy - sum(dy) - xh * sum(dy*xh));
+     * eval (running mu, inv are constants): dx = g*inv*dy. */
 #pragma omp parallel for schedule(static)
     for (size_t c = 0; c < C; c++) {
         const float *dy = dout + c * cs, *xh = xhat + c * cs;
@@ -219,9 +222,14 @@ void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, co
         dgamma[c] += (float)sdyx;
         dbeta[c] += (float)sdy;
         if (!dinp) continue;
+        float *dx = dinp + c * cs;
+        if (!training) {
+            const float k = gamma[c] * inv[c];
+            for (size_t i = 0; i < N; i++) dx[i * is] = k * dy[i * is];
+            continue;
+        }
         const float k = gamma[c] * inv[c] / (float)N;
         const float a = (float)sdy, bsum = (float)sdyx;
-        float *dx = dinp + c * cs;
         for (size_t i = 0; i < N; i++)
             dx[i * is] = k * ((float)N * dy[i * is] - a - xh[i * is] * bsum);
     }

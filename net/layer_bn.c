@@ -69,7 +69,7 @@ static void bn_backward(struct net *n, struct net_layer *l, float *dinp, const f
     bn_layout(l, B, &N, &cs, &is);
     float *inv = l->ws + B * l->in.c * l->in.h * l->in.w;
     net__bn_bwd(dinp, net__g(n, l, 0), net__g(n, l, 1), dout, l->ws, inv, net__p(n, l, 0), l->in.c,
-                N, cs, is);
+                N, cs, is, n->training);
 }
 
 static size_t bn_flops(const struct net_layer *l)

@@ -262,7 +262,7 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
         const float *dzp = G;
         if (bn) {
             net__bn_bwd(D, res_g(n, l, x.gp), res_g(n, l, x.bp), G, w.xhp, w.invp,
-                        res_p(n, l, x.gp), O, N1, N1, 1);
+                        res_p(n, l, x.gp), O, N1, N1, 1, n->training);
             dzp = D;
         }
         net__conv_bwd(dinp, res_g(n, l, x.pw), res_g(n, l, x.pb), col, dcol, dzp, inp,
@@ -275,7 +275,7 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
     const float *dz2 = G;
     if (bn) {
         net__bn_bwd(D, res_g(n, l, x.g2), res_g(n, l, x.b2), G, w.xh2, w.inv2, res_p(n, l, x.g2),
-                    O, N1, N1, 1);
+                    O, N1, N1, 1, n->training);
         dz2 = D;
     }
     memset(E, 0, m * N1 * sizeof(float));
@@ -285,7 +285,7 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
         if (w.h1[i] <= 0.0f) E[i] = 0.0f;
     if (bn)
         net__bn_bwd(E, res_g(n, l, x.g1), res_g(n, l, x.b1), E, w.xh1, w.inv1, res_p(n, l, x.g1),
-                    m, N1, N1, 1);
+                    m, N1, N1, 1, n->training);
     net__conv_bwd(dinp, res_g(n, l, x.c1w), res_g(n, l, x.c1b), col, dcol, E, inp,
                   res_p(n, l, x.c1w), &g1, B);
 }

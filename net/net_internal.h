@@ -75,13 +75,16 @@ void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, c
 
 #define NET__BN_EPS 1e-5f
 #define NET__BN_MOMENTUM 0.1f
-/* Training forward (batch statistics, running stats updated) or eval forward. xhat (C*N in
- * the same layout) and inv (C) are saved for backward in training mode. */
+/* Training forward (batch statistics, running stats updated) or eval forward (running
+ * statistics). xhat (C*N in the same layout) and inv (C) are saved for backward in both
+ * modes, so a backward pass after an eval forward is the eval-mode function's gradient. */
 void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar, const float *inp,
                  const float *gamma, const float *beta, size_t C, size_t N, size_t cs, size_t is,
                  int training);
-/* dinp = BN backward (overwrites); dgamma, dbeta accumulate. dinp may alias dout. */
+/* dinp = BN backward (overwrites); dgamma, dbeta accumulate. dinp may alias dout.
+ * training says which forward it follows. */
 void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
-                 const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is);
+                 const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
+                 int training);
 
 #endif

@@ -399,7 +399,9 @@ int svd__group_apply(struct net **out, const struct net *n, const struct svd__gr
             }
         }
     }
-    // Leftovers of the rewiring into consumer biases (or BN running means).
+    /* Leftovers of the rewiring into consumer biases (or BN running means): the consumer's
+     * pre-activation changes by W_old[:, j] c_j summed over channels j. A factorized consumer
+     * reads the channels through V (R rows): its output change is U (V c). */
     for (size_t ci = 0; c && ci < g->n_cols; ci++) {
         const struct svd__col *col = &g->cols[ci];
         if (col->off_t < 0) continue;
@@ -407,16 +409,32 @@ int svd__group_apply(struct net **out, const struct net *n, const struct svd__gr
         const float *w = net_tensor_data(n, to), *cr = c + col->reader * m;
         float *dst = net_tensor_data(nn, &nn->tensors[col->off_t]);
         const size_t D0 = to->dims[0], B_ = col->block;
+        double *t = calloc(D0, sizeof(double));
+        if (!t) {
+            rc = -ENOMEM;
+            goto fail;
+        }
         for (size_t o = 0; o < D0; o++) {
-            double s = 0.0;
             for (size_t j = 0; j < m; j++) {
                 if (cr[j] == 0.0f) continue;
                 double ws = 0.0;
                 for (size_t b = 0; b < B_; b++) ws += w[(o * m + j) * B_ + b];
-                s += ws * cr[j];
+                t[o] += ws * cr[j];
             }
+        }
+        const struct net_layer *cl = &n->layers[to->layer];
+        const size_t n_out = nn->tensors[col->off_t].n;
+        const struct net_tensor *tu = cl->spec.rank ? net_tensor_get(n, to->layer, "u") : NULL;
+        const float *u = tu && tu != to ? net_tensor_data(n, tu) : NULL;
+        for (size_t o = 0; o < n_out; o++) {
+            double s = 0.0;
+            if (u)
+                for (size_t r = 0; r < D0; r++) s += (double)u[o * D0 + r] * t[r];
+            else
+                s = o < D0 ? t[o] : 0.0;
             dst[o] += col->off_sub ? -(float)s : (float)s;
         }
+        free(t);
     }
     free(specs);
     *out = nn;

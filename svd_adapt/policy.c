@@ -316,11 +316,15 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
     cJSON_AddItemToObject(ev, "changes", ps.changes);
     cJSON_AddNumberToObject(ev, "params_after", (double)(*n)->n_params);
     cJSON_AddItemToObject(ev, "widths_after", svd__widths(*n));
-    if (event && n_changes > 0) *event = cJSON_PrintUnformatted(ev);
-    if (ctx->events && n_changes > 0 && event && *event) {
-        fprintf(ctx->events, "%s\n", *event);
+    char *text = n_changes > 0 ? cJSON_PrintUnformatted(ev) : NULL;
+    if (ctx->events && text) {
+        fprintf(ctx->events, "%s\n", text);
         fflush(ctx->events);
     }
+    if (event)
+        *event = text;
+    else
+        cJSON_free(text);
     cJSON_Delete(ev);
     free(s);
     return ps.kept;

@@ -116,20 +116,10 @@ int svd_set_rank(struct net **out, const struct net *n, size_t layer, size_t r,
             memset(nu + i * r + R, 0, (r - R) * sizeof(float));
         }
         memcpy(nv, ov, R * L * sizeof(float));
-        // New V rows: random, orthogonalised against the old rows and each other.
-        for (size_t e = R; e < r; e++) {
-            float *v = nv + e * L;
-            for (size_t x = 0; x < L; x++) v[x] = net_rand_normal(rng);
-            for (int pass = 0; pass < 2; pass++) {
-                for (size_t i = 0; i < e; i++) {
-                    float nn2 = cblas_sdot((int)L, nv + i * L, 1, nv + i * L, 1);
-                    if (nn2 > 0)
-                        cblas_saxpy((int)L, -cblas_sdot((int)L, v, 1, nv + i * L, 1) / nn2,
-                                    nv + i * L, 1, v, 1);
-                }
-            }
-            float nrm = cblas_snrm2((int)L, v, 1);
-            cblas_sscal((int)L, nrm > 0 ? 1.0f / nrm : 0.0f, v, 1);
+        // New V rows: unit norm, orthogonal to the old rows' span and to each other.
+        if ((rc = svd__orth_rows(nv + R * L, ov, R, L, r - R, 1.0f, rng)) < 0) {
+            snprintf(err, errlen, "rank growth of \"%s\": SVD failed", l->spec.name);
+            goto out;
         }
         rc = 0;
         goto out;

@@ -169,6 +169,22 @@ static int svd__shrink_rotate(struct net **out, struct net *n, const struct svd_
     float *nw = net_tensor_data(nn, &nn->tensors[t - n->tensors]);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)L, (int)m, 1.0f, P, (int)m,
                 wf, (int)L, 0.0f, nw, (int)L);
+    if (tg >= 0) {
+        // Moments follow the weight's map, fold included: m' = P diag(a) m, v' = P^2 diag(a^2) v.
+        const size_t off_o = t->off, off_n = nn->tensors[t - n->tensors].off;
+        for (size_t i = 0; i < k; i++) {
+            for (size_t x2 = 0; x2 < L; x2++) {
+                double sm = 0.0, sv = 0.0;
+                for (size_t j = 0; j < m; j++) {
+                    double a = gam[j] / sqrt(var[j] + 1e-5), p = P[i * m + j];
+                    sm += p * a * n->m[off_o + j * L + x2];
+                    sv += p * p * a * a * n->v[off_o + j * L + x2];
+                }
+                nn->m[off_n + i * L + x2] = (float)sm;
+                nn->v[off_n + i * L + x2] = (float)sv;
+            }
+        }
+    }
     float *pb = calloc(k, sizeof(float));
     if (!pb) {
         rc = -ENOMEM;
@@ -355,10 +371,8 @@ int svd_shrink(struct net **out, const struct net *n, const struct svd_gref *ref
 
 // ---- grow ------------------------------------------------------------------------------
 
-/* extra rows (extra x L) orthogonal to the rows of w (m x L) and to each other, scaled to
- * the median row norm of w. When the rows already span R^L the new rows are only random. */
-static int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra,
-                          uint64_t *rng)
+int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, float norm,
+                   uint64_t *rng)
 {
     size_t r = m < L ? m : L;
     float *u = malloc(m * r * sizeof(float)), *s = malloc(r * sizeof(float));
@@ -374,7 +388,7 @@ static int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t 
                 norms[i] = norms[j];
                 norms[j] = tmp;
             }
-    float scale = m ? norms[m / 2] : 1.0f;
+    float scale = norm > 0.0f ? norm : m ? norms[m / 2] : 1.0f;
     if (!(scale > 0.0f)) scale = 1.0f;
     rc = svd__svd(w, m, L, u, s, vt);
     size_t rank = 0;
@@ -477,7 +491,7 @@ int svd_grow(struct net **out, const struct net *n, const struct svd_gref *ref, 
             snprintf(err, errlen, "gradmax: SVD of the gradient correlation failed");
             goto out;
         }
-    } else if ((rc = svd__orth_rows(nw, net_tensor_data(n, t), m, L, extra, rng)) < 0) {
+    } else if ((rc = svd__orth_rows(nw, net_tensor_data(n, t), m, L, extra, 0.0f, rng)) < 0) {
         snprintf(err, errlen, "orthogonal growth: SVD failed");
         goto out;
     }

@@ -75,15 +75,20 @@ size_t svd_rank_rule(const struct svd_policy *p, const float *s, size_t k);
 // ---- surgery (each returns a new net in *out; the input net is not modified) -------------
 
 /* Shrinks group g to k channels. rotate: producer rows become U_k^T W, consumers W' U_k
- * (exact for a linear f); select: keeps the k units chosen by pivoted QR on the calibration
+ * (exact for a linear f; a BN layer right after the producer is folded in first; residual
+ * streams and residual inner widths with BN use select instead); select: keeps the k units chosen by pivoted QR on the calibration
  * activations and rewires every consumer by least squares, leftovers into the consumer bias.
  * Optimizer moments follow (m by the same map, v by its squares). */
+/* mode SVD_MODE_FACTORIZE is not a width change: it shrinks with select (factorized ranks
+ * change through svd_set_rank). */
 int svd_shrink(struct net **out, const struct net *n, const struct svd_gref *g, size_t k,
                enum svd_mode mode, const float *x, size_t B, char *err, size_t errlen);
 /* Grows group g by extra channels: incoming rows random, orthogonal to the existing rows and
  * scaled to their median norm, zero bias, zero outgoing columns (orthogonal); or zero incoming
  * rows and outgoing columns from the top singular vectors of the gradient correlation on the
- * calibration batch (gradmax; needs labels y). The function is unchanged either way. */
+ * calibration batch (gradmax; needs labels y; dense -> dense groups only, others grow
+ * orthogonally). The function is unchanged either way. gradmax runs a backward pass on n
+ * and leaves its gradients zeroed. */
 int svd_grow(struct net **out, const struct net *n, const struct svd_gref *g, size_t extra,
              enum svd_grow mode, const float *x, const uint8_t *y, size_t B, uint64_t *rng,
              char *err, size_t errlen);

@@ -90,6 +90,12 @@ int svd__group_apply(struct net **out, const struct net *n, const struct svd__gr
                      size_t m2, const float *P, const float *Q, const float *c,
                      const float *new_w, const float *const *new_cols, char *err, size_t errlen);
 
+/* extra rows (extra x L) orthogonal to the row space of w (m x L, through its SVD) and to
+ * each other, each of norm `norm` (<= 0: the median row norm of w). When the rows of w
+ * already span R^L the new rows are only random. 0 or a negative errno. */
+int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, float norm,
+                   uint64_t *rng);
+
 /* Row length of tensor t (elements per channel row). */
 size_t svd__rowlen(const struct net *n, size_t t);
 
