@@ -140,6 +140,21 @@ static int ckpt_write_atomic(const char *path, const void *data, size_t len, cha
 int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt,
               const struct ckpt_blob *blobs, size_t n_blobs, char *err, size_t errlen)
 {
+    static const char *const reserved[4] = {"ARCH", "PARM", "STAT", "OPTM"};
+    for (size_t i = 0; i < n_blobs; i++) {
+        for (int k = 0; k < 4; k++) {
+            if (strncmp(blobs[i].tag, reserved[k], 4) == 0) {
+                snprintf(err, errlen, "%s: blob tag \"%.4s\" is reserved for the model itself",
+                         path, blobs[i].tag);
+                return -EINVAL;
+            }
+        }
+        if (strlen(blobs[i].tag) != 4) {
+            snprintf(err, errlen, "%s: blob tags are four characters, got \"%s\"", path,
+                     blobs[i].tag);
+            return -EINVAL;
+        }
+    }
     struct ckpt_buf b = {0};
     cb_put(&b, "EVOW", 4);
     cb_u32(&b, CKPT_VERSION);
@@ -354,6 +369,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
         snprintf(err, errlen, "%s: missing or truncated ARCH chunk", path);
         goto fail;
     }
+    const size_t arch_end = r.pos + clen;
     struct net_shape in = {0};
     in.c = rd_u64(&r);
     in.h = rd_u64(&r);
@@ -393,7 +409,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
         }
     }
     size_t np = rd_u64(&r), ns = rd_u64(&r);
-    if (r.bad || in.c > 4 || in.h > 4096 || in.w > 4096 || classes > 65536) {
+    if (r.bad || r.pos != arch_end || in.c > 4 || in.h > 4096 || in.w > 4096 || classes > 65536) {
         snprintf(err, errlen, "%s: ARCH chunk is malformed", path);
         goto fail;
     }
@@ -428,7 +444,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
             rd_get(&r, n->state, clen);
             got_stat = 1;
         } else if (strcmp(tag, "OPTM") == 0) {
-            if (clen != 40 + 2 * np * sizeof(float)) goto badsize;
+            if (clen != 36 + 2 * np * sizeof(float)) goto badsize; // 7 x 4-byte fields + u64 t
             o.kind = (enum net_opt_kind)rd_u32(&r);
             o.momentum = rd_f32(&r);
             o.nesterov = (int)rd_u32(&r);

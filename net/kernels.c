@@ -41,7 +41,7 @@ static void net__im2col(float *col, const float *inp, const struct net__conv *g,
     const size_t K = g->K, H = g->H, W = g->W, OH = g->OH, OW = g->OW, S = g->S;
     const long P = (long)g->P;
     const size_t rows = g->C * K * K, N = B * OH * OW;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * N > 32768)
     for (size_t r = 0; r < rows; r++) {
         const size_t c = r / (K * K), ki = (r / K) % K, kj = r % K;
         float *dst = col + r * N;
@@ -82,7 +82,7 @@ static void net__col2im_add(float *dinp, const float *dcol, const struct net__co
     const size_t K = g->K, H = g->H, W = g->W, OH = g->OH, OW = g->OW, S = g->S;
     const long P = (long)g->P;
     const size_t N = B * OH * OW;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g->C * K * K * N > 32768)
     for (size_t c = 0; c < g->C; c++) {
         for (size_t ki = 0; ki < K; ki++) {
             for (size_t kj = 0; kj < K; kj++) {
@@ -118,7 +118,7 @@ void net__conv_fwd(float *out, float *col, const float *inp, const float *w, con
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)g->OC, (int)N, (int)CKK, 1.0f, w,
                 (int)CKK, src, (int)N, 0.0f, out, (int)N);
     if (b) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g->OC * N > 32768)
         for (size_t o = 0; o < g->OC; o++) {
             float *row = out + o * N;
             const float bo = b[o];
@@ -141,7 +141,7 @@ void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, c
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->OC, (int)CKK, (int)N, 1.0f, dout,
                 (int)N, src, (int)N, 1.0f, dw, (int)CKK);
     if (db) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (g->OC * N > 32768)
         for (size_t o = 0; o < g->OC; o++) {
             const float *row = dout + o * N;
             float s = 0.0f;
@@ -167,7 +167,7 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
                  const float *gamma, const float *beta, size_t C, size_t N, size_t cs, size_t is,
                  int training)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (C * N > 32768)
     for (size_t c = 0; c < C; c++) {
         const float *x = inp + c * cs;
         float mean, istd;
@@ -211,7 +211,7 @@ void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, co
     /* With y = g*xh + b, xh = (x - mu) * inv over N items:
      * training (mu, inv from the batch): dx = g*inv/N * (N*dy - sum(dy) - xh * sum(dy*xh));
      * eval (running mu, inv are constants): dx = g*inv*dy. */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (C * N > 32768)
     for (size_t c = 0; c < C; c++) {
         const float *dy = dout + c * cs, *xh = xhat + c * cs;
         double sdy = 0.0, sdyx = 0.0;

@@ -13,7 +13,8 @@
 
 static int dense_shape(struct net_layer *l, char *err, size_t errlen)
 {
-    if (l->in.spatial && l->in.h * l->in.w > 1) {
+    if (l->in.spatial) {
+        // Spatial activations are (C, B, H, W) even at 1x1: a dense layer reads (B, F).
         snprintf(err, errlen, "input is %zux%zux%zu (spatial): add a flatten or gap before it",
                  l->in.c, l->in.h, l->in.w);
         return -1;

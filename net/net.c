@@ -188,8 +188,12 @@ int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
         cur = l->out;
     }
     if (cur.spatial || cur.c != n_classes) {
-        snprintf(err, errlen, "model: the last layer must output %zu class scores (flat), got %zux%zux%zu",
-                 n_classes, cur.c, cur.h, cur.w);
+        const struct net_layer *last = &n->layers[n_specs - 1];
+        snprintf(err, errlen,
+                 "model layer %zu (%s \"%s\"): the last layer must output %zu class scores "
+                 "(flat), got %zux%zux%zu",
+                 n_specs - 1, NET__KIND_NAME[last->spec.kind], last->spec.name, n_classes, cur.c,
+                 cur.h, cur.w);
         goto fail;
     }
 
