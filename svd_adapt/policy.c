@@ -82,6 +82,20 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
 
 // ---- one pass --------------------------------------------------------------------------
 
+/* Per-layer parameter counts of the layers that have any. */
+static cJSON *svd__layer_params(const struct net *n)
+{
+    cJSON *o = cJSON_CreateObject();
+    for (size_t i = 0; o && i < n->n_layers; i++) {
+        const struct net_layer *l = &n->layers[i];
+        size_t np = 0;
+        for (size_t t = l->t0; t < l->t0 + l->n_t; t++)
+            if (n->tensors[t].arena == NET_ARENA_PARAM) np += n->tensors[t].n;
+        if (np) cJSON_AddNumberToObject(o, l->spec.name, (double)np);
+    }
+    return o;
+}
+
 static cJSON *svd__widths(const struct net *n)
 {
     cJSON *o = cJSON_CreateObject();
@@ -232,7 +246,17 @@ static void svd__width_step(struct svd__pass *ps, struct svd_state *st, const st
     long r = p->source == SVD_SRC_ACTIVATIONS
                  ? svd_spectrum_acts(n, g, ps->ctx->x, ps->ctx->B, s, 4096)
                  : svd_spectrum_weights(n, g, s, 4096);
-    if (r <= 0 || !(s[0] > 0.0f)) return; // a failed decomposition skips this group
+    if (r < 0) {
+        // A failed decomposition skips this group's adaptation, and says so in the event.
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddStringToObject(ch, "group", name);
+        cJSON_AddStringToObject(ch, "action", "skip");
+        cJSON_AddStringToObject(ch, "error", r == SVD_ENOCONV ? "SVD did not converge"
+                                                             : "spectrum failed");
+        cJSON_AddItemToArray(ps->changes, ch);
+        return;
+    }
+    if (r == 0 || !(s[0] > 0.0f)) return; // a dead layer: nothing to measure
     size_t k = svd_rank_rule(p, s, (size_t)r);
     if (k < p->min_width) k = p->min_width;
     size_t target = m;
@@ -300,6 +324,7 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
     cJSON_AddStringToObject(ev, "mode", modes[p->mode]);
     cJSON_AddNumberToObject(ev, "params_before", (double)(*n)->n_params);
     cJSON_AddItemToObject(ev, "widths_before", svd__widths(*n));
+    cJSON_AddItemToObject(ev, "layer_params_before", svd__layer_params(*n));
     ps.changes = cJSON_CreateArray();
     if (p->mode == SVD_MODE_FACTORIZE) {
         for (size_t i = 0; i < (*n)->n_layers; i++) {
@@ -316,6 +341,7 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
     cJSON_AddItemToObject(ev, "changes", ps.changes);
     cJSON_AddNumberToObject(ev, "params_after", (double)(*n)->n_params);
     cJSON_AddItemToObject(ev, "widths_after", svd__widths(*n));
+    cJSON_AddItemToObject(ev, "layer_params_after", svd__layer_params(*n));
     char *text = n_changes > 0 ? cJSON_PrintUnformatted(ev) : NULL;
     if (ctx->events && text) {
         fprintf(ctx->events, "%s\n", text);
