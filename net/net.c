@@ -10,7 +10,9 @@
  * Thread-safety: a net is used by one thread at a time; kernels use OpenMP inside. */
 #include <errno.h>
 #include <math.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,8 +55,12 @@ void net_set_threads(int n_threads)
      * Threads created later (OpenMP's pool) inherit this thread's MXCSR. */
     _mm_setcsr(_mm_getcsr() | 0x8040);
 #endif
+#ifdef _OPENMP
     omp_set_num_threads(n_threads);
     openblas_set_num_threads(n_threads);
+#else
+    openblas_set_num_threads(1); // serial build (ThreadSanitizer): BLAS serial too
+#endif
 }
 
 // ---- tensors --------------------------------------------------------------------------
