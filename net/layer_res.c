@@ -16,6 +16,8 @@
 
 #include "net/net_internal.h"
 
+#define RES_BRANCH_SCALE 0.1f
+
 /* Tensor indices within the layer; -1 when absent. */
 struct res_ix {
     int c1w, c1b, g1, b1, m1, v1;
@@ -177,6 +179,13 @@ static void res_init(struct net *n, struct net_layer *l, uint64_t *rng)
     size_t C = l->in.c, m = l->spec.width, O = l->spec.out;
     net__he_fill(net__p(n, l, (size_t)x.c1w), m * C * 9, C * 9, rng);
     net__he_fill(net__p(n, l, (size_t)x.c2w), O * m * 9, m * 9, rng);
+    /* The branch starts small (Fixup-style, Zhang et al. 2019): with He-initialised branches
+     * and no BN, each block multiplies the stream's variance by about 3 and a few blocks in the
+     * logits blow up and the ReLUs die in the first steps. */
+    if (!l->spec.bn) {
+        float *w2 = net__p(n, l, (size_t)x.c2w);
+        for (size_t i = 0; i < O * m * 9; i++) w2[i] *= RES_BRANCH_SCALE;
+    }
     if (x.pw >= 0) net__he_fill(net__p(n, l, (size_t)x.pw), O * C, C, rng);
     int gs[3] = {x.g1, x.g2, x.gp}, vs[3] = {x.v1, x.v2, x.vp};
     size_t ns[3] = {m, O, O};

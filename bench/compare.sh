@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# bench/compare.sh: training throughput of evowidth against PyTorch on the reference architectures.
+#
+# For each arch in mlp cnn resnet it runs, REPEATS times and alternating (ours, torch, ours,
+# torch, ...), our trainer on configs/ref_<arch>.json and the PyTorch reference
+# (torch_ref.py, same model, batch size, thread count, optimizer and epochs), then prints
+# samples/s of every run, the ratio median(ours) / median(torch) against the target, test
+# accuracies, parameter counts and the fraction of this machine's measured sgemm GFLOP/s a
+# training step reaches. The same table is printed as markdown (and written to --md FILE) for
+# docs/BENCHMARKS.md. See bench/README.md for the method.
+#
+# usage: bench/compare.sh [--epochs E] [--repeats R] [--threads T] [--batch B]
+#                         [--archs "mlp cnn resnet"] [--build DIR | --bin PATH] [--no-build]
+#                         [--torch-epochs F] [--torch-ref PATH] [--python PATH]
+#                         [--md FILE] [--keep DIR] [--strict]
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+EPOCHS=1
+TORCH_EPOCHS=""
+REPEATS=2
+THREADS=2
+BATCH=64
+ARCHS="mlp cnn resnet"
+BUILD_DIR="build"
+BIN=""
+NO_BUILD=0
+TORCH_REF="/work/shared/bench/torch_ref.py"
+PYTHON="/usr/bin/python3" # Debian's python3 with python3-torch, not a pyenv/venv python3 on PATH
+MD_FILE=""
+KEEP=""
+STRICT=0
+DATA_DIR="/usr/share/datasets/fashion-mnist"
+
+usage() {
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    cat <<'EOF'
+options:
+  --epochs E        epochs for both trainers (positive integer: ours takes whole epochs;
+                    default 1 = 60000 samples; --steps-epochs is an alias)
+  --repeats R       runs of each implementation per arch, alternating (default 2)
+  --threads T       threads for both (default 2); --batch B: batch size for both (default 64)
+  --archs LIST      space-separated subset of "mlp cnn resnet"
+  --build DIR       build directory for `make build BUILD=DIR` (default build)
+  --bin PATH        use this evowidth binary instead of building (implies --no-build)
+  --no-build        use DIR/evowidth as it is
+  --torch-epochs F  epochs for torch_ref only (float; default: --epochs). For quick checks only:
+                    the comparison is meant to use the same epochs for both.
+  --torch-ref PATH  the PyTorch reference script (default /work/shared/bench/torch_ref.py)
+  --python PATH     python with torch (default /usr/bin/python3)
+  --md FILE         also write the markdown table to FILE
+  --keep DIR        keep run logs and reports in DIR (default: a temporary directory, removed)
+  --strict          exit 1 if a target is missed (default: exit 0 when all runs succeed)
+EOF
+}
+
+die() { echo "compare.sh: $*" >&2; exit 2; }
+
+CMDLINE="bench/compare.sh"
+for a in "$@"; do
+    case "$a" in *[[:space:]]*) CMDLINE+=" '$a'" ;; *) CMDLINE+=" $a" ;; esac
+done
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --epochs | --steps-epochs) EPOCHS="${2:?$1 needs a value}"; shift 2 ;;
+    --torch-epochs) TORCH_EPOCHS="${2:?$1 needs a value}"; shift 2 ;;
+    --repeats) REPEATS="${2:?$1 needs a value}"; shift 2 ;;
+    --threads) THREADS="${2:?$1 needs a value}"; shift 2 ;;
+    --batch) BATCH="${2:?$1 needs a value}"; shift 2 ;;
+    --archs) ARCHS="${2:?$1 needs a value}"; shift 2 ;;
+    --build) BUILD_DIR="${2:?$1 needs a value}"; shift 2 ;;
+    --bin) BIN="${2:?$1 needs a value}"; NO_BUILD=1; shift 2 ;;
+    --no-build) NO_BUILD=1; shift ;;
+    --torch-ref) TORCH_REF="${2:?$1 needs a value}"; shift 2 ;;
+    --python) PYTHON="${2:?$1 needs a value}"; shift 2 ;;
+    --md) MD_FILE="${2:?$1 needs a value}"; shift 2 ;;
+    --keep) KEEP="${2:?$1 needs a value}"; shift 2 ;;
+    --strict) STRICT=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+[[ "$EPOCHS" =~ ^[1-9][0-9]*$ ]] || die "--epochs must be a positive integer (our trainer runs whole epochs), got '$EPOCHS'"
+[ -n "$TORCH_EPOCHS" ] || TORCH_EPOCHS="$EPOCHS"
+[[ "$TORCH_EPOCHS" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ ]] || die "--torch-epochs must be a number, got '$TORCH_EPOCHS'"
+[[ "$REPEATS" =~ ^[1-9][0-9]*$ ]] || die "--repeats must be a positive integer"
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer"
+[[ "$BATCH" =~ ^[1-9][0-9]*$ ]] || die "--batch must be a positive integer"
+for arch in $ARCHS; do
+    case "$arch" in mlp | cnn | resnet) ;; *) die "unknown arch '$arch' (mlp, cnn, resnet)" ;; esac
+    [ -f "$ROOT/configs/ref_$arch.json" ] || die "missing $ROOT/configs/ref_$arch.json"
+done
+[ -n "$ARCHS" ] || die "--archs is empty"
+
+# ---- prerequisites ------------------------------------------------------------------------
+
+for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    if [ ! -f "$DATA_DIR/$f.gz" ] && [ ! -f "$DATA_DIR/$f" ]; then
+        die "Fashion-MNIST is missing ($DATA_DIR/$f[.gz]). Install it with:
+    sudo apt-get install dataset-fashion-mnist"
+    fi
+done
+[ -x "$PYTHON" ] || die "$PYTHON not found. Install Debian's python and PyTorch with:
+    sudo apt-get install python3 python3-torch python3-numpy"
+if ! "$PYTHON" -c 'import torch, numpy' >/dev/null 2>&1; then
+    die "$PYTHON cannot import torch/numpy. Install them with:
+    sudo apt-get install python3-torch python3-numpy
+(use Debian's /usr/bin/python3; a pyenv/venv python3 on PATH will not see them)"
+fi
+[ -f "$TORCH_REF" ] || die "the PyTorch reference $TORCH_REF is missing (see --torch-ref)"
+command -v gcc >/dev/null || die "gcc not found: sudo apt-get install build-essential"
+pkg-config --exists openblas 2>/dev/null || die "OpenBLAS (openmp) not found: sudo apt-get install libopenblas-openmp-dev pkg-config"
+
+# ---- work directory -----------------------------------------------------------------------
+
+if [ -n "$KEEP" ]; then
+    mkdir -p "$KEEP" || die "cannot create $KEEP"
+    WORK="$(cd "$KEEP" && pwd)"
+else
+    WORK="$(mktemp -d /tmp/evowidth-bench.XXXXXX)" || die "mktemp failed"
+    trap 'rm -rf "$WORK"' EXIT
+fi
+
+# ---- evowidth binary ----------------------------------------------------------------------
+
+case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
+if [ -z "$BIN" ]; then
+    BIN="$BUILD_DIR/evowidth"
+    if [ "$NO_BUILD" = 0 ]; then
+        echo "== building evowidth: make build BUILD=$BUILD_DIR" >&2
+        if ! make -C "$ROOT" build BUILD="$BUILD_DIR" >"$WORK/build.log" 2>&1; then
+            tail -n 25 "$WORK/build.log" >&2
+            cp "$WORK/build.log" /tmp/evowidth-bench-build.log 2>/dev/null
+            die "'make build' failed (full log: /tmp/evowidth-bench-build.log).
+Another engineer's code may be in progress. Either retry later, run with --no-build to use
+the existing $BIN as it is, or build a private binary of the trainer and pass it with --bin:
+    cd $ROOT && gcc -std=c11 -D_GNU_SOURCE -DNDEBUG -O3 -march=native -fno-math-errno -fopenmp -I. \\
+      \$(pkg-config --cflags openblas) daemon/main_evowidth.c net/*.c svd_adapt/*.c daemon/adapt.c \\
+      daemon/cmd.c daemon/config.c daemon/state.c daemon/trainer.c \\
+      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lcjson -lz -lm -o /tmp/ew
+    bench/compare.sh --bin /tmp/ew ..."
+        fi
+    fi
+fi
+[ -x "$BIN" ] || die "no evowidth binary at $BIN (build it with 'make build' or pass --bin PATH)"
+
+# ---- sgemm peak ---------------------------------------------------------------------------
+
+SGEMM="$WORK/sgemm_peak"
+gcc -std=c11 -O2 "$ROOT/bench/sgemm_peak.c" $(pkg-config --cflags --libs openblas) -o "$SGEMM" \
+    2>"$WORK/sgemm_build.log" || { cat "$WORK/sgemm_build.log" >&2; die "building bench/sgemm_peak.c failed"; }
+
+measure_peak() { # best of two measurements: the machine is shared and noisy
+    "$SGEMM" "$THREADS" >"$WORK/sgemm_$1.json" 2>&1 || { cat "$WORK/sgemm_$1.json" >&2; die "sgemm_peak failed"; }
+}
+
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+echo "== load average at start: $LOAD_START (nproc $(nproc))" >&2
+echo "== measuring sgemm peak with $THREADS threads" >&2
+measure_peak a
+
+# ---- runs ---------------------------------------------------------------------------------
+
+RUNS="$WORK/runs.tsv" # arch impl rep status path
+: >"$RUNS"
+n_total=$(( $(wc -w <<<"$ARCHS") * REPEATS * 2 ))
+i=0
+for arch in $ARCHS; do
+    for rep in $(seq 1 "$REPEATS"); do
+        # A: ours
+        i=$((i + 1))
+        rpt="$WORK/ours_${arch}_$rep.json"
+        echo "== [$i/$n_total] ours  $arch run $rep: $(basename "$BIN") train configs/ref_$arch.json --epochs $EPOCHS --threads $THREADS" >&2
+        "$BIN" train "$ROOT/configs/ref_$arch.json" --epochs "$EPOCHS" --threads "$THREADS" \
+            --set "train.batch_size=$BATCH" --report "$rpt" -o "$WORK/ours_${arch}_$rep.evow" --quiet \
+            >"$WORK/ours_${arch}_$rep.log" 2>&1
+        st=$?
+        [ $st -ne 0 ] || [ -s "$rpt" ] || st=1 # no report: count as a failure
+        [ $st -eq 0 ] || { echo "   FAILED (exit $st):" >&2; tail -n 5 "$WORK/ours_${arch}_$rep.log" >&2; }
+        rm -f "$WORK/ours_${arch}_$rep.evow"
+        printf '%s\tours\t%s\t%s\t%s\n' "$arch" "$rep" "$st" "$rpt" >>"$RUNS"
+        # B: torch
+        i=$((i + 1))
+        out="$WORK/torch_${arch}_$rep.out"
+        echo "== [$i/$n_total] torch $arch run $rep: torch_ref.py $arch --epochs $TORCH_EPOCHS --threads $THREADS --batch $BATCH" >&2
+        "$PYTHON" "$TORCH_REF" "$arch" --epochs "$TORCH_EPOCHS" --threads "$THREADS" --batch "$BATCH" \
+            >"$out" 2>"$WORK/torch_${arch}_$rep.err"
+        st=$?
+        [ $st -ne 0 ] || grep -q '^{' "$out" || st=1 # no JSON line: count as a failure
+        [ $st -eq 0 ] || { echo "   FAILED (exit $st):" >&2; tail -n 5 "$WORK/torch_${arch}_$rep.err" >&2; }
+        printf '%s\ttorch\t%s\t%s\t%s\n' "$arch" "$rep" "$st" "$out" >>"$RUNS"
+    done
+done
+
+echo "== measuring sgemm peak again" >&2
+measure_peak b
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)"
+
+# ---- report -------------------------------------------------------------------------------
+
+GIT="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+git -C "$ROOT" diff --quiet HEAD 2>/dev/null || GIT="$GIT+dirty"
+CPU="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //')"
+TORCH_VER="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)"
+
+"$PYTHON" "$ROOT/bench/summarize.py" \
+    --runs "$RUNS" --sgemm "$WORK/sgemm_a.json" --sgemm "$WORK/sgemm_b.json" \
+    --epochs "$EPOCHS" --torch-epochs "$TORCH_EPOCHS" --threads "$THREADS" --batch "$BATCH" \
+    --command "$CMDLINE" --git "$GIT" --cpu "$CPU ($(nproc) cores)" --torch-version "$TORCH_VER" \
+    --load "$LOAD_START -> $LOAD_END" --md "$MD_FILE" --strict "$STRICT"
+status=$?
+[ -n "$KEEP" ] && echo "== run logs and reports kept in $WORK" >&2
+exit $status
