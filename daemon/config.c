@@ -216,6 +216,12 @@ static const struct cfg_row CFG_ROWS[] = {
           "file holding the bearer token for mutating routes (\"\" = none)"),
     R_SIZE("daemon", "history_points", daemon.history_points, 10, 1e6, 1000, IMM,
            "metric series length kept for GET /v1/history"),
+    R_SIZE("daemon", "header_timeout_ms", daemon.header_timeout_ms, 50, 600000, 10000, IMM,
+           "a request must arrive whole within this (else 408)"),
+    R_SIZE("daemon", "idle_timeout_ms", daemon.idle_timeout_ms, 50, 3600000, 30000, IMM,
+           "an idle keep-alive connection is closed after this"),
+    R_SIZE("daemon", "max_connections", daemon.max_connections, 1, 100000, 256, IMM,
+           "connections served at once (more get 503)"),
 };
 #define N_ROWS (sizeof CFG_ROWS / sizeof CFG_ROWS[0])
 

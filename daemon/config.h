@@ -79,6 +79,7 @@ struct dmn_config {
         size_t checkpoint_every_steps; // 0 = only on demand and at exit
         char token_file[CFG_PATH_MAX]; // "" = no token (loopback only)
         size_t history_points;
+        size_t header_timeout_ms, idle_timeout_ms, max_connections; // HTTP limits
     } daemon;
 };
 

@@ -81,6 +81,17 @@ int dmn_cmd_train(int argc, char **argv);
 int dmn_cmd_eval(int argc, char **argv);
 int dmn_cmd_layers(int argc, char **argv);
 
+// ---- compression tools on saved models (daemon/compress.c) --------------------------
+
+/* `evowidth compress | sweep | thin | export MODEL ...` (see each one's --help and
+ * docs/COMPRESSION.md): SVD factorization, the CaffeSVD rank sweep, the SOMP-style thin
+ * network, and Deep Compression into an EVWZ file. argc/argv start at the subcommand.
+ * Return a process exit code (0 ok, 1 failure, 2 usage). */
+int dmn_cmd_compress(int argc, char **argv);
+int dmn_cmd_sweep(int argc, char **argv);
+int dmn_cmd_thin(int argc, char **argv);
+int dmn_cmd_export(int argc, char **argv);
+
 // ---- the daemon (daemon/server.c) ---------------------------------------------------
 
 struct dmn_server_opts {
@@ -93,6 +104,17 @@ struct dmn_server_opts {
 /* Runs evowidthd until it is stopped (POST /v1/stop, SIGTERM, SIGINT) and returns the process
  * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr). */
 int dmn_server_run(const struct dmn_server_opts *o);
+
+// ---- the client of a running daemon (daemon/client.c) ---------------------------------
+
+/* `evowidth status | layers | history | policy [get | set K=V ...] | pause | resume | adapt |
+ * checkpoint | stop [--url URL] [--token-file F] [--json]`: argv[0] is the subcommand. Talks
+ * HTTP to evowidthd with libcurl; prints tables, or raw JSON with --json. Returns the exit
+ * code: 0 ok, 1 the daemon answered an error or could not be reached, 2 usage. */
+int dmn_cmd_client(int argc, char **argv);
+/* `evowidth layers`: with a MODEL argument, dmn_cmd_layers (a saved model); without one, the
+ * client's `layers` (the running daemon's layers). */
+int dmn_cmd_layers_any(int argc, char **argv);
 
 /* Seconds from a monotonic clock. */
 double dmn_now(void);

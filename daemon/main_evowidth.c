@@ -15,7 +15,22 @@ struct ew_cmd {
 static const struct ew_cmd EW_CMDS[] = {
     {"train", dmn_cmd_train, "train CONFIG in the foreground (no daemon)"},
     {"eval", dmn_cmd_eval, "evaluate a saved model on its test set"},
-    {"layers", dmn_cmd_layers, "widths, parameters, MACs and spectra of a saved model"},
+    {"layers", dmn_cmd_layers_any,
+     "widths, parameters, MACs and spectra of a saved MODEL (or, without one, of the daemon)"},
+    // Compression tools on saved models (daemon/compress.c).
+    {"compress", dmn_cmd_compress, "factorize dense / conv layers by SVD (--rank R | auto)"},
+    {"sweep", dmn_cmd_sweep, "accuracy, MACs and size of one layer at each rank (CaffeSVD)"},
+    {"thin", dmn_cmd_thin, "a thin network from a wide one (SOMP-style selection)"},
+    {"export", dmn_cmd_export, "prune, k-means, fp16, deflate into a compressed model file"},
+    // Clients of a running evowidthd (daemon/client.c); --url, --token-file, --json.
+    {"status", dmn_cmd_client, "the daemon's progress, speed, widths and policy"},
+    {"history", dmn_cmd_client, "the daemon's metric history (--points N)"},
+    {"policy", dmn_cmd_client, "policy [get | set KEY=VALUE ...]: the width policy"},
+    {"pause", dmn_cmd_client, "pause the daemon's training"},
+    {"resume", dmn_cmd_client, "resume the daemon's training"},
+    {"adapt", dmn_cmd_client, "run a width adaptation now"},
+    {"checkpoint", dmn_cmd_client, "write a checkpoint now and print its path"},
+    {"stop", dmn_cmd_client, "checkpoint and stop the daemon (waits for it to exit)"},
 };
 
 static void ew_usage(FILE *f)

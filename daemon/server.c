@@ -321,6 +321,7 @@ static int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
         s->paused = 0;
         break;
     case DMN_CMD_ADAPT:
+        c->n_spec = dmn__adapt_n_events(t); // events before this pass
         c->kept = dmn_trainer_adapt_now(t);
         c->rc = c->kept < 0 ? c->kept : 0;
         dmn__sync_events(s);
@@ -590,7 +591,8 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
         case DMN_CMD_ADAPT: {
             cJSON_AddNumberToObject(o, "surgeries_kept", c->kept);
             pthread_mutex_lock(&s->mu);
-            cJSON *ev = s->n_events ? cJSON_Parse(s->events[s->n_events - 1]) : NULL;
+            // This pass's event, if it logged one (events before it: c->n_spec).
+            cJSON *ev = s->n_events > c->n_spec ? cJSON_Parse(s->events[s->n_events - 1]) : NULL;
             pthread_mutex_unlock(&s->mu);
             cJSON_AddItemToObject(o, "last_event", ev ? ev : cJSON_CreateNull());
             break;
@@ -776,12 +778,13 @@ static int h_history(struct api_req *q, struct api_resp *r, void *ctx)
             h[i] = s->hist[(s->hist_pos + DMN_HIST_CAP - n + i) % DMN_HIST_CAP];
     pthread_mutex_unlock(&s->mu);
     if (!h) return api_resp_error(r, 503, NULL, "out of memory");
-    // Downsample to at most `points` by taking evenly spaced entries (the last always kept).
-    size_t stride = n > (size_t)points ? (n + (size_t)points - 1) / (size_t)points : 1;
+    // Downsample to min(n, points) entries evenly spaced over the series, the last included.
+    size_t want = n < (size_t)points ? n : (size_t)points;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "points_total", (double)n);
     cJSON *arr = cJSON_AddArrayToObject(o, "history");
-    for (size_t i = (n - 1) % stride; i < n; i += stride) {
+    for (size_t k = 0; k < want; k++) {
+        size_t i = want == 1 ? n - 1 : (size_t)((double)k * (double)(n - 1) / (double)(want - 1) + 0.5);
         cJSON *e = cJSON_CreateObject();
         cJSON_AddNumberToObject(e, "time", h[i].time);
         cJSON_AddNumberToObject(e, "step", (double)h[i].step);
@@ -1227,6 +1230,9 @@ int dmn_server_run(const struct dmn_server_opts *o)
     api_opts_default(&ao);
     ao.listen = s->opts.listen;
     ao.token = s->token[0] ? s->token : NULL;
+    ao.limits.header_timeout_ms = s->cfg.daemon.header_timeout_ms;
+    ao.limits.idle_timeout_ms = s->cfg.daemon.idle_timeout_ms;
+    ao.limits.max_conns = s->cfg.daemon.max_connections;
     if ((rc = api_server_start(&s->api, &s->loop, &ao, DMN_ROUTES,
                                sizeof(DMN_ROUTES) / sizeof(DMN_ROUTES[0]), s, err, sizeof(err))) < 0) {
         fprintf(stderr, "evowidthd: cannot listen on %s: %s\n", s->opts.listen, err);

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# tests/e2e_daemon.sh BUILD_DIR SOURCE_DIR: evowidthd end to end, driven with curl.
+#
+# Starts the daemon on a copy of configs/tiny.json (many epochs, checkpoints every 50 steps,
+# an ephemeral loopback port, a temporary state dir) and checks: steps advance; PATCH
+# /v1/policy shows in GET /v1/policy and /v1/status; PATCH /v1/train lr shows in status; pause
+# stops the step counter and resume restarts it; adapt, events, history, metrics, healthz;
+# POST /v1/checkpoint answers once the file is on disk; after SIGKILL a restart resumes from
+# that checkpoint with the same step, widths and policy; SIGTERM exits 0 with a final
+# checkpoint; a truncated newest checkpoint is reported and skipped on restart.
+# Every wait has a deadline; the trap kills the daemon and removes the temp dir.
+set -u
+BUILD=${1:?usage: e2e_daemon.sh BUILD_DIR SOURCE_DIR}
+SRC=${2:?usage: e2e_daemon.sh BUILD_DIR SOURCE_DIR}
+DAEMON=$BUILD/evowidthd
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/evowidth-e2e-daemon.XXXXXX")
+DPID="" PORT="" BASE="" PASS=0 FAIL=0 RUN=0
+
+cleanup() {
+    [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null && { wait "$DPID"; } 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ok() { PASS=$((PASS + 1)); echo "ok    $1"; }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL  $1${2:+: $2}"; }
+summary() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; }
+# A failed prerequisite: later checks cannot run.
+die() { bad "$1" "${2:-}"; [ -f "$TMP/err.$RUN" ] && tail -n 20 "$TMP/err.$RUN" | sed 's/^/    daemon: /'; summary; exit 1; }
+
+# Python one-liner on JSON from stdin: `js 'd["step"]'`.
+js() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+# HTTP request: prints the status code; the body goes to $TMP/body.
+api() {
+    local m=$1 p=$2
+    shift 2
+    curl -s -o "$TMP/body" -w '%{http_code}' --max-time 30 -X "$m" "$@" "$BASE$p"
+}
+get() { curl -sf --max-time 30 "$BASE$1"; }
+step() { get /v1/status | js 'd["step"]'; }
+# wait_for SECONDS CMD...: runs CMD every 0.2 s until it succeeds; 1 at the deadline.
+wait_for() {
+    local end=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.2
+    done
+}
+
+# start_daemon: runs evowidthd on $TMP/cfg.json and waits for its "listening on" line.
+start_daemon() {
+    RUN=$((RUN + 1))
+    "$DAEMON" --config "$TMP/cfg.json" >"$TMP/out.$RUN" 2>"$TMP/err.$RUN" &
+    DPID=$!
+    if ! wait_for 60 grep -qs "listening on http://" "$TMP/out.$RUN"; then
+        die "daemon start $RUN" "no 'listening on' line within 60 s"
+    fi
+    PORT=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$TMP/out.$RUN")
+    [ -n "$PORT" ] || die "daemon start $RUN" "cannot read the port from: $(cat "$TMP/out.$RUN")"
+    BASE=http://127.0.0.1:$PORT
+}
+# wait_exit SECONDS: 0 once the daemon has exited (its code in $EXIT_CODE).
+wait_exit() {
+    local end=$((SECONDS + $1))
+    while kill -0 "$DPID" 2>/dev/null; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.1
+    done
+    { wait "$DPID"; } 2>/dev/null # no "Killed" notice from the shell
+    EXIT_CODE=$?
+    DPID=""
+}
+step_above() { # the step counter, read afresh, is above $1
+    local s
+    s=$(step) && [ -n "$s" ] && [ "$s" -gt "$1" ]
+}
+advances() { # the step counter moves within 20 s
+    local s0
+    s0=$(step) || return 1
+    wait_for 20 step_above "$s0"
+}
+
+[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+python3 - "$SRC/configs/tiny.json" "$TMP" >"$TMP/cfg.json" <<'EOF' || die "make config"
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["train"]["epochs"] = 5000
+c["daemon"] = {"listen": "127.0.0.1:0", "state_dir": sys.argv[2] + "/state",
+               "checkpoint_every_steps": 50}
+print(json.dumps(c))
+EOF
+
+# ---- first run ------------------------------------------------------------------------------
+start_daemon
+ok "daemon listens on an ephemeral port ($PORT)"
+
+[ "$(api GET /v1/healthz)" = 200 ] && grep -q '"ok":true' "$TMP/body" && ok "GET /v1/healthz" ||
+    bad "GET /v1/healthz" "$(cat "$TMP/body")"
+
+advances && ok "steps advance" || die "steps advance" "step stuck at $(step)"
+
+code=$(api PATCH /v1/policy -H 'Content-Type: application/json' \
+    -d '{"shrink_threshold": 0.07, "enabled": false}')
+[ "$code" = 200 ] && ok "PATCH /v1/policy answers 200" || bad "PATCH /v1/policy" "$code $(cat "$TMP/body")"
+pol=$(get /v1/policy | js 'd["shrink_threshold"], d["enabled"]')
+[ "$pol" = "0.07 False" ] && ok "GET /v1/policy shows the change" || bad "GET /v1/policy" "$pol"
+pol=$(get /v1/status | js 'd["policy"]["shrink_threshold"], d["policy"]["enabled"]')
+[ "$pol" = "0.07 False" ] && ok "/v1/status policy shows the change" || bad "/v1/status policy" "$pol"
+
+code=$(api PATCH /v1/train -H 'Content-Type: application/json' -d '{"lr": 0.01}')
+[ "$code" = 200 ] && ok "PATCH /v1/train answers 200" || bad "PATCH /v1/train" "$code $(cat "$TMP/body")"
+lr_ok() { get /v1/status | js '1 if 0 < d["lr"] <= 0.0100001 else 0' | grep -q 1; }
+wait_for 10 lr_ok && ok "status lr follows PATCH /v1/train" ||
+    bad "status lr after PATCH /v1/train" "lr $(get /v1/status | js 'd["lr"]')"
+
+code=$(api POST /v1/adapt)
+[ "$code" = 200 ] && js '"surgeries_kept" in d and "step" in d' <"$TMP/body" | grep -q True &&
+    ok "POST /v1/adapt returns JSON" || bad "POST /v1/adapt" "$code $(cat "$TMP/body")"
+code=$(api GET /v1/events)
+[ "$code" = 200 ] && js 'type(d["events"]).__name__' <"$TMP/body" | grep -q list &&
+    ok "GET /v1/events" || bad "GET /v1/events" "$code $(head -c 300 "$TMP/body")"
+code=$(api GET '/v1/history?points=5')
+n=$(js 'len(d["history"])' <"$TMP/body" 2>/dev/null)
+[ "$code" = 200 ] && [ "${n:-0}" -ge 1 ] && [ "${n:-9}" -le 5 ] &&
+    ok "GET /v1/history?points=5 gives $n points" || bad "GET /v1/history?points=5" "$code, ${n:-?} points"
+code=$(curl -s -o "$TMP/body" -w '%{http_code} %{content_type}' --max-time 30 "$BASE/v1/metrics")
+case "$code" in
+200\ text/plain*) grep -q '^evowidth_step [0-9]' "$TMP/body" && ok "GET /v1/metrics (Prometheus text)" ||
+    bad "GET /v1/metrics" "no evowidth_step sample" ;;
+*) bad "GET /v1/metrics" "$code" ;;
+esac
+code=$(api GET /v1/layers)
+[ "$code" = 200 ] && js 'len(d["layers"])' <"$TMP/body" | grep -q '^[1-9]' && ok "GET /v1/layers" ||
+    bad "GET /v1/layers" "$code"
+
+# Pause: two reads 1 s apart agree; resume: it moves again.
+[ "$(api POST /v1/pause)" = 200 ] || bad "POST /v1/pause" "$(cat "$TMP/body")"
+paused() { get /v1/status | js 'd["state"]' | grep -qx paused; }
+wait_for 10 paused || bad "state becomes paused"
+s1=$(step)
+sleep 1
+s2=$(step)
+[ -n "$s1" ] && [ "$s1" = "$s2" ] && ok "pause stops the step counter ($s1)" || bad "pause" "$s1 then $s2"
+[ "$(api POST /v1/resume)" = 200 ] || bad "POST /v1/resume" "$(cat "$TMP/body")"
+advances && ok "resume: steps advance again" || bad "resume" "step stuck at $(step)"
+
+# Checkpoint while paused (so no periodic checkpoint comes after it), then SIGKILL.
+api POST /v1/pause >/dev/null
+wait_for 10 paused
+code=$(api POST /v1/checkpoint)
+ck_path=$(js 'd["path"]' <"$TMP/body" 2>/dev/null)
+ck_step=$(js 'd["step"]' <"$TMP/body" 2>/dev/null)
+if [ "$code" = 200 ] && [ -s "$ck_path" ] && [[ $ck_path == *"ckpt-$(printf %012d "$ck_step").evow" ]]; then
+    ok "POST /v1/checkpoint: $ck_path on disk (step $ck_step)"
+else
+    die "POST /v1/checkpoint" "$code $(cat "$TMP/body")"
+fi
+before=$(get /v1/status | js 'json.dumps([d["step"], d["widths"], d["policy"]], sort_keys=True)')
+exec 3>&2 2>/dev/null # the shell's own "Killed" job notice is noise here
+kill -9 "$DPID"
+wait_exit 10
+killed=$?
+exec 2>&3 3>&-
+[ $killed = 0 ] || die "SIGKILL" "the daemon is still alive"
+
+start_daemon
+after=$(get /v1/status | js 'json.dumps([d["step"], d["widths"], d["policy"]], sort_keys=True)')
+grep -q "resumed from $ck_path at step $ck_step " "$TMP/err.$RUN" &&
+    ok "restart after SIGKILL resumes from $(basename "$ck_path")" ||
+    bad "restart after SIGKILL" "log: $(grep -m1 -i 'resum\|skip' "$TMP/err.$RUN")"
+s_after=$(echo "$after" | js 'd[0]')
+[ "${s_after:-0}" -ge "$ck_step" ] && ok "step after restart ($s_after) >= checkpoint step" ||
+    bad "step after restart" "$s_after < $ck_step"
+w_before=$(echo "$before" | js 'json.dumps(d[1:], sort_keys=True)')
+w_after=$(echo "$after" | js 'json.dumps(d[1:], sort_keys=True)')
+[ "$w_before" = "$w_after" ] && ok "widths and policy survive the restart" ||
+    bad "widths and policy after restart" "before $w_before after $w_after"
+advances && ok "training continues after the restart" || bad "training after restart"
+
+# SIGTERM: exit 0 within a few seconds, with a final checkpoint.
+kill -TERM "$DPID"
+if wait_exit 15; then
+    [ "$EXIT_CODE" = 0 ] && ok "SIGTERM: exit code 0" || bad "SIGTERM exit code" "$EXIT_CODE"
+else
+    bad "SIGTERM" "still running after 15 s"
+fi
+final=$(sed -n 's/.*stopped at step [0-9]*; checkpoint \(.*\)$/\1/p' "$TMP/err.$RUN")
+[ -n "$final" ] && [ -s "$final" ] && ok "SIGTERM leaves a final checkpoint ($(basename "$final"))" ||
+    die "final checkpoint" "none in the log"
+
+# Corrupt the newest checkpoint: a restart reports it and resumes from the one before.
+prev=$(ls "$TMP/state"/ckpt-*.evow | sort | tail -n 2 | head -n 1)
+[ "$prev" != "$final" ] || die "two checkpoints on disk"
+truncate -s $(($(stat -c %s "$final") / 2)) "$final"
+start_daemon
+grep -q "skipping unusable checkpoint: .*$(basename "$final")" "$TMP/err.$RUN" &&
+    ok "the truncated checkpoint is reported and skipped" ||
+    bad "truncated checkpoint reported" "$(grep -m1 -i 'skip' "$TMP/err.$RUN")"
+grep -q "resumed from $prev " "$TMP/err.$RUN" && ok "resumed from the previous checkpoint" ||
+    bad "resume from the previous checkpoint" "$(grep -m1 resumed "$TMP/err.$RUN")"
+advances && ok "training continues" || bad "training after skipping a checkpoint"
+kill -TERM "$DPID"
+wait_exit 15 && [ "$EXIT_CODE" = 0 ] && ok "second SIGTERM run exits 0" || bad "SIGTERM (third run)"
+
+summary
