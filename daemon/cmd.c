@@ -255,7 +255,7 @@ static int dmn__load_for_eval(const char *path, const char *config_path, struct 
     size_t nbl = 0;
     struct dmn_config *cfg = malloc(sizeof(*cfg));
     struct dmn_trainer *t = NULL;
-    int rc = cfg ? ckpt_load(path, n, NULL, NULL, &bl, &nbl, err, errlen) : -ENOMEM;
+    int rc = cfg ? net_load_any(path, n, NULL, NULL, &bl, &nbl, err, errlen) : -ENOMEM;
     if (rc < 0) goto out;
     const struct ckpt_blob *conf = ckpt_blob_find(bl, nbl, "CONF");
     if (config_path) {
@@ -367,7 +367,7 @@ int dmn_cmd_layers(int argc, char **argv)
     }
     char err[1024];
     struct net *n = NULL;
-    if (ckpt_load(argv[1], &n, NULL, NULL, NULL, NULL, err, sizeof(err)) < 0) {
+    if (net_load_any(argv[1], &n, NULL, NULL, NULL, NULL, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidth layers: %s\n", err);
         return 1;
     }

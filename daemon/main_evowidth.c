@@ -40,8 +40,11 @@ static void ew_usage(FILE *f)
         fprintf(f, "  %-10s %s\n", EW_CMDS[i].name, EW_CMDS[i].help);
 }
 
+
+
 int main(int argc, char **argv)
 {
+    dmn_omp_passive(argv);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         ew_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -14,8 +14,11 @@ static void usage(FILE *f)
                "Config knobs: evowidthd --help-config.\n");
 }
 
+
+
 int main(int argc, char **argv)
 {
+    dmn_omp_passive(argv);
     static const struct option opts[] = {
         {"config", required_argument, 0, 'c'},   {"listen", required_argument, 0, 'l'},
         {"state-dir", required_argument, 0, 's'}, {"token-file", required_argument, 0, 't'},

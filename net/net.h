@@ -245,4 +245,57 @@ void ckpt_blobs_free(struct ckpt_blob *b, size_t n);
 /* Finds a blob by tag, NULL if absent (borrowed). */
 const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, const char *tag);
 
+// ---- compressed export (net/export.c) -------------------------------------------------
+
+/* A compressed model file ("EVWZ"): versioned, CRC-checked, the payload deflated by zlib. It
+ * holds the architecture, every parameter tensor as float32, float16 or k-means codes (a
+ * codebook of K floats plus packed ceil(log2 K)-bit indices, pruned zeros as a code or a
+ * bitmap), the BN statistics and caller blobs. Weights only are compressed: biases and batch
+ * norm stay float32. No optimizer state: it is a model for evaluation. */
+struct net_export_opts {
+    int fp16;       // raw weights and codebooks as IEEE half (round to nearest even)
+    size_t kmeans;  // 0 = off, else 2..4096 shared values per weight tensor
+    size_t kmeans_conv; // the same for 4-D (conv) weights; 0 = as kmeans
+    double prune;   // fraction of all weights, smallest |w| over the net, set to 0, [0, 1)
+};
+/* A plan binds masks, codebooks and codes to one net's layout (opaque). Every plan call
+ * leaves the net's params equal to what the file will decode to. */
+struct net_xplan;
+/* Chooses each tensor's encoding and prunes n's weights in place; zeroes n->m (the momentum
+ * of net_xplan_tune). -EINVAL with a reason for bad options, -ENOMEM. */
+int net_xplan_create(struct net_xplan **out, struct net *n, const struct net_export_opts *o,
+                     char *err, size_t errlen);
+void net_xplan_destroy(struct net_xplan *p);   // NULL is a no-op
+/* Per-layer 1-D k-means of the surviving weights (linear init over [min, max], Lloyd);
+ * tensors with at most K survivors stay raw. 0, -EINVAL (other layout) or -ENOMEM. */
+int net_xplan_cluster(struct net_xplan *p, struct net *n);
+/* One fine-tuning update from n->grads (after net_backward), SGD with momentum 0.9: a
+ * centroid moves by the sum of its members' gradients, other parameters by their own,
+ * pruned weights stay 0. Never fails, never allocates. */
+void net_xplan_tune(struct net_xplan *p, struct net *n, float lr);
+
+/* Byte counts of one save: parts alone before and after deflate, the payload, the file. */
+enum { NET_XPART_META, NET_XPART_WEIGHTS, NET_XPART_CODEBOOKS, NET_XPART_CODES,
+       NET_XPART_MASKS, NET_XPART_OTHER, NET_XPART_COUNT };
+struct net_export_sizes {
+    size_t f32_bytes;                 // (n_params + n_state) * 4: the float32 model
+    size_t part[NET_XPART_COUNT], part_z[NET_XPART_COUNT];
+    size_t payload, file;
+};
+/* Writes n as plan p encodes it (p NULL: all float32) plus blobs (copied), atomically as
+ * ckpt_save does. sz may be NULL. */
+int net_export_save(const char *path, const struct net *n, const struct net_xplan *p,
+                    const struct ckpt_blob *blobs, size_t n_blobs, struct net_export_sizes *sz,
+                    char *err, size_t errlen);
+/* Loads an EVWZ file; corrupt or truncated files fail with -EINVAL and a reason naming the
+ * file. Blobs as in ckpt_load (blobs may be NULL). */
+int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs,
+                    size_t *n_blobs, char *err, size_t errlen);
+/* ckpt_load or net_export_load by the file's magic; an EVWZ file sets *has_opt = 0. */
+int net_load_any(const char *path, struct net **out, struct net_optim *opt, int *has_opt,
+                 struct ckpt_blob **blobs, size_t *n_blobs, char *err, size_t errlen);
+/* IEEE binary16 conversions (round to nearest even; inf and nan kept). */
+uint16_t net_f16_from_f32(float f);
+float net_f32_from_f16(uint16_t h);
+
 #endif
