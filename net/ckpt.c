@@ -22,6 +22,7 @@
 #include <zlib.h>
 
 #include "net/net.h"
+#include "net/net_internal.h"
 
 #define CKPT_VERSION 1u
 #define CKPT_PROBE 0x01020304u
@@ -84,10 +85,19 @@ static void cb_end(struct ckpt_buf *b, size_t at)
     memcpy(b->p + at, &len, 8);
 }
 
+uint32_t net__crc32(const unsigned char *p, size_t len)
+{
+    uint32_t crc = (uint32_t)crc32(0L, NULL, 0);
+    for (size_t off = 0; off < len; off += 1u << 30) { // zlib's crc32 takes uInt lengths
+        size_t k = len - off < (1u << 30) ? len - off : (1u << 30);
+        crc = (uint32_t)crc32(crc, p + off, (uInt)k);
+    }
+    return crc;
+}
+
 // ---- save -----------------------------------------------------------------------------
 
-static int ckpt_write_atomic(const char *path, const void *data, size_t len, char *err,
-                             size_t errlen)
+int net__write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen)
 {
     char tmp[4096];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
@@ -216,14 +226,8 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
         snprintf(err, errlen, "%s: out of memory building the checkpoint", path);
         return -ENOMEM;
     }
-    uint32_t crc = (uint32_t)crc32(0L, b.p, (uInt)0);
-    // zlib's crc32 takes uInt lengths: feed it in pieces for files over 4 GiB.
-    for (size_t off = 0; off < b.len; off += 1u << 30) {
-        size_t k = b.len - off < (1u << 30) ? b.len - off : (1u << 30);
-        crc = (uint32_t)crc32(crc, b.p + off, (uInt)k);
-    }
-    cb_u32(&b, crc);
-    int rc = b.oom ? -ENOMEM : ckpt_write_atomic(path, b.p, b.len, err, errlen);
+    cb_u32(&b, b.oom ? 0 : net__crc32(b.p, b.len));
+    int rc = b.oom ? -ENOMEM : net__write_atomic(path, b.p, b.len, err, errlen);
     free(b.p);
     return rc;
 }
@@ -282,8 +286,7 @@ const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, cons
     return NULL;
 }
 
-static int ckpt_read_file(const char *path, unsigned char **out, size_t *len, char *err,
-                          size_t errlen)
+int net__read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -327,7 +330,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
     size_t nbl = 0;
     struct net_optim o = {0};
     int got_opt = 0, got_parm = 0, got_stat = 0;
-    int rc = ckpt_read_file(path, &buf, &len, err, errlen);
+    int rc = net__read_file(path, &buf, &len, err, errlen);
     if (rc < 0) return rc;
     rc = -EINVAL;
     if (len < 16 + 4) {
@@ -350,11 +353,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
                  path);
         goto fail;
     }
-    uint32_t want, crc = (uint32_t)crc32(0L, NULL, 0);
-    for (size_t off = 0; off < len - 4; off += 1u << 30) {
-        size_t k = len - 4 - off < (1u << 30) ? len - 4 - off : (1u << 30);
-        crc = (uint32_t)crc32(crc, buf + off, (uInt)k);
-    }
+    uint32_t want, crc = net__crc32(buf, len - 4);
     memcpy(&want, buf + len - 4, 4);
     if (crc != want) {
         snprintf(err, errlen, "%s: CRC mismatch (file is corrupt or truncated)", path);

@@ -46,6 +46,7 @@
 #include <zlib.h>
 
 #include "net/net.h"
+#include "net/net_internal.h"
 
 #define XZ_VERSION 1u
 #define XZ_PROBE 0x01020304u
@@ -582,69 +583,6 @@ static void xw_arch(struct xz_writer *w, const struct net *n)
     xw_u64(w, M, n->n_state);
     xw_end(w, at);
 }
-
-static uint32_t xz_crc(const unsigned char *p, size_t len)
-{
-    uint32_t crc = (uint32_t)crc32(0L, NULL, 0);
-    for (size_t off = 0; off < len; off += 1u << 30) { // crc32 takes uInt lengths
-        size_t k = len - off < (1u << 30) ? len - off : (1u << 30);
-        crc = (uint32_t)crc32(crc, p + off, (uInt)k);
-    }
-    return crc;
-}
-
-/* path.tmp, fsync, rename, fsync of the directory (as ckpt_save). */
-static int xz_write_atomic(const char *path, const void *data, size_t len, char *err,
-                           size_t errlen)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
-        snprintf(err, errlen, "%s: path too long", path);
-        return -ENAMETOOLONG;
-    }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(e));
-        return -e;
-    }
-    const unsigned char *p = data;
-    size_t left = len;
-    while (left) {
-        ssize_t k = write(fd, p, left);
-        if (k < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            snprintf(err, errlen, "%s: write failed: %s", tmp, strerror(e));
-            close(fd);
-            unlink(tmp);
-            return -e;
-        }
-        p += k;
-        left -= (size_t)k;
-    }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: fsync failed: %s", tmp, strerror(e));
-        unlink(tmp);
-        return -e;
-    }
-    if (rename(tmp, path) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: rename failed: %s", path, strerror(e));
-        unlink(tmp);
-        return -e;
-    }
-    char dir[4096];
-    snprintf(dir, sizeof(dir), "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd); // best effort, as in ckpt.c
-        close(dfd);
-    }
-    return 0;
-}
-
 int net_export_save(const char *path, const struct net *n, const struct net_xplan *p,
                     const struct ckpt_blob *blobs, size_t n_blobs, struct net_export_sizes *sz,
                     char *err, size_t errlen)
@@ -706,9 +644,9 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
     memcpy(file + 16, &raw_len, 8);
     memcpy(file + 24, &zlen, 8);
     const size_t flen = XZ_HEAD + (size_t)zcap + 4;
-    uint32_t crc = xz_crc(file, flen - 4);
+    uint32_t crc = net__crc32(file, flen - 4);
     memcpy(file + flen - 4, &crc, 4);
-    if ((rc = xz_write_atomic(path, file, flen, err, errlen)) < 0) goto out;
+    if ((rc = net__write_atomic(path, file, flen, err, errlen)) < 0) goto out;
     if (sz) {
         memset(sz, 0, sizeof(*sz));
         sz->f32_bytes = (n->n_params + n->n_state) * sizeof(float);
@@ -785,42 +723,6 @@ static float rd_f16(struct xz_rd *r)
     rd_get(r, &h, 2);
     return net_f32_from_f16(h);
 }
-
-/* Reads a whole regular file. */
-static int xz_read_file(const char *path, unsigned char **out, size_t *len, char *err,
-                        size_t errlen)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        int e = errno;
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(e));
-        return -e;
-    }
-    struct stat st;
-    if (fstat(fileno(f), &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "%s: not a regular file", path);
-        fclose(f);
-        return -EINVAL;
-    }
-    size_t n = (size_t)st.st_size;
-    unsigned char *p = malloc(n + 1);
-    if (!p) {
-        fclose(f);
-        snprintf(err, errlen, "%s: out of memory reading %zu bytes", path, n);
-        return -ENOMEM;
-    }
-    if (fread(p, 1, n, f) != n) {
-        snprintf(err, errlen, "%s: read failed", path);
-        free(p);
-        fclose(f);
-        return -EIO;
-    }
-    fclose(f);
-    *out = p;
-    *len = n;
-    return 0;
-}
-
 /* Parses ARCH and builds the (zero) net. */
 static int xz_read_arch(struct xz_rd *r, const char *path, struct net **out, char *err,
                         size_t errlen)
@@ -991,7 +893,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
     size_t nbl = 0;
     float *cb = NULL;
     int got_tens = 0, got_stat = 0;
-    int rc = xz_read_file(path, &buf, &len, err, errlen);
+    int rc = net__read_file(path, &buf, &len, err, errlen);
     if (rc < 0) return rc;
     rc = -EINVAL;
     if (len < 4 || memcmp(buf, "EVWZ", 4) != 0) {
@@ -1031,7 +933,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
     }
     uint32_t want;
     memcpy(&want, buf + len - 4, 4);
-    if (xz_crc(buf, len - 4) != want) {
+    if (net__crc32(buf, len - 4) != want) {
         snprintf(err, errlen, "%s: CRC mismatch (file is corrupt or truncated)", path);
         goto fail;
     }

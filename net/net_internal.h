@@ -87,4 +87,13 @@ void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, co
                  const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
                  int training);
 
+// ---- files (ckpt.c), shared by the checkpoint and the compressed export ----------------
+
+/* CRC-32 (zlib) of any length. */
+uint32_t net__crc32(const unsigned char *p, size_t len);
+/* Writes path.tmp, fsyncs, renames over path, fsyncs the directory. err names the path. */
+int net__write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen);
+/* Reads a whole regular file into a malloc'ed buffer (one spare byte). err names the path. */
+int net__read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen);
+
 #endif
