@@ -1,0 +1,90 @@
+/* tests/test_trainer.c: the trainer as a whole, on the tiny synthetic config.
+ *
+ * - A run checkpointed at step S and resumed continues bit-identically: after the same total
+ *   number of steps the parameters, moments, widths and adaptation log equal those of an
+ *   uninterrupted run (adaptations happen on both sides of S).
+ * - Foreground training reaches a stated accuracy, and adaptation keeps it while shrinking. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon/daemon.h"
+#include "daemon/daemon_internal.h"
+#include "tests/test.h"
+
+static int load_tiny(struct dmn_config *c)
+{
+    char err[512];
+    if (cfg_load_file(c, EW_SOURCE_DIR "/configs/tiny.json", err, sizeof err) < 0) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    c->train.epochs = 6;
+    return 0;
+}
+
+TEST(resume_is_bit_identical)
+{
+    struct dmn_config c;
+    char err[512], path[] = "/tmp/ew_test_trainer_XXXXXX";
+    ASSERT_EQ(load_tiny(&c), 0);
+    ASSERT(mkdtemp(path) != NULL);
+    char ck[600];
+    snprintf(ck, sizeof ck, "%s/ckpt.evow", path);
+
+    struct dmn_trainer *a = NULL, *b = NULL;
+    ASSERT_EQ(dmn_trainer_create(&a, &c, err, sizeof err), 0);
+    const size_t S = a->total_steps / 2;
+    ASSERT_GT(S, c.adapt.warmup_steps + c.adapt.interval_steps); // adaptations before S
+    while (a->step < S) ASSERT_EQ(dmn_trainer_step(a), 0);
+    ASSERT_EQ(dmn_trainer_save(a, ck, err, sizeof err), 0);
+    while (!dmn_trainer_done(a)) ASSERT_EQ(dmn_trainer_step(a), 0);
+
+    ASSERT_EQ(dmn_trainer_load(&b, ck, err, sizeof err), 0);
+    ASSERT_EQ(b->step, S);
+    while (!dmn_trainer_done(b)) ASSERT_EQ(dmn_trainer_step(b), 0);
+
+    ASSERT(dmn__adapt_n_events(a) >= 2);
+    ASSERT_EQ(dmn__adapt_n_events(a), dmn__adapt_n_events(b));
+    for (size_t i = 0; i < dmn__adapt_n_events(a); i++) {
+        // The event texts carry wall-clock times; compare from the step on, less "time".
+        const char *ea = strstr(dmn__adapt_event(a, i), "\"mode\""),
+                   *eb = strstr(dmn__adapt_event(b, i), "\"mode\"");
+        ASSERT(ea && eb);
+        ASSERT_STR_EQ(ea, eb);
+    }
+    ASSERT_EQ(a->net->n_layers, b->net->n_layers);
+    for (size_t i = 0; i < a->net->n_layers; i++) {
+        ASSERT_EQ(a->net->layers[i].spec.out, b->net->layers[i].spec.out);
+        ASSERT_EQ(a->net->layers[i].spec.width, b->net->layers[i].spec.width);
+    }
+    ASSERT_EQ(a->net->n_params, b->net->n_params);
+    ASSERT_EQ(memcmp(a->net->params, b->net->params, a->net->n_params * sizeof(float)), 0);
+    ASSERT_EQ(memcmp(a->net->m, b->net->m, a->net->n_params * sizeof(float)), 0);
+    ASSERT_EQ(memcmp(a->net->state, b->net->state, a->net->n_state * sizeof(float)), 0);
+    ASSERT_EQ(a->opt.t, b->opt.t);
+    dmn_trainer_destroy(a);
+    dmn_trainer_destroy(b);
+    unlink(ck);
+    rmdir(path);
+}
+
+TEST(adaptive_training_learns_and_shrinks)
+{
+    struct dmn_config c;
+    char err[512];
+    ASSERT_EQ(load_tiny(&c), 0);
+    struct dmn_trainer *t = NULL;
+    ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+    size_t p0 = t->net->n_params;
+    while (!dmn_trainer_done(t)) ASSERT_EQ(dmn_trainer_step(t), 0);
+    struct net_eval ev;
+    ASSERT_EQ(dmn_trainer_eval(t, &t->test, &ev), 0);
+    // Synthetic 4-class data at noise 0.3: a tiny CNN gets nearly all of it.
+    ASSERT_FLT_OP(ev.accuracy, >=, 0.95);
+    ASSERT_LT(t->net->n_params, p0);
+    net_eval_free(&ev);
+    dmn_trainer_destroy(t);
+}
+
+TEST_MAIN()
