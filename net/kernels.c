@@ -94,6 +94,14 @@ static void net__col2im_add(float *dinp, const float *dcol, const struct net__co
                         if (ih < 0 || ih >= (long)H) continue;
                         const float *s = src + (b * OH + oh) * OW;
                         float *drow = dst + (size_t)ih * W;
+                        if (S == 1) {
+                            // Contiguous run [lo, hi) of ow whose iw = ow + kj - P is inside.
+                            long off = (long)kj - P;
+                            long lo = off < 0 ? -off : 0, hi = (long)W - off;
+                            if (hi > (long)OW) hi = (long)OW;
+                            for (long ow = lo; ow < hi; ow++) drow[ow + off] += s[ow];
+                            continue;
+                        }
                         for (size_t ow = 0; ow < OW; ow++) {
                             long iw = (long)(ow * S + kj) - P;
                             if (iw >= 0 && iw < (long)W) drow[iw] += s[ow];

@@ -63,6 +63,22 @@ static void mp_forward(struct net *n, struct net_layer *l, float *out, const flo
         const float *src = inp + p * H * W;
         float *dst = out + p * OH * OW;
         uint32_t *a = arg + p * OH * OW;
+        if (K == 2 && S == 2) {
+            // The common 2x2 / 2 window, unrolled (same first-maximum tie rule as below).
+            for (size_t oh = 0; oh < OH; oh++) {
+                const float *r0 = src + 2 * oh * W, *r1 = r0 + W;
+                for (size_t ow = 0; ow < OW; ow++) {
+                    size_t j = 2 * ow, best = 2 * oh * W + j;
+                    float bv = r0[j];
+                    if (r0[j + 1] > bv) bv = r0[j + 1], best = 2 * oh * W + j + 1;
+                    if (r1[j] > bv) bv = r1[j], best = (2 * oh + 1) * W + j;
+                    if (r1[j + 1] > bv) bv = r1[j + 1], best = (2 * oh + 1) * W + j + 1;
+                    dst[oh * OW + ow] = bv;
+                    a[oh * OW + ow] = (uint32_t)best;
+                }
+            }
+            continue;
+        }
         for (size_t oh = 0; oh < OH; oh++) {
             for (size_t ow = 0; ow < OW; ow++) {
                 size_t best = oh * S * W + ow * S;
