@@ -173,7 +173,7 @@ static const struct cfg_row CFG_ROWS[] = {
            "shrink surgery: rotate (U_k^T W), select (SOMP units), factorize (A B rank)"),
     R_ENUM("adapt", "source", adapt.source, SOURCE_NAMES, SVD_SRC_ACTIVATIONS, RT,
            "spectrum of the weights or of centred activations on a calibration batch"),
-    R_ENUM("adapt", "rule", adapt.rule, RULE_NAMES, SVD_RULE_ENERGY, RT,
+    R_ENUM("adapt", "rule", adapt.rule, RULE_NAMES, SVD_RULE_RELATIVE, RT,
            "rank rule: relative value, kept energy, or spectral gap"),
     R_ENUM("adapt", "grow_mode", adapt.grow_mode, GROW_NAMES, SVD_GROW_ORTHOGONAL, RT,
            "new units: orthogonal random fan-in, or GradMax fan-out"),

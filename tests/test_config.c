@@ -118,7 +118,7 @@ TEST(defaults_applied)
     ASSERT_EQ(c.adapt.enabled, 1);
     ASSERT_EQ(c.adapt.mode, SVD_MODE_SELECT);
     ASSERT_EQ(c.adapt.source, SVD_SRC_ACTIVATIONS);
-    ASSERT_EQ(c.adapt.rule, SVD_RULE_ENERGY);
+    ASSERT_EQ(c.adapt.rule, SVD_RULE_RELATIVE);
     ASSERT_EQ(c.adapt.grow_mode, SVD_GROW_ORTHOGONAL);
     ASSERT_NEAR(c.adapt.shrink_threshold, 0.05, 0);
     ASSERT_NEAR(c.adapt.gap_threshold, 10, 0);
