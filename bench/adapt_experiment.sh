@@ -6,7 +6,7 @@
 # Prints a markdown table (and writes it to --md FILE). Numbers come from --report JSON.
 #
 # usage: bench/adapt_experiment.sh [--config FILE] [--epochs N] [--modes "select rotate ..."]
-#                                  [--bin PATH] [--out DIR] [--md FILE]
+#                                  [--bin PATH] [--out DIR] [--md FILE] [--no-fixed]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 config=$top/configs/default.json
@@ -15,6 +15,7 @@ modes="select rotate factorize"
 bin=$top/build/evowidth
 out=/tmp/evowidth-adapt
 md=""
+fixed=1
 while [ $# -gt 0 ]; do
   case $1 in
     --config) config=$2; shift 2 ;;
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
     --bin) bin=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --md) md=$2; shift 2 ;;
+    --no-fixed) fixed=0; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +41,7 @@ run() { # name, extra args...
 
 for m in $modes; do
   run "adapt-$m" --set adapt.mode="$m"
+  [ "$fixed" = 1 ] || continue
   # The fixed-width twin: the same config with the final widths and adaptation off.
   python3 - "$config" "$out/adapt-$m.json" "$out/fixed-$m.config.json" <<'EOF'
 import json, sys
@@ -60,13 +63,13 @@ EOF
       -o "$out/fixed-$m.evow" >&2
 done
 
-python3 - "$out" $modes <<'EOF' | tee ${md:+"$md"}
-import json, sys
-out, modes = sys.argv[1], sys.argv[2:]
+python3 - "$out" "$fixed" $modes <<'EOF' | tee ${md:+"$md"}
+import json, os, sys
+out, fixed, modes = sys.argv[1], sys.argv[2] == "1", sys.argv[3:]
 print("| run | test acc | params (start -> end) | wall s | adaptation s (% of wall) | surgeries kept / rolled back | mean val-loss jump at a surgery |")
 print("|---|---|---|---|---|---|---|")
 for m in modes:
-    for kind in ("adapt", "fixed"):
+    for kind in ("adapt", "fixed") if fixed else ("adapt",):
         r = json.load(open(f"{out}/{kind}-{m}.json"))
         ev = r.get("adaptations", [])
         kept = back = 0; jumps = []
