@@ -1294,4 +1294,60 @@ TEST(train_synthetic)
     ASSERT_FLT_OP(acc, >, 0.9);
 }
 
+/* Big convolutions run im2col in chunks of samples (net__conv_chunk keeps the col block near
+ * 4 MiB). conv2 below needs 16*25*32*32 floats per sample, so a batch of 5 runs as chunks of
+ * 2, 2 and 1: its outputs must equal five single-sample passes and its weight gradient their
+ * mean. */
+TEST(conv_chunked_batch_equals_single_samples)
+{
+    struct net_layer_spec sp[] = {
+        {.kind = NET_CONV, .out = 16, .k = 3, .stride = 1, .pad = 1, .bias = 1},
+        {.kind = NET_CONV, .out = 8, .k = 5, .stride = 1, .pad = 2, .bias = 1},
+        {.kind = NET_FLATTEN},
+        {.kind = NET_DENSE, .out = 3, .bias = 1},
+    };
+    struct net_shape in = {4, 32, 32, 1};
+    struct net *n = NULL;
+    char err[256];
+    ASSERT_EQ(net_create(&n, &in, 3, sp, 4, err, sizeof err), 0);
+    uint64_t rng = 11;
+    net_init_params(n, &rng);
+    const size_t B = 5, D = 4 * 32 * 32, HW = 32 * 32, OC = 8;
+    float *x = malloc(B * D * sizeof(float)), *one = malloc(B * OC * HW * sizeof(float));
+    float *gsum = calloc(n->n_params, sizeof(float));
+    uint8_t y[5] = {0, 1, 2, 1, 0};
+    ASSERT(x && one && gsum);
+    for (size_t i = 0; i < B * D; i++) x[i] = net_rand_normal(&rng);
+    const struct net_tensor *tw = net_tensor_get(n, 1, "w");
+    for (size_t b = 0; b < B; b++) {
+        net_zero_grad(n);
+        net_forward(n, x + b * D, y + b, 1, 0);
+        net_backward(n, y + b, 1);
+        memcpy(one + b * OC * HW, n->acts[2], OC * HW * sizeof(float));
+        for (size_t i = 0; i < tw->n; i++) gsum[i] += n->grads[tw->off + i] / (float)B;
+    }
+    net_zero_grad(n);
+    net_forward(n, x, y, B, 0);
+    net_backward(n, y, B);
+    double maxd = 0, maxv = 0, gd = 0, gv = 0;
+    for (size_t b = 0; b < B; b++)
+        for (size_t c = 0; c < OC; c++)
+            for (size_t i = 0; i < HW; i++) {
+                double a = n->acts[2][(c * B + b) * HW + i], e = one[(b * OC + c) * HW + i];
+                maxd = fmax(maxd, fabs(a - e));
+                maxv = fmax(maxv, fabs(e));
+            }
+    for (size_t i = 0; i < tw->n; i++) {
+        gd = fmax(gd, fabs(n->grads[tw->off + i] - gsum[i]));
+        gv = fmax(gv, fabs(gsum[i]));
+    }
+    ASSERT(maxv > 0 && gv > 0);
+    ASSERT_FLT_OP(maxd / maxv, <, 1e-5);
+    ASSERT_FLT_OP(gd / gv, <, 1e-4);
+    free(x);
+    free(one);
+    free(gsum);
+    net_destroy(n);
+}
+
 TEST_MAIN()
