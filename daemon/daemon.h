@@ -117,10 +117,12 @@ int dmn_cmd_client(int argc, char **argv);
 int dmn_cmd_layers_any(int argc, char **argv);
 
 /* libgomp reads OMP_WAIT_POLICY once, when it loads, before main. Its default spins between
- * parallel regions; on a workstation shared with other work that stalls every step behind a
- * descheduled thread (measured: 145 vs 333 samples/s with one other busy process on 2 cores).
- * Unless the user chose a policy, this re-executes the program once with "passive". Call it
- * first thing in main. Returns only if nothing was done or exec failed. */
+ * parallel regions, which stalls every step behind a descheduled thread as soon as another
+ * process wants a core. Measured on ref_resnet, 2 cores: alone, passive 763 / spin-limited
+ * (GOMP_SPINCOUNT=20000) 932 / active 947 samples/s; beside one busy process, 405 / 240 / 171.
+ * A workstation daemon shares its machine, so unless the user chose a policy this re-executes
+ * the program once with "passive" (set OMP_WAIT_POLICY=active on a dedicated machine).
+ * Call it first thing in main. Returns only if nothing was done or exec failed. */
 void dmn_omp_passive(char **argv);
 
 /* Seconds from a monotonic clock. */
