@@ -234,13 +234,7 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
 
 // ---- load -----------------------------------------------------------------------------
 
-struct ckpt_rd {
-    const unsigned char *p;
-    size_t len, pos;
-    int bad;
-};
-
-static void rd_get(struct ckpt_rd *r, void *dst, size_t n)
+void net__rd_get(struct net__rd *r, void *dst, size_t n)
 {
     if (r->bad || r->len - r->pos < n) {
         r->bad = 1;
@@ -251,24 +245,24 @@ static void rd_get(struct ckpt_rd *r, void *dst, size_t n)
     r->pos += n;
 }
 
-static uint32_t rd_u32(struct ckpt_rd *r)
+uint32_t net__rd_u32(struct net__rd *r)
 {
     uint32_t v;
-    rd_get(r, &v, 4);
+    net__rd_get(r, &v, 4);
     return v;
 }
 
-static uint64_t rd_u64(struct ckpt_rd *r)
+uint64_t net__rd_u64(struct net__rd *r)
 {
     uint64_t v;
-    rd_get(r, &v, 8);
+    net__rd_get(r, &v, 8);
     return v;
 }
 
-static float rd_f32(struct ckpt_rd *r)
+float net__rd_f32(struct net__rd *r)
 {
     float v;
-    rd_get(r, &v, 4);
+    net__rd_get(r, &v, 4);
     return v;
 }
 
@@ -341,8 +335,8 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
         snprintf(err, errlen, "%s: bad magic (not an evowidth model or checkpoint)", path);
         goto fail;
     }
-    struct ckpt_rd r = {buf, len - 4, 4, 0};
-    uint32_t ver = rd_u32(&r), fsz = rd_u32(&r), probe = rd_u32(&r);
+    struct net__rd r = {buf, len - 4, 4, 0};
+    uint32_t ver = net__rd_u32(&r), fsz = net__rd_u32(&r), probe = net__rd_u32(&r);
     if (ver != CKPT_VERSION) {
         snprintf(err, errlen, "%s: unsupported format version %u (this build reads %u)", path,
                  ver, CKPT_VERSION);
@@ -362,23 +356,23 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
 
     // ARCH must come first: it sizes everything else.
     char tag[5] = {0};
-    rd_get(&r, tag, 4);
-    uint64_t clen = rd_u64(&r);
+    net__rd_get(&r, tag, 4);
+    uint64_t clen = net__rd_u64(&r);
     if (r.bad || strcmp(tag, "ARCH") != 0 || clen > r.len - r.pos) {
         snprintf(err, errlen, "%s: missing or truncated ARCH chunk", path);
         goto fail;
     }
     const size_t arch_end = r.pos + clen;
     struct net_shape in = {0};
-    in.c = rd_u64(&r);
-    in.h = rd_u64(&r);
-    in.w = rd_u64(&r);
+    in.c = net__rd_u64(&r);
+    in.h = net__rd_u64(&r);
+    in.w = net__rd_u64(&r);
     in.spatial = 1;
-    size_t classes = rd_u64(&r);
+    size_t classes = net__rd_u64(&r);
     float mean[4], sd[4];
-    for (int c = 0; c < 4; c++) mean[c] = rd_f32(&r);
-    for (int c = 0; c < 4; c++) sd[c] = rd_f32(&r);
-    size_t nl = rd_u64(&r);
+    for (int c = 0; c < 4; c++) mean[c] = net__rd_f32(&r);
+    for (int c = 0; c < 4; c++) sd[c] = net__rd_f32(&r);
+    size_t nl = net__rd_u64(&r);
     if (r.bad || nl == 0 || nl > CKPT_MAX_LAYERS) {
         snprintf(err, errlen, "%s: ARCH chunk has an invalid layer count", path);
         goto fail;
@@ -389,17 +383,17 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
         goto fail;
     }
     for (size_t i = 0; i < nl; i++) {
-        specs[i].kind = (enum net_kind)rd_u32(&r);
-        rd_get(&r, specs[i].name, NET_NAME_MAX);
+        specs[i].kind = (enum net_kind)net__rd_u32(&r);
+        net__rd_get(&r, specs[i].name, NET_NAME_MAX);
         specs[i].name[NET_NAME_MAX - 1] = 0;
-        specs[i].out = rd_u64(&r);
-        specs[i].width = rd_u64(&r);
-        specs[i].rank = rd_u64(&r);
-        specs[i].k = rd_u64(&r);
-        specs[i].stride = rd_u64(&r);
-        specs[i].pad = rd_u64(&r);
-        specs[i].bias = (int)rd_u32(&r);
-        specs[i].bn = (int)rd_u32(&r);
+        specs[i].out = net__rd_u64(&r);
+        specs[i].width = net__rd_u64(&r);
+        specs[i].rank = net__rd_u64(&r);
+        specs[i].k = net__rd_u64(&r);
+        specs[i].stride = net__rd_u64(&r);
+        specs[i].pad = net__rd_u64(&r);
+        specs[i].bias = (int)net__rd_u32(&r);
+        specs[i].bn = (int)net__rd_u32(&r);
         // Sizes beyond this would overflow arena arithmetic; no real layer is near.
         if (specs[i].out > (1u << 20) || specs[i].width > (1u << 20) ||
             specs[i].rank > (1u << 20) || specs[i].k > 64 || specs[i].pad > 64) {
@@ -407,7 +401,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
             goto fail;
         }
     }
-    size_t np = rd_u64(&r), ns = rd_u64(&r);
+    size_t np = net__rd_u64(&r), ns = net__rd_u64(&r);
     if (r.bad || r.pos != arch_end || in.c > 4 || in.h > 4096 || in.w > 4096 || classes > 65536) {
         snprintf(err, errlen, "%s: ARCH chunk is malformed", path);
         goto fail;
@@ -427,8 +421,8 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
     memcpy(n->norm_std, sd, sizeof(sd));
 
     while (r.pos < r.len) {
-        rd_get(&r, tag, 4);
-        clen = rd_u64(&r);
+        net__rd_get(&r, tag, 4);
+        clen = net__rd_u64(&r);
         if (r.bad || clen > r.len - r.pos) {
             snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
             goto fail;
@@ -436,24 +430,24 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
         size_t end = r.pos + clen;
         if (strcmp(tag, "PARM") == 0) {
             if (clen != np * sizeof(float)) goto badsize;
-            rd_get(&r, n->params, clen);
+            net__rd_get(&r, n->params, clen);
             got_parm = 1;
         } else if (strcmp(tag, "STAT") == 0) {
             if (clen != ns * sizeof(float)) goto badsize;
-            rd_get(&r, n->state, clen);
+            net__rd_get(&r, n->state, clen);
             got_stat = 1;
         } else if (strcmp(tag, "OPTM") == 0) {
             if (clen != 36 + 2 * np * sizeof(float)) goto badsize; // 7 x 4-byte fields + u64 t
-            o.kind = (enum net_opt_kind)rd_u32(&r);
-            o.momentum = rd_f32(&r);
-            o.nesterov = (int)rd_u32(&r);
-            o.weight_decay = rd_f32(&r);
-            o.beta1 = rd_f32(&r);
-            o.beta2 = rd_f32(&r);
-            o.eps = rd_f32(&r);
-            o.t = rd_u64(&r);
-            rd_get(&r, n->m, np * sizeof(float));
-            rd_get(&r, n->v, np * sizeof(float));
+            o.kind = (enum net_opt_kind)net__rd_u32(&r);
+            o.momentum = net__rd_f32(&r);
+            o.nesterov = (int)net__rd_u32(&r);
+            o.weight_decay = net__rd_f32(&r);
+            o.beta1 = net__rd_f32(&r);
+            o.beta2 = net__rd_f32(&r);
+            o.eps = net__rd_f32(&r);
+            o.t = net__rd_u64(&r);
+            net__rd_get(&r, n->m, np * sizeof(float));
+            net__rd_get(&r, n->v, np * sizeof(float));
             if (o.kind != NET_SGD && o.kind != NET_ADAMW) {
                 snprintf(err, errlen, "%s: unknown optimizer kind %d", path, (int)o.kind);
                 goto fail;
@@ -473,7 +467,7 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
                 rc = -ENOMEM;
                 goto fail;
             }
-            rd_get(&r, bl[nbl].data, clen);
+            net__rd_get(&r, bl[nbl].data, clen);
             ((char *)bl[nbl].data)[clen] = 0; // text blobs read as strings
             nbl++;
         }

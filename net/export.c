@@ -672,78 +672,40 @@ out:
 
 // ---- reading -------------------------------------------------------------------------------
 
-struct xz_rd {
-    const unsigned char *p;
-    size_t len, pos;
-    int bad;
-};
-
-static void rd_get(struct xz_rd *r, void *dst, size_t n)
-{
-    if (r->bad || r->len - r->pos < n) {
-        r->bad = 1;
-        memset(dst, 0, n);
-        return;
-    }
-    memcpy(dst, r->p + r->pos, n);
-    r->pos += n;
-}
-
-static unsigned rd_u8(struct xz_rd *r)
+static unsigned rd_u8(struct net__rd *r)
 {
     unsigned char c;
-    rd_get(r, &c, 1);
+    net__rd_get(r, &c, 1);
     return c;
 }
 
-static uint32_t rd_u32(struct xz_rd *r)
-{
-    uint32_t v;
-    rd_get(r, &v, 4);
-    return v;
-}
-
-static uint64_t rd_u64(struct xz_rd *r)
-{
-    uint64_t v;
-    rd_get(r, &v, 8);
-    return v;
-}
-
-static float rd_f32(struct xz_rd *r)
-{
-    float v;
-    rd_get(r, &v, 4);
-    return v;
-}
-
-static float rd_f16(struct xz_rd *r)
+static float rd_f16(struct net__rd *r)
 {
     uint16_t h;
-    rd_get(r, &h, 2);
+    net__rd_get(r, &h, 2);
     return net_f32_from_f16(h);
 }
 /* Parses ARCH and builds the (zero) net. */
-static int xz_read_arch(struct xz_rd *r, const char *path, struct net **out, char *err,
+static int xz_read_arch(struct net__rd *r, const char *path, struct net **out, char *err,
                         size_t errlen)
 {
     char tag[5] = {0};
-    rd_get(r, tag, 4);
-    uint64_t clen = rd_u64(r);
+    net__rd_get(r, tag, 4);
+    uint64_t clen = net__rd_u64(r);
     if (r->bad || strcmp(tag, "ARCH") != 0 || clen > r->len - r->pos) {
         snprintf(err, errlen, "%s: missing or truncated ARCH chunk", path);
         return -EINVAL;
     }
     const size_t end = r->pos + clen;
     struct net_shape in = {0, 0, 0, 1};
-    in.c = rd_u64(r);
-    in.h = rd_u64(r);
-    in.w = rd_u64(r);
-    uint64_t classes = rd_u64(r);
+    in.c = net__rd_u64(r);
+    in.h = net__rd_u64(r);
+    in.w = net__rd_u64(r);
+    uint64_t classes = net__rd_u64(r);
     float mean[4], sd[4];
-    for (int c = 0; c < 4; c++) mean[c] = rd_f32(r);
-    for (int c = 0; c < 4; c++) sd[c] = rd_f32(r);
-    uint64_t nl = rd_u64(r);
+    for (int c = 0; c < 4; c++) mean[c] = net__rd_f32(r);
+    for (int c = 0; c < 4; c++) sd[c] = net__rd_f32(r);
+    uint64_t nl = net__rd_u64(r);
     if (r->bad || nl == 0 || nl > XZ_MAX_LAYERS) {
         snprintf(err, errlen, "%s: ARCH chunk has an invalid layer count", path);
         return -EINVAL;
@@ -755,17 +717,17 @@ static int xz_read_arch(struct xz_rd *r, const char *path, struct net **out, cha
     }
     int rc = -EINVAL;
     for (size_t i = 0; i < nl; i++) {
-        specs[i].kind = (enum net_kind)rd_u32(r);
-        rd_get(r, specs[i].name, NET_NAME_MAX);
+        specs[i].kind = (enum net_kind)net__rd_u32(r);
+        net__rd_get(r, specs[i].name, NET_NAME_MAX);
         specs[i].name[NET_NAME_MAX - 1] = 0;
-        specs[i].out = rd_u64(r);
-        specs[i].width = rd_u64(r);
-        specs[i].rank = rd_u64(r);
-        specs[i].k = rd_u64(r);
-        specs[i].stride = rd_u64(r);
-        specs[i].pad = rd_u64(r);
-        specs[i].bias = (int)rd_u32(r);
-        specs[i].bn = (int)rd_u32(r);
+        specs[i].out = net__rd_u64(r);
+        specs[i].width = net__rd_u64(r);
+        specs[i].rank = net__rd_u64(r);
+        specs[i].k = net__rd_u64(r);
+        specs[i].stride = net__rd_u64(r);
+        specs[i].pad = net__rd_u64(r);
+        specs[i].bias = (int)net__rd_u32(r);
+        specs[i].bn = (int)net__rd_u32(r);
         if ((unsigned)specs[i].kind >= NET_KIND_COUNT || specs[i].out > (1u << 20) ||
             specs[i].width > (1u << 20) || specs[i].rank > (1u << 20) || specs[i].k > 64 ||
             specs[i].stride > 64 || specs[i].pad > 64) {
@@ -774,7 +736,7 @@ static int xz_read_arch(struct xz_rd *r, const char *path, struct net **out, cha
             goto out;
         }
     }
-    uint64_t np = rd_u64(r), ns = rd_u64(r);
+    uint64_t np = net__rd_u64(r), ns = net__rd_u64(r);
     // Every element takes at least one bit of the payload (bitmap or 1-bit code), so larger
     // arena claims are corrupt; checked before net_create allocates them.
     if (r->bad || r->pos != end || in.c == 0 || in.c > 4 || in.h > 4096 || in.w > 4096 ||
@@ -804,12 +766,12 @@ out:
 }
 
 /* One TENS record into w (t->n floats). */
-static int xz_read_tensor(struct xz_rd *r, const char *path, const struct net_tensor *t,
+static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_tensor *t,
                           float *w, float *cb, char *err, size_t errlen)
 {
     const unsigned enc = rd_u8(r), sparse = rd_u8(r), bits = rd_u8(r), zero = rd_u8(r);
-    const uint32_t k = rd_u32(r);
-    const uint64_t N = rd_u64(r), nnz = rd_u64(r);
+    const uint32_t k = net__rd_u32(r);
+    const uint64_t N = net__rd_u64(r), nnz = net__rd_u64(r);
     if (r->bad) goto trunc;
     if (enc > XZ_KM_F16 || sparse > 1 || zero != 0 || N != t->n || nnz > N ||
         (!sparse && nnz != N)) {
@@ -826,7 +788,7 @@ static int xz_read_tensor(struct xz_rd *r, const char *path, const struct net_te
                  t->name, k, bits);
         return -EINVAL;
     }
-    for (uint32_t j = 0; j < k; j++) cb[j] = enc == XZ_KM_F16 ? rd_f16(r) : rd_f32(r);
+    for (uint32_t j = 0; j < k; j++) cb[j] = enc == XZ_KM_F16 ? rd_f16(r) : net__rd_f32(r);
     const unsigned char *bitmap = NULL;
     if (sparse) {
         const size_t nb = (size_t)(N + 7) / 8;
@@ -957,7 +919,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
                                                                    : "bad stream");
         goto fail;
     }
-    struct xz_rd r = {raw, (size_t)raw_len, 0, 0};
+    struct net__rd r = {raw, (size_t)raw_len, 0, 0};
     if ((rc = xz_read_arch(&r, path, &n, err, errlen)) < 0) goto fail;
     rc = -EINVAL;
     if (!(cb = malloc((XZ_KMAX + 1) * sizeof(float)))) {
@@ -966,19 +928,19 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
     }
     char tag[5] = {0};
     while (r.pos < r.len) {
-        rd_get(&r, tag, 4);
-        uint64_t clen = rd_u64(&r);
+        net__rd_get(&r, tag, 4);
+        uint64_t clen = net__rd_u64(&r);
         if (r.bad || clen > r.len - r.pos) {
             snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
             goto fail;
         }
         const size_t end = r.pos + (size_t)clen;
         if (strcmp(tag, "TENS") == 0 && !got_tens) {
-            struct xz_rd c = {r.p, end, r.pos, 0};
+            struct net__rd c = {r.p, end, r.pos, 0};
             size_t n_par = 0;
             for (size_t ti = 0; ti < n->n_tensors; ti++)
                 n_par += n->tensors[ti].arena == NET_ARENA_PARAM;
-            uint32_t cnt = rd_u32(&c);
+            uint32_t cnt = net__rd_u32(&c);
             if (c.bad || cnt != n_par) {
                 snprintf(err, errlen, "%s: TENS chunk lists %u tensors, the architecture has %zu",
                          path, cnt, n_par);
@@ -1004,7 +966,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
                          path);
                 goto fail;
             }
-            rd_get(&r, n->state, (size_t)clen);
+            net__rd_get(&r, n->state, (size_t)clen);
             got_stat = 1;
         } else if (strcmp(tag, "ARCH") == 0 || strcmp(tag, "TENS") == 0 ||
                    strcmp(tag, "STAT") == 0) {
@@ -1023,7 +985,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
                 rc = -ENOMEM;
                 goto fail;
             }
-            rd_get(&r, bl[nbl].data, (size_t)clen);
+            net__rd_get(&r, bl[nbl].data, (size_t)clen);
             ((char *)bl[nbl].data)[clen] = 0; // text blobs read as strings
             nbl++;
         }

@@ -96,4 +96,16 @@ int net__write_atomic(const char *path, const void *data, size_t len, char *err,
 /* Reads a whole regular file into a malloc'ed buffer (one spare byte). err names the path. */
 int net__read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen);
 
+/* A bounds-checked little reader over a byte buffer: reads past the end set `bad` and yield
+ * zeros, so a parser checks once after a group of fields. */
+struct net__rd {
+    const unsigned char *p;
+    size_t len, pos;
+    int bad;
+};
+void net__rd_get(struct net__rd *r, void *dst, size_t n);
+uint32_t net__rd_u32(struct net__rd *r);
+uint64_t net__rd_u64(struct net__rd *r);
+float net__rd_f32(struct net__rd *r);
+
 #endif
