@@ -201,7 +201,8 @@ static void dmn__publish(struct dmn_server *s, int add_history)
     sn->step = t->step;
     sn->total_steps = t->total_steps;
     sn->steps_per_epoch = t->steps_per_epoch;
-    sn->epoch = t->steps_per_epoch ? t->step / t->steps_per_epoch : 0;
+    // 1-based and counting the epoch in progress, as the progress lines do.
+    sn->epoch = (t->steps_per_epoch ? t->step / t->steps_per_epoch : 0) + (t->step < t->total_steps);
     sn->epochs = t->cfg.train.epochs;
     if (t->run_n) {
         t->last_loss = t->run_loss / (double)t->run_n;
