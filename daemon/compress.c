@@ -454,6 +454,29 @@ static double cmp__lr(const struct cmp_ctx *c, const struct cmp_common *o)
     return o->lr > 0 ? o->lr : c->cfg.optimizer.lr / 50.0;
 }
 
+/* The optional fine-tuning of compress and thin: steps, evaluation into *m, a report line.
+ * Returns 0 (also when there is nothing to do), -ENOMEM, or another negative errno after
+ * printing why under the command's name. */
+static int cmp__finetune_report(const char *cmd, struct dmn_trainer *t, const struct cmp_ctx *cx,
+                                const struct cmp_common *co, struct cmp_metrics *m)
+{
+    if (!co->ft_steps) return 0;
+    double t0 = dmn_now();
+    int rc = cmp__finetune(t, co->ft_steps, cmp__lr(cx, co));
+    if (rc < 0) {
+        fprintf(stderr, "evowidth %s: fine-tuning failed: %s\n", cmd,
+                rc == -EDOM ? "the loss is not finite (lower --lr)" : strerror(-rc));
+        return rc == -ENOMEM ? -EIO : rc;
+    }
+    if (cmp__eval(t, m) < 0) return -ENOMEM;
+    char what[64];
+    snprintf(what, sizeof(what), "fine-tuned (%zu steps, lr %g)", co->ft_steps, cmp__lr(cx, co));
+    cmp__print_metrics(what, m);
+    printf("  fine-tuning took %.1f s\n", dmn_now() - t0);
+    return 0;
+}
+
+
 static int cmp__layer_by_name(const struct net *n, const char *cmd, const char *name, size_t *li)
 {
     long i = net_layer_find(n, name);
@@ -643,20 +666,10 @@ int dmn_cmd_compress(int argc, char **argv)
     }
     if (cmp__eval(t, &m1) < 0) goto oom;
     cmp__print_metrics("factorized", &m1);
-    if (co.ft_steps) {
-        double t0 = dmn_now();
-        int rc = cmp__finetune(t, co.ft_steps, cmp__lr(&cx, &co));
-        if (rc < 0) {
-            fprintf(stderr, "evowidth compress: fine-tuning failed: %s\n",
-                    rc == -EDOM ? "the loss is not finite (lower --lr)" : strerror(-rc));
-            goto out;
-        }
-        if (cmp__eval(t, &m2) < 0) goto oom;
-        char what[64];
-        snprintf(what, sizeof(what), "fine-tuned (%zu steps, lr %g)", co.ft_steps,
-                 cmp__lr(&cx, &co));
-        cmp__print_metrics(what, &m2);
-        printf("  fine-tuning took %.1f s\n", dmn_now() - t0);
+    {
+        int frc = cmp__finetune_report("compress", t, &cx, &co, &m2);
+        if (frc == -ENOMEM) goto oom;
+        if (frc < 0) goto out;
     }
     if (cmp__save(&cx, co.out, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidth compress: %s\n", err);
@@ -1030,20 +1043,10 @@ int dmn_cmd_thin(int argc, char **argv)
     printf("  selection took %.1f s\n", dmn_now() - t0);
     if (cmp__eval(t, &m1) < 0) goto oom;
     cmp__print_metrics("thin (selection + LS rewiring)", &m1);
-    if (co.ft_steps) {
-        t0 = dmn_now();
-        int rc = cmp__finetune(t, co.ft_steps, cmp__lr(&cx, &co));
-        if (rc < 0) {
-            fprintf(stderr, "evowidth thin: fine-tuning failed: %s\n",
-                    rc == -EDOM ? "the loss is not finite (lower --lr)" : strerror(-rc));
-            goto out;
-        }
-        if (cmp__eval(t, &m2) < 0) goto oom;
-        char what[64];
-        snprintf(what, sizeof(what), "fine-tuned (%zu steps, lr %g)", co.ft_steps,
-                 cmp__lr(&cx, &co));
-        cmp__print_metrics(what, &m2);
-        printf("  fine-tuning took %.1f s\n", dmn_now() - t0);
+    {
+        int frc = cmp__finetune_report("thin", t, &cx, &co, &m2);
+        if (frc == -ENOMEM) goto oom;
+        if (frc < 0) goto out;
     }
     if (cmp__save(&cx, co.out, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidth thin: %s\n", err);

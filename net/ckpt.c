@@ -30,15 +30,9 @@
 
 // ---- a growable byte buffer ------------------------------------------------------------
 
-struct ckpt_buf {
-    unsigned char *p;
-    size_t len, cap;
-    int oom;
-};
-
-static void cb_put(struct ckpt_buf *b, const void *src, size_t n)
+void net__buf_put(struct net__buf *b, const void *src, size_t n)
 {
-    if (b->oom) return;
+    if (b->oom || n == 0) return;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 4096;
         while (cap < b->len + n) cap *= 2;
@@ -54,31 +48,31 @@ static void cb_put(struct ckpt_buf *b, const void *src, size_t n)
     b->len += n;
 }
 
-static void cb_u32(struct ckpt_buf *b, uint32_t v)
+static void cb_u32(struct net__buf *b, uint32_t v)
 {
-    cb_put(b, &v, 4);
+    net__buf_put(b, &v, 4);
 }
 
-static void cb_u64(struct ckpt_buf *b, uint64_t v)
+static void cb_u64(struct net__buf *b, uint64_t v)
 {
-    cb_put(b, &v, 8);
+    net__buf_put(b, &v, 8);
 }
 
-static void cb_f32(struct ckpt_buf *b, float v)
+static void cb_f32(struct net__buf *b, float v)
 {
-    cb_put(b, &v, 4);
+    net__buf_put(b, &v, 4);
 }
 
 /* Starts a chunk; returns the offset of its length field, patched by cb_end. */
-static size_t cb_begin(struct ckpt_buf *b, const char *tag)
+static size_t cb_begin(struct net__buf *b, const char *tag)
 {
-    cb_put(b, tag, 4);
+    net__buf_put(b, tag, 4);
     size_t at = b->len;
     cb_u64(b, 0);
     return at;
 }
 
-static void cb_end(struct ckpt_buf *b, size_t at)
+static void cb_end(struct net__buf *b, size_t at)
 {
     if (b->oom) return;
     uint64_t len = b->len - at - 8;
@@ -165,8 +159,8 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
             return -EINVAL;
         }
     }
-    struct ckpt_buf b = {0};
-    cb_put(&b, "EVOW", 4);
+    struct net__buf b = {0};
+    net__buf_put(&b, "EVOW", 4);
     cb_u32(&b, CKPT_VERSION);
     cb_u32(&b, (uint32_t)sizeof(float));
     cb_u32(&b, CKPT_PROBE);
@@ -182,7 +176,7 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
     for (size_t i = 0; i < n->n_layers; i++) {
         const struct net_layer_spec *s = &n->layers[i].spec;
         cb_u32(&b, (uint32_t)s->kind);
-        cb_put(&b, s->name, NET_NAME_MAX);
+        net__buf_put(&b, s->name, NET_NAME_MAX);
         cb_u64(&b, s->out);
         cb_u64(&b, s->width);
         cb_u64(&b, s->rank);
@@ -197,10 +191,10 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
     cb_end(&b, at);
 
     at = cb_begin(&b, "PARM");
-    cb_put(&b, n->params, n->n_params * sizeof(float));
+    net__buf_put(&b, n->params, n->n_params * sizeof(float));
     cb_end(&b, at);
     at = cb_begin(&b, "STAT");
-    cb_put(&b, n->state, n->n_state * sizeof(float));
+    net__buf_put(&b, n->state, n->n_state * sizeof(float));
     cb_end(&b, at);
     if (opt) {
         at = cb_begin(&b, "OPTM");
@@ -212,13 +206,13 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
         cb_f32(&b, opt->beta2);
         cb_f32(&b, opt->eps);
         cb_u64(&b, opt->t);
-        cb_put(&b, n->m, n->n_params * sizeof(float));
-        cb_put(&b, n->v, n->n_params * sizeof(float));
+        net__buf_put(&b, n->m, n->n_params * sizeof(float));
+        net__buf_put(&b, n->v, n->n_params * sizeof(float));
         cb_end(&b, at);
     }
     for (size_t i = 0; i < n_blobs; i++) {
         at = cb_begin(&b, blobs[i].tag);
-        cb_put(&b, blobs[i].data, blobs[i].len);
+        net__buf_put(&b, blobs[i].data, blobs[i].len);
         cb_end(&b, at);
     }
     if (b.oom) {

@@ -385,41 +385,17 @@ void net_xplan_tune(struct net_xplan *p, struct net *n, float lr)
 
 // ---- writing -------------------------------------------------------------------------------
 
-struct xz_buf {
-    unsigned char *p;
-    size_t len, cap;
-    int oom;
-};
-
-static void xb_put(struct xz_buf *b, const void *src, size_t n)
-{
-    if (b->oom || n == 0) return;
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n) cap *= 2;
-        unsigned char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, src, n);
-    b->len += n;
-}
-
 /* The payload, plus a copy of each part's bytes so that sizes can be reported per part. */
 struct xz_writer {
-    struct xz_buf all, part[NET_XPART_COUNT];
+    struct net__buf all, part[NET_XPART_COUNT];
     unsigned bits_acc_n;  // packed codes: pending bits
     uint64_t bits_acc;
 };
 
 static void xw_put(struct xz_writer *w, int part, const void *src, size_t n)
 {
-    xb_put(&w->all, src, n);
-    xb_put(&w->part[part], src, n);
+    net__buf_put(&w->all, src, n);
+    net__buf_put(&w->part[part], src, n);
 }
 
 static void xw_u8(struct xz_writer *w, int part, unsigned v)

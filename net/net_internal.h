@@ -96,6 +96,15 @@ int net__write_atomic(const char *path, const void *data, size_t len, char *err,
 /* Reads a whole regular file into a malloc'ed buffer (one spare byte). err names the path. */
 int net__read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen);
 
+/* A growable byte buffer for building files in memory; a failed allocation sets `oom` and
+ * later puts do nothing, so a writer checks once at the end. Free p when done. */
+struct net__buf {
+    unsigned char *p;
+    size_t len, cap;
+    int oom;
+};
+void net__buf_put(struct net__buf *b, const void *src, size_t n);
+
 /* A bounds-checked little reader over a byte buffer: reads past the end set `bad` and yield
  * zeros, so a parser checks once after a group of fields. */
 struct net__rd {
