@@ -109,6 +109,9 @@ struct dmn_server {
     struct dmn_config cfg;     // loop thread: the effective config (PATCH edits this)
     uint64_t change_seq;       // loop thread: changes accepted so far
     char token[256];
+    // Own copies of the start-up paths: s->cfg is rewritten by PATCH on the loop thread while
+    // the trainer thread reads the state dir (a data race ThreadSanitizer caught).
+    char state_dir[CFG_PATH_MAX], listen[CFG_ADDR_MAX], token_file[CFG_PATH_MAX];
     uv_loop_t loop;
     uv_async_t wake;
     uv_signal_t sig[3];
@@ -1178,9 +1181,14 @@ int dmn_server_run(const struct dmn_server_opts *o)
         fprintf(stderr, "evowidthd: %s\n", err);
         goto out;
     }
-    if (!s->opts.state_dir) s->opts.state_dir = s->cfg.daemon.state_dir;
-    if (!s->opts.listen) s->opts.listen = s->cfg.daemon.listen;
-    if (!s->opts.token_file) s->opts.token_file = s->cfg.daemon.token_file;
+    snprintf(s->state_dir, sizeof(s->state_dir), "%s",
+             s->opts.state_dir ? s->opts.state_dir : s->cfg.daemon.state_dir);
+    snprintf(s->listen, sizeof(s->listen), "%s", s->opts.listen ? s->opts.listen : s->cfg.daemon.listen);
+    snprintf(s->token_file, sizeof(s->token_file), "%s",
+             s->opts.token_file ? s->opts.token_file : s->cfg.daemon.token_file);
+    s->opts.state_dir = s->state_dir;
+    s->opts.listen = s->listen;
+    s->opts.token_file = s->token_file;
     if (s->opts.token_file[0] &&
         dmn__read_token(s->opts.token_file, s->token, sizeof(s->token), err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidthd: %s\n", err);
