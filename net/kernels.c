@@ -30,9 +30,14 @@ static int net__conv_is_pointwise(const struct net__conv *g)
     return g->K == 1 && g->S == 1 && g->P == 0;
 }
 
-size_t net__conv_col_size(const struct net__conv *g, size_t B)
+static size_t conv_im2col_size(const struct net__conv *g, size_t B)
 {
     return net__conv_is_pointwise(g) ? 0 : g->C * g->K * g->K * B * g->OH * g->OW;
+}
+
+size_t net__conv_col_size(const struct net__conv *g, size_t B)
+{
+    return net__conv_direct_ok(g) ? net__conv_direct_scratch(g) : conv_im2col_size(g, B);
 }
 
 /* col (C*K*K, (b1-b0)*OH*OW) from samples [b0, b1) of inp (C, B, H, W); out-of-image
@@ -129,6 +134,15 @@ static size_t net__conv_chunk(const struct net__conv *g, size_t B)
 void net__conv_fwd(float *out, float *col, const float *inp, const float *w, const float *b,
                    const struct net__conv *g, size_t B)
 {
+    if (net__conv_direct_ok(g))
+        net__conv_direct_fwd(out, col, inp, w, b, g, B);
+    else
+        net__conv_fwd_im2col(out, col, inp, w, b, g, B);
+}
+
+void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w,
+                          const float *b, const struct net__conv *g, size_t B)
+{
     // out (OC, N) = w (OC, CKK) . col (CKK, N), computed chunk by chunk of samples.
     const size_t OHW = g->OH * g->OW, N = B * OHW, CKK = g->C * g->K * g->K;
     if (net__conv_is_pointwise(g)) {
@@ -153,19 +167,41 @@ void net__conv_fwd(float *out, float *col, const float *inp, const float *w, con
     }
 }
 
+static void conv_bias_grad(float *db, const float *dout, size_t OC, size_t N)
+{
+#pragma omp parallel for schedule(static) if (OC * N > 32768)
+    for (size_t o = 0; o < OC; o++) {
+        // 16 partial sums the compiler can keep in one vector (a single running float
+        // would serialise the loop on the add latency).
+        const float *row = dout + o * N;
+        float part[16] = {0};
+        size_t i = 0;
+        for (; i + 16 <= N; i += 16)
+            for (size_t j = 0; j < 16; j++) part[j] += row[i + j];
+        float s = 0.0f;
+        for (; i < N; i++) s += row[i];
+        for (size_t j = 0; j < 16; j++) s += part[j];
+        db[o] += s;
+    }
+}
+
 void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
                    const float *inp, const float *w, const struct net__conv *g, size_t B)
 {
-    const size_t OHW = g->OH * g->OW, N = B * OHW, CKK = g->C * g->K * g->K;
-    if (db) {
-#pragma omp parallel for schedule(static) if (g->OC * N > 32768)
-        for (size_t o = 0; o < g->OC; o++) {
-            const float *row = dout + o * N;
-            float s = 0.0f;
-            for (size_t i = 0; i < N; i++) s += row[i];
-            db[o] += s;
-        }
+    if (!net__conv_direct_ok(g)) {
+        net__conv_bwd_im2col(dinp, dw, db, col, dcol, dout, inp, w, g, B);
+        return;
     }
+    if (db) conv_bias_grad(db, dout, g->OC, B * g->OH * g->OW);
+    net__conv_direct_bwd(dinp, dw, col, dout, inp, w, g, B);
+}
+
+void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *dcol,
+                          const float *dout, const float *inp, const float *w,
+                          const struct net__conv *g, size_t B)
+{
+    const size_t OHW = g->OH * g->OW, N = B * OHW, CKK = g->C * g->K * g->K;
+    if (db) conv_bias_grad(db, dout, g->OC, N);
     if (net__conv_is_pointwise(g)) {
         /* dw (OC, C) += dout (OC, N) . inp^T; dinp (C, N) += w^T . dout (beta 1 adds). */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->OC, (int)CKK, (int)N, 1.0f,

@@ -71,6 +71,25 @@ void net__conv_fwd(float *out, float *col, const float *inp, const float *w, con
 void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
                    const float *inp, const float *w, const struct net__conv *g, size_t B);
 
+/* Direct kernels (conv_direct.c) for stride-1 same-size convolutions with 1 < K <= 7 on a
+ * CPU with AVX-512; EVOWIDTH_CONV=im2col in the environment turns them off. _shape says
+ * whether the geometry qualifies, _ok also checks the CPU. _scratch: floats they need. */
+int net__conv_direct_shape(const struct net__conv *g);
+int net__conv_direct_ok(const struct net__conv *g);
+size_t net__conv_direct_scratch(const struct net__conv *g);
+/* out (OC, B, H, W) = conv(inp; w) + b (b may be NULL). */
+void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const float *w,
+                          const float *b, const struct net__conv *g, size_t B);
+/* dw += weight gradient; dinp += data gradient when dinp != NULL. */
+void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *dout,
+                          const float *inp, const float *w, const struct net__conv *g, size_t B);
+/* The im2col + sgemm path whatever the CPU (tests compare the two). */
+void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w,
+                          const float *b, const struct net__conv *g, size_t B);
+void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *dcol,
+                          const float *dout, const float *inp, const float *w,
+                          const struct net__conv *g, size_t B);
+
 // ---- batch norm over channels: element (c, i) lives at x[c * cs + i * is] -------------
 
 #define NET__BN_EPS 1e-5f

@@ -1,0 +1,392 @@
+/* net/conv_direct.c: direct kernels for stride-1 "same" convolutions (output size = input
+ * size: S == 1, 2P == K - 1, K <= NET__DMAXK) on (C, B, H, W) activations, with AVX-512.
+ *
+ * A channel plane of a batch is N = B*H*W contiguous floats, so tap (ki, kj) of output pixel
+ * p reads input pixel p + off(ki, kj) with off = (ki - P) * W + (kj - P): one unaligned vector
+ * load per 16 pixels. Taps that fall outside the image (or wrap into the next row or sample)
+ * are zeroed by a 16-bit mask; masked AVX-512 loads never fault on masked-off lanes, so the
+ * borders need no padded copy. The masks depend only on p mod H*W, so one table of `period`
+ * vectors (period = H*W / gcd(H*W, 16)) serves every sample.
+ *
+ *   forward     out[o][p]  = b[o] + sum_{c,t} W[o][c][t] in[c][p + off_t]     (tile: 8 o x 48 p)
+ *   data grad   din[c][p] += sum_{o,t} W[o][c][K*K-1-t] dout[o][p + off_t]   (the same kernel)
+ *   weight grad dW[o][c][t] += sum_p dout[o][p] in[c][p + off_t]     (8 o x one kernel row)
+ *
+ * No im2col matrix is written and nothing is packed per step except the weights (a few KiB).
+ * Used by net__conv_fwd / net__conv_bwd (kernels.c) when net__conv_direct_ok says so; the
+ * im2col + sgemm path stays for strided, valid-padding and 1x1 convolutions and for CPUs
+ * without AVX-512. Owner: net/. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "net/net_internal.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define NET__DIRECT 1
+#include <immintrin.h>
+#define NET__AVX512 __attribute__((target("avx512f")))
+#define NET__INLINE __attribute__((always_inline)) inline
+#else
+#define NET__DIRECT 0
+#endif
+
+#define NET__DMAXK 7       // largest kernel the direct path takes
+#define NET__DPB 1024      // pixels per block of the weight-gradient reduction (L1-sized)
+#define NET__DTILE 48      // output pixels per forward tile: 3 vectors of 16
+#define NET__DMR 8         // output channels per forward tile
+
+static size_t gcd_size(size_t a, size_t b)
+{
+    while (b) {
+        size_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Per-call geometry: tap offsets and the mask table (borrowed from the caller's scratch). */
+struct dconv {
+    size_t N, KK, period;
+    ptrdiff_t off[NET__DMAXK * NET__DMAXK];
+    const uint16_t *mask; // [period][KK]
+};
+
+static int direct_cpu(void)
+{
+#if NET__DIRECT
+    static int cached = -1; // benign race: every thread computes the same value
+    if (cached < 0) {
+        const char *e = getenv("EVOWIDTH_CONV");
+        int want = !(e && strcmp(e, "im2col") == 0);
+        __builtin_cpu_init();
+        cached = want && __builtin_cpu_supports("avx512f");
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
+int net__conv_direct_ok(const struct net__conv *g)
+{
+    return direct_cpu() && net__conv_direct_shape(g);
+}
+
+int net__conv_direct_shape(const struct net__conv *g)
+{
+    return g->S == 1 && g->K > 1 && g->K <= NET__DMAXK && 2 * g->P == g->K - 1 &&
+           g->OH == g->H && g->OW == g->W;
+}
+
+static size_t direct_period(const struct net__conv *g)
+{
+    size_t HW = g->H * g->W;
+    return HW / gcd_size(HW, 16);
+}
+
+static size_t pad8(size_t n)
+{
+    return (n + NET__DMR - 1) / NET__DMR * NET__DMR;
+}
+
+/* Rows per weight-gradient block for kernel size K: MR*K accumulators + K inputs + 1 <= 32. */
+static int dw_rows(size_t K)
+{
+    return K <= 3 ? 8 : K <= 5 ? 4 : 3;
+}
+
+/* Floats of vector partials the weight gradient keeps: one [MR][K][16] block per item. */
+static size_t dw_part_floats(size_t C, size_t OC, size_t K)
+{
+    size_t mr = (size_t)dw_rows(K), nob = (OC + mr - 1) / mr;
+    return nob * C * K * mr * K * 16;
+}
+
+size_t net__conv_direct_scratch(const struct net__conv *g)
+{
+    size_t KK = g->K * g->K, big = g->C > g->OC ? g->C : g->OC;
+    size_t mask_floats = (direct_period(g) * KK + 1) / 2;
+    size_t wpk = pad8(big) * KK * big, part = dw_part_floats(g->C, g->OC, g->K);
+    return mask_floats + 16 + (wpk > part ? wpk : part);
+}
+
+/* Fills d and the mask table at the start of scratch; returns the float scratch after it
+ * (16-float aligned offset) for packed weights. */
+static float *direct_setup(struct dconv *d, float *scratch, const struct net__conv *g, size_t B)
+{
+    const size_t K = g->K, H = g->H, W = g->W, HW = H * W;
+    const long P = (long)g->P;
+    d->N = B * HW;
+    d->KK = K * K;
+    d->period = direct_period(g);
+    for (size_t ki = 0; ki < K; ki++)
+        for (size_t kj = 0; kj < K; kj++)
+            d->off[ki * K + kj] = ((long)ki - P) * (long)W + ((long)kj - P);
+    uint16_t *m = (uint16_t *)scratch;
+    for (size_t v = 0; v < d->period; v++) {
+        uint16_t r[NET__DMAXK] = {0}, c[NET__DMAXK] = {0};
+        size_t s = (v * 16) % HW, y = s / W, x = s % W;
+        for (unsigned l = 0; l < 16; l++) {
+            for (size_t k = 0; k < K; k++) {
+                long yy = (long)y + (long)k - P, xx = (long)x + (long)k - P;
+                if (yy >= 0 && yy < (long)H) r[k] |= (uint16_t)(1u << l);
+                if (xx >= 0 && xx < (long)W) c[k] |= (uint16_t)(1u << l);
+            }
+            if (++x == W) {
+                x = 0;
+                if (++y == H) y = 0;
+            }
+        }
+        for (size_t ki = 0; ki < K; ki++)
+            for (size_t kj = 0; kj < K; kj++)
+                m[v * d->KK + ki * K + kj] = (uint16_t)(r[ki] & c[kj]);
+    }
+    d->mask = m;
+    size_t used = (d->period * d->KK + 1) / 2;
+    return scratch + (used + 15) / 16 * 16;
+}
+
+static uint16_t tail_mask(size_t p0, size_t N)
+{
+    if (p0 >= N) return 0;
+    return N - p0 >= 16 ? 0xFFFF : (uint16_t)((1u << (N - p0)) - 1);
+}
+
+#if NET__DIRECT
+
+/* One forward tile: out rows [o0, o0 + rows) (rows <= 8) at pixels [p0, p0 + 48).
+ * wp: this block's packed weights [Cin][KK][8]; km: the tile's masks [KK][3], tail included.
+ * Channel-outer order: all taps of one input channel run while its few cache lines are hot
+ * (the planes are N floats apart, often a multiple of 4 KiB, so the lines of many channels
+ * would fight over the same L1 sets). */
+NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp,
+                                    const float *bias, size_t Cin, size_t o0, size_t rows,
+                                    size_t p0, const __mmask16 *km, const struct dconv *d,
+                                    int accum)
+{
+    const size_t N = d->N, KK = d->KK;
+    __m512 acc[NET__DMR][3];
+#pragma GCC unroll 8
+    for (int m = 0; m < NET__DMR; m++)
+        acc[m][0] = acc[m][1] = acc[m][2] = _mm512_setzero_ps();
+    const float *base = in + p0, *w = wp;
+    for (size_t c = 0; c < Cin; c++, base += N) {
+        for (size_t t = 0; t < KK; t++, w += NET__DMR) {
+            const float *src = base + d->off[t];
+            const __m512 a0 = _mm512_maskz_loadu_ps(km[3 * t], src);
+            const __m512 a1 = _mm512_maskz_loadu_ps(km[3 * t + 1], src + 16);
+            const __m512 a2 = _mm512_maskz_loadu_ps(km[3 * t + 2], src + 32);
+#pragma GCC unroll 8
+            for (int m = 0; m < NET__DMR; m++) {
+                const __m512 wv = _mm512_set1_ps(w[m]);
+                acc[m][0] = _mm512_fmadd_ps(wv, a0, acc[m][0]);
+                acc[m][1] = _mm512_fmadd_ps(wv, a1, acc[m][1]);
+                acc[m][2] = _mm512_fmadd_ps(wv, a2, acc[m][2]);
+            }
+        }
+    }
+    const uint16_t tm[3] = {tail_mask(p0, N), tail_mask(p0 + 16, N), tail_mask(p0 + 32, N)};
+#pragma GCC unroll 8
+    for (int m = 0; m < NET__DMR; m++) {
+        if ((size_t)m >= rows) break;
+        float *dst = out + (o0 + (size_t)m) * N + p0;
+        const __m512 bv = _mm512_set1_ps(bias ? bias[o0 + (size_t)m] : 0.0f);
+        for (int j = 0; j < 3; j++) {
+            __m512 v = _mm512_add_ps(acc[m][j], bv);
+            if (accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tm[j], dst + 16 * j));
+            _mm512_mask_storeu_ps(dst + 16 * j, tm[j], v);
+        }
+    }
+}
+
+/* out (Cout, N) (+)= direct conv of in (Cin, N) with packed weights wp [ob][Cin][KK][8].
+ * (No target attribute here: GCC's outlined OpenMP body would not inherit it.) */
+static void direct_run(float *out, const float *in, const float *wp, const float *bias,
+                       size_t Cin, size_t Cout, const struct dconv *d, int accum)
+{
+    const size_t N = d->N, KK = d->KK;
+    const size_t tiles = (N + NET__DTILE - 1) / NET__DTILE, nob = (Cout + 7) / 8;
+    const size_t blk = KK * Cin * NET__DMR;
+#pragma omp parallel for schedule(static) if (tiles * Cout * Cin * KK > 200000)
+    for (size_t ti = 0; ti < tiles; ti++) {
+        const size_t p0 = ti * NET__DTILE;
+        __mmask16 km[NET__DMAXK * NET__DMAXK * 3];
+        for (size_t j = 0; j < 3; j++) {
+            const uint16_t *mr = d->mask + ((p0 / 16 + j) % d->period) * KK;
+            const uint16_t tm = tail_mask(p0 + 16 * j, N);
+            for (size_t t = 0; t < KK; t++) km[3 * t + j] = (__mmask16)(mr[t] & tm);
+        }
+        for (size_t ob = 0; ob < nob; ob++) {
+            size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
+            direct_tile(out, in, wp + ob * blk, bias, Cin, o0, rows, p0, km, d, accum);
+        }
+    }
+}
+
+/* Weight-gradient block: for input channel c and kernel row ki, the K taps of rows
+ * [o0, o0 + MR) summed over pixels [pb, pe) into the vector partials part[MR][K][16].
+ * Per 16 pixels: K input loads (held), MR output-gradient loads (streamed), MR*K FMAs.
+ * MR and K are constants after inlining. */
+NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dout, const float *in,
+                                             size_t c, size_t ki, size_t o0, int MR, int K,
+                                             size_t pb, size_t pe, const struct dconv *d)
+{
+    const size_t N = d->N, KK = d->KK;
+    __m512 acc[8][NET__DMAXK];
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 7
+        for (int t = 0; t < K; t++) acc[m][t] = _mm512_loadu_ps(part + (m * K + t) * 16);
+    const size_t t0 = ki * (size_t)K;
+    const float *src = in + c * N + d->off[t0]; // tap (ki, kj) reads src + p + kj
+    const float *dp = dout + o0 * N;           // row o0 + m at dp + m * N
+    size_t row = (pb / 16) % d->period;
+    const size_t pfull = pe == N ? pb + (pe - pb) / 16 * 16 : pe; // full vectors end here
+    for (size_t p = pb; p < pe; p += 16) {
+        const uint16_t *mk = d->mask + row * KK + t0;
+        if (++row == d->period) row = 0;
+        // Only the batch's last vector can be partial: its taps also mask the tail, and the
+        // output gradient is loaded masked.
+        const uint16_t tm = p < pfull ? 0xFFFF : tail_mask(p, N);
+        __m512 a[NET__DMAXK];
+#pragma GCC unroll 7
+        for (int t = 0; t < K; t++)
+            a[t] = _mm512_maskz_loadu_ps((__mmask16)(mk[t] & tm), src + p + t);
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            const __m512 dv = _mm512_maskz_loadu_ps(tm, dp + (size_t)m * N + p);
+#pragma GCC unroll 7
+            for (int t = 0; t < K; t++) acc[m][t] = _mm512_fmadd_ps(dv, a[t], acc[m][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 7
+        for (int t = 0; t < K; t++) _mm512_storeu_ps(part + (m * K + t) * 16, acc[m][t]);
+}
+
+#define NET__DW(mr, k) dw_block(part, dout, in, c, ki, o0, mr, k, pb, pe, d)
+#define NET__DW_ROWS(k)                                                                \
+    switch (mr) {                                                                      \
+    case 8: NET__DW(8, k); break;                                                      \
+    case 7: NET__DW(7, k); break;                                                      \
+    case 6: NET__DW(6, k); break;                                                      \
+    case 5: NET__DW(5, k); break;                                                      \
+    case 4: NET__DW(4, k); break;                                                      \
+    case 3: NET__DW(3, k); break;                                                      \
+    case 2: NET__DW(2, k); break;                                                      \
+    default: NET__DW(1, k); break;                                                     \
+    }
+
+/* One item with mr (<= dw_rows(K)) rows: each (mr, K) pair is its own unrolled kernel. */
+NET__AVX512 static void dw_item(float *part, const float *dout, const float *in, size_t c,
+                                size_t ki, size_t o0, size_t mr, size_t pb, size_t pe,
+                                const struct dconv *d, size_t K)
+{
+    switch (K) {
+    case 2: NET__DW_ROWS(2); break;
+    case 3: NET__DW_ROWS(3); break;
+    case 4: NET__DW_ROWS(4); break;
+    case 5: NET__DW_ROWS(5); break;
+    case 6: NET__DW_ROWS(6); break;
+    default: NET__DW_ROWS(7); break;
+    }
+}
+#undef NET__DW_ROWS
+#undef NET__DW
+
+/* dw (OC, C, KK) += sum_p dout (OC, N) x shifted in (C, N). An item is (row block, input
+ * channel, kernel row); pixels go in blocks of NET__DPB so one block's output gradients stay
+ * in L1 across the items that share them. Each item owns its partials and its dw entries,
+ * and every pixel block splits the same items the same static way, so threads never share
+ * an entry. */
+static void direct_dw(float *dw, float *part, const float *dout, const float *in, size_t C,
+                      size_t OC, size_t K, const struct dconv *d)
+{
+    const size_t mr = (size_t)dw_rows(K), nob = (OC + mr - 1) / mr, items = nob * C * K;
+    const size_t N = d->N, blk = mr * K * 16;
+    memset(part, 0, items * blk * sizeof(float));
+#pragma omp parallel if (N * OC * C * d->KK > 200000)
+    {
+        for (size_t pb = 0; pb < N; pb += NET__DPB) {
+            const size_t pe = pb + NET__DPB < N ? pb + NET__DPB : N;
+#pragma omp for schedule(static) nowait
+            for (size_t it = 0; it < items; it++) {
+                size_t ki = it % K, c = (it / K) % C, o0 = it / (K * C) * mr;
+                size_t rows = OC - o0 < mr ? OC - o0 : mr;
+                dw_item(part + it * blk, dout, in, c, ki, o0, rows, pb, pe, d, K);
+            }
+        }
+#pragma omp for schedule(static)
+        for (size_t it = 0; it < items; it++) {
+            size_t ki = it % K, c = (it / K) % C, o0 = it / (K * C) * mr;
+            const float *pp = part + it * blk;
+            for (size_t m = 0; m < mr && o0 + m < OC; m++)
+                for (size_t kj = 0; kj < K; kj++) {
+                    const float *v = pp + (m * K + kj) * 16;
+                    float s = 0.0f;
+                    for (int l = 0; l < 16; l++) s += v[l];
+                    dw[((o0 + m) * C + c) * d->KK + ki * K + kj] += s;
+                }
+        }
+    }
+}
+
+#endif // NET__DIRECT
+
+/* wp[ob][c][t][m] = w[o = ob*8+m][c][t] (zero for o >= OC); flip/transpose for the data grad:
+ * wp[ob][o][t][m] = w[o][c = ob*8+m][KK-1-t]. */
+static void pack_fwd(float *wp, const float *w, size_t C, size_t OC, size_t KK)
+{
+    const size_t nob = pad8(OC) / NET__DMR;
+    for (size_t ob = 0; ob < nob; ob++)
+        for (size_t c = 0; c < C; c++)
+            for (size_t t = 0; t < KK; t++)
+                for (size_t m = 0; m < NET__DMR; m++) {
+                    size_t o = ob * NET__DMR + m;
+                    *wp++ = o < OC ? w[(o * C + c) * KK + t] : 0.0f;
+                }
+}
+
+static void pack_bwd_data(float *wp, const float *w, size_t C, size_t OC, size_t KK)
+{
+    const size_t nob = pad8(C) / NET__DMR;
+    for (size_t ob = 0; ob < nob; ob++)
+        for (size_t o = 0; o < OC; o++)
+            for (size_t t = 0; t < KK; t++)
+                for (size_t m = 0; m < NET__DMR; m++) {
+                    size_t c = ob * NET__DMR + m;
+                    *wp++ = c < C ? w[(o * C + c) * KK + (KK - 1 - t)] : 0.0f;
+                }
+}
+
+void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const float *w,
+                          const float *b, const struct net__conv *g, size_t B)
+{
+#if NET__DIRECT
+    struct dconv d;
+    float *wp = direct_setup(&d, scratch, g, B);
+    pack_fwd(wp, w, g->C, g->OC, d.KK);
+    direct_run(out, inp, wp, b, g->C, g->OC, &d, 0);
+#else
+    (void)out, (void)scratch, (void)inp, (void)w, (void)b, (void)g, (void)B;
+#endif
+}
+
+void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *dout,
+                          const float *inp, const float *w, const struct net__conv *g, size_t B)
+{
+#if NET__DIRECT
+    struct dconv d;
+    float *wp = direct_setup(&d, scratch, g, B);
+    direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d);
+    if (dinp) {
+        pack_bwd_data(wp, w, g->C, g->OC, d.KK);
+        direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, 1);
+    }
+#else
+    (void)dinp, (void)dw, (void)scratch, (void)dout, (void)inp, (void)w, (void)g, (void)B;
+#endif
+}
