@@ -225,38 +225,49 @@ static void direct_run(float *out, const float *in, const float *wp, const float
     }
 }
 
-/* Weight-gradient block: for input channel c and kernel row ki, the K taps of rows
- * [o0, o0 + MR) summed over pixels [pb, pe) into the vector partials part[MR][K][16].
- * Per 16 pixels: K input loads (held), MR output-gradient loads (streamed), MR*K FMAs.
- * MR and K are constants after inlining. */
-NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dout, const float *in,
-                                             size_t c, size_t ki, size_t o0, int MR, int K,
-                                             size_t pb, size_t pe, const struct dconv *d)
+/* Weight-gradient block: for input channel c and kernel row ki, the K taps of MR output
+ * rows summed over pixels [pb, pe) into the vector partials part[MR][K][16]. The output
+ * gradient of those rows comes interleaved, dbuf[vector][MR][16] (zero past the batch end),
+ * so its MR loads share one pointer. Per 16 pixels: K input loads (held), MR gradient loads
+ * (streamed), MR*K FMAs. MR and K are constants after inlining. */
+NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dbuf, const float *in,
+                                             size_t c, size_t ki, int MR, int K, size_t pb,
+                                             size_t pe, const struct dconv *d)
 {
-    const size_t N = d->N, KK = d->KK;
+    const size_t N = d->N, KK = d->KK, t0 = ki * (size_t)K;
     __m512 acc[8][NET__DMAXK];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; m++)
 #pragma GCC unroll 7
         for (int t = 0; t < K; t++) acc[m][t] = _mm512_loadu_ps(part + (m * K + t) * 16);
-    const size_t t0 = ki * (size_t)K;
     const float *src = in + c * N + d->off[t0]; // tap (ki, kj) reads src + p + kj
-    const float *dp = dout + o0 * N;           // row o0 + m at dp + m * N
     size_t row = (pb / 16) % d->period;
+    const uint16_t *mk = d->mask + row * KK + t0;
     const size_t pfull = pe == N ? pb + (pe - pb) / 16 * 16 : pe; // full vectors end here
-    for (size_t p = pb; p < pe; p += 16) {
-        const uint16_t *mk = d->mask + row * KK + t0;
-        if (++row == d->period) row = 0;
-        // Only the batch's last vector can be partial: its taps also mask the tail, and the
-        // output gradient is loaded masked.
-        const uint16_t tm = p < pfull ? 0xFFFF : tail_mask(p, N);
+    size_t p = pb;
+    for (; p < pfull; p += 16, dbuf += MR * 16) {
+        __m512 a[NET__DMAXK];
+#pragma GCC unroll 7
+        for (int t = 0; t < K; t++)
+            a[t] = _mm512_maskz_loadu_ps(_load_mask16((__mmask16 *)(mk + t)), src + p + t);
+        if (++row == d->period) row = 0, mk = d->mask + t0;
+        else mk += KK;
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; m++) {
+            const __m512 dv = _mm512_load_ps(dbuf + m * 16);
+#pragma GCC unroll 7
+            for (int t = 0; t < K; t++) acc[m][t] = _mm512_fmadd_ps(dv, a[t], acc[m][t]);
+        }
+    }
+    if (p < pe) { // the batch's partial last vector: input taps masked to the tail too
+        const uint16_t tm = tail_mask(p, N);
         __m512 a[NET__DMAXK];
 #pragma GCC unroll 7
         for (int t = 0; t < K; t++)
             a[t] = _mm512_maskz_loadu_ps((__mmask16)(mk[t] & tm), src + p + t);
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
-            const __m512 dv = _mm512_maskz_loadu_ps(tm, dp + (size_t)m * N + p);
+            const __m512 dv = _mm512_load_ps(dbuf + m * 16);
 #pragma GCC unroll 7
             for (int t = 0; t < K; t++) acc[m][t] = _mm512_fmadd_ps(dv, a[t], acc[m][t]);
         }
@@ -267,7 +278,7 @@ NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dout, con
         for (int t = 0; t < K; t++) _mm512_storeu_ps(part + (m * K + t) * 16, acc[m][t]);
 }
 
-#define NET__DW(mr, k) dw_block(part, dout, in, c, ki, o0, mr, k, pb, pe, d)
+#define NET__DW(mr, k) dw_block(part, dbuf, in, c, ki, mr, k, pb, pe, d)
 #define NET__DW_ROWS(k)                                                                \
     switch (mr) {                                                                      \
     case 8: NET__DW(8, k); break;                                                      \
@@ -281,8 +292,8 @@ NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dout, con
     }
 
 /* One item with mr (<= dw_rows(K)) rows: each (mr, K) pair is its own unrolled kernel. */
-NET__AVX512 static void dw_item(float *part, const float *dout, const float *in, size_t c,
-                                size_t ki, size_t o0, size_t mr, size_t pb, size_t pe,
+NET__AVX512 static void dw_item(float *part, const float *dbuf, const float *in, size_t c,
+                                size_t ki, size_t mr, size_t pb, size_t pe,
                                 const struct dconv *d, size_t K)
 {
     switch (K) {
@@ -297,11 +308,23 @@ NET__AVX512 static void dw_item(float *part, const float *dout, const float *in,
 #undef NET__DW_ROWS
 #undef NET__DW
 
+/* dbuf[v][m][16] = dout[o0 + m][pb + 16 v + l] for m < rows, zero past N. */
+NET__AVX512 static void dw_pack(float *dbuf, const float *dout, size_t o0, size_t rows,
+                                size_t pb, size_t pe, size_t N)
+{
+    for (size_t p = pb; p < pe; p += 16) {
+        const __mmask16 tm = (__mmask16)tail_mask(p, N);
+        for (size_t m = 0; m < rows; m++, dbuf += 16)
+            _mm512_store_ps(dbuf, _mm512_maskz_loadu_ps(tm, dout + (o0 + m) * N + p));
+    }
+}
+
 /* dw (OC, C, KK) += sum_p dout (OC, N) x shifted in (C, N). An item is (row block, input
- * channel, kernel row); pixels go in blocks of NET__DPB so one block's output gradients stay
- * in L1 across the items that share them. Each item owns its partials and its dw entries,
- * and every pixel block splits the same items the same static way, so threads never share
- * an entry. */
+ * channel, kernel row); pixels go in blocks of NET__DPB, and each thread copies the block's
+ * output gradient rows of its current row block into an L1-sized interleaved buffer, reused
+ * by every (channel, kernel row) item of that block. Each item owns its partials and its dw
+ * entries, and every pixel block splits the same items the same static way, so threads
+ * never share an entry. */
 static void direct_dw(float *dw, float *part, const float *dout, const float *in, size_t C,
                       size_t OC, size_t K, const struct dconv *d)
 {
@@ -310,13 +333,19 @@ static void direct_dw(float *dw, float *part, const float *dout, const float *in
     memset(part, 0, items * blk * sizeof(float));
 #pragma omp parallel if (N * OC * C * d->KK > 200000)
     {
+        _Alignas(64) float dbuf[8 * NET__DPB];
         for (size_t pb = 0; pb < N; pb += NET__DPB) {
             const size_t pe = pb + NET__DPB < N ? pb + NET__DPB : N;
+            size_t packed = (size_t)-1;
 #pragma omp for schedule(static) nowait
             for (size_t it = 0; it < items; it++) {
-                size_t ki = it % K, c = (it / K) % C, o0 = it / (K * C) * mr;
+                size_t ki = it % K, c = (it / K) % C, ob = it / (K * C), o0 = ob * mr;
                 size_t rows = OC - o0 < mr ? OC - o0 : mr;
-                dw_item(part + it * blk, dout, in, c, ki, o0, rows, pb, pe, d, K);
+                if (ob != packed) {
+                    dw_pack(dbuf, dout, o0, rows, pb, pe, N);
+                    packed = ob;
+                }
+                dw_item(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
             }
         }
 #pragma omp for schedule(static)
