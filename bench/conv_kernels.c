@@ -55,7 +55,7 @@ int main(int argc, char **argv)
             double bf = 1e30, bb = 1e30, bw = 1e30;
             for (int r = 0; r <= reps; r++) {
                 double t0 = now();
-                if (path == 0) net__conv_direct_fwd(out, c1, inp, w, b, &g, B);
+                if (path == 0) net__conv_direct_fwd(out, c1, inp, w, b, &g, B, NULL);
                 else net__conv_fwd_im2col(out, c1, inp, w, b, &g, B);
                 double t1 = now();
                 if (path == 0) net__conv_bwd(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);

@@ -164,7 +164,7 @@ static uint16_t tail_mask(size_t p0, size_t N)
 NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp,
                                     const float *bias, size_t Cin, size_t o0, size_t rows,
                                     size_t p0, const __mmask16 *km, const struct dconv *d,
-                                    int accum)
+                                    const struct net__epi *e)
 {
     const size_t N = d->N, KK = d->KK;
     __m512 acc[NET__DMR][3];
@@ -191,11 +191,19 @@ NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp
 #pragma GCC unroll 8
     for (int m = 0; m < NET__DMR; m++) {
         if ((size_t)m >= rows) break;
-        float *dst = out + (o0 + (size_t)m) * N + p0;
+        const size_t at = (o0 + (size_t)m) * N + p0;
+        float *dst = out + at;
         const __m512 bv = _mm512_set1_ps(bias ? bias[o0 + (size_t)m] : 0.0f);
         for (int j = 0; j < 3; j++) {
             __m512 v = _mm512_add_ps(acc[m][j], bv);
-            if (accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tm[j], dst + 16 * j));
+            if (e->accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tm[j], dst + 16 * j));
+            if (e->add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tm[j], e->add + at + 16 * j));
+            if (e->gate) {
+                const __m512 gv = _mm512_maskz_loadu_ps(tm[j], e->gate + at + 16 * j);
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_GT_OQ),
+                                        v);
+            }
+            if (e->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
             _mm512_mask_storeu_ps(dst + 16 * j, tm[j], v);
         }
     }
@@ -204,7 +212,8 @@ NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp
 /* out (Cout, N) (+)= direct conv of in (Cin, N) with packed weights wp [ob][Cin][KK][8].
  * (No target attribute here: GCC's outlined OpenMP body would not inherit it.) */
 static void direct_run(float *out, const float *in, const float *wp, const float *bias,
-                       size_t Cin, size_t Cout, const struct dconv *d, int accum)
+                       size_t Cin, size_t Cout, const struct dconv *d,
+                       const struct net__epi *e)
 {
     const size_t N = d->N, KK = d->KK;
     const size_t tiles = (N + NET__DTILE - 1) / NET__DTILE, nob = (Cout + 7) / 8;
@@ -220,7 +229,7 @@ static void direct_run(float *out, const float *in, const float *wp, const float
         }
         for (size_t ob = 0; ob < nob; ob++) {
             size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
-            direct_tile(out, in, wp + ob * blk, bias, Cin, o0, rows, p0, km, d, accum);
+            direct_tile(out, in, wp + ob * blk, bias, Cin, o0, rows, p0, km, d, e);
         }
     }
 }
@@ -392,30 +401,35 @@ static void pack_bwd_data(float *wp, const float *w, size_t C, size_t OC, size_t
 }
 
 void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const float *w,
-                          const float *b, const struct net__conv *g, size_t B)
+                          const float *b, const struct net__conv *g, size_t B,
+                          const struct net__epi *e)
 {
 #if NET__DIRECT
+    static const struct net__epi plain = {NULL, NULL, 0, 0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
     pack_fwd(wp, w, g->C, g->OC, d.KK);
-    direct_run(out, inp, wp, b, g->C, g->OC, &d, 0);
+    direct_run(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
 #else
-    (void)out, (void)scratch, (void)inp, (void)w, (void)b, (void)g, (void)B;
+    (void)out, (void)scratch, (void)inp, (void)w, (void)b, (void)g, (void)B, (void)e;
 #endif
 }
 
 void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *dout,
-                          const float *inp, const float *w, const struct net__conv *g, size_t B)
+                          const float *inp, const float *w, const struct net__conv *g, size_t B,
+                          const struct net__epi *e)
 {
 #if NET__DIRECT
+    static const struct net__epi plain = {NULL, NULL, 0, 0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
     direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d);
     if (dinp) {
         pack_bwd_data(wp, w, g->C, g->OC, d.KK);
-        direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, 1);
+        direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
     }
 #else
     (void)dinp, (void)dw, (void)scratch, (void)dout, (void)inp, (void)w, (void)g, (void)B;
+    (void)e;
 #endif
 }

@@ -131,13 +131,36 @@ static size_t net__conv_chunk(const struct net__conv *g, size_t B)
     return c < 1 ? 1 : c > B ? B : c;
 }
 
+void net__epi_apply(float *x, const struct net__epi *e, size_t n)
+{
+    if (!e || (!e->add && !e->gate && !e->relu)) return;
+    const float *add = e->add, *gate = e->gate;
+    const int relu = e->relu;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (size_t i = 0; i < n; i++) {
+        float v = x[i];
+        if (add) v += add[i];
+        if (gate && !(gate[i] > 0.0f)) v = 0.0f;
+        if (relu && !(v > 0.0f)) v = 0.0f;
+        x[i] = v;
+    }
+}
+
+void net__conv_fwd_epi(float *out, float *col, const float *inp, const float *w, const float *b,
+                       const struct net__conv *g, size_t B, const struct net__epi *e)
+{
+    if (net__conv_direct_ok(g)) {
+        net__conv_direct_fwd(out, col, inp, w, b, g, B, e);
+    } else {
+        net__conv_fwd_im2col(out, col, inp, w, b, g, B);
+        net__epi_apply(out, e, g->OC * B * g->OH * g->OW);
+    }
+}
+
 void net__conv_fwd(float *out, float *col, const float *inp, const float *w, const float *b,
                    const struct net__conv *g, size_t B)
 {
-    if (net__conv_direct_ok(g))
-        net__conv_direct_fwd(out, col, inp, w, b, g, B);
-    else
-        net__conv_fwd_im2col(out, col, inp, w, b, g, B);
+    net__conv_fwd_epi(out, col, inp, w, b, g, B, NULL);
 }
 
 void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w,
@@ -185,15 +208,26 @@ static void conv_bias_grad(float *db, const float *dout, size_t OC, size_t N)
     }
 }
 
-void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
-                   const float *inp, const float *w, const struct net__conv *g, size_t B)
+void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dcol,
+                       const float *dout, const float *inp, const float *w,
+                       const struct net__conv *g, size_t B, const struct net__epi *e)
 {
     if (!net__conv_direct_ok(g)) {
+        const size_t n = g->C * B * g->H * g->W;
+        if (dinp && !(e && e->accum)) memset(dinp, 0, n * sizeof(float));
         net__conv_bwd_im2col(dinp, dw, db, col, dcol, dout, inp, w, g, B);
+        if (dinp) net__epi_apply(dinp, e, n);
         return;
     }
     if (db) conv_bias_grad(db, dout, g->OC, B * g->OH * g->OW);
-    net__conv_direct_bwd(dinp, dw, col, dout, inp, w, g, B);
+    net__conv_direct_bwd(dinp, dw, col, dout, inp, w, g, B, e);
+}
+
+void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
+                   const float *inp, const float *w, const struct net__conv *g, size_t B)
+{
+    static const struct net__epi acc = {NULL, NULL, 1, 0};
+    net__conv_bwd_epi(dinp, dw, db, col, dcol, dout, inp, w, g, B, &acc);
 }
 
 void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *dcol,

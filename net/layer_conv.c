@@ -103,14 +103,16 @@ static void conv_backward(struct net *n, struct net_layer *l, float *dinp, const
     size_t R = l->spec.rank, colsz = net__conv_col_size(&g, B);
     float *col = n->scratch, *dcol = n->scratch + colsz;
     float *db = l->spec.bias ? net__g(n, l, R ? 2 : 1) : NULL;
-    if (dinp) memset(dinp, 0, l->in.c * B * l->in.h * l->in.w * sizeof(float));
+    const struct net__epi set = {0}; // dinp and dt are overwritten
     if (R) {
         float *dt = n->scratch + 2 * colsz;
-        memset(dt, 0, R * B * g.OH * g.OW * sizeof(float));
-        net__conv_bwd(dt, net__g(n, l, 0), db, NULL, NULL, dout, l->ws, net__p(n, l, 0), &g1, B);
-        net__conv_bwd(dinp, net__g(n, l, 1), NULL, col, dcol, dt, inp, net__p(n, l, 1), &g, B);
+        net__conv_bwd_epi(dt, net__g(n, l, 0), db, NULL, NULL, dout, l->ws, net__p(n, l, 0),
+                          &g1, B, &set);
+        net__conv_bwd_epi(dinp, net__g(n, l, 1), NULL, col, dcol, dt, inp, net__p(n, l, 1), &g,
+                          B, &set);
     } else {
-        net__conv_bwd(dinp, net__g(n, l, 0), db, col, dcol, dout, inp, net__p(n, l, 0), &g, B);
+        net__conv_bwd_epi(dinp, net__g(n, l, 0), db, col, dcol, dout, inp, net__p(n, l, 0), &g,
+                          B, &set);
     }
 }
 

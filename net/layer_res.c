@@ -219,20 +219,7 @@ static void res_forward(struct net *n, struct net_layer *l, float *out, const fl
     float *col = n->scratch, *tmpA = col + colmax, *tmpB = tmpA + (m > O ? m : O) * N1;
     const int bn = l->spec.bn;
 
-    // Main branch, first half: h1 = relu(BN1(conv1 x)).
-    net__conv_fwd(bn ? tmpA : w.h1, col, inp, res_p(n, l, x.c1w), res_p(n, l, x.c1b), &g1, B);
-    if (bn)
-        net__bn_fwd(w.h1, w.xh1, w.inv1, res_p(n, l, x.m1), res_p(n, l, x.v1), tmpA,
-                    res_p(n, l, x.g1), res_p(n, l, x.b1), m, N1, N1, 1, training);
-    for (size_t i = 0; i < m * N1; i++) w.h1[i] = w.h1[i] > 0.0f ? w.h1[i] : 0.0f;
-
-    // Second half into out: a2 = BN2(conv2 h1).
-    net__conv_fwd(bn ? tmpA : out, col, w.h1, res_p(n, l, x.c2w), res_p(n, l, x.c2b), &g2, B);
-    if (bn)
-        net__bn_fwd(out, w.xh2, w.inv2, res_p(n, l, x.m2), res_p(n, l, x.v2), tmpA,
-                    res_p(n, l, x.g2), res_p(n, l, x.b2), O, N1, N1, 1, training);
-
-    // Shortcut.
+    // Shortcut first, so that without BN conv2's store can add it and apply the ReLU.
     const float *sc = inp;
     if (x.pw >= 0) {
         net__conv_fwd(bn ? tmpA : tmpB, col, inp, res_p(n, l, x.pw), res_p(n, l, x.pb), &gp, B);
@@ -241,10 +228,27 @@ static void res_forward(struct net *n, struct net_layer *l, float *out, const fl
                         res_p(n, l, x.gp), res_p(n, l, x.bp), O, N1, N1, 1, training);
         sc = tmpB;
     }
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < O * N1; i++) {
-        float v = out[i] + sc[i];
-        out[i] = v > 0.0f ? v : 0.0f;
+
+    // Main branch, first half: h1 = relu(BN1(conv1 x)); without BN the conv applies the ReLU.
+    if (bn) {
+        net__conv_fwd(tmpA, col, inp, res_p(n, l, x.c1w), NULL, &g1, B);
+        net__bn_fwd(w.h1, w.xh1, w.inv1, res_p(n, l, x.m1), res_p(n, l, x.v1), tmpA,
+                    res_p(n, l, x.g1), res_p(n, l, x.b1), m, N1, N1, 1, training);
+        net__epi_apply(w.h1, &(struct net__epi){.relu = 1}, m * N1);
+    } else {
+        net__conv_fwd_epi(w.h1, col, inp, res_p(n, l, x.c1w), res_p(n, l, x.c1b), &g1, B,
+                          &(struct net__epi){.relu = 1});
+    }
+
+    // Second half: out = relu(BN2(conv2 h1) + sc), fused into conv2 without BN.
+    if (bn) {
+        net__conv_fwd(tmpA, col, w.h1, res_p(n, l, x.c2w), NULL, &g2, B);
+        net__bn_fwd(out, w.xh2, w.inv2, res_p(n, l, x.m2), res_p(n, l, x.v2), tmpA,
+                    res_p(n, l, x.g2), res_p(n, l, x.b2), O, N1, N1, 1, training);
+        net__epi_apply(out, &(struct net__epi){.add = sc, .relu = 1}, O * N1);
+    } else {
+        net__conv_fwd_epi(out, col, w.h1, res_p(n, l, x.c2w), res_p(n, l, x.c2b), &g2, B,
+                          &(struct net__epi){.add = sc, .relu = 1});
     }
 }
 
@@ -264,9 +268,8 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
     // G = dL/d(a2 + sc) through the final ReLU.
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < O * N1; i++) G[i] = out[i] > 0.0f ? dout[i] : 0.0f;
-    if (dinp) memset(dinp, 0, l->in.c * B * l->in.h * l->in.w * sizeof(float));
 
-    // Shortcut.
+    // Shortcut: it sets dinp, conv1's data gradient adds to it below.
     if (x.pw >= 0) {
         const float *dzp = G;
         if (bn) {
@@ -274,10 +277,10 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
                         res_p(n, l, x.gp), O, N1, N1, 1, n->training);
             dzp = D;
         }
-        net__conv_bwd(dinp, res_g(n, l, x.pw), res_g(n, l, x.pb), col, dcol, dzp, inp,
-                      res_p(n, l, x.pw), &gp, B);
+        net__conv_bwd_epi(dinp, res_g(n, l, x.pw), res_g(n, l, x.pb), col, dcol, dzp, inp,
+                          res_p(n, l, x.pw), &gp, B, &(struct net__epi){0});
     } else if (dinp) {
-        for (size_t i = 0; i < O * N1; i++) dinp[i] += G[i];
+        memcpy(dinp, G, O * N1 * sizeof(float));
     }
 
     // Main branch.
@@ -287,11 +290,9 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
                     O, N1, N1, 1, n->training);
         dz2 = D;
     }
-    memset(E, 0, m * N1 * sizeof(float));
-    net__conv_bwd(E, res_g(n, l, x.c2w), res_g(n, l, x.c2b), col, dcol, dz2, w.h1,
-                  res_p(n, l, x.c2w), &g2, B);
-    for (size_t i = 0; i < m * N1; i++)
-        if (w.h1[i] <= 0.0f) E[i] = 0.0f;
+    // E = conv2's data gradient through h1's ReLU (zero where h1 is), in one store.
+    net__conv_bwd_epi(E, res_g(n, l, x.c2w), res_g(n, l, x.c2b), col, dcol, dz2, w.h1,
+                      res_p(n, l, x.c2w), &g2, B, &(struct net__epi){.gate = w.h1});
     if (bn)
         net__bn_bwd(E, res_g(n, l, x.g1), res_g(n, l, x.b1), E, w.xh1, w.inv1, res_p(n, l, x.g1),
                     m, N1, N1, 1, n->training);

@@ -63,13 +63,32 @@ void net__conv_geom(struct net__conv *g, size_t C, size_t H, size_t W, size_t OC
                     size_t S, size_t P);
 /* Floats of scratch the conv needs: col, (CKK, B*OH*OW), 0 for a plain 1x1. */
 size_t net__conv_col_size(const struct net__conv *g, size_t B);
+/* What a convolution does to its output after the sum (fused into the direct kernels'
+ * store, a separate pass on the im2col path), in this order:
+ *   v = sum (+ b) (+ old out if accum) (+ add) ; v = gate > 0 ? v : 0 ; v = relu ? max(v, 0)
+ * add and gate have the output's layout. An all-zero struct is a plain store. */
+struct net__epi {
+    const float *add;  // residual input, or NULL
+    const float *gate; // a ReLU output whose zeros block the gradient, or NULL
+    int accum;         // add to what the output holds
+    int relu;          // ReLU forward
+};
+
 /* out (OC, B, OH, OW) = w (OC, C*K*K) * im2col(inp) + b. b may be NULL. */
 void net__conv_fwd(float *out, float *col, const float *inp, const float *w, const float *b,
                    const struct net__conv *g, size_t B);
+/* The same with an epilogue (e->accum must be 0). */
+void net__conv_fwd_epi(float *out, float *col, const float *inp, const float *w, const float *b,
+                       const struct net__conv *g, size_t B, const struct net__epi *e);
 /* dw += dout * col^T; db += row sums of dout; dinp += col2im(w^T dout) when dinp != NULL.
  * col and dcol are scratch of net__conv_col_size floats each. */
 void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
                    const float *inp, const float *w, const struct net__conv *g, size_t B);
+/* The same, the data gradient through epilogue e (accum 0: dinp is overwritten; no add or
+ * relu; gate allowed). */
+void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dcol,
+                       const float *dout, const float *inp, const float *w,
+                       const struct net__conv *g, size_t B, const struct net__epi *e);
 
 /* Direct kernels (conv_direct.c) for stride-1 same-size convolutions with 1 < K <= 7 on a
  * CPU with AVX-512; EVOWIDTH_CONV=im2col in the environment turns them off. _shape says
@@ -77,18 +96,22 @@ void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, c
 int net__conv_direct_shape(const struct net__conv *g);
 int net__conv_direct_ok(const struct net__conv *g);
 size_t net__conv_direct_scratch(const struct net__conv *g);
-/* out (OC, B, H, W) = conv(inp; w) + b (b may be NULL). */
+/* out (OC, B, H, W) = epilogue(conv(inp; w) + b) (b may be NULL). */
 void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const float *w,
-                          const float *b, const struct net__conv *g, size_t B);
-/* dw += weight gradient; dinp += data gradient when dinp != NULL. */
+                          const float *b, const struct net__conv *g, size_t B,
+                          const struct net__epi *e);
+/* dw += weight gradient; dinp = epilogue(data gradient) when dinp != NULL. */
 void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *dout,
-                          const float *inp, const float *w, const struct net__conv *g, size_t B);
-/* The im2col + sgemm path whatever the CPU (tests compare the two). */
+                          const float *inp, const float *w, const struct net__conv *g, size_t B,
+                          const struct net__epi *e);
+/* The im2col + sgemm path whatever the CPU (tests compare the two); plain epilogues. */
 void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w,
                           const float *b, const struct net__conv *g, size_t B);
 void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *dcol,
                           const float *dout, const float *inp, const float *w,
                           const struct net__conv *g, size_t B);
+/* Applies e's add / gate / relu to x (n floats) in place (the non-fused path). */
+void net__epi_apply(float *x, const struct net__epi *e, size_t n);
 
 // ---- batch norm over channels: element (c, i) lives at x[c * cs + i * is] -------------
 

@@ -5,7 +5,8 @@
  * gradients (accumulated), on shapes that hit every edge: tails of the 48-pixel tile and of
  * the 16-lane vectors, output channels not a multiple of 8 or 3, one input channel, image
  * sizes whose H*W is not a multiple of 16, 5x5 kernels (taps in two blocks), batch 1.
- * On a CPU without AVX-512 the direct cases are skipped (printed), never faked. */
+ * The fused epilogues (bias, residual add, ReLU, ReLU-gated gradient) match the separate
+ * passes. On a CPU without AVX-512 the direct cases are skipped (printed), never faked. */
 #include <stdint.h>
 
 #include "net/net_internal.h"
@@ -65,7 +66,7 @@ static int compare_conv(size_t C, size_t OC, size_t H, size_t W, size_t K, size_
     memcpy(di2, dinp0, C * N * sizeof(float));
 
     net__conv_fwd_im2col(o1, col, inp, w, b, &g, B);
-    net__conv_direct_fwd(o2, scr, inp, w, b, &g, B);
+    net__conv_direct_fwd(o2, scr, inp, w, b, &g, B, NULL);
     net__conv_bwd_im2col(di1, dw1, db1, col, dcol, dout, inp, w, &g, B);
     net__conv_bwd(di2, dw2, db2, scr, NULL, dout, inp, w, &g, B);
 
@@ -122,6 +123,59 @@ TEST(conv_direct_matches_im2col_5x5_and_7x7)
     NEED_DIRECT();
     ASSERT_EQ(compare_conv(4, 10, 9, 11, 5, 2), 0); // 25 taps: blocks of 9, 9, 7
     ASSERT_EQ(compare_conv(3, 9, 8, 8, 7, 2), 0);   // 49 taps, kernel wider than half the image
+}
+
+/* The fused epilogues against the unfused path: forward relu(conv + b + add), data gradient
+ * overwritten and gated by a ReLU output (zeros, negatives and positives all present). */
+static int compare_epilogues(size_t C, size_t OC, size_t H, size_t W, size_t B)
+{
+    struct net__conv g;
+    net__conv_geom(&g, C, H, W, OC, 3, 1, 1);
+    const size_t N = B * H * W, colsz = C * 9 * N, dsz = net__conv_direct_scratch(&g);
+    float *inp = rand_buf(C * N), *w = rand_buf(OC * C * 9), *b = rand_buf(OC);
+    float *add = rand_buf(OC * N), *gate = rand_buf(C * N), *dout = rand_buf(OC * N);
+    for (size_t i = 0; i < C * N; i += 3) gate[i] = 0.0f; // exact zeros block too
+    float *col = malloc(colsz * sizeof(float)), *dcol = malloc(colsz * sizeof(float));
+    float *scr = malloc(dsz * sizeof(float)), *dw = calloc(OC * C * 9, sizeof(float));
+    float *o1 = malloc(OC * N * sizeof(float)), *o2 = malloc(OC * N * sizeof(float));
+    float *d1 = rand_buf(C * N), *d2 = rand_buf(C * N); // garbage: must be overwritten
+    const struct net__epi fe = {.add = add, .relu = 1}, be = {.gate = gate};
+
+    net__conv_fwd_im2col(o1, col, inp, w, b, &g, B);
+    net__epi_apply(o1, &fe, OC * N);
+    net__conv_direct_fwd(o2, scr, inp, w, b, &g, B, &fe);
+    memset(d1, 0, C * N * sizeof(float));
+    net__conv_bwd_im2col(d1, dw, NULL, col, dcol, dout, inp, w, &g, B);
+    net__epi_apply(d1, &be, C * N);
+    net__conv_direct_bwd(d2, dw, scr, dout, inp, w, &g, B, &be);
+
+    int bad = 0;
+    double s, d;
+    size_t zeros = 0;
+    for (size_t i = 0; i < OC * N; i++) zeros += o2[i] == 0.0f;
+    if ((d = max_abs_diff(o2, o1, OC * N, &s)) > 2e-5 * (s + 1) || zeros == 0) {
+        fprintf(stderr, "fused forward differs by %g (scale %g), %zu zeros\n", d, s, zeros);
+        bad = 1;
+    }
+    if ((d = max_abs_diff(d2, d1, C * N, &s)) > 2e-5 * (s + 1)) {
+        fprintf(stderr, "gated data gradient differs by %g (scale %g)\n", d, s);
+        bad = 1;
+    }
+    for (size_t i = 0; i < C * N && !bad; i++)
+        if (!(gate[i] > 0.0f) && d2[i] != 0.0f) {
+            fprintf(stderr, "gradient %g passed a closed gate at %zu\n", d2[i], i);
+            bad = 1;
+        }
+    free(inp), free(w), free(b), free(add), free(gate), free(dout), free(col), free(dcol);
+    free(scr), free(dw), free(o1), free(o2), free(d1), free(d2);
+    return bad;
+}
+
+TEST(conv_direct_fused_epilogues)
+{
+    NEED_DIRECT();
+    ASSERT_EQ(compare_epilogues(32, 32, 28, 28, 2), 0);
+    ASSERT_EQ(compare_epilogues(5, 11, 7, 5, 3), 0);
 }
 
 TEST(conv_direct_rejects_other_geometries)
