@@ -369,9 +369,13 @@ void net_backward(struct net *n, const uint8_t *y, size_t B)
     for (size_t b = 0; b < B; b++)
         for (size_t k = 0; k < K; k++)
             dz[b * K + k] = (n->probs[b * K + k] - (k == y[b] ? 1.0f : 0.0f)) * inv_b;
-    for (size_t i = L; i-- > 0;) {
+    // Layers before the first one with tensors need no gradient: their input's gradient is
+    // not computed (for an MLP after a flatten, the widest GEMM of the step).
+    size_t first = 0;
+    while (first < L && n->layers[first].n_t == 0) first++;
+    for (size_t i = L; i-- > first;) {
         struct net_layer *l = &n->layers[i];
-        NET__OPS[l->spec.kind]->backward(n, l, i > 0 ? n->dacts[i] : NULL, n->dacts[i + 1],
+        NET__OPS[l->spec.kind]->backward(n, l, i > first ? n->dacts[i] : NULL, n->dacts[i + 1],
                                          n->acts[i], n->acts[i + 1], B);
     }
 }

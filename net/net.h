@@ -125,7 +125,9 @@ int net_reserve(struct net *n, size_t batch);
  * in BN and updates running stats. If y is given returns mean cross-entropy, else 0.
  * Logits stay in n->acts[n_layers] (B, n_classes), softmax in n->probs. */
 float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int training);
-/* Backward of the last forward (which must have had labels): accumulates into grads. */
+/* Backward of the last forward (which must have had labels): accumulates into grads.
+ * dacts[i] is filled for every layer input after the first layer with tensors (the
+ * gradients before it feed nothing and are skipped). */
 void net_backward(struct net *n, const uint8_t *y, size_t B);
 void net_zero_grad(struct net *n);
 
