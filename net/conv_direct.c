@@ -53,20 +53,28 @@ struct dconv {
     const uint16_t *mask; // [period][KK]
 };
 
-static int direct_cpu(void)
+int net__cpu_avx512(void)
 {
 #if NET__DIRECT
     static int cached = -1; // benign race: every thread computes the same value
     if (cached < 0) {
-        const char *e = getenv("EVOWIDTH_CONV");
-        int want = !(e && strcmp(e, "im2col") == 0);
         __builtin_cpu_init();
-        cached = want && __builtin_cpu_supports("avx512f");
+        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
     }
     return cached;
 #else
     return 0;
 #endif
+}
+
+static int direct_cpu(void)
+{
+    static int cached = -1;
+    if (cached < 0) {
+        const char *e = getenv("EVOWIDTH_CONV");
+        cached = !(e && strcmp(e, "im2col") == 0) && net__cpu_avx512();
+    }
+    return cached;
 }
 
 int net__conv_direct_ok(const struct net__conv *g)

@@ -8,6 +8,14 @@
 
 #include "net/net_internal.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MP_AVX512 1
+#include <immintrin.h>
+#define MP_TARGET __attribute__((target("avx512f")))
+#else
+#define MP_AVX512 0
+#endif
+
 static size_t pool_none(const struct net_layer *l, size_t B)
 {
     return 0;
@@ -52,29 +60,121 @@ static size_t mp_ws(const struct net_layer *l, size_t B)
     return l->out.c * B * l->out.h * l->out.w; // uint32 argmax per output
 }
 
+#if MP_AVX512
+/* 2x2 / stride 2 on one plane, 16 outputs per step: the 32 inputs of each row are split
+ * into even and odd columns with one permute each, then the first-maximum rule of the scalar
+ * code (top-left, top-right, bottom-left, bottom-right) runs on masks. */
+MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, size_t W,
+                                    size_t OH, size_t OW)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                              11, 12, 13, 14, 15), 1);
+    for (size_t oh = 0; oh < OH; oh++) {
+        const float *r0 = src + 2 * oh * W, *r1 = r0 + W;
+        for (size_t ow = 0; ow < OW; ow += 16) {
+            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
+            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
+            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
+            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+            const float *p0 = r0 + 2 * ow, *p1 = r1 + 2 * ow;
+            const __m512 l0 = _mm512_maskz_loadu_ps(ml, p0), h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
+            const __m512 l1 = _mm512_maskz_loadu_ps(ml, p1), h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
+            const __m512 v0 = _mm512_permutex2var_ps(l0, ev, h0), v1 = _mm512_permutex2var_ps(l0, od, h0);
+            const __m512 v2 = _mm512_permutex2var_ps(l1, ev, h1), v3 = _mm512_permutex2var_ps(l1, od, h1);
+            const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
+            __m512 m = v0;
+            __m512i at = i0;
+            __mmask16 k = _mm512_cmp_ps_mask(v1, m, _CMP_GT_OQ);
+            at = _mm512_mask_add_epi32(at, k, i0, _mm512_set1_epi32(1));
+            m = _mm512_mask_mov_ps(m, k, v1);
+            k = _mm512_cmp_ps_mask(v2, m, _CMP_GT_OQ);
+            at = _mm512_mask_add_epi32(at, k, i0, _mm512_set1_epi32((int)W));
+            m = _mm512_mask_mov_ps(m, k, v2);
+            k = _mm512_cmp_ps_mask(v3, m, _CMP_GT_OQ);
+            at = _mm512_mask_add_epi32(at, k, i0, _mm512_set1_epi32((int)W + 1));
+            m = _mm512_mask_mov_ps(m, k, v3);
+            _mm512_mask_storeu_ps(dst + oh * OW + ow, mo, m);
+            _mm512_mask_storeu_epi32(a + oh * OW + ow, mo, at);
+        }
+    }
+}
+
+/* Its backward: every covered input gets one store, the output gradient where it was the
+ * maximum and 0 elsewhere (interleaved back with two permutes per row). */
+MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g, size_t W,
+                                    size_t OH, size_t OW)
+{
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+                                                              11, 12, 13, 14, 15), 1);
+    for (size_t oh = 0; oh < OH; oh++) {
+        float *d0 = d + 2 * oh * W, *d1 = d0 + W;
+        for (size_t ow = 0; ow < OW; ow += 16) {
+            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
+            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
+            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
+            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+            const __m512 gv = _mm512_maskz_loadu_ps(mo, g + oh * OW + ow);
+            const __m512i at = _mm512_maskz_loadu_epi32(mo, a + oh * OW + ow);
+            const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
+            const __m512i iw = _mm512_add_epi32(i0, _mm512_set1_epi32((int)W)), one = _mm512_set1_epi32(1);
+            const __m512 t0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, i0), gv);
+            const __m512 t1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(i0, one)), gv);
+            const __m512 b0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, iw), gv);
+            const __m512 b1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(iw, one)), gv);
+            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, _mm512_permutex2var_ps(t0, lo, t1));
+            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, _mm512_permutex2var_ps(t0, hi, t1));
+            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, _mm512_permutex2var_ps(b0, lo, b1));
+            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, _mm512_permutex2var_ps(b0, hi, b1));
+        }
+    }
+}
+#endif
+
 static void mp_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
                        int training)
 {
     const size_t C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
     const size_t K = l->spec.k, S = mp_stride(l);
     uint32_t *arg = (uint32_t *)l->ws;
+    const int simd = net__cpu_avx512();
+    (void)simd;
 #pragma omp parallel for schedule(static)
     for (size_t p = 0; p < C * B; p++) {
         const float *src = inp + p * H * W;
         float *dst = out + p * OH * OW;
         uint32_t *a = arg + p * OH * OW;
+#if MP_AVX512
+        if (K == 2 && S == 2 && simd) {
+            mp2_fwd_plane(dst, a, src, W, OH, OW);
+            continue;
+        }
+#endif
         if (K == 2 && S == 2) {
-            // The common 2x2 / 2 window, unrolled (same first-maximum tie rule as below).
+            /* The common 2x2 / 2 window, branch-free so the compiler vectorises it (random
+             * data makes the comparisons unpredictable); same first-maximum tie rule. */
             for (size_t oh = 0; oh < OH; oh++) {
                 const float *r0 = src + 2 * oh * W, *r1 = r0 + W;
+                float *drow = dst + oh * OW;
+                uint32_t *arow = a + oh * OW;
+                const uint32_t base = (uint32_t)(2 * oh * W), w = (uint32_t)W;
                 for (size_t ow = 0; ow < OW; ow++) {
-                    size_t j = 2 * ow, best = 2 * oh * W + j;
-                    float bv = r0[j];
-                    if (r0[j + 1] > bv) bv = r0[j + 1], best = 2 * oh * W + j + 1;
-                    if (r1[j] > bv) bv = r1[j], best = (2 * oh + 1) * W + j;
-                    if (r1[j + 1] > bv) bv = r1[j + 1], best = (2 * oh + 1) * W + j + 1;
-                    dst[oh * OW + ow] = bv;
-                    a[oh * OW + ow] = (uint32_t)best;
+                    const size_t j = 2 * ow;
+                    const float v0 = r0[j], v1 = r0[j + 1], v2 = r1[j], v3 = r1[j + 1];
+                    const uint32_t i0 = base + (uint32_t)j;
+                    float m = v0;
+                    uint32_t at = i0;
+                    at = v1 > m ? i0 + 1 : at;
+                    m = v1 > m ? v1 : m;
+                    at = v2 > m ? i0 + w : at;
+                    m = v2 > m ? v2 : m;
+                    at = v3 > m ? i0 + w + 1 : at;
+                    m = v3 > m ? v3 : m;
+                    drow[ow] = m;
+                    arow[ow] = at;
                 }
             }
             continue;
@@ -103,13 +203,42 @@ static void mp_backward(struct net *n, struct net_layer *l, float *dinp, const f
                         const float *inp, const float *out, size_t B)
 {
     if (!dinp) return;
-    const size_t C = l->in.c, HW = l->in.h * l->in.w, OHW = l->out.h * l->out.w;
+    const size_t C = l->in.c, H = l->in.h, W = l->in.w, HW = H * W;
+    const size_t OH = l->out.h, OW = l->out.w, OHW = OH * OW;
     const uint32_t *arg = (const uint32_t *)l->ws;
+    const int fast = l->spec.k == 2 && mp_stride(l) == 2, simd = net__cpu_avx512();
+    (void)simd;
 #pragma omp parallel for schedule(static)
     for (size_t p = 0; p < C * B; p++) {
         float *d = dinp + p * HW;
+        const uint32_t *ap = arg + p * OHW;
+        const float *g = dout + p * OHW;
+        if (fast) {
+            /* Disjoint 2x2 windows: each covered input gets exactly one store (no memset
+             * unless an odd last row or column is left uncovered). */
+            if ((H | W) & 1) memset(d, 0, HW * sizeof(float));
+#if MP_AVX512
+            if (simd) {
+                mp2_bwd_plane(d, ap, g, W, OH, OW);
+                continue;
+            }
+#endif
+            for (size_t oh = 0; oh < OH; oh++) {
+                float *d0 = d + 2 * oh * W, *d1 = d0 + W;
+                const uint32_t base = (uint32_t)(2 * oh * W), w = (uint32_t)W;
+                for (size_t ow = 0; ow < OW; ow++) {
+                    const uint32_t i0 = base + 2 * (uint32_t)ow, at = ap[oh * OW + ow];
+                    const float v = g[oh * OW + ow];
+                    d0[2 * ow] = at == i0 ? v : 0.0f;
+                    d0[2 * ow + 1] = at == i0 + 1 ? v : 0.0f;
+                    d1[2 * ow] = at == i0 + w ? v : 0.0f;
+                    d1[2 * ow + 1] = at == i0 + w + 1 ? v : 0.0f;
+                }
+            }
+            continue;
+        }
         memset(d, 0, HW * sizeof(float));
-        for (size_t o = 0; o < OHW; o++) d[arg[p * OHW + o]] += dout[p * OHW + o];
+        for (size_t o = 0; o < OHW; o++) d[ap[o]] += g[o];
     }
 }
 

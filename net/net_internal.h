@@ -90,6 +90,9 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
                        const float *dout, const float *inp, const float *w,
                        const struct net__conv *g, size_t B, const struct net__epi *e);
 
+/* 1 when this CPU runs AVX-512F (checked once). */
+int net__cpu_avx512(void);
+
 /* Direct kernels (conv_direct.c) for stride-1 same-size convolutions with 1 < K <= 7 on a
  * CPU with AVX-512; EVOWIDTH_CONV=im2col in the environment turns them off. _shape says
  * whether the geometry qualifies, _ok also checks the CPU. _scratch: floats they need. */

@@ -346,6 +346,12 @@ TEST(grad_maxpool)
     net_set_threads(T_THREADS);
     GC("maxpool k2", shp(2, 6, 6), 3, 2, 51, S_CONV(3, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
        S_DENSE(3, 1));
+    // Odd size: the last row and column are in no window and get no gradient; 34 columns
+    // give 17 outputs per row, one full vector of 16 and a partial one.
+    GC("maxpool k2 odd", shp(2, 5, 7), 3, 2, 53, S_CONV(3, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
+       S_DENSE(3, 1));
+    GC("maxpool k2 wide", shp(1, 4, 34), 3, 2, 54, S_CONV(2, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
+       S_DENSE(3, 1));
     // Overlapping windows: one input can be the max of several outputs.
     GC("maxpool k3 s2", shp(2, 7, 7), 3, 2, 52, S_CONV(3, 3, 1, 1, 1), S_POOL(3, 2), S_FLAT(),
        S_DENSE(3, 1));
