@@ -413,7 +413,7 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
                           const struct net__epi *e)
 {
 #if NET__DIRECT
-    static const struct net__epi plain = {NULL, NULL, 0, 0};
+    static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
     pack_fwd(wp, w, g->C, g->OC, d.KK);
@@ -428,7 +428,7 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
                           const struct net__epi *e)
 {
 #if NET__DIRECT
-    static const struct net__epi plain = {NULL, NULL, 0, 0};
+    static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
     direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d);

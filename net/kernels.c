@@ -226,7 +226,7 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
 void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,
                    const float *inp, const float *w, const struct net__conv *g, size_t B)
 {
-    static const struct net__epi acc = {NULL, NULL, 1, 0};
+    static const struct net__epi acc = {.accum = 1};
     net__conv_bwd_epi(dinp, dw, db, col, dcol, dout, inp, w, g, B, &acc);
 }
 

@@ -103,8 +103,8 @@ MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, s
 
 /* Its backward: every covered input gets one store, the output gradient where it was the
  * maximum and 0 elsewhere (interleaved back with two permutes per row). */
-MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g, size_t W,
-                                    size_t OH, size_t OW)
+MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g, const float *z,
+                                    size_t W, size_t OH, size_t OW)
 {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
@@ -125,10 +125,20 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
             const __m512 t1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(i0, one)), gv);
             const __m512 b0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, iw), gv);
             const __m512 b1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(iw, one)), gv);
-            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, _mm512_permutex2var_ps(t0, lo, t1));
-            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, _mm512_permutex2var_ps(t0, hi, t1));
-            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, _mm512_permutex2var_ps(b0, lo, b1));
-            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, _mm512_permutex2var_ps(b0, hi, b1));
+            __m512 s0 = _mm512_permutex2var_ps(t0, lo, t1), s1 = _mm512_permutex2var_ps(t0, hi, t1);
+            __m512 s2 = _mm512_permutex2var_ps(b0, lo, b1), s3 = _mm512_permutex2var_ps(b0, hi, b1);
+            if (z) { // a ReLU before the pool: zero where its input z < 0
+                const float *z0 = z + 2 * oh * W + 2 * ow, *z1 = z0 + W;
+                const __m512 zero = _mm512_setzero_ps();
+                s0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z0), zero, _CMP_GE_OQ), s0);
+                s1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z0 + 16), zero, _CMP_GE_OQ), s1);
+                s2 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z1), zero, _CMP_GE_OQ), s2);
+                s3 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z1 + 16), zero, _CMP_GE_OQ), s3);
+            }
+            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, s0);
+            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, s1);
+            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, s2);
+            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, s3);
         }
     }
 }
@@ -199,47 +209,63 @@ static void mp_forward(struct net *n, struct net_layer *l, float *out, const flo
     }
 }
 
+/* One plane's input gradient d (overwritten) from its outputs' gradient g and argmaxes;
+ * with z (a ReLU's input before the pool), also that ReLU's backward: 0 where z < 0. */
+static void mp_backward_plane(const struct net_layer *l, float *d, const uint32_t *ap,
+                              const float *g, const float *z)
+{
+    const size_t H = l->in.h, W = l->in.w, HW = H * W;
+    const size_t OH = l->out.h, OW = l->out.w, OHW = OH * OW;
+    if (l->spec.k == 2 && mp_stride(l) == 2) {
+        /* Disjoint 2x2 windows: each covered input gets exactly one store (no memset unless
+         * an odd last row or column is left uncovered). */
+        if ((H | W) & 1) memset(d, 0, HW * sizeof(float));
+#if MP_AVX512
+        if (net__cpu_avx512()) {
+            mp2_bwd_plane(d, ap, g, z, W, OH, OW);
+            return;
+        }
+#endif
+        for (size_t oh = 0; oh < OH; oh++) {
+            float *d0 = d + 2 * oh * W, *d1 = d0 + W;
+            const uint32_t base = (uint32_t)(2 * oh * W), w = (uint32_t)W;
+            for (size_t ow = 0; ow < OW; ow++) {
+                const uint32_t i0 = base + 2 * (uint32_t)ow, at = ap[oh * OW + ow];
+                const float v = g[oh * OW + ow];
+                d0[2 * ow] = at == i0 ? v : 0.0f;
+                d0[2 * ow + 1] = at == i0 + 1 ? v : 0.0f;
+                d1[2 * ow] = at == i0 + w ? v : 0.0f;
+                d1[2 * ow + 1] = at == i0 + w + 1 ? v : 0.0f;
+            }
+        }
+    } else {
+        memset(d, 0, HW * sizeof(float));
+        for (size_t o = 0; o < OHW; o++) d[ap[o]] += g[o];
+    }
+    if (z) // the ReLU's backward (derivative 1 at 0, as in layer_act.c) on the non-zeros
+        for (size_t o = 0; o < OHW; o++)
+            if (!(z[ap[o]] >= 0.0f)) d[ap[o]] = 0.0f;
+}
+
 static void mp_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                         const float *inp, const float *out, size_t B)
 {
     if (!dinp) return;
-    const size_t C = l->in.c, H = l->in.h, W = l->in.w, HW = H * W;
-    const size_t OH = l->out.h, OW = l->out.w, OHW = OH * OW;
+    const size_t C = l->in.c, HW = l->in.h * l->in.w, OHW = l->out.h * l->out.w;
     const uint32_t *arg = (const uint32_t *)l->ws;
-    const int fast = l->spec.k == 2 && mp_stride(l) == 2, simd = net__cpu_avx512();
-    (void)simd;
 #pragma omp parallel for schedule(static)
-    for (size_t p = 0; p < C * B; p++) {
-        float *d = dinp + p * HW;
-        const uint32_t *ap = arg + p * OHW;
-        const float *g = dout + p * OHW;
-        if (fast) {
-            /* Disjoint 2x2 windows: each covered input gets exactly one store (no memset
-             * unless an odd last row or column is left uncovered). */
-            if ((H | W) & 1) memset(d, 0, HW * sizeof(float));
-#if MP_AVX512
-            if (simd) {
-                mp2_bwd_plane(d, ap, g, W, OH, OW);
-                continue;
-            }
-#endif
-            for (size_t oh = 0; oh < OH; oh++) {
-                float *d0 = d + 2 * oh * W, *d1 = d0 + W;
-                const uint32_t base = (uint32_t)(2 * oh * W), w = (uint32_t)W;
-                for (size_t ow = 0; ow < OW; ow++) {
-                    const uint32_t i0 = base + 2 * (uint32_t)ow, at = ap[oh * OW + ow];
-                    const float v = g[oh * OW + ow];
-                    d0[2 * ow] = at == i0 ? v : 0.0f;
-                    d0[2 * ow + 1] = at == i0 + 1 ? v : 0.0f;
-                    d1[2 * ow] = at == i0 + w ? v : 0.0f;
-                    d1[2 * ow + 1] = at == i0 + w + 1 ? v : 0.0f;
-                }
-            }
-            continue;
-        }
-        memset(d, 0, HW * sizeof(float));
-        for (size_t o = 0; o < OHW; o++) d[ap[o]] += g[o];
-    }
+    for (size_t p = 0; p < C * B; p++)
+        mp_backward_plane(l, dinp + p * HW, arg + p * OHW, dout + p * OHW, NULL);
+}
+
+void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, const float *z,
+                           size_t B)
+{
+    const size_t C = l->in.c, HW = l->in.h * l->in.w, OHW = l->out.h * l->out.w;
+    const uint32_t *arg = (const uint32_t *)l->ws;
+#pragma omp parallel for schedule(static)
+    for (size_t p = 0; p < C * B; p++)
+        mp_backward_plane(l, dz + p * HW, arg + p * OHW, dout + p * OHW, z + p * HW);
 }
 
 const struct net__ops net__maxpool_ops = {mp_shape,  pool_no_tensors, mp_ws,       pool_none,

@@ -375,6 +375,13 @@ void net_backward(struct net *n, const uint8_t *y, size_t B)
     while (first < L && n->layers[first].n_t == 0) first++;
     for (size_t i = L; i-- > first;) {
         struct net_layer *l = &n->layers[i];
+        if (l->spec.kind == NET_MAXPOOL && i > first + 1 &&
+            n->layers[i - 1].spec.kind == NET_RELU) {
+            // ReLU -> max pool: the pool writes the ReLU's input gradient (net_internal.h).
+            net__mp_backward_relu(l, n->dacts[i - 1], n->dacts[i + 1], n->acts[i - 1], B);
+            i--;
+            continue;
+        }
         NET__OPS[l->spec.kind]->backward(n, l, i > first ? n->dacts[i] : NULL, n->dacts[i + 1],
                                          n->acts[i], n->acts[i + 1], B);
     }

@@ -352,6 +352,10 @@ TEST(grad_maxpool)
        S_DENSE(3, 1));
     GC("maxpool k2 wide", shp(1, 4, 34), 3, 2, 54, S_CONV(2, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
        S_DENSE(3, 1));
+    // ReLU -> max pool: net.c fuses the ReLU's backward into the pool's (net_internal.h);
+    // the second pair has an odd 3x3 input, so its last row and column are uncovered.
+    GC("relu then maxpool", shp(2, 6, 6), 3, 2, 55, S_CONV(3, 3, 1, 1, 1), S_RELU(),
+       S_POOL(2, 0), S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_FLAT(), S_DENSE(3, 1));
     // Overlapping windows: one input can be the max of several outputs.
     GC("maxpool k3 s2", shp(2, 7, 7), 3, 2, 52, S_CONV(3, 3, 1, 1, 1), S_POOL(3, 2), S_FLAT(),
        S_DENSE(3, 1));
