@@ -53,15 +53,19 @@ struct dconv {
     const uint16_t *mask; // [period][KK]
 };
 
+/* Both answers are computed once; relaxed atomics keep the first calls from two threads
+ * (trainer, daemon loop) race-free. */
 int net__cpu_avx512(void)
 {
 #if NET__DIRECT
-    static int cached = -1; // benign race: every thread computes the same value
-    if (cached < 0) {
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        v = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
-    return cached;
+    return v;
 #else
     return 0;
 #endif
@@ -70,11 +74,13 @@ int net__cpu_avx512(void)
 static int direct_cpu(void)
 {
     static int cached = -1;
-    if (cached < 0) {
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
         const char *e = getenv("EVOWIDTH_CONV");
-        cached = !(e && strcmp(e, "im2col") == 0) && net__cpu_avx512();
+        v = !(e && strcmp(e, "im2col") == 0) && net__cpu_avx512();
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
-    return cached;
+    return v;
 }
 
 int net__conv_direct_ok(const struct net__conv *g)
@@ -382,29 +388,20 @@ static void direct_dw(float *dw, float *part, const float *dout, const float *in
 
 #endif // NET__DIRECT
 
-/* wp[ob][c][t][m] = w[o = ob*8+m][c][t] (zero for o >= OC); flip/transpose for the data grad:
- * wp[ob][o][t][m] = w[o][c = ob*8+m][KK-1-t]. */
-static void pack_fwd(float *wp, const float *w, size_t C, size_t OC, size_t KK)
+/* Packs w (OC, C, KK) for direct_run, 8 output rows at a time, zero rows past the end:
+ * forward      wp[ob][c][t][m] = w[o = ob*8+m][c][t]
+ * data grad    wp[ob][o][t][m] = w[o][c = ob*8+m][KK-1-t]   (flip: transposed, taps flipped) */
+static void pack_weights(float *wp, const float *w, size_t C, size_t OC, size_t KK, int flip)
 {
-    const size_t nob = pad8(OC) / NET__DMR;
+    const size_t rows = flip ? C : OC, inner = flip ? OC : C, nob = pad8(rows) / NET__DMR;
     for (size_t ob = 0; ob < nob; ob++)
-        for (size_t c = 0; c < C; c++)
+        for (size_t i = 0; i < inner; i++)
             for (size_t t = 0; t < KK; t++)
                 for (size_t m = 0; m < NET__DMR; m++) {
-                    size_t o = ob * NET__DMR + m;
-                    *wp++ = o < OC ? w[(o * C + c) * KK + t] : 0.0f;
-                }
-}
-
-static void pack_bwd_data(float *wp, const float *w, size_t C, size_t OC, size_t KK)
-{
-    const size_t nob = pad8(C) / NET__DMR;
-    for (size_t ob = 0; ob < nob; ob++)
-        for (size_t o = 0; o < OC; o++)
-            for (size_t t = 0; t < KK; t++)
-                for (size_t m = 0; m < NET__DMR; m++) {
-                    size_t c = ob * NET__DMR + m;
-                    *wp++ = c < C ? w[(o * C + c) * KK + (KK - 1 - t)] : 0.0f;
+                    size_t r = ob * NET__DMR + m;
+                    *wp++ = r >= rows ? 0.0f
+                            : flip    ? w[(i * C + r) * KK + (KK - 1 - t)]
+                                      : w[(r * C + i) * KK + t];
                 }
 }
 
@@ -416,7 +413,7 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
     static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
-    pack_fwd(wp, w, g->C, g->OC, d.KK);
+    pack_weights(wp, w, g->C, g->OC, d.KK, 0);
     direct_run(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
 #else
     (void)out, (void)scratch, (void)inp, (void)w, (void)b, (void)g, (void)B, (void)e;
@@ -433,7 +430,7 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
     float *wp = direct_setup(&d, scratch, g, B);
     direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d);
     if (dinp) {
-        pack_bwd_data(wp, w, g->C, g->OC, d.KK);
+        pack_weights(wp, w, g->C, g->OC, d.KK, 1);
         direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
     }
 #else
