@@ -8,8 +8,48 @@
 #include <string.h>
 
 #include <cblas.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "net/net_internal.h"
+
+void net__sgemm_split(int split_rows, int transa, int transb, size_t M, size_t N, size_t K,
+                      const float *A, size_t lda, const float *Bm, size_t ldb, float beta,
+                      float *C, size_t ldc)
+{
+    const enum CBLAS_TRANSPOSE ta = transa ? CblasTrans : CblasNoTrans;
+    const enum CBLAS_TRANSPOSE tb = transb ? CblasTrans : CblasNoTrans;
+    int T = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel() && M * N * K >= ((size_t)1 << 20)) T = omp_get_max_threads();
+#endif
+    const size_t D = split_rows ? M : N;
+    size_t per = (D + (size_t)T - 1) / (size_t)T;
+    per = (per + 15) / 16 * 16; // whole cache lines of C per thread
+    if (T <= 1 || per >= D) {
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, Bm,
+                    (int)ldb, beta, C, (int)ldc);
+        return;
+    }
+    /* One block of C per thread, each a serial sgemm (OpenBLAS does not thread inside a
+     * parallel region): no synchronisation inside the product. */
+#pragma omp parallel for schedule(static) num_threads(T)
+    for (int t = 0; t < T; t++) {
+        const size_t d0 = (size_t)t * per;
+        if (d0 >= D) continue;
+        const size_t nb = D - d0 < per ? D - d0 : per;
+        if (split_rows) {
+            const float *Ab = transa ? A + d0 : A + d0 * lda;
+            cblas_sgemm(CblasRowMajor, ta, tb, (int)nb, (int)N, (int)K, 1.0f, Ab, (int)lda, Bm,
+                        (int)ldb, beta, C + d0 * ldc, (int)ldc);
+        } else {
+            const float *Bb = transb ? Bm + d0 * ldb : Bm + d0;
+            cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)nb, (int)K, 1.0f, A, (int)lda, Bb,
+                        (int)ldb, beta, C + d0, (int)ldc);
+        }
+    }
+}
 
 void net__conv_geom(struct net__conv *g, size_t C, size_t H, size_t W, size_t OC, size_t K,
                     size_t S, size_t P)

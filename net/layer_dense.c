@@ -72,8 +72,7 @@ static void dense_init(struct net *n, struct net_layer *l, uint64_t *rng)
 /* out (B, NO) = inp (B, NI) . w^T */
 static void dense_mm(float *out, const float *inp, const float *w, size_t B, size_t NI, size_t NO)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)B, (int)NO, (int)NI, 1.0f, inp, (int)NI,
-                w, (int)NI, 0.0f, out, (int)NO);
+    net__sgemm_split(0, 0, 1, B, NO, NI, inp, NI, w, NI, 0.0f, out, NO);
 }
 
 static void dense_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
@@ -97,8 +96,7 @@ static void dense_forward(struct net *n, struct net_layer *l, float *out, const 
 static void dense_mm_bwd(float *dinp, float *dw, const float *dout, const float *inp,
                          const float *w, size_t B, size_t NI, size_t NO)
 {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)NO, (int)NI, (int)B, 1.0f, dout,
-                (int)NO, inp, (int)NI, 1.0f, dw, (int)NI);
+    net__sgemm_split(1, 1, 0, NO, NI, B, dout, NO, inp, NI, 1.0f, dw, NI);
     if (dinp)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)NI, (int)NO, 1.0f, dout,
                     (int)NO, w, (int)NI, 0.0f, dinp, (int)NI);

@@ -230,6 +230,7 @@ int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
     n->n_state = off[NET_ARENA_STATE];
     n->params = calloc(n->n_params + 1, sizeof(float));
     n->grads = calloc(n->n_params + 1, sizeof(float));
+    n->grads_zero = 1;
     n->m = calloc(n->n_params + 1, sizeof(float));
     n->v = calloc(n->n_params + 1, sizeof(float));
     n->state = calloc(n->n_state + 1, sizeof(float));
@@ -363,6 +364,7 @@ float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int
 
 void net_backward(struct net *n, const uint8_t *y, size_t B)
 {
+    n->grads_zero = 0;
     const size_t K = n->n_classes, L = n->n_layers;
     float *dz = n->dacts[L];
     const float inv_b = 1.0f / (float)B;
@@ -389,5 +391,6 @@ void net_backward(struct net *n, const uint8_t *y, size_t B)
 
 void net_zero_grad(struct net *n)
 {
-    memset(n->grads, 0, n->n_params * sizeof(float));
+    if (!n->grads_zero) memset(n->grads, 0, n->n_params * sizeof(float));
+    n->grads_zero = 1;
 }

@@ -91,6 +91,7 @@ struct net {
     size_t scratch_n;
     float *probs;                      // (ws_batch, n_classes) softmax of the last forward
     int training;                      // 1 after a training forward (BN used batch stats)
+    int grads_zero;                    // 1 while the gradient arena is known to be all zero
 };
 
 /* Builds a net (no parameter values yet: all zero). Validates every spec against its input
@@ -129,6 +130,9 @@ float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int
  * dacts[i] is filled for every layer input after the first layer with tensors (the
  * gradients before it feed nothing and are skipped). */
 void net_backward(struct net *n, const uint8_t *y, size_t B);
+/* Zeroes the gradient arena; free when it is known to be zero already (grads_zero: set at
+ * creation and by net_optim_step, cleared by net_backward and net_group_lasso). Code that
+ * writes n->grads any other way clears grads_zero. */
 void net_zero_grad(struct net *n);
 
 // ---- optimisation ---------------------------------------------------------------------
@@ -142,7 +146,8 @@ struct net_optim {
     float beta1, beta2, eps;
     uint64_t t;          // steps taken (Adam bias correction)
 };
-/* One update with learning rate lr, using n->grads and the m/v arenas. */
+/* One update with learning rate lr, using n->grads and the m/v arenas; each gradient is
+ * zeroed as it is read (grads_zero = 1 after). */
 void net_optim_step(struct net *n, struct net_optim *o, float lr);
 
 /* Group lasso (structured sparsity, Wen et al. 2016): adds lambda * sum_g ||w_g||_2 over the

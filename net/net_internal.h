@@ -60,6 +60,16 @@ float *net__g(const struct net *n, const struct net_layer *l, size_t k);
 /* He-normal fill: std = sqrt(2 / fan_in). */
 void net__he_fill(float *w, size_t count, size_t fan_in, uint64_t *rng);
 
+/* Row-major C (M, N) = op(A) op(B) + beta C (alpha 1; trans* != 0: that operand transposed).
+ * A large product is cut into one block of C's rows (split_rows) or columns per OpenMP
+ * thread, each a serial sgemm. At batch-64 shapes this beats OpenBLAS's own threading, whose
+ * threads synchronise inside the product: measured on the MLP's 784x512 layer (2 threads),
+ * the weight gradient (K = 64) 209 -> 142 us cut by rows; the forward 212 -> 201 us by
+ * columns. */
+void net__sgemm_split(int split_rows, int transa, int transb, size_t M, size_t N, size_t K,
+                      const float *A, size_t lda, const float *Bm, size_t ldb, float beta,
+                      float *C, size_t ldc);
+
 // ---- convolution on (C, B, H, W) activations -----------------------------------------
 
 struct net__conv {

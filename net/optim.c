@@ -14,6 +14,7 @@ void net_optim_step(struct net *n, struct net_optim *o, float lr)
     const float mu = o->momentum, wd = o->weight_decay;
     const float b1 = o->beta1, b2 = o->beta2, eps = o->eps;
     const float bc1 = 1.0f - powf(b1, (float)o->t), bc2 = 1.0f - powf(b2, (float)o->t);
+    // Each gradient is zeroed as it is used, so the next net_zero_grad has nothing to do.
     for (size_t ti = 0; ti < n->n_tensors; ti++) {
         const struct net_tensor *t = &n->tensors[ti];
         if (t->arena != NET_ARENA_PARAM) continue;
@@ -26,19 +27,23 @@ void net_optim_step(struct net *n, struct net_optim *o, float lr)
 #pragma omp parallel for schedule(static) if (N > 32768)
             for (size_t i = 0; i < N; i++) {
                 float gi = g[i] + d * w[i];
+                g[i] = 0.0f;
                 m[i] = mu * m[i] + gi;
                 w[i] -= lr * (nest ? gi + mu * m[i] : m[i]);
             }
         } else {
 #pragma omp parallel for schedule(static) if (N > 32768)
             for (size_t i = 0; i < N; i++) {
-                m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
+                const float gi = g[i];
+                g[i] = 0.0f;
+                m[i] = b1 * m[i] + (1.0f - b1) * gi;
+                v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
                 float mh = m[i] / bc1, vh = v[i] / bc2;
                 w[i] -= lr * (mh / (sqrtf(vh) + eps) + d * w[i]);
             }
         }
     }
+    n->grads_zero = 1;
 }
 
 float net_sched_lr(const struct net_sched *s, size_t step)
@@ -80,6 +85,7 @@ static double gl_group(float *g, const float *w, size_t count, size_t stride, fl
 double net_group_lasso(struct net *n, float lambda)
 {
     if (lambda <= 0.0f) return 0.0;
+    n->grads_zero = 0;
     double pen = 0.0;
     for (size_t li = 0; li < n->n_layers; li++) {
         const struct net_layer *l = &n->layers[li];

@@ -1066,6 +1066,37 @@ TEST(optim_weight_decay_only_on_weights)
     ASSERT_FLT_OP(adam[5], ==, -0.2f);
 }
 
+TEST(optim_step_leaves_gradients_zero)
+{
+    // The update zeroes what it reads, so net_zero_grad can skip its memset; a backward in
+    // between must make it memset again (else gradients would add up across steps).
+    struct net *n = opt_net();
+    ASSERT(n);
+    ASSERT_EQ(net_reserve(n, 2), 0);
+    const float x[4] = {1.0f, -2.0f, 0.5f, 3.0f};
+    const uint8_t y[2] = {0, 1};
+    struct net_optim o = {.kind = NET_SGD, .momentum = 0.9f};
+    net_zero_grad(n);
+    net_forward(n, x, y, 2, 1);
+    net_backward(n, y, 2);
+    ASSERT_EQ(n->grads_zero, 0);
+    float g1[6];
+    memcpy(g1, n->grads, sizeof g1);
+    ASSERT_FLT_OP(fabsf(g1[0]) + fabsf(g1[4]), >, 0.0f);
+    net_optim_step(n, &o, 0.1f);
+    ASSERT_EQ(n->grads_zero, 1);
+    for (int i = 0; i < 6; i++) ASSERT_FLT_OP(n->grads[i], ==, 0.0f);
+    // Two backwards without zeroing accumulate; net_zero_grad then really clears.
+    net_forward(n, x, y, 2, 1);
+    net_backward(n, y, 2);
+    memcpy(g1, n->grads, sizeof g1);
+    net_backward(n, y, 2);
+    for (int i = 0; i < 6; i++) ASSERT_NEAR(n->grads[i], 2.0f * g1[i], 1e-6);
+    net_zero_grad(n);
+    for (int i = 0; i < 6; i++) ASSERT_FLT_OP(n->grads[i], ==, 0.0f);
+    net_destroy(n);
+}
+
 TEST(optim_adamw)
 {
     double g[3][6], w[6];
