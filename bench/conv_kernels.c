@@ -4,7 +4,7 @@
  *
  * For each shape (input channels, output channels, image size, batch 64, 3x3, pad 1) it runs
  * forward and backward (weight + bias + data gradient) through the direct kernels
- * (net/conv_direct.c) and through im2col + sgemm, keeps the best of REPEATS (default 20)
+ * (net/conv_direct.c: AVX-512, and AVX2 too on a CPU that has both) and through im2col + sgemm, keeps the best of REPEATS (default 20)
  * after a warm-up, and prints milliseconds and GFLOP/s (2 x multiply-adds / time; backward
  * counts the weight and the data gradient, or only the weight gradient when C = 1, as for a
  * first layer; dW alone is timed too). Divide by bench/sgemm_peak's figure for the fraction of peak. */
@@ -50,18 +50,23 @@ int main(int argc, char **argv)
         float *dinp = buf(g.C * N), *w = buf(g.OC * g.C * KK), *dw = buf(g.OC * g.C * KK);
         float *db = buf(g.OC), *b = buf(g.OC), *c1 = buf(col), *c2 = buf(col);
         double macs = (double)N * g.OC * g.C * KK;
-        for (int path = 0; path < 2; path++) {
+        // path 0: direct at the CPU's best level, 1: direct AVX2 (when the best is AVX-512),
+        // 2: im2col + sgemm
+        for (int path = 0; path < 3; path++) {
+            const int best = net__conv_direct_force(2);
             if (path == 0 && !net__conv_direct_ok(&g)) continue;
+            if (path == 1 && (best != 2 || !net__cpu_avx2())) continue;
+            net__conv_direct_force(path == 1 ? 1 : 2);
             double bf = 1e30, bb = 1e30, bw = 1e30;
             for (int r = 0; r <= reps; r++) {
                 double t0 = now();
-                if (path == 0) net__conv_direct_fwd(out, c1, inp, w, b, &g, B, NULL);
+                if (path < 2) net__conv_direct_fwd(out, c1, inp, w, b, &g, B, NULL);
                 else net__conv_fwd_im2col(out, c1, inp, w, b, &g, B);
                 double t1 = now();
-                if (path == 0) net__conv_bwd(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);
+                if (path < 2) net__conv_bwd(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);
                 else net__conv_bwd_im2col(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);
                 double t2 = now();
-                if (path == 0) net__conv_bwd(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
+                if (path < 2) net__conv_bwd(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
                 else net__conv_bwd_im2col(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
                 double t3 = now();
                 if (r > 0 && t1 - t0 < bf) bf = t1 - t0;
@@ -71,8 +76,10 @@ int main(int argc, char **argv)
             double bmacs = macs * (g.C > 1 ? 2 : 1);
             char name[32];
             snprintf(name, sizeof name, "%zu->%zu %zux%zu", g.C, g.OC, g.H, g.W);
+            net__conv_direct_force(2);
             printf("%-18s %-7s %9.3f %9.1f %9.3f %9.1f %9.3f %9.1f\n", name,
-                   path ? "im2col" : "direct", bf * 1e3, 2 * macs / bf * 1e-9, bb * 1e3,
+                   path == 2 ? "im2col" : path == 1 ? "avx2" : best == 2 ? "avx512" : "avx2",
+                   bf * 1e3, 2 * macs / bf * 1e-9, bb * 1e3,
                    2 * bmacs / bb * 1e-9, bw * 1e3, 2 * macs / bw * 1e-9);
         }
         free(inp), free(out), free(dout), free(dinp), free(w), free(dw), free(db), free(b);

@@ -1,5 +1,6 @@
 /* net/conv_direct.c: direct kernels for stride-1 "same" convolutions (output size = input
- * size: S == 1, 2P == K - 1, K <= NET__DMAXK) on (C, B, H, W) activations, with AVX-512.
+ * size: S == 1, 2P == K - 1, K <= NET__DMAXK) on (C, B, H, W) activations, with AVX-512
+ * (or AVX2 + FMA).
  *
  * A channel plane of a batch is N = B*H*W contiguous floats, so tap (ki, kj) of output pixel
  * p reads input pixel p + off(ki, kj) with off = (ki - P) * W + (kj - P): one unaligned vector
@@ -15,7 +16,9 @@
  * No im2col matrix is written and nothing is packed per step except the weights (a few KiB).
  * Used by net__conv_fwd / net__conv_bwd (kernels.c) when net__conv_direct_ok says so; the
  * im2col + sgemm path stays for strided, valid-padding and 1x1 convolutions and for CPUs
- * without AVX-512. Owner: net/. */
+ * with neither AVX-512 nor AVX2. The AVX2 + FMA versions (8 lanes, 16 registers) run the
+ * same algorithms on smaller blocks (4 output channels x 16 pixels; 4 rows x one kernel row)
+ * and mask with int32 vectors built from the same table. Owner: net/. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +54,7 @@ struct dconv {
     size_t N, KK, period;
     ptrdiff_t off[NET__DMAXK * NET__DMAXK];
     const uint16_t *mask; // [period][KK]
+    const int32_t *mvec;  // AVX2 only: the same masks as int32 lanes, [period][KK][16]
 };
 
 /* Both answers are computed once; relaxed atomics keep the first calls from two threads
@@ -71,16 +75,50 @@ int net__cpu_avx512(void)
 #endif
 }
 
-static int direct_cpu(void)
+int net__cpu_avx2(void)
 {
+#if NET__DIRECT
     static int cached = -1;
     int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
-        const char *e = getenv("EVOWIDTH_CONV");
-        v = !(e && strcmp(e, "im2col") == 0) && net__cpu_avx512();
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
         __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
+#else
+    return 0;
+#endif
+}
+
+/* The direct kernels' instruction set: 2 AVX-512, 1 AVX2 + FMA, 0 none (im2col). From the
+ * CPU, lowered by EVOWIDTH_CONV=avx2 or =im2col; tests override it. */
+static int direct_level_cached = -1;
+
+static int direct_level(void)
+{
+    int v = __atomic_load_n(&direct_level_cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("EVOWIDTH_CONV");
+        v = net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
+        if (e && strcmp(e, "im2col") == 0) v = 0;
+        if (e && strcmp(e, "avx2") == 0 && v > 1) v = 1;
+        __atomic_store_n(&direct_level_cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int net__conv_direct_force(int level)
+{
+    int old = direct_level();
+    int best = net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
+    __atomic_store_n(&direct_level_cached, level < best ? level : best, __ATOMIC_RELAXED);
+    return old;
+}
+
+static int direct_cpu(void)
+{
+    return direct_level() > 0;
 }
 
 int net__conv_direct_ok(const struct net__conv *g)
@@ -122,8 +160,9 @@ size_t net__conv_direct_scratch(const struct net__conv *g)
 {
     size_t KK = g->K * g->K, big = g->C > g->OC ? g->C : g->OC;
     size_t mask_floats = (direct_period(g) * KK + 1) / 2;
+    size_t mvec = direct_period(g) * KK * 16; // AVX2: the masks as int32 vectors
     size_t wpk = pad8(big) * KK * big, part = dw_part_floats(g->C, g->OC, g->K);
-    return mask_floats + 16 + (wpk > part ? wpk : part);
+    return mask_floats + 16 + mvec + (wpk > part ? wpk : part);
 }
 
 /* Fills d and the mask table at the start of scratch; returns the float scratch after it
@@ -159,7 +198,16 @@ static float *direct_setup(struct dconv *d, float *scratch, const struct net__co
     }
     d->mask = m;
     size_t used = (d->period * d->KK + 1) / 2;
-    return scratch + (used + 15) / 16 * 16;
+    float *rest = scratch + (used + 15) / 16 * 16;
+    d->mvec = NULL;
+    if (direct_level() == 1) { // AVX2 masks its loads with vectors: lane l = -1 if bit l set
+        int32_t *mv = (int32_t *)rest;
+        for (size_t i = 0; i < d->period * d->KK; i++)
+            for (unsigned l = 0; l < 16; l++) mv[i * 16 + l] = (m[i] >> l) & 1 ? -1 : 0;
+        d->mvec = mv;
+        rest += d->period * d->KK * 16;
+    }
+    return rest;
 }
 
 static uint16_t tail_mask(size_t p0, size_t N)
@@ -342,6 +390,187 @@ NET__AVX512 static void dw_pack(float *dbuf, const float *dout, size_t o0, size_
     }
 }
 
+
+// ---- AVX2 + FMA (8 lanes, 16 registers): the same algorithms, smaller blocks -------------
+
+#define NET__AVX2 __attribute__((target("avx2,fma")))
+
+/* Lane mask of the first n (0..16) pixels of a 16-pixel unit, as two int32 vectors. */
+NET__AVX2 static void tail_vec2(__m256i *lo, __m256i *hi, size_t p0, size_t N)
+{
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const int n = p0 >= N ? 0 : N - p0 >= 16 ? 16 : (int)(N - p0);
+    *lo = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
+    *hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), idx);
+}
+
+/* Forward tile, AVX2: rows [o0 + m0, o0 + m0 + 4) of an 8-row packed block at the 16 pixels
+ * of unit p0; km: [KK][2] mask vectors (tail included). 8 accumulators; per tap and input
+ * channel 2 masked loads and 4 broadcasts for 8 FMAs. */
+NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp,
+                                   const float *bias, size_t Cin, size_t o0, size_t m0,
+                                   size_t rows, size_t p0, const __m256i *km,
+                                   const struct dconv *d, const struct net__epi *e)
+{
+    const size_t N = d->N, KK = d->KK;
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    const float *base = in + p0, *w = wp + m0;
+    for (size_t c = 0; c < Cin; c++, base += N)
+        for (size_t t = 0; t < KK; t++, w += NET__DMR) {
+            const float *src = base + d->off[t];
+            const __m256 a0 = _mm256_maskload_ps(src, km[2 * t]);
+            const __m256 a1 = _mm256_maskload_ps(src + 8, km[2 * t + 1]);
+#pragma GCC unroll 4
+            for (int m = 0; m < 4; m++) {
+                const __m256 wv = _mm256_broadcast_ss(w + m);
+                acc[m][0] = _mm256_fmadd_ps(wv, a0, acc[m][0]);
+                acc[m][1] = _mm256_fmadd_ps(wv, a1, acc[m][1]);
+            }
+        }
+    __m256i tm[2];
+    tail_vec2(&tm[0], &tm[1], p0, N);
+    const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; m++) {
+        if (m0 + (size_t)m >= rows) break;
+        const size_t o = o0 + m0 + (size_t)m, at = o * N + p0;
+        float *dst = out + at;
+        const __m256 bv = _mm256_set1_ps(bias ? bias[o] : 0.0f);
+        for (int j = 0; j < 2; j++) {
+            __m256 v = _mm256_add_ps(acc[m][j], bv);
+            if (e->accum) v = _mm256_add_ps(v, _mm256_maskload_ps(dst + 8 * j, tm[j]));
+            if (e->add) v = _mm256_add_ps(v, _mm256_maskload_ps(e->add + at + 8 * j, tm[j]));
+            if (e->gate) {
+                const __m256 gv = _mm256_maskload_ps(e->gate + at + 8 * j, tm[j]);
+                v = _mm256_and_ps(v, _mm256_cmp_ps(gv, zero, _CMP_GT_OQ));
+            }
+            if (e->relu) v = _mm256_max_ps(v, zero);
+            _mm256_maskstore_ps(dst + 8 * j, tm[j], v);
+        }
+    }
+}
+
+NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp,
+                                   const float *bias, size_t Cin, size_t Cout, size_t p0,
+                                   const struct dconv *d, const struct net__epi *e)
+{
+    const size_t N = d->N, KK = d->KK, nob = (Cout + 7) / 8, blk = KK * Cin * NET__DMR;
+    __m256i km[NET__DMAXK * NET__DMAXK * 2];
+    __m256i tl, th;
+    tail_vec2(&tl, &th, p0, N);
+    const int32_t *mv = d->mvec + ((p0 / 16) % d->period) * KK * 16;
+    for (size_t t = 0; t < KK; t++) {
+        km[2 * t] = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(mv + t * 16)), tl);
+        km[2 * t + 1] =
+            _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(mv + t * 16 + 8)), th);
+    }
+    for (size_t ob = 0; ob < nob; ob++) {
+        const size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
+        for (size_t m0 = 0; m0 < rows; m0 += 4)
+            direct_tile2(out, in, wp + ob * blk, bias, Cin, o0, m0, rows, p0, km, d, e);
+    }
+}
+
+static void direct_run2(float *out, const float *in, const float *wp, const float *bias,
+                        size_t Cin, size_t Cout, const struct dconv *d, const struct net__epi *e)
+{
+    const size_t units = (d->N + 15) / 16;
+#pragma omp parallel for schedule(static) if (units * Cout * Cin * d->KK > 200000)
+    for (size_t u = 0; u < units; u++) direct_unit2(out, in, wp, bias, Cin, Cout, u * 16, d, e);
+}
+
+/* Weight gradient, AVX2: MR rows x the K taps of kernel row ki of input channel c, over
+ * pixels [pb, pe), into part[MR][K][16] (lanes 8..15 stay 0). dbuf as for AVX-512. */
+NET__AVX2 static NET__INLINE void dw_block2(float *part, const float *dbuf, const float *in,
+                                            size_t c, size_t ki, int MR, int K, size_t pb,
+                                            size_t pe, const struct dconv *d)
+{
+    const size_t N = d->N, KK = d->KK, t0 = ki * (size_t)K;
+    __m256 acc[4][NET__DMAXK];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 7
+        for (int t = 0; t < K; t++) acc[m][t] = _mm256_loadu_ps(part + (m * K + t) * 16);
+    const float *src = in + c * N + d->off[t0];
+    size_t row = (pb / 16) % d->period;
+    for (size_t p = pb; p < pe; p += 16, dbuf += MR * 16) {
+        const int32_t *mv = d->mvec + (row * KK + t0) * 16;
+        if (++row == d->period) row = 0;
+        __m256i tl, th;
+        tail_vec2(&tl, &th, p, N);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            const __m256i tm = h ? th : tl;
+            __m256 a[NET__DMAXK];
+#pragma GCC unroll 7
+            for (int t = 0; t < K; t++) {
+                const __m256i mk = _mm256_and_si256(
+                    _mm256_loadu_si256((const __m256i *)(mv + t * 16 + 8 * h)), tm);
+                a[t] = _mm256_maskload_ps(src + p + 8 * h + t, mk);
+            }
+#pragma GCC unroll 4
+            for (int m = 0; m < MR; m++) {
+                const __m256 dv = _mm256_loadu_ps(dbuf + m * 16 + 8 * h);
+#pragma GCC unroll 7
+                for (int t = 0; t < K; t++) acc[m][t] = _mm256_fmadd_ps(dv, a[t], acc[m][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; m++)
+#pragma GCC unroll 7
+        for (int t = 0; t < K; t++) _mm256_storeu_ps(part + (m * K + t) * 16, acc[m][t]);
+}
+
+/* Rows per AVX2 weight-gradient block: MR*K accumulators + K inputs + 1 <= 16. */
+static int dw_rows2(size_t K)
+{
+    return K <= 3 ? 4 : K <= 5 ? 2 : 1;
+}
+
+#define NET__DW2(mr, k) dw_block2(part, dbuf, in, c, ki, mr, k, pb, pe, d)
+NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, size_t c,
+                               size_t ki, size_t mr, size_t pb, size_t pe,
+                               const struct dconv *d, size_t K)
+{
+    if (K <= 3) {
+        if (K == 2) {
+            if (mr == 4) NET__DW2(4, 2); else if (mr == 3) NET__DW2(3, 2);
+            else if (mr == 2) NET__DW2(2, 2); else NET__DW2(1, 2);
+        } else {
+            if (mr == 4) NET__DW2(4, 3); else if (mr == 3) NET__DW2(3, 3);
+            else if (mr == 2) NET__DW2(2, 3); else NET__DW2(1, 3);
+        }
+    } else if (K <= 5) {
+        if (K == 4) {
+            if (mr == 2) NET__DW2(2, 4); else NET__DW2(1, 4);
+        } else {
+            if (mr == 2) NET__DW2(2, 5); else NET__DW2(1, 5);
+        }
+    } else if (K == 6) {
+        NET__DW2(1, 6);
+    } else {
+        NET__DW2(1, 7);
+    }
+}
+#undef NET__DW2
+
+NET__AVX2 static void dw_pack2(float *dbuf, const float *dout, size_t o0, size_t rows,
+                               size_t pb, size_t pe, size_t N)
+{
+    for (size_t p = pb; p < pe; p += 16) {
+        __m256i tl, th;
+        tail_vec2(&tl, &th, p, N);
+        for (size_t m = 0; m < rows; m++, dbuf += 16) {
+            const float *src = dout + (o0 + m) * N + p;
+            _mm256_storeu_ps(dbuf, _mm256_maskload_ps(src, tl));
+            _mm256_storeu_ps(dbuf + 8, _mm256_maskload_ps(src + 8, th));
+        }
+    }
+}
+
 /* dw (OC, C, KK) += sum_p dout (OC, N) x shifted in (C, N). An item is (row block, input
  * channel, kernel row); pixels go in blocks of NET__DPB, and each thread copies the block's
  * output gradient rows of its current row block into an L1-sized interleaved buffer, reused
@@ -349,9 +578,10 @@ NET__AVX512 static void dw_pack(float *dbuf, const float *dout, size_t o0, size_
  * entries, and every pixel block splits the same items the same static way, so threads
  * never share an entry. */
 static void direct_dw(float *dw, float *part, const float *dout, const float *in, size_t C,
-                      size_t OC, size_t K, const struct dconv *d)
+                      size_t OC, size_t K, const struct dconv *d, int avx2)
 {
-    const size_t mr = (size_t)dw_rows(K), nob = (OC + mr - 1) / mr, items = nob * C * K;
+    const size_t mr = (size_t)(avx2 ? dw_rows2(K) : dw_rows(K));
+    const size_t nob = (OC + mr - 1) / mr, items = nob * C * K;
     const size_t N = d->N, blk = mr * K * 16;
     memset(part, 0, items * blk * sizeof(float));
 #pragma omp parallel if (N * OC * C * d->KK > 200000)
@@ -365,10 +595,12 @@ static void direct_dw(float *dw, float *part, const float *dout, const float *in
                 size_t ki = it % K, c = (it / K) % C, ob = it / (K * C), o0 = ob * mr;
                 size_t rows = OC - o0 < mr ? OC - o0 : mr;
                 if (ob != packed) {
-                    dw_pack(dbuf, dout, o0, rows, pb, pe, N);
+                    if (avx2) dw_pack2(dbuf, dout, o0, rows, pb, pe, N);
+                    else dw_pack(dbuf, dout, o0, rows, pb, pe, N);
                     packed = ob;
                 }
-                dw_item(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
+                if (avx2) dw_item2(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
+                else dw_item(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
             }
         }
 #pragma omp for schedule(static)
@@ -414,7 +646,8 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
     pack_weights(wp, w, g->C, g->OC, d.KK, 0);
-    direct_run(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
+    if (d.mvec) direct_run2(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
+    else direct_run(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
 #else
     (void)out, (void)scratch, (void)inp, (void)w, (void)b, (void)g, (void)B, (void)e;
 #endif
@@ -428,10 +661,11 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
     static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
-    direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d);
+    direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
     if (dinp) {
         pack_weights(wp, w, g->C, g->OC, d.KK, 1);
-        direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
+        if (d.mvec) direct_run2(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
+        else direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
     }
 #else
     (void)dinp, (void)dw, (void)scratch, (void)dout, (void)inp, (void)w, (void)g, (void)B;

@@ -108,12 +108,16 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
                        const float *dout, const float *inp, const float *w,
                        const struct net__conv *g, size_t B, const struct net__epi *e);
 
-/* 1 when this CPU runs AVX-512F (checked once). */
+/* 1 when this CPU runs AVX-512F, resp. AVX2 + FMA (checked once). */
 int net__cpu_avx512(void);
+int net__cpu_avx2(void);
 
 /* Direct kernels (conv_direct.c) for stride-1 same-size convolutions with 1 < K <= 7 on a
- * CPU with AVX-512; EVOWIDTH_CONV=im2col in the environment turns them off. _shape says
- * whether the geometry qualifies, _ok also checks the CPU. _scratch: floats they need. */
+ * CPU with AVX-512 or AVX2 + FMA; EVOWIDTH_CONV=avx2 keeps them to AVX2, =im2col turns
+ * them off. _shape says whether the geometry qualifies, _ok also checks the CPU. _scratch:
+ * floats they need (at any level). _force (tests): use level 2 (AVX-512), 1 (AVX2) or 0
+ * (none) from now on, capped by the CPU; returns the previous level. */
+int net__conv_direct_force(int level);
 int net__conv_direct_shape(const struct net__conv *g);
 int net__conv_direct_ok(const struct net__conv *g);
 size_t net__conv_direct_scratch(const struct net__conv *g);

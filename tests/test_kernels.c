@@ -6,7 +6,8 @@
  * the 16-lane vectors, output channels not a multiple of 8 or 3, one input channel, image
  * sizes whose H*W is not a multiple of 16, 5x5 kernels (taps in two blocks), batch 1.
  * The fused epilogues (bias, residual add, ReLU, ReLU-gated gradient) match the separate
- * passes. On a CPU without AVX-512 the direct cases are skipped (printed), never faked. */
+ * passes. Each case runs once per instruction set the CPU has (AVX-512, AVX2); on a CPU with
+ * neither the direct cases are skipped (printed), never faked. */
 #include <stdint.h>
 
 #include "net/net_internal.h"
@@ -97,32 +98,48 @@ static int compare_conv(size_t C, size_t OC, size_t H, size_t W, size_t K, size_
     return bad;
 }
 
-#define NEED_DIRECT()                                                                  \
+/* Sets the direct kernels' level (2 AVX-512, 1 AVX2, 0 off, capped by the CPU); returns the
+ * level in effect. */
+static int set_level(int want)
+{
+    net__conv_direct_force(want);
+    return net__conv_direct_force(want);
+}
+
+/* Runs BODY once per instruction set this CPU has (AVX-512, AVX2), printing which; a CPU with
+ * neither skips (printed), never fakes. Restores the best level after. */
+#define FOR_EACH_LEVEL(BODY)                                                           \
     do {                                                                               \
-        struct net__conv g_;                                                           \
-        net__conv_geom(&g_, 1, 4, 4, 1, 3, 1, 1);                                      \
-        if (!net__conv_direct_ok(&g_)) {                                               \
-            printf("  (skipped: no AVX-512 on this CPU, or EVOWIDTH_CONV=im2col)\n");  \
-            return;                                                                    \
+        int ran_ = 0;                                                                  \
+        for (int lv_ = 2; lv_ >= 1; lv_--) {                                           \
+            if (set_level(lv_) != lv_) continue;                                       \
+            printf("  (direct kernels: %s)\n", lv_ == 2 ? "AVX-512" : "AVX2");        \
+            ran_ = 1;                                                                  \
+            BODY;                                                                      \
         }                                                                              \
+        set_level(2);                                                                  \
+        if (!ran_) printf("  (skipped: neither AVX-512 nor AVX2 on this CPU)\n");    \
     } while (0)
 
 TEST(conv_direct_matches_im2col_3x3)
 {
-    NEED_DIRECT();
-    ASSERT_EQ(compare_conv(32, 32, 28, 28, 3, 2), 0); // the reference nets' shape
-    ASSERT_EQ(compare_conv(1, 32, 28, 28, 3, 3), 0);  // first layer: one input channel
-    ASSERT_EQ(compare_conv(32, 64, 14, 14, 3, 2), 0); // H*W = 196, not a multiple of 16
-    ASSERT_EQ(compare_conv(13, 11, 7, 7, 3, 3), 0);   // 11 = 8 + 3 and 3 + 3 + 3 + 2 rows
-    ASSERT_EQ(compare_conv(5, 1, 5, 3, 3, 1), 0);     // N = 15: one partial vector
-    ASSERT_EQ(compare_conv(3, 2, 1, 1, 3, 4), 0);     // 1x1 images: only the centre tap
+    FOR_EACH_LEVEL({
+        ASSERT_EQ(compare_conv(32, 32, 28, 28, 3, 2), 0); // the reference nets' shape
+        ASSERT_EQ(compare_conv(1, 32, 28, 28, 3, 3), 0);  // first layer: one input channel
+        ASSERT_EQ(compare_conv(32, 64, 14, 14, 3, 2), 0); // H*W = 196, not a multiple of 16
+        ASSERT_EQ(compare_conv(13, 11, 7, 7, 3, 3), 0);   // 11 = 8 + 3 and 3 + 3 + 3 + 2 rows
+        ASSERT_EQ(compare_conv(5, 1, 5, 3, 3, 1), 0);     // N = 15: one partial vector
+        ASSERT_EQ(compare_conv(3, 2, 1, 1, 3, 4), 0);     // 1x1 images: only the centre tap
+    });
 }
 
 TEST(conv_direct_matches_im2col_5x5_and_7x7)
 {
-    NEED_DIRECT();
-    ASSERT_EQ(compare_conv(4, 10, 9, 11, 5, 2), 0); // 25 taps: blocks of 9, 9, 7
-    ASSERT_EQ(compare_conv(3, 9, 8, 8, 7, 2), 0);   // 49 taps, kernel wider than half the image
+    FOR_EACH_LEVEL({
+        ASSERT_EQ(compare_conv(4, 10, 9, 11, 5, 2), 0); // 25 taps: blocks of 9, 9, 7
+        ASSERT_EQ(compare_conv(3, 9, 8, 8, 7, 2), 0);   // 49 taps, kernel wider than half the image
+        ASSERT_EQ(compare_conv(3, 5, 6, 7, 2 + 1, 3), 0);
+    });
 }
 
 /* The fused epilogues against the unfused path: forward relu(conv + b + add), data gradient
@@ -173,9 +190,10 @@ static int compare_epilogues(size_t C, size_t OC, size_t H, size_t W, size_t B)
 
 TEST(conv_direct_fused_epilogues)
 {
-    NEED_DIRECT();
-    ASSERT_EQ(compare_epilogues(32, 32, 28, 28, 2), 0);
-    ASSERT_EQ(compare_epilogues(5, 11, 7, 5, 3), 0);
+    FOR_EACH_LEVEL({
+        ASSERT_EQ(compare_epilogues(32, 32, 28, 28, 2), 0);
+        ASSERT_EQ(compare_epilogues(5, 11, 7, 5, 3), 0);
+    });
 }
 
 TEST(conv_direct_rejects_other_geometries)
