@@ -350,33 +350,39 @@ NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dbuf, con
 }
 
 #define NET__DW(mr, k) dw_block(part, dbuf, in, c, ki, mr, k, pb, pe, d)
-#define NET__DW_ROWS(k)                                                                \
-    switch (mr) {                                                                      \
-    case 8: NET__DW(8, k); break;                                                      \
-    case 7: NET__DW(7, k); break;                                                      \
-    case 6: NET__DW(6, k); break;                                                      \
-    case 5: NET__DW(5, k); break;                                                      \
-    case 4: NET__DW(4, k); break;                                                      \
-    case 3: NET__DW(3, k); break;                                                      \
-    case 2: NET__DW(2, k); break;                                                      \
-    default: NET__DW(1, k); break;                                                     \
-    }
 
-/* One item with mr (<= dw_rows(K)) rows: each (mr, K) pair is its own unrolled kernel. */
+/* One item with mr (<= dw_rows(K)) rows; K is 3, 5 or 7 (same-size convolutions have odd
+ * kernels). Each (mr, K) pair is its own unrolled kernel. */
 NET__AVX512 static void dw_item(float *part, const float *dbuf, const float *in, size_t c,
                                 size_t ki, size_t mr, size_t pb, size_t pe,
                                 const struct dconv *d, size_t K)
 {
-    switch (K) {
-    case 2: NET__DW_ROWS(2); break;
-    case 3: NET__DW_ROWS(3); break;
-    case 4: NET__DW_ROWS(4); break;
-    case 5: NET__DW_ROWS(5); break;
-    case 6: NET__DW_ROWS(6); break;
-    default: NET__DW_ROWS(7); break;
+    if (K == 3) {
+        switch (mr) {
+        case 8: NET__DW(8, 3); break;
+        case 7: NET__DW(7, 3); break;
+        case 6: NET__DW(6, 3); break;
+        case 5: NET__DW(5, 3); break;
+        case 4: NET__DW(4, 3); break;
+        case 3: NET__DW(3, 3); break;
+        case 2: NET__DW(2, 3); break;
+        default: NET__DW(1, 3); break;
+        }
+    } else if (K == 5) {
+        switch (mr) {
+        case 4: NET__DW(4, 5); break;
+        case 3: NET__DW(3, 5); break;
+        case 2: NET__DW(2, 5); break;
+        default: NET__DW(1, 5); break;
+        }
+    } else {
+        switch (mr) {
+        case 3: NET__DW(3, 7); break;
+        case 2: NET__DW(2, 7); break;
+        default: NET__DW(1, 7); break;
+        }
     }
 }
-#undef NET__DW_ROWS
 #undef NET__DW
 
 /* dbuf[v][m][16] = dout[o0 + m][pb + 16 v + l] for m < rows, zero past N. */
@@ -535,22 +541,16 @@ NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, 
                                size_t ki, size_t mr, size_t pb, size_t pe,
                                const struct dconv *d, size_t K)
 {
-    if (K <= 3) {
-        if (K == 2) {
-            if (mr == 4) NET__DW2(4, 2); else if (mr == 3) NET__DW2(3, 2);
-            else if (mr == 2) NET__DW2(2, 2); else NET__DW2(1, 2);
-        } else {
-            if (mr == 4) NET__DW2(4, 3); else if (mr == 3) NET__DW2(3, 3);
-            else if (mr == 2) NET__DW2(2, 3); else NET__DW2(1, 3);
+    if (K == 3) {
+        switch (mr) {
+        case 4: NET__DW2(4, 3); break;
+        case 3: NET__DW2(3, 3); break;
+        case 2: NET__DW2(2, 3); break;
+        default: NET__DW2(1, 3); break;
         }
-    } else if (K <= 5) {
-        if (K == 4) {
-            if (mr == 2) NET__DW2(2, 4); else NET__DW2(1, 4);
-        } else {
-            if (mr == 2) NET__DW2(2, 5); else NET__DW2(1, 5);
-        }
-    } else if (K == 6) {
-        NET__DW2(1, 6);
+    } else if (K == 5) {
+        if (mr == 2) NET__DW2(2, 5);
+        else NET__DW2(1, 5);
     } else {
         NET__DW2(1, 7);
     }
