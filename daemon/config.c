@@ -83,6 +83,8 @@ static_assert(sizeof(enum svd_grow) == sizeof(int), "enum size");
 static const char *const DATASET_NAMES[] = {"fashion-mnist", "mnist", "cifar10", "synthetic",
                                             NULL};
 static const char *const OPT_NAMES[] = {"sgd", "adamw", NULL};
+static const char *const NORM_NAMES[] = {"standard", "unit", NULL};
+static const char *const INIT_NAMES[] = {"he", "torch", NULL};
 static const char *const SCHED_NAMES[] = {"const", "step", "cosine", NULL};
 static const char *const MODE_NAMES[] = {"rotate", "select", "factorize", NULL};
 static const char *const SOURCE_NAMES[] = {"weights", "activations", NULL};
@@ -126,6 +128,8 @@ static const struct cfg_row CFG_ROWS[] = {
     R_SIZE("data", "crop_pad", data.crop_pad, 0, 16, 0, IMM,
            "random crop after zero padding by this many pixels (0 = off)"),
     R_BOOL("data", "flip", data.flip, 0, IMM, "random horizontal flip"),
+    R_ENUM("data", "normalize", data.normalize, NORM_NAMES, CFG_NORM_STANDARD, IMM,
+           "standard: per-channel mean / std of the training set; unit: pixels in [0, 1] as is"),
 
     R_SIZE("synthetic", "n_train", synthetic.n_train, 1, 1e7, 1024, IMM, "training samples"),
     R_SIZE("synthetic", "n_test", synthetic.n_test, 1, 1e7, 256, IMM, "test samples"),
@@ -167,6 +171,9 @@ static const struct cfg_row CFG_ROWS[] = {
            "validate every this many steps (0 = once per epoch)"),
     R_DBL("train", "log_every_seconds", train.log_every_seconds, 0, 86400, 2.0, RT | LO_OPEN,
           "progress log interval"),
+    R_ENUM("train", "init", train.init, INIT_NAMES, NET_INIT_HE, IMM,
+           "he: He-normal weights, zero biases; torch: PyTorch's default uniform weights and "
+           "biases"),
 
     R_BOOL("adapt", "enabled", adapt.enabled, 1, RT, "periodic width adaptation"),
     R_ENUM("adapt", "mode", adapt.mode, MODE_NAMES, SVD_MODE_SELECT, RT,

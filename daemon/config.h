@@ -36,6 +36,9 @@
 #define CFG_ANY (CFG_IMMUTABLE | CFG_RUNTIME)
 
 enum cfg_dataset { CFG_DATA_FASHION_MNIST, CFG_DATA_MNIST, CFG_DATA_CIFAR10, CFG_DATA_SYNTHETIC };
+/* data.normalize: per-channel mean / std of the training set, or the [0, 1] values as they are
+ * (what torch_ref.py does). */
+enum cfg_normalize { CFG_NORM_STANDARD, CFG_NORM_UNIT };
 
 struct dmn_config {
     struct cfg_data {
@@ -44,6 +47,7 @@ struct dmn_config {
         size_t val_split;          // training samples held out for validation
         size_t crop_pad;           // random crop after zero padding (0 = off)
         int flip;                  // random horizontal flip
+        int normalize;             // CFG_NORM_*: how pixel values in [0, 1] are scaled
     } data;
     struct cfg_synthetic {         // used when data.dataset is "synthetic"
         size_t n_train, n_test, channels, height, width, classes;
@@ -71,6 +75,7 @@ struct dmn_config {
         uint64_t seed;
         size_t eval_every_steps;   // 0 = once per epoch
         double log_every_seconds;
+        enum net_init init;        // initialisation scheme
     } train;
     struct svd_policy adapt;
     struct cfg_daemon {

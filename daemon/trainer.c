@@ -162,11 +162,15 @@ int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, c
     }
     if ((rc = net_create(&t->net, &t->train.shape, K, cfg->model, cfg->n_layers, err, errlen)) < 0)
         goto fail;
-    net_data_stats(&t->train, t->net->norm_mean, t->net->norm_std);
-    net_data_normalize(&t->train, t->net->norm_mean, t->net->norm_std);
-    if (t->val.n) net_data_normalize(&t->val, t->net->norm_mean, t->net->norm_std);
-    net_data_normalize(&t->test, t->net->norm_mean, t->net->norm_std);
-    net_init_params(t->net, &t->rng);
+    if (cfg->data.normalize == CFG_NORM_UNIT) {
+        for (size_t c = 0; c < 4; c++) t->net->norm_mean[c] = 0.0f, t->net->norm_std[c] = 1.0f;
+    } else {
+        net_data_stats(&t->train, t->net->norm_mean, t->net->norm_std);
+        net_data_normalize(&t->train, t->net->norm_mean, t->net->norm_std);
+        if (t->val.n) net_data_normalize(&t->val, t->net->norm_mean, t->net->norm_std);
+        net_data_normalize(&t->test, t->net->norm_mean, t->net->norm_std);
+    }
+    net_init_params_with(t->net, &t->rng, cfg->train.init);
     t->initial_params = t->net->n_params;
 
     const size_t B = cfg->train.batch_size, D = t->train.shape.c * t->train.shape.h *

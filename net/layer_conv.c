@@ -76,7 +76,8 @@ static void conv_init(struct net *n, struct net_layer *l, uint64_t *rng)
         float *u = net__p(n, l, 0);
         for (size_t i = 0; i < OUT * R; i++) u[i] *= 0.70710678f;
     } else {
-        net__he_fill(net__p(n, l, 0), OUT * C * K * K, C * K * K, rng);
+        net__init_fill(n, net__p(n, l, 0), l->spec.bias ? net__p(n, l, 1) : NULL,
+                       OUT * C * K * K, OUT, C * K * K, rng);
     }
 }
 

@@ -65,7 +65,8 @@ static void dense_init(struct net *n, struct net_layer *l, uint64_t *rng)
         float *u = net__p(n, l, 0);
         for (size_t i = 0; i < OUT * R; i++) u[i] *= 0.70710678f;
     } else {
-        net__he_fill(net__p(n, l, 0), OUT * IN, IN, rng);
+        net__init_fill(n, net__p(n, l, 0), l->spec.bias ? net__p(n, l, 1) : NULL, OUT * IN, OUT,
+                       IN, rng);
     }
 }
 

@@ -173,20 +173,28 @@ static struct res_ws res_views(const struct net_layer *l, size_t B)
     return w;
 }
 
+/* Parameter pointer or NULL for an absent tensor. */
+static float *res_p(struct net *n, struct net_layer *l, int k)
+{
+    return k < 0 ? NULL : net__p(n, l, (size_t)k);
+}
+
 static void res_init(struct net *n, struct net_layer *l, uint64_t *rng)
 {
     struct res_ix x = res_index(l);
     size_t C = l->in.c, m = l->spec.width, O = l->spec.out;
-    net__he_fill(net__p(n, l, (size_t)x.c1w), m * C * 9, C * 9, rng);
-    net__he_fill(net__p(n, l, (size_t)x.c2w), O * m * 9, m * 9, rng);
-    /* The branch starts small (Fixup-style, Zhang et al. 2019): with He-initialised branches
-     * and no BN, each block multiplies the stream's variance by about 3 and a few blocks in the
-     * logits blow up and the ReLUs die in the first steps. */
-    if (!l->spec.bn) {
+    net__init_fill(n, net__p(n, l, (size_t)x.c1w), res_p(n, l, x.c1b), m * C * 9, m, C * 9, rng);
+    net__init_fill(n, net__p(n, l, (size_t)x.c2w), res_p(n, l, x.c2b), O * m * 9, O, m * 9, rng);
+    /* With He init the branch starts small (Fixup-style, Zhang et al. 2019): with
+     * He-initialised branches and no BN, each block multiplies the stream's variance by about
+     * 3 and a few blocks in the logits blow up and the ReLUs die in the first steps. (Torch's
+     * default init is about 2.4x smaller than He and needs no scaling.) */
+    if (!l->spec.bn && n->init == NET_INIT_HE) {
         float *w2 = net__p(n, l, (size_t)x.c2w);
         for (size_t i = 0; i < O * m * 9; i++) w2[i] *= RES_BRANCH_SCALE;
     }
-    if (x.pw >= 0) net__he_fill(net__p(n, l, (size_t)x.pw), O * C, C, rng);
+    if (x.pw >= 0)
+        net__init_fill(n, net__p(n, l, (size_t)x.pw), res_p(n, l, x.pb), O * C, O, C, rng);
     int gs[3] = {x.g1, x.g2, x.gp}, vs[3] = {x.v1, x.v2, x.vp};
     size_t ns[3] = {m, O, O};
     for (int i = 0; i < 3; i++) {
@@ -194,12 +202,6 @@ static void res_init(struct net *n, struct net_layer *l, uint64_t *rng)
         float *g = net__p(n, l, (size_t)gs[i]), *v = net__p(n, l, (size_t)vs[i]);
         for (size_t c = 0; c < ns[i]; c++) g[c] = v[c] = 1.0f;
     }
-}
-
-/* Parameter pointer or NULL for an absent tensor. */
-static float *res_p(struct net *n, struct net_layer *l, int k)
-{
-    return k < 0 ? NULL : net__p(n, l, (size_t)k);
 }
 
 static float *res_g(struct net *n, struct net_layer *l, int k)

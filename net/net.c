@@ -104,6 +104,19 @@ void net__he_fill(float *w, size_t count, size_t fan_in, uint64_t *rng)
     for (size_t i = 0; i < count; i++) w[i] = sd * net_rand_normal(rng);
 }
 
+void net__init_fill(const struct net *n, float *w, float *b, size_t count, size_t n_bias,
+                    size_t fan_in, uint64_t *rng)
+{
+    if (n->init == NET_INIT_HE) {
+        net__he_fill(w, count, fan_in, rng);
+        return; // biases stay 0
+    }
+    const float bound = 1.0f / sqrtf((float)(fan_in ? fan_in : 1));
+    for (size_t i = 0; i < count; i++) w[i] = bound * (2.0f * net_rand_uniform(rng) - 1.0f);
+    if (b)
+        for (size_t i = 0; i < n_bias; i++) b[i] = bound * (2.0f * net_rand_uniform(rng) - 1.0f);
+}
+
 // ---- create / destroy -----------------------------------------------------------------
 
 static void net__free_ws(struct net *n)
@@ -248,6 +261,12 @@ fail:
 
 void net_init_params(struct net *n, uint64_t *rng)
 {
+    net_init_params_with(n, rng, NET_INIT_HE);
+}
+
+void net_init_params_with(struct net *n, uint64_t *rng, enum net_init scheme)
+{
+    n->init = scheme;
     memset(n->params, 0, n->n_params * sizeof(float));
     memset(n->m, 0, n->n_params * sizeof(float));
     memset(n->v, 0, n->n_params * sizeof(float));

@@ -72,6 +72,9 @@ struct net_layer {
     float *ws;         // private saved activations (size from the kind's ws_size), borrowed
 };
 
+/* Initialisation schemes (net_init_params_with). */
+enum net_init { NET_INIT_HE, NET_INIT_TORCH };
+
 struct net {
     struct net_shape in_shape;
     size_t n_classes;
@@ -92,6 +95,7 @@ struct net {
     float *probs;                      // (ws_batch, n_classes) softmax of the last forward
     int training;                      // 1 after a training forward (BN used batch stats)
     int grads_zero;                    // 1 while the gradient arena is known to be all zero
+    enum net_init init;                // the scheme of the running net_init_params_with
 };
 
 /* Builds a net (no parameter values yet: all zero). Validates every spec against its input
@@ -100,7 +104,12 @@ int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
                const struct net_layer_spec *specs, size_t n_specs, char *err, size_t errlen);
 /* Frees everything; NULL is a no-op. */
 void net_destroy(struct net *n);
-/* He-normal weights, zero biases, BN gamma 1 beta 0, running var 1. */
+/* Initial weights. NET_INIT_HE: He-normal weights (a residual branch's second conv at 0.1x
+ * when the block has no BN), zero biases. NET_INIT_TORCH: what PyTorch's Linear / Conv2d do
+ * by default, weights and biases uniform in +-1/sqrt(fan_in), no branch scaling (for
+ * like-for-like comparisons with torch). Both: BN gamma 1 beta 0, running var 1. */
+void net_init_params_with(struct net *n, uint64_t *rng, enum net_init scheme);
+/* net_init_params_with(n, rng, NET_INIT_HE). */
 void net_init_params(struct net *n, uint64_t *rng);
 /* Finds a tensor by layer index and suffix ("w", "b", "a", "gamma", "c1.w", ...); NULL if
  * absent. Borrowed, valid until the net is destroyed. */

@@ -59,6 +59,10 @@ float *net__g(const struct net *n, const struct net_layer *l, size_t k);
 
 /* He-normal fill: std = sqrt(2 / fan_in). */
 void net__he_fill(float *w, size_t count, size_t fan_in, uint64_t *rng);
+/* A layer's weights (count) and bias (n_bias, b may be NULL) by n->init: He-normal and zero
+ * bias, or torch's uniform +-1/sqrt(fan_in) for both. */
+void net__init_fill(const struct net *n, float *w, float *b, size_t count, size_t n_bias,
+                    size_t fan_in, uint64_t *rng);
 
 /* Row-major C (M, N) = op(A) op(B) + beta C (alpha 1; trans* != 0: that operand transposed).
  * A large product is cut into one block of C's rows (split_rows) or columns per OpenMP

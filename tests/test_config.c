@@ -115,6 +115,8 @@ TEST(defaults_applied)
     ASSERT_EQ(c.train.threads, 2);
     ASSERT_EQ(c.train.seed, 1);
     ASSERT_NEAR(c.train.log_every_seconds, 2.0, 0);
+    ASSERT_EQ(c.train.init, NET_INIT_HE);
+    ASSERT_EQ(c.data.normalize, CFG_NORM_STANDARD);
     ASSERT_EQ(c.adapt.enabled, 1);
     ASSERT_EQ(c.adapt.mode, SVD_MODE_SELECT);
     ASSERT_EQ(c.adapt.source, SVD_SRC_ACTIVATIONS);

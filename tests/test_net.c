@@ -1066,6 +1066,44 @@ TEST(optim_weight_decay_only_on_weights)
     ASSERT_FLT_OP(adam[5], ==, -0.2f);
 }
 
+TEST(init_schemes)
+{
+    // He: normal weights (std sqrt(2 / fan_in)), zero biases, branch conv2 at 0.1x without
+    // BN. Torch: uniform +-1/sqrt(fan_in) for weights and biases, no branch scaling.
+    struct net_shape in = shp(2, 6, 6);
+    const struct net_layer_spec s[] = {S_CONV(8, 3, 1, 1, 1), S_RES(8, 8, 1, 0), S_FLAT(),
+                                       S_DENSE(400, 1), S_DENSE(3, 1)};
+    for (int scheme = 0; scheme < 2; scheme++) {
+        struct net *n = mk(&in, 3, s, N_OF(s));
+        ASSERT(n);
+        uint64_t rng = 7;
+        net_init_params_with(n, &rng, scheme ? NET_INIT_TORCH : NET_INIT_HE);
+        const struct net_tensor *w = net_tensor_get(n, 3, "w"), *b = net_tensor_get(n, 3, "b");
+        const struct net_tensor *c2 = net_tensor_get(n, 1, "c2.w");
+        ASSERT(w && b && c2);
+        const float *wv = net_tensor_data(n, w), *bv = net_tensor_data(n, b);
+        const float *c2v = net_tensor_data(n, c2);
+        const double fan = 8.0 * 6 * 6, bound = 1.0 / sqrt(fan); // dense1: 288 inputs
+        double ss = 0.0, mx = 0.0, bmax = 0.0, c2ss = 0.0;
+        for (size_t i = 0; i < w->n; i++) ss += (double)wv[i] * wv[i], mx = fmax(mx, fabs(wv[i]));
+        for (size_t i = 0; i < b->n; i++) bmax = fmax(bmax, fabs(bv[i]));
+        for (size_t i = 0; i < c2->n; i++) c2ss += (double)c2v[i] * c2v[i];
+        const double sd = sqrt(ss / (double)w->n), c2sd = sqrt(c2ss / (double)c2->n);
+        if (!scheme) {
+            ASSERT_NEAR(sd, sqrt(2.0 / fan), 0.03 * sqrt(2.0 / fan)); // 115k draws
+            ASSERT_FLT_OP(bmax, ==, 0.0);
+            ASSERT_NEAR(c2sd, 0.1 * sqrt(2.0 / 72.0), 0.15 * 0.1 * sqrt(2.0 / 72.0));
+        } else {
+            ASSERT_FLT_OP(mx, <=, bound);
+            ASSERT_NEAR(sd, bound / sqrt(3.0), 0.03 * bound); // uniform: std = bound / sqrt(3)
+            ASSERT_FLT_OP(bmax, >, 0.5 * bound);
+            ASSERT_FLT_OP(bmax, <=, bound);
+            ASSERT_NEAR(c2sd, 1.0 / sqrt(72.0) / sqrt(3.0), 0.15 / sqrt(72.0));
+        }
+        net_destroy(n);
+    }
+}
+
 TEST(optim_step_leaves_gradients_zero)
 {
     // The update zeroes what it reads, so net_zero_grad can skip its memset; a backward in
