@@ -87,6 +87,10 @@ TEST(shipped_config_contents)
     ASSERT_EQ(c.data.val_split, 0);
     ASSERT_EQ(c.adapt.enabled, 0);
     ASSERT_NEAR(c.optimizer.weight_decay, 0, 0);
+    // torch_ref.py's set-up: torch's default init, pixels in [0, 1] (He init diverged to
+    // chance on this no-BN resnet for 2 seeds of 3).
+    ASSERT_EQ(c.train.init, NET_INIT_TORCH);
+    ASSERT_EQ(c.data.normalize, CFG_NORM_UNIT);
 
     ASSERT_EQ(cfg_load_file(&c, EW_SOURCE_DIR "/configs/tiny.json", err, sizeof err), 0);
     ASSERT_EQ(c.data.dataset, CFG_DATA_SYNTHETIC);
