@@ -42,7 +42,8 @@ static int expect_load_error(const char *text, const char *frag1, const char *fr
 
 TEST(shipped_configs_load)
 {
-    static const char *const files[] = {"default", "ref_mlp", "ref_cnn", "ref_resnet", "tiny"};
+    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
+                                        "tiny"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[512], err[512] = "";
         struct dmn_config c;
@@ -399,7 +400,8 @@ static int round_trip(const struct dmn_config *c)
 
 TEST(round_trip_identical)
 {
-    static const char *const files[] = {"default", "ref_mlp", "ref_cnn", "ref_resnet", "tiny"};
+    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
+                                        "tiny"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[512], err[512] = "";
         struct dmn_config c;
