@@ -18,6 +18,7 @@
  * than cores, libgomp's active waiting makes this binary ~10x slower: run it with
  * OMP_WAIT_POLICY=passive there. */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -875,25 +876,33 @@ static const float *prod_out(const struct net *n, const struct svd_gref *g, size
     return n->acts[g->layer + 1];
 }
 
-/* Kept channels equal bit for bit: a (old, C channels) channel idx[i] vs b (new) channel i. */
+/* Kept channels agree: a (old, C channels) channel idx[i] vs b (new) channel i, each value
+ * within a few ulps of the channel's scale. Bit equality is not promised: a BLAS may pick a
+ * different kernel (and summation order) for a different matrix width (OPENBLAS_CORETYPE). */
 static int channels_identical(const float *a, size_t Ca, const float *b, size_t Cb,
                               const long *idx, size_t B, size_t HW, int spatial)
 {
+    const size_t per = spatial ? B * HW : B;
     for (size_t i = 0; i < Cb; i++) {
         size_t j = (size_t)idx[i];
-        if (spatial) {
-            if (memcmp(a + j * B * HW, b + i * B * HW, B * HW * sizeof(float))) return 0;
-        } else {
-            for (size_t s = 0; s < B; s++)
-                if (memcmp(a + s * Ca + j, b + s * Cb + i, sizeof(float))) return 0;
+        float scale = 0.0f;
+        for (size_t s = 0; s < per; s++) {
+            float v = spatial ? a[j * B * HW + s] : a[s * Ca + j];
+            if (fabsf(v) > scale) scale = fabsf(v);
+        }
+        const float tol = 16.0f * FLT_EPSILON * (scale > 1e-30f ? scale : 1e-30f);
+        for (size_t s = 0; s < per; s++) {
+            float va = spatial ? a[j * B * HW + s] : a[s * Ca + j];
+            float vb = spatial ? b[i * B * HW + s] : b[s * Cb + i];
+            if (!(fabsf(va - vb) <= tol)) return 0;
         }
     }
     return 1;
 }
 
-/* After select, the producer's kept channels (and the channel-wise layers after it) are
- * bit-identical to the old net's, in eval and in training mode. */
-TEST(select_keeps_kept_units_bit_identical)
+/* After select, the producer's kept channels (and the channel-wise layers after it) equal
+ * the old net's to a few ulps (bit for bit where the same kernels run), in eval and in training mode. */
+TEST(select_keeps_kept_units_to_rounding)
 {
     setup();
     const size_t B = 16;
