@@ -61,26 +61,70 @@ static double dmn__val_cb(void *user, struct net *n)
     return l;
 }
 
-static void dmn__print_event(struct dmn_trainer *t, const char *text)
+cJSON *dmn_event_json(const struct svd_event *e)
+{
+    static const char *const modes[3] = {"rotate", "select", "factorize"};
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddNumberToObject(o, "step", (double)e->step);
+    cJSON_AddNumberToObject(o, "time", e->time);
+    cJSON_AddNumberToObject(o, "seconds", e->seconds);
+    cJSON_AddStringToObject(o, "mode", (unsigned)e->mode < 3 ? modes[e->mode] : "?");
+    cJSON_AddNumberToObject(o, "params_before", (double)e->params_before);
+    cJSON_AddNumberToObject(o, "params_after", (double)e->params_after);
+    if (e->target_params) cJSON_AddNumberToObject(o, "target_params", (double)e->target_params);
+    cJSON_AddNumberToObject(o, "kept", (double)svd_event_kept(e));
+    cJSON *wb = cJSON_AddObjectToObject(o, "widths_before");
+    cJSON *wa = cJSON_AddObjectToObject(o, "widths_after");
+    for (size_t i = 0; i < e->n_widths; i++) {
+        cJSON_AddNumberToObject(wb, e->widths[i].name, (double)e->widths[i].before);
+        cJSON_AddNumberToObject(wa, e->widths[i].name, (double)e->widths[i].after);
+    }
+    cJSON *arr = cJSON_AddArrayToObject(o, "changes");
+    for (size_t i = 0; i < e->n_changes; i++) {
+        const struct svd_change *c = &e->changes[i];
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddStringToObject(ch, "group", c->group);
+        cJSON_AddStringToObject(ch, "action", svd_action_name(c->action));
+        cJSON_AddStringToObject(ch, "reason", svd_reason_name(c->reason));
+        cJSON_AddNumberToObject(ch, "from", (double)c->from);
+        cJSON_AddNumberToObject(ch, "to", (double)c->to);
+        if (c->n_top) {
+            cJSON_AddNumberToObject(ch, "kept", (double)c->kept);
+            cJSON_AddNumberToObject(ch, "s_max", c->s_max);
+            cJSON_AddNumberToObject(ch, "s_min", c->s_min);
+            cJSON *top = cJSON_AddArrayToObject(ch, "top");
+            for (size_t j = 0; j < c->n_top; j++)
+                cJSON_AddItemToArray(top, cJSON_CreateNumber(c->top[j]));
+        }
+        if (c->judged) {
+            cJSON_AddNumberToObject(ch, "val_loss_before", c->val_before);
+            cJSON_AddNumberToObject(ch, "val_loss_after", c->val_after);
+            cJSON_AddBoolToObject(ch, "rolled_back", c->rolled_back);
+        }
+        if (c->action == SVD_ACT_SHRINK_RANK || c->action == SVD_ACT_GROW_RANK)
+            cJSON_AddBoolToObject(ch, "factorized", c->factorized);
+        if (c->error[0]) cJSON_AddStringToObject(ch, "error", c->error);
+        cJSON_AddItemToArray(arr, ch);
+    }
+    return o;
+}
+
+/* One line per pass that changed something: "adapt step N: conv1 32->24 ...; params a -> b". */
+static void dmn__print_event(struct dmn_trainer *t, const struct svd_event *e)
 {
     if (!t->log) return;
-    cJSON *e = cJSON_Parse(text);
-    if (!e) return;
-    fprintf(t->log, "adapt step %zu:", t->step);
-    cJSON *c;
-    cJSON_ArrayForEach(c, cJSON_GetObjectItem(e, "changes"))
-    {
-        const cJSON *rb = cJSON_GetObjectItem(c, "rolled_back"), *er = cJSON_GetObjectItem(c, "error");
-        fprintf(t->log, " %s %d->%d%s", cJSON_GetStringValue(cJSON_GetObjectItem(c, "group")),
-                (int)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "from")),
-                (int)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "to")),
-                er ? " (failed)" : cJSON_IsTrue(rb) ? " (rolled back)" : "");
+    int any = 0;
+    for (size_t i = 0; i < e->n_changes; i++) {
+        const struct svd_change *c = &e->changes[i];
+        if (c->action == SVD_ACT_KEEP || c->action == SVD_ACT_SKIP) continue;
+        if (!any++) fprintf(t->log, "adapt step %zu:", t->step);
+        fprintf(t->log, " %s %zu->%zu%s", c->group, c->from, c->to,
+                c->error[0] ? " (failed)" : c->rolled_back ? " (rolled back)" : "");
     }
-    fprintf(t->log, "; params %.0f -> %.0f\n",
-            cJSON_GetNumberValue(cJSON_GetObjectItem(e, "params_before")),
-            cJSON_GetNumberValue(cJSON_GetObjectItem(e, "params_after")));
+    if (!any) return;
+    fprintf(t->log, "; params %zu -> %zu\n", e->params_before, e->params_after);
     fflush(t->log);
-    cJSON_Delete(e);
 }
 
 int dmn_trainer_adapt_now(struct dmn_trainer *t)
@@ -98,13 +142,21 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
         memcpy(x + i * D, t->train.x + k * D, D * sizeof(float));
         y[i] = t->train.y[k];
     }
-    struct svd_ctx ctx = {x, y, B, dmn__val_cb, t, &t->rng, t->events};
-    char *event = NULL;
-    rc = svd_adapt(t->adapt->st, p, &t->net, t->step, &ctx, &event);
+    struct svd_ctx ctx = {x, y, B, dmn__val_cb, t, &t->rng};
+    struct svd_event ev;
+    rc = svd_adapt(t->adapt->st, p, &t->net, t->step, &ctx, &ev);
     net_reserve(t->net, t->cfg.train.batch_size);
-    if (event) {
+    if (rc >= 0) {
+        // Every pass is an event, so a user can see why a layer did not change.
+        cJSON *j = dmn_event_json(&ev);
+        char *event = j ? cJSON_PrintUnformatted(j) : NULL;
+        cJSON_Delete(j);
+        if (event && t->events) {
+            fprintf(t->events, "%s\n", event);
+            fflush(t->events);
+        }
         struct dmn_adapt *a = t->adapt;
-        if (a->n_events == a->cap_events) {
+        if (event && a->n_events == a->cap_events) {
             size_t cap = a->cap_events ? 2 * a->cap_events : 16;
             char **q = realloc(a->events, cap * sizeof(char *));
             if (q) {
@@ -112,12 +164,13 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
                 a->cap_events = cap;
             }
         }
-        dmn__print_event(t, event);
-        if (a->n_events < a->cap_events)
+        dmn__print_event(t, &ev);
+        if (event && a->n_events < a->cap_events)
             a->events[a->n_events++] = event;
         else
             free(event);
     }
+    svd_event_free(&ev);
 out:
     free(x);
     free(y);

@@ -89,7 +89,7 @@ static const char *const SCHED_NAMES[] = {"const", "step", "cosine", NULL};
 static const char *const MODE_NAMES[] = {"rotate", "select", "factorize", NULL};
 static const char *const SOURCE_NAMES[] = {"weights", "activations", NULL};
 static const char *const RULE_NAMES[] = {"relative", "energy", "gap", NULL};
-static const char *const GROW_NAMES[] = {"orthogonal", "gradmax", NULL};
+static const char *const GROW_NAMES[] = {"orthogonal", "gradmax", "mirror", NULL};
 
 // ---- string checks ----------------------------------------------------------------------
 
@@ -182,32 +182,39 @@ static const struct cfg_row CFG_ROWS[] = {
            "spectrum of the weights or of centred activations on a calibration batch"),
     R_ENUM("adapt", "rule", adapt.rule, RULE_NAMES, SVD_RULE_RELATIVE, RT,
            "rank rule: relative value, kept energy, or spectral gap"),
-    R_ENUM("adapt", "grow_mode", adapt.grow_mode, GROW_NAMES, SVD_GROW_ORTHOGONAL, RT,
-           "new units: orthogonal random fan-in, or GradMax fan-out"),
+    R_ENUM("adapt", "grow_mode", adapt.grow_mode, GROW_NAMES, SVD_GROW_MIRROR, RT,
+           "new units: orthogonal fan-in and zero fan-out, GradMax fan-out and zero fan-in, or "
+           "mirror pairs (orthogonal fan-in, cancelling fan-out +v / -v)"),
     R_DBL("adapt", "shrink_threshold", adapt.shrink_threshold, 0, 1, 0.05, RT,
           "relative rule: keep s_i >= shrink_threshold * s_1"),
     R_DBL("adapt", "energy_eps", adapt.energy_eps, 0, 1, 0.01, RT | HI_OPEN,
           "energy rule: keep 1 - energy_eps of sum s_i^2"),
     R_DBL("adapt", "gap_threshold", adapt.gap_threshold, 1, 1e6, 10, RT | LO_OPEN,
           "gap rule: cut at the first s_k / s_k+1 above this"),
-    R_DBL("adapt", "expand_threshold", adapt.expand_threshold, 0, 1, 0.5, RT,
-          "grow when the spectrum is flat: s_k / s_1 >= expand_threshold"),
-    R_DBL("adapt", "growth", adapt.growth, 0, 4, 0.25, RT | LO_OPEN,
+    R_DBL("adapt", "expand_threshold", adapt.expand_threshold, 0, 1, 0.85, RT,
+          "saturated (grows) when the rank rule at twice its cut keeps this fraction of the "
+          "width"),
+    R_DBL("adapt", "growth", adapt.growth, 0, 4, 1.0, RT | LO_OPEN,
           "grow by ceil(growth * width) units"),
     R_SIZE("adapt", "interval_steps", adapt.interval_steps, 1, NOMAX, 500, RT,
            "adapt every this many steps"),
     R_SIZE("adapt", "warmup_steps", adapt.warmup_steps, 0, NOMAX, 1000, RT,
            "no adaptation before this step"),
-    R_SIZE("adapt", "cooldown_steps", adapt.cooldown_steps, 0, NOMAX, 2000, RT,
-           "a grown layer is not re-examined for this many steps"),
+    R_SIZE("adapt", "cooldown_steps", adapt.cooldown_steps, 0, NOMAX, 1000, RT,
+           "a layer that changed is not re-examined for this many steps"),
     R_SIZE("adapt", "grow_patience", adapt.grow_patience, 1, 1e6, 2, RT,
-           "consecutive flat checks needed before growing"),
+           "consecutive saturated checks needed before growing"),
     R_SIZE("adapt", "calibration_samples", adapt.calibration_samples, 16, 65536, 512, RT,
            "samples in the calibration batch for activation spectra"),
     R_SIZE("adapt", "min_width", adapt.min_width, 1, 1 << 20, 4, RT, "no layer shrinks below"),
     R_SIZE("adapt", "max_width", adapt.max_width, 1, 1 << 20, 1024, RT, "no layer grows above"),
     R_SIZE("adapt", "param_budget", adapt.param_budget, 0, NOMAX, 0, RT,
            "growth stops at this many parameters (0 = no cap)"),
+    R_SIZE("adapt", "target_params", adapt.target_params, 0, NOMAX, 0, RT,
+           "steer the whole net into [0.95, 1] x this many parameters, from either side "
+           "(0 = off: per-layer thresholds decide)"),
+    R_DBL("adapt", "target_step", adapt.target_step, 0, 1, 0.5, RT | LO_OPEN,
+          "a target pass changes at most this fraction of the parameters"),
     R_DBL("adapt", "max_loss_jump", adapt.max_loss_jump, 0, 1e6, 0.1, RT,
           "roll back a surgery whose validation loss rises by more than this"),
     R_BOOL("adapt", "enable_shrink", adapt.enable_shrink, 1, RT, "allow shrinking"),

@@ -245,35 +245,80 @@ void svd_group_name(const struct net *n, const struct svd_gref *g, char *out, si
 
 // ---- activations -----------------------------------------------------------------------
 
-int svd__reader_acts(const struct net *n, const struct svd__group *g, size_t r, size_t B,
-                     size_t max_rows, float **h, size_t *N)
+/* Where reader r's activations live after a forward pass: src, as (C, B, H, W) planes of HW
+ * when spatial, else (B, C). -EINVAL when the reader does not see the group's m channels. */
+static int svd__reader_src(const struct net *n, const struct svd__group *g, size_t r,
+                           const float **src, size_t *HW, int *spatial)
 {
     const struct svd__reader *rd = &g->readers[r];
-    const float *src;
-    size_t m = g->m, rows, HW;
-    int spatial;
     if (rd->ws_res >= 0) {
         const struct net_layer *l = &n->layers[rd->ws_res];
-        src = l->ws; // h1 (width, B, OH, OW) is the first block of a res workspace
-        HW = l->out.h * l->out.w;
-        spatial = 1;
-    } else {
-        const struct net_shape *s = rd->act == 0 ? &n->in_shape : &n->layers[rd->act - 1].out;
-        src = n->acts[rd->act];
-        HW = s->h * s->w;
-        spatial = s->spatial;
-        if (s->c != m) return -EINVAL;
+        *src = l->ws;
+        *HW = l->out.h * l->out.w;
+        *spatial = 1;
+        return 0;
     }
-    rows = B * (spatial ? HW : 1);
-    size_t stride = (rows + max_rows - 1) / max_rows, Nout = (rows + stride - 1) / stride;
-    float *o = malloc(Nout * m * sizeof(float) + 1);
-    if (!o) return -ENOMEM;
-    for (size_t i = 0, q = 0; i < rows; i += stride, q++)
-        for (size_t j = 0; j < m; j++)
-            o[q * m + j] = spatial ? src[j * rows + i] : src[i * m + j];
-    *h = o;
-    *N = Nout;
+    const struct net_shape *s = rd->act == 0 ? &n->in_shape : &n->layers[rd->act - 1].out;
+    *src = n->acts[rd->act];
+    *HW = s->h * s->w;
+    *spatial = s->spatial;
+    return s->c == g->m ? 0 : -EINVAL;
+}
+
+int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const size_t *r,
+                         size_t ng, const float *x, size_t B, size_t max_rows, float **h,
+                         size_t *N)
+{
+    const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
+    size_t chunk = n->ws_batch ? n->ws_batch : 64;
+    if (chunk > B) chunk = B;
+    size_t *per = calloc(ng + 1, sizeof(size_t)), *stride = calloc(ng + 1, sizeof(size_t));
+    int rc = -ENOMEM;
+    for (size_t k = 0; k < ng; k++) h[k] = NULL, N[k] = 0;
+    if (!per || !stride) goto fail;
+    for (size_t k = 0; k < ng; k++) {
+        const float *src;
+        size_t HW;
+        int spatial;
+        if ((rc = svd__reader_src(n, g[k], r[k], &src, &HW, &spatial)) < 0) goto fail;
+        per[k] = spatial ? HW : 1;
+        const size_t rows = B * per[k];
+        stride[k] = (rows + max_rows - 1) / max_rows;
+        rc = -ENOMEM;
+        if (!(h[k] = malloc(((rows + stride[k] - 1) / stride[k]) * g[k]->m * sizeof(float) + 1)))
+            goto fail;
+    }
+    for (size_t b0 = 0; b0 < B; b0 += chunk) {
+        const size_t Bc = B - b0 < chunk ? B - b0 : chunk;
+        net_forward(n, x + b0 * D, NULL, Bc, 0);
+        for (size_t k = 0; k < ng; k++) {
+            const float *src;
+            size_t HW;
+            int spatial;
+            if ((rc = svd__reader_src(n, g[k], r[k], &src, &HW, &spatial)) < 0) goto fail;
+            const size_t m = g[k]->m, lrows = Bc * per[k], g0 = b0 * per[k], st = stride[k];
+            // The first global row of this chunk that is a multiple of the stride.
+            size_t i = (g0 + st - 1) / st * st - g0, q = N[k];
+            for (; i < lrows; i += st, q++)
+                for (size_t j = 0; j < m; j++)
+                    h[k][q * m + j] = spatial ? src[j * lrows + i] : src[i * m + j];
+            N[k] = q;
+        }
+    }
+    free(per);
+    free(stride);
     return 0;
+fail:
+    for (size_t k = 0; k < ng; k++) free(h[k]), h[k] = NULL;
+    free(per);
+    free(stride);
+    return rc;
+}
+
+int svd__calib_acts(struct net *n, const struct svd__group *g, size_t r, const float *x, size_t B,
+                    size_t max_rows, float **h, size_t *N)
+{
+    return svd__calib_acts_many(n, &g, &r, 1, x, B, max_rows, h, N);
 }
 
 // ---- the width change ------------------------------------------------------------------
@@ -387,9 +432,11 @@ int svd__group_apply(struct net **out, const struct net *n, const struct svd__gr
                 svd__cols_map(nn->m + tn->off, n->m + to->off, Qr, D0, m, m2, B_, 0);
                 svd__cols_map(nn->v + tn->off, n->v + to->off, Qr, D0, m, m2, B_, 1);
             }
-            if (new_cols && new_cols[ci] && m2 > m && B_ == 1)
+            if (new_cols && new_cols[ci] && m2 > m)
                 for (size_t o = 0; o < D0; o++)
-                    for (size_t j = m; j < m2; j++) sn[o * m2 + j] = new_cols[ci][o * (m2 - m) + j - m];
+                    for (size_t j = m; j < m2; j++)
+                        memcpy(sn + (o * m2 + j) * B_, new_cols[ci] + (o * (m2 - m) + j - m) * B_,
+                               B_ * sizeof(float));
         } else {
             if (to->n != tn->n) goto mismatch;
             memcpy(sn, so, to->n * sizeof(float));

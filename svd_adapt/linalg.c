@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
 #include <lapacke.h>
 
 #include "svd_adapt/svd_internal.h"
@@ -37,6 +38,64 @@ int svd__svd(const float *a, size_t m, size_t n, float *u, float *s, float *vt)
     lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, c,
                                      (lapack_int)n, s, u, (lapack_int)r, vt, (lapack_int)n);
     free(c);
+    return svd__info(info);
+}
+
+/* The Gram matrix h^T h / N in double (m x m, full). */
+static double *svd__gram(const float *h, size_t N, size_t m)
+{
+    float *g = calloc(m * m + 1, sizeof(float));
+    double *d = malloc((m * m + 1) * sizeof(double));
+    if (!g || !d) {
+        free(g);
+        free(d);
+        return NULL;
+    }
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)m, (int)N, 1.0f / (float)N, h,
+                (int)m, 0.0f, g, (int)m);
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = i; j < m; j++) d[i * m + j] = d[j * m + i] = g[i * m + j];
+    free(g);
+    return d;
+}
+
+int svd__gram_svals(const float *h, size_t N, size_t m, float *s)
+{
+    if (m == 0) return 0;
+    double *g = svd__gram(h, N, m), *w = malloc(m * sizeof(double));
+    if (!g || !w) {
+        free(g);
+        free(w);
+        return -ENOMEM;
+    }
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', (lapack_int)m, g, (lapack_int)m, w);
+    const size_t r = m < N ? m : N;
+    for (size_t i = 0; info == 0 && i < r; i++) {
+        double e = w[m - 1 - i]; // ascending from LAPACK
+        s[i] = e > 0.0 ? (float)sqrt(e) : 0.0f;
+    }
+    free(g);
+    free(w);
+    return svd__info(info);
+}
+
+int svd__gram_eig(const float *h, size_t N, size_t m, float *ev, float *vt)
+{
+    if (m == 0) return 0;
+    double *g = svd__gram(h, N, m), *w = malloc(m * sizeof(double));
+    if (!g || !w) {
+        free(g);
+        free(w);
+        return -ENOMEM;
+    }
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, g, (lapack_int)m, w);
+    for (size_t i = 0; info == 0 && i < m; i++) {
+        const size_t c = m - 1 - i; // column c of g is the eigenvector of w[c]
+        ev[i] = (float)w[c];
+        for (size_t j = 0; j < m; j++) vt[i * m + j] = (float)g[j * m + c];
+    }
+    free(g);
+    free(w);
     return svd__info(info);
 }
 

@@ -1,13 +1,32 @@
-/* svd_adapt/policy.c: when and how much to adapt, with hysteresis and rollback.
+/* svd_adapt/policy.c: when and how much to adapt, with hysteresis, a parameter target and
+ * rollback.
  *
  * One pass (svd_adapt) looks at every adaptable group (select / rotate) or every dense and
- * conv layer's rank (factorize). Per group it takes the spectrum, applies the rank rule and:
- *   shrinks when fewer directions than the width carry the energy (never below min_width);
- *   grows by ceil(growth * width) when the spectrum is flat (s_min / s_1 >= expand_threshold)
- *   on grow_patience consecutive checks, up to max_width and param_budget.
- * A grown group is not examined again for cooldown_steps, so a new direction with a small
- * singular value is not pruned straight away (the seed's grow / prune oscillation). Each
- * surgery is judged on the validation loss: a rise over max_loss_jump rolls it back.
+ * conv layer's rank (factorize). It runs one forward pass on the calibration batch (again only
+ * after a kept surgery), takes each group's spectrum (of the weight, or of the centred
+ * activations its consumers read, through their Gram matrix) and applies the rank rule:
+ *   kept    = directions the rank rule keeps (e.g. s_i >= shrink_threshold * s_1);
+ *   strict  = directions the rule keeps at twice its cut (2 x shrink_threshold, 2 x energy_eps,
+ *             gap_threshold / 2): the band between the two cuts is the hysteresis that stops a
+ *             freshly shrunk layer from counting as saturated.
+ * Without a target, per group:
+ *   shrink to `kept` when kept < width (never below min_width);
+ *   grow by ceil(growth * width) when the layer is saturated, strict / width >= expand_threshold,
+ *   on grow_patience consecutive checks (up to max_width and param_budget).
+ * With target_params T, the net moves into [0.95 T, T] from either side, by value per
+ * parameter across all groups (the rank rule's thresholds no longer decide):
+ *   above T: the tail directions of all groups compete; direction i of a group is worth
+ *            s_i^2 / mean(s^2) (its share of the layer's energy against an average direction)
+ *            divided by what one unit costs (its row, BN entries and every consumer column);
+ *            the cheapest value goes first until the net is at most T, skipping cuts that would
+ *            land under 0.95 T, at most target_step of the parameters per pass;
+ *   under 0.95 T: groups grow by ceil(growth * width), the most saturated per parameter first
+ *            (s_min^2 / mean(s^2) over the unit cost), never past T.
+ * A group that changed is not examined again for cooldown_steps (the seed's grow / prune
+ * oscillation); a target pass only shrinks above T and only grows below 0.95 T, so it never
+ * undoes its own steps. Each surgery is judged on the validation loss: a rise over
+ * max_loss_jump rolls it back (in a target pass the group's next cut is then halved).
+ * Every pass returns an event with one entry per group, changed or not, and why.
  * State per group (keyed by name, stable across surgeries) is kept for checkpoints. */
 #include <errno.h>
 #include <math.h>
@@ -16,16 +35,16 @@
 #include <string.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
-
 #include "svd_adapt/svd_internal.h"
 
 #define SVD_MAX_GROUPS 128
+#define SVD_SPEC_CAP 4096
 
 struct svd_gstate {
     char name[NET_NAME_MAX + 8];
-    uint64_t patience;       // consecutive flat checks
+    uint64_t patience;       // consecutive saturated checks
     uint64_t cooldown_until; // step before which the group is left alone
+    uint64_t backoff;        // target passes: consecutive rolled-back cuts
 };
 
 struct svd_state {
@@ -72,47 +91,111 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
     uint64_t cnt;
     if (len < sizeof(cnt)) return -EINVAL;
     memcpy(&cnt, data, sizeof(cnt));
-    if (cnt > SVD_MAX_GROUPS || len != sizeof(cnt) + cnt * sizeof(struct svd_gstate))
+    if (cnt > SVD_MAX_GROUPS) return -EINVAL;
+    // Before the backoff counter a group's state was 8 bytes shorter: still readable.
+    const size_t old = sizeof(struct svd_gstate) - sizeof(uint64_t);
+    if (len == sizeof(cnt) + cnt * sizeof(struct svd_gstate)) {
+        s->n = (size_t)cnt;
+        memcpy(s->g, (const unsigned char *)data + sizeof(cnt), s->n * sizeof(struct svd_gstate));
+    } else if (len == sizeof(cnt) + cnt * old) {
+        s->n = (size_t)cnt;
+        for (size_t i = 0; i < s->n; i++) {
+            memset(&s->g[i], 0, sizeof(s->g[i]));
+            memcpy(&s->g[i], (const unsigned char *)data + sizeof(cnt) + i * old, old);
+        }
+    } else {
         return -EINVAL;
-    s->n = (size_t)cnt;
-    memcpy(s->g, (const unsigned char *)data + sizeof(cnt), s->n * sizeof(struct svd_gstate));
+    }
     for (size_t i = 0; i < s->n; i++) s->g[i].name[sizeof(s->g[i].name) - 1] = 0;
     return 0;
 }
 
-// ---- one pass --------------------------------------------------------------------------
+// ---- events ------------------------------------------------------------------------------
 
-/* Per-layer parameter counts of the layers that have any. */
-static cJSON *svd__layer_params(const struct net *n)
+void svd_event_free(struct svd_event *e)
 {
-    cJSON *o = cJSON_CreateObject();
-    for (size_t i = 0; o && i < n->n_layers; i++) {
-        const struct net_layer *l = &n->layers[i];
-        size_t np = 0;
-        for (size_t t = l->t0; t < l->t0 + l->n_t; t++)
-            if (n->tensors[t].arena == NET_ARENA_PARAM) np += n->tensors[t].n;
-        if (np) cJSON_AddNumberToObject(o, l->spec.name, (double)np);
-    }
-    return o;
+    if (!e) return;
+    free(e->changes);
+    free(e->widths);
+    memset(e, 0, sizeof(*e));
 }
 
-static cJSON *svd__widths(const struct net *n)
+size_t svd_event_kept(const struct svd_event *e)
 {
-    cJSON *o = cJSON_CreateObject();
-    for (size_t i = 0; o && i < n->n_layers; i++) {
-        const struct net_layer *l = &n->layers[i];
-        if (l->spec.kind == NET_DENSE || l->spec.kind == NET_CONV)
-            cJSON_AddNumberToObject(o, l->spec.name, (double)l->spec.out);
-        else if (l->spec.kind == NET_RES) {
-            char k[NET_NAME_MAX + 8];
-            snprintf(k, sizeof(k), "%s.inner", l->spec.name);
-            cJSON_AddNumberToObject(o, k, (double)l->spec.width);
-            snprintf(k, sizeof(k), "%s.out", l->spec.name);
-            cJSON_AddNumberToObject(o, k, (double)l->spec.out);
+    size_t k = 0;
+    for (size_t i = 0; i < e->n_changes; i++) {
+        const struct svd_change *c = &e->changes[i];
+        if (c->action != SVD_ACT_KEEP && c->action != SVD_ACT_SKIP && !c->rolled_back &&
+            !c->error[0])
+            k++;
+    }
+    return k;
+}
+
+const char *svd_action_name(enum svd_action a)
+{
+    static const char *const names[] = {"keep", "shrink", "grow", "shrink_rank", "grow_rank",
+                                        "skip"};
+    return (unsigned)a < sizeof(names) / sizeof(names[0]) ? names[a] : "?";
+}
+
+const char *svd_reason_name(enum svd_reason r)
+{
+    static const char *const names[] = {"rank_rule", "saturated",  "target",     "fits",
+                                        "patience",  "cooldown",   "min_width",  "max_width",
+                                        "budget",    "target_met", "disabled",   "error"};
+    return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "?";
+}
+
+/* The next change entry. The array is sized once per pass (svd_adapt), so the pointers the
+ * pass keeps to its entries stay valid. */
+static struct svd_change *svd__change(struct svd_event *e, const char *group, size_t from)
+{
+    if (!e || !e->changes || e->n_changes >= e->cap_changes) return NULL;
+    struct svd_change *c = &e->changes[e->n_changes++];
+    memset(c, 0, sizeof(*c));
+    snprintf(c->group, sizeof(c->group), "%s", group);
+    c->from = c->to = from;
+    c->val_before = c->val_after = NAN;
+    return c;
+}
+
+static void svd__spec_summary(struct svd_change *c, const float *s, long r, size_t kept)
+{
+    if (!c || r <= 0) return;
+    c->s_max = s[0];
+    c->s_min = s[r - 1];
+    c->kept = kept;
+    c->n_top = (size_t)r < SVD_EV_TOP ? (size_t)r : SVD_EV_TOP;
+    memcpy(c->top, s, c->n_top * sizeof(float));
+}
+
+/* Widths of every adaptable group (or dense / conv layer in factorize mode). */
+static void svd__widths(struct svd_event *e, const struct net *n, int after)
+{
+    if (!e) return;
+    struct svd_gref g[SVD_MAX_GROUPS];
+    size_t ng = svd_groups(n, g, SVD_MAX_GROUPS);
+    if (!after) {
+        free(e->widths);
+        e->widths = calloc(ng + 1, sizeof(*e->widths));
+        e->n_widths = e->widths ? ng : 0;
+    }
+    for (size_t i = 0; i < ng; i++) {
+        char name[SVD_EV_NAME];
+        svd_group_name(n, &g[i], name, sizeof(name));
+        size_t w = svd_group_width(n, &g[i]);
+        for (size_t j = 0; j < e->n_widths; j++) {
+            if (after && !strcmp(e->widths[j].name, name)) e->widths[j].after = w;
+            if (!after && j == i) {
+                snprintf(e->widths[j].name, sizeof(e->widths[j].name), "%s", name);
+                e->widths[j].before = e->widths[j].after = w;
+            }
         }
     }
-    return o;
 }
+
+// ---- one pass ----------------------------------------------------------------------------
 
 /* Mean input of a dense / conv layer over the calibration batch, as fan-in values (a conv's
  * channel mean repeated over its K*K taps). n has run a forward pass on B samples. */
@@ -142,34 +225,30 @@ struct svd__pass {
     struct net **n;
     double val;        // validation loss of *n (NAN until needed)
     int kept;
-    cJSON *changes;
+    struct svd_event *ev;
 };
 
-/* Judges candidate c against *n; adopts or discards it. */
-static void svd__judge(struct svd__pass *ps, struct net *c, cJSON *ch)
+/* Judges candidate c against *n; adopts or discards it. Returns 1 if adopted. */
+static int svd__judge(struct svd__pass *ps, struct net *c, struct svd_change *ch)
 {
     if (isnan(ps->val)) ps->val = ps->ctx->val_loss(ps->ctx->user, *ps->n);
     double v = ps->ctx->val_loss(ps->ctx->user, c);
     int back = !(v - ps->val <= ps->p->max_loss_jump);
-    cJSON_AddNumberToObject(ch, "val_loss_before", ps->val);
-    cJSON_AddNumberToObject(ch, "val_loss_after", v);
-    cJSON_AddBoolToObject(ch, "rolled_back", back);
+    if (ch) {
+        ch->judged = 1;
+        ch->val_before = ps->val;
+        ch->val_after = v;
+        ch->rolled_back = back;
+    }
     if (back) {
         net_destroy(c);
-        return;
+        return 0;
     }
     net_destroy(*ps->n);
     *ps->n = c;
     ps->val = v;
     ps->kept++;
-}
-
-static void svd__spec_json(cJSON *ch, const float *s, long r)
-{
-    cJSON_AddNumberToObject(ch, "s_max", r > 0 ? s[0] : 0);
-    cJSON_AddNumberToObject(ch, "s_min", r > 0 ? s[r - 1] : 0);
-    cJSON *top = cJSON_AddArrayToObject(ch, "top");
-    for (long i = 0; i < r && i < 8; i++) cJSON_AddItemToArray(top, cJSON_CreateNumber(s[i]));
+    return 1;
 }
 
 /* The factorize mode's decision for one layer's rank. */
@@ -180,9 +259,21 @@ static void svd__rank_step(struct svd__pass *ps, struct svd_state *st, size_t la
     struct net *n = *ps->n;
     const struct net_layer *l = &n->layers[layer];
     struct svd_gstate *gs = svd__gs(st, l->spec.name);
-    if (step < gs->cooldown_until) return;
-    long r = svd_layer_spectrum(n, layer, s, 4096);
-    if (r <= 0) return;
+    const size_t R0 = l->spec.rank ? l->spec.rank : l->spec.out;
+    struct svd_change *ch = svd__change(ps->ev, l->spec.name, R0);
+    if (step < gs->cooldown_until) {
+        if (ch) ch->action = SVD_ACT_SKIP, ch->reason = SVD_WHY_COOLDOWN;
+        return;
+    }
+    long r = svd_layer_spectrum(n, layer, s, SVD_SPEC_CAP);
+    if (r <= 0) {
+        if (ch) {
+            ch->action = SVD_ACT_SKIP;
+            ch->reason = SVD_WHY_ERROR;
+            snprintf(ch->error, sizeof(ch->error), "spectrum failed");
+        }
+        return;
+    }
     const size_t m = l->spec.out;
     const struct net_tensor *tv = net_tensor_get(n, layer, l->spec.rank ? "v" : "w");
     const size_t fan = l->spec.rank ? tv->n / l->spec.rank : tv->n / m;
@@ -190,34 +281,38 @@ static void svd__rank_step(struct svd__pass *ps, struct svd_state *st, size_t la
     const size_t R = l->spec.rank ? l->spec.rank : (size_t)r;
     size_t k = svd_rank_rule(p, s, (size_t)r), target = R;
     if (k < p->min_width) k = p->min_width < (size_t)r ? p->min_width : (size_t)r;
-    const char *action = NULL;
+    svd__spec_summary(ch, s, r, k);
+    if (ch) ch->reason = SVD_WHY_FITS;
+    enum svd_action action = SVD_ACT_KEEP;
     if (p->enable_shrink && k < R) {
         target = k;
-        action = "shrink_rank";
+        action = SVD_ACT_SHRINK_RANK;
     } else if (p->enable_grow && l->spec.rank && s[R - 1] / s[0] >= p->expand_threshold) {
         if (++gs->patience >= p->grow_patience) {
             target = R + (size_t)ceil(p->growth * (double)R);
             if (target > (size_t)r) target = (size_t)r;
-            action = "grow_rank";
+            action = SVD_ACT_GROW_RANK;
+        } else if (ch) {
+            ch->reason = SVD_WHY_PATIENCE;
         }
     } else {
         gs->patience = 0;
     }
-    if (!action || target == R) return;
+    if (action == SVD_ACT_KEEP || target == R) return;
     // Factorized only while it saves parameters; otherwise back to (or stay) plain.
     size_t new_rank = (double)target < breakeven ? target : 0;
     if (new_rank == l->spec.rank) return;
-    if (!strcmp(action, "grow_rank")) {
+    if (action == SVD_ACT_GROW_RANK) {
         gs->cooldown_until = step + p->cooldown_steps;
         gs->patience = 0;
     }
-    cJSON *ch = cJSON_CreateObject();
-    cJSON_AddStringToObject(ch, "group", l->spec.name);
-    cJSON_AddStringToObject(ch, "action", action);
-    cJSON_AddNumberToObject(ch, "from", (double)R);
-    cJSON_AddNumberToObject(ch, "to", (double)target);
-    cJSON_AddBoolToObject(ch, "factorized", new_rank != 0);
-    svd__spec_json(ch, s, r);
+    if (ch) {
+        ch->action = action;
+        ch->reason = action == SVD_ACT_GROW_RANK ? SVD_WHY_SATURATED : SVD_WHY_RANK_RULE;
+        ch->from = R;
+        ch->to = target;
+        ch->factorized = new_rank != 0;
+    }
     char err[256];
     struct net *c = NULL;
     net_forward(n, ps->ctx->x, NULL, ps->ctx->B, 0);
@@ -225,73 +320,127 @@ static void svd__rank_step(struct svd__pass *ps, struct svd_state *st, size_t la
     int rc = svd_set_rank(&c, n, layer, new_rank, mu, ps->ctx->rng, err, sizeof(err));
     free(mu);
     if (rc < 0) {
-        cJSON_AddStringToObject(ch, "error", err);
+        if (ch) ch->reason = SVD_WHY_ERROR, snprintf(ch->error, sizeof(ch->error), "%s", err);
     } else {
         svd__judge(ps, c, ch);
     }
-    cJSON_AddItemToArray(ps->changes, ch);
 }
 
-/* The select / rotate modes' decision for one group's width. */
-static void svd__width_step(struct svd__pass *ps, struct svd_state *st, const struct svd_gref *g,
-                            size_t step, float *s)
+/* What the pass knows of one group before it decides. */
+struct svd__gi {
+    struct svd_gref ref;
+    char name[SVD_EV_NAME];
+    size_t m;          // width
+    long r;            // spectrum length (<= 0: none)
+    float *s;          // r values, descending
+    size_t kept, strict;
+    double cost;       // parameters one unit of this group costs
+    double mean_e;     // mean of s_i^2
+    int cooling;
+    struct svd_gstate *gs;
+    struct svd_change *ch;
+};
+
+/* Parameters one channel of the group costs: its producing rows (params only) and the
+ * columns every consumer spends on it. */
+static double svd__unit_cost(const struct net *n, const struct svd_gref *ref)
+{
+    struct svd__group g;
+    if (svd__group_build(n, ref, &g) < 0) return 0.0;
+    double c = 0.0;
+    for (size_t i = 0; i < g.n_rows; i++) {
+        const struct net_tensor *t = &n->tensors[g.rows[i].t];
+        if (t->arena == NET_ARENA_PARAM) c += (double)t->n / (double)g.m;
+    }
+    for (size_t i = 0; i < g.n_cols; i++) {
+        const struct net_tensor *t = &n->tensors[g.cols[i].t];
+        if (t->arena == NET_ARENA_PARAM) c += (double)t->n / (double)g.m;
+    }
+    return c;
+}
+
+/* The rank rule at twice its cut: the directions that clearly carry energy. */
+static size_t svd__strict(const struct svd_policy *p, const float *s, size_t r)
+{
+    struct svd_policy q = *p;
+    q.shrink_threshold = p->shrink_threshold * 2.0 < 1.0 ? p->shrink_threshold * 2.0 : 1.0;
+    q.energy_eps = p->energy_eps * 2.0 < 0.5 ? p->energy_eps * 2.0 : 0.5;
+    q.gap_threshold = p->gap_threshold / 2.0 > 1.0 ? p->gap_threshold / 2.0 : 1.0;
+    return svd_rank_rule(&q, s, r);
+}
+
+/* Spectra of the groups gi[i] with want[i] set, under the policy's source: activation spectra
+ * of all of them from one set of chunked forward passes on the calibration batch. */
+static void svd__measure(struct svd__pass *ps, struct svd__gi *gi, size_t ng, const int *want,
+                         float *s)
+{
+    struct net *n = *ps->n;
+    struct svd_gref *refs = calloc(ng + 1, sizeof(*refs));
+    long *r = malloc((ng + 1) * sizeof(long));
+    size_t *idx = malloc((ng + 1) * sizeof(size_t)), k = 0;
+    if (!refs || !r || !idx) goto out;
+    for (size_t i = 0; i < ng; i++)
+        if (want[i]) refs[k] = gi[i].ref, idx[k++] = i;
+    if (ps->p->source == SVD_SRC_ACTIVATIONS) {
+        if (svd__spectra_acts(n, refs, k, ps->ctx->x, ps->ctx->B, s, SVD_SPEC_CAP, r) < 0)
+            for (size_t j = 0; j < k; j++) r[j] = -ENOMEM;
+    } else {
+        for (size_t j = 0; j < k; j++)
+            r[j] = svd_spectrum_weights(n, &refs[j], s + j * SVD_SPEC_CAP, SVD_SPEC_CAP);
+    }
+    for (size_t j = 0; j < k; j++) {
+        struct svd__gi *x = &gi[idx[j]];
+        float *sj = x->s;
+        memcpy(sj, s + j * SVD_SPEC_CAP, (r[j] > 0 ? (size_t)r[j] : 0) * sizeof(float));
+        x->r = r[j];
+        x->kept = x->strict = 0;
+        if (x->r < 0) {
+            if (x->ch) {
+                x->ch->action = SVD_ACT_SKIP;
+                x->ch->reason = SVD_WHY_ERROR;
+                snprintf(x->ch->error, sizeof(x->ch->error), "%s",
+                         x->r == SVD_ENOCONV ? "SVD did not converge" : "spectrum failed");
+            }
+            continue;
+        }
+        if (x->r == 0 || !(sj[0] > 0.0f)) {
+            x->r = 0; // a dead layer: nothing to measure
+            continue;
+        }
+        x->kept = svd_rank_rule(ps->p, sj, (size_t)x->r);
+        x->strict = svd__strict(ps->p, sj, (size_t)x->r);
+        double e = 0.0;
+        for (long i = 0; i < x->r; i++) e += (double)sj[i] * sj[i];
+        x->mean_e = e / (double)x->r;
+        svd__spec_summary(x->ch, sj, x->r, x->kept);
+    }
+out:
+    free(refs);
+    free(r);
+    free(idx);
+}
+
+/* Builds and judges one width change of group gi to `target`. Returns 1 if kept. */
+static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
+                        enum svd_reason why, size_t step)
 {
     const struct svd_policy *p = ps->p;
     struct net *n = *ps->n;
-    char name[NET_NAME_MAX + 8];
-    svd_group_name(n, g, name, sizeof(name));
-    struct svd_gstate *gs = svd__gs(st, name);
-    if (step < gs->cooldown_until) return;
-    const size_t m = svd_group_width(n, g);
-    long r = p->source == SVD_SRC_ACTIVATIONS
-                 ? svd_spectrum_acts(n, g, ps->ctx->x, ps->ctx->B, s, 4096)
-                 : svd_spectrum_weights(n, g, s, 4096);
-    if (r < 0) {
-        // A failed decomposition skips this group's adaptation, and says so in the event.
-        cJSON *ch = cJSON_CreateObject();
-        cJSON_AddStringToObject(ch, "group", name);
-        cJSON_AddStringToObject(ch, "action", "skip");
-        cJSON_AddStringToObject(ch, "error", r == SVD_ENOCONV ? "SVD did not converge"
-                                                             : "spectrum failed");
-        cJSON_AddItemToArray(ps->changes, ch);
-        return;
-    }
-    if (r == 0 || !(s[0] > 0.0f)) return; // a dead layer: nothing to measure
-    size_t k = svd_rank_rule(p, s, (size_t)r);
-    if (k < p->min_width) k = p->min_width;
-    size_t target = m;
-    const char *action = NULL;
-    if (p->enable_shrink && k < m) {
-        target = k;
-        action = "shrink";
-        gs->patience = 0;
-    } else if (p->enable_grow && (size_t)r == m && s[r - 1] / s[0] >= p->expand_threshold &&
-               m < p->max_width) {
-        if (++gs->patience >= p->grow_patience) {
-            target = m + (size_t)ceil(p->growth * (double)m);
-            if (target > p->max_width) target = p->max_width;
-            action = "grow";
-        }
-    } else {
-        gs->patience = 0;
-    }
-    if (!action) return;
-    cJSON *ch = cJSON_CreateObject();
-    cJSON_AddStringToObject(ch, "group", name);
-    cJSON_AddStringToObject(ch, "action", action);
-    cJSON_AddNumberToObject(ch, "from", (double)m);
-    cJSON_AddNumberToObject(ch, "to", (double)target);
-    svd__spec_json(ch, s, r);
-    char err[256];
+    struct svd_change *ch = gi->ch;
+    char err[256] = "";
     struct net *c = NULL;
     int rc;
-    if (target < m) {
-        rc = svd_shrink(&c, n, g, target, p->mode, ps->ctx->x, ps->ctx->B, err, sizeof(err));
+    if (ch) {
+        ch->action = target < gi->m ? SVD_ACT_SHRINK : SVD_ACT_GROW;
+        ch->reason = why;
+        ch->to = target;
+    }
+    if (target < gi->m) {
+        rc = svd_shrink(&c, n, &gi->ref, target, p->mode, ps->ctx->x, ps->ctx->B, err,
+                        sizeof(err));
     } else {
-        gs->patience = 0;
-        gs->cooldown_until = step + p->cooldown_steps;
-        rc = svd_grow(&c, n, g, target - m, p->grow_mode, ps->ctx->x, ps->ctx->y, ps->ctx->B,
-                      ps->ctx->rng, err, sizeof(err));
+        rc = svd_grow(&c, n, &gi->ref, target - gi->m, p->grow_mode, ps->ctx->x, ps->ctx->y,
+                      ps->ctx->B, ps->ctx->rng, err, sizeof(err));
         if (rc == 0 && p->param_budget && c->n_params > p->param_budget) {
             snprintf(err, sizeof(err), "param_budget %zu reached (%zu)", p->param_budget,
                      c->n_params);
@@ -299,59 +448,325 @@ static void svd__width_step(struct svd__pass *ps, struct svd_state *st, const st
             rc = -ENOSPC;
         }
     }
-    if (rc < 0)
-        cJSON_AddStringToObject(ch, "error", err);
-    else
-        svd__judge(ps, c, ch);
-    cJSON_AddItemToArray(ps->changes, ch);
+    // Training has moved this group: leave it alone for the cool-down either way.
+    gi->gs->patience = 0;
+    gi->gs->cooldown_until = step + p->cooldown_steps;
+    if (rc < 0) {
+        if (ch) {
+            ch->reason = SVD_WHY_ERROR;
+            snprintf(ch->error, sizeof(ch->error), "%s", err);
+        }
+        return 0;
+    }
+    return svd__judge(ps, c, ch);
+}
+
+/* Per-group thresholds (no target). */
+static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t step)
+{
+    const struct svd_policy *p = ps->p;
+    struct svd_gstate *gs = gi->gs;
+    struct svd_change *ch = gi->ch;
+    if (gi->r <= 0) return;
+    gi->cost = svd__unit_cost(*ps->n, &gi->ref);
+    size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
+    const int saturated = (size_t)gi->r == gi->m &&
+                          (double)gi->strict >= p->expand_threshold * (double)gi->m;
+    if (ch) ch->reason = SVD_WHY_FITS;
+    if (k < gi->m) {
+        if (!p->enable_shrink) {
+            if (ch) ch->reason = SVD_WHY_DISABLED;
+            return;
+        }
+        svd__surgery(ps, gi, k, SVD_WHY_RANK_RULE, step);
+        return;
+    }
+    if (gi->kept < gi->m && ch) ch->reason = SVD_WHY_MIN_WIDTH;
+    if (!saturated) {
+        gs->patience = 0;
+        return;
+    }
+    if (!p->enable_grow) {
+        if (ch) ch->reason = SVD_WHY_DISABLED;
+        return;
+    }
+    if (gi->m >= p->max_width) {
+        if (ch) ch->reason = SVD_WHY_MAX_WIDTH;
+        return;
+    }
+    if (++gs->patience < p->grow_patience) {
+        if (ch) ch->reason = SVD_WHY_PATIENCE;
+        return;
+    }
+    size_t target = gi->m + (size_t)ceil(p->growth * (double)gi->m);
+    if (target > p->max_width) target = p->max_width;
+    if (p->param_budget &&
+        (double)(*ps->n)->n_params + (double)(target - gi->m) * gi->cost > (double)p->param_budget) {
+        // Grow what still fits under the budget, or nothing.
+        double room = ((double)p->param_budget - (double)(*ps->n)->n_params) / gi->cost;
+        size_t fit = room > 0 ? (size_t)room : 0;
+        if (fit == 0) {
+            if (ch) ch->reason = SVD_WHY_BUDGET;
+            return;
+        }
+        target = gi->m + fit;
+    }
+    svd__surgery(ps, gi, target, SVD_WHY_SATURATED, step);
+}
+
+struct svd__cand {
+    double value; // energy share per parameter
+    size_t g;     // group index
+};
+
+static int svd__cand_cmp(const void *a, const void *b)
+{
+    double x = ((const struct svd__cand *)a)->value, y = ((const struct svd__cand *)b)->value;
+    return x < y ? -1 : x > y;
+}
+
+/* One round of the plan for a target above: how many tail directions each group gives up
+ * (cut[i]) to bring P down to `goal`, lowest energy share per parameter first. */
+static void svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi, size_t ng,
+                           const int *done, double P, double goal, size_t *cut)
+{
+    const double lo = 0.95 * (double)p->target_params;
+    size_t nc = 0;
+    for (size_t i = 0; i < ng; i++)
+        if (!done[i] && gi[i].m > p->min_width) nc += gi[i].m;
+    struct svd__cand *c = malloc((nc + 1) * sizeof(*c));
+    if (!c) return;
+    nc = 0;
+    for (size_t i = 0; i < ng; i++) {
+        if (done[i] || gi[i].m <= p->min_width) continue;
+        /* Each group may lose at most half its width per pass, less after rolled-back cuts.
+         * Directions beyond the spectrum (a layer wider than its fan-in) carry nothing. */
+        size_t maxcut = gi[i].m - p->min_width, half = gi[i].m / 2;
+        for (uint64_t b = 0; b < gi[i].gs->backoff && half > 1; b++) half /= 2;
+        if (half < 1) half = 1;
+        if (maxcut > half) maxcut = half;
+        for (size_t j = 0; j < maxcut; j++) {
+            size_t d = gi[i].m - 1 - j; // the (j+1)-th weakest direction
+            double e = d < (size_t)gi[i].r ? (double)gi[i].s[d] * gi[i].s[d] : 0.0;
+            c[nc].value = e / (gi[i].mean_e > 0 ? gi[i].mean_e : 1.0) / gi[i].cost;
+            c[nc].g = i;
+            nc++;
+        }
+    }
+    /* Within a group the values grow from its tail, so one global sort by value takes every
+     * group's directions tail first. */
+    qsort(c, nc, sizeof(*c), svd__cand_cmp);
+    for (size_t q = 0; q < nc && P > goal; q++) {
+        const double cost = gi[c[q].g].cost;
+        if (P - cost < lo) {
+            // This cut would land under 0.95 T: take a cheaper one if there is any.
+            int cheaper = 0;
+            for (size_t q2 = q + 1; q2 < nc && !cheaper; q2++)
+                cheaper = P - gi[c[q2].g].cost >= lo;
+            if (cheaper) continue;
+        }
+        cut[c[q].g]++;
+        P -= cost;
+    }
+    free(c);
+}
+
+/* Target above: cut the lowest-value tail directions across groups. Costs are measured
+ * afresh before each round, since shrinking a group also shrinks its consumer's columns. */
+static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t ng, size_t step)
+{
+    const struct svd_policy *p = ps->p;
+    const double T = (double)p->target_params, P0 = (double)(*ps->n)->n_params;
+    const double goal = P0 * (1.0 - p->target_step) > T ? P0 * (1.0 - p->target_step) : T;
+    int *done = calloc(ng + 1, sizeof(int));
+    size_t *cut = calloc(ng + 1, sizeof(size_t));
+    if (!done || !cut) goto out;
+    for (size_t i = 0; i < ng; i++) done[i] = gi[i].cooling || gi[i].r <= 0;
+    for (int round = 0; round < 3 && (double)(*ps->n)->n_params > goal; round++) {
+        for (size_t i = 0; i < ng; i++)
+            if (!done[i]) gi[i].cost = svd__unit_cost(*ps->n, &gi[i].ref);
+        memset(cut, 0, (ng + 1) * sizeof(size_t));
+        svd__plan_cuts(p, gi, ng, done, (double)(*ps->n)->n_params, goal, cut);
+        size_t any = 0;
+        for (size_t i = 0; i < ng; i++) {
+            if (!cut[i]) continue;
+            any++;
+            done[i] = 1;
+            if (svd__surgery(ps, &gi[i], gi[i].m - cut[i], SVD_WHY_TARGET, step))
+                gi[i].gs->backoff = 0;
+            else if (gi[i].ch && gi[i].ch->rolled_back)
+                gi[i].gs->backoff++;
+        }
+        if (!any) break;
+    }
+    for (size_t i = 0; i < ng; i++)
+        if (gi[i].ch && gi[i].ch->action == SVD_ACT_KEEP && !gi[i].cooling && gi[i].r > 0)
+            gi[i].ch->reason = gi[i].m <= p->min_width ? SVD_WHY_MIN_WIDTH : SVD_WHY_TARGET_MET;
+out:
+    free(done);
+    free(cut);
+}
+
+/* Target below: grow the most saturated groups per parameter, never past T. */
+static void svd__target_grow(struct svd__pass *ps, struct svd__gi *gi, size_t ng, size_t step)
+{
+    const struct svd_policy *p = ps->p;
+    const double T = (double)p->target_params;
+    struct svd__cand *c = malloc((ng + 1) * sizeof(*c));
+    if (!c) return;
+    size_t nc = 0;
+    for (size_t i = 0; i < ng; i++) {
+        if (gi[i].cooling || gi[i].r <= 0) continue;
+        if (gi[i].m >= p->max_width) {
+            if (gi[i].ch) gi[i].ch->reason = SVD_WHY_MAX_WIDTH;
+            continue;
+        }
+        double smin = (double)gi[i].s[gi[i].r - 1];
+        // Negated so the sort puts the most valuable first.
+        c[nc].value = -(smin * smin / (gi[i].mean_e > 0 ? gi[i].mean_e : 1.0)) / gi[i].cost;
+        c[nc].g = i;
+        nc++;
+    }
+    qsort(c, nc, sizeof(*c), svd__cand_cmp);
+    double P = (double)(*ps->n)->n_params;
+    const double cap = p->param_budget && (double)p->param_budget < T ? (double)p->param_budget : T;
+    const double goal = P * (1.0 + p->target_step) < cap ? P * (1.0 + p->target_step) : cap;
+    for (size_t q = 0; q < nc; q++) {
+        struct svd__gi *g = &gi[c[q].g];
+        g->cost = svd__unit_cost(*ps->n, &g->ref); // exact: earlier growth may have changed it
+        size_t extra = (size_t)ceil(p->growth * (double)g->m);
+        if (g->m + extra > p->max_width) extra = p->max_width - g->m;
+        double room = (goal - P) / g->cost;
+        if ((double)extra > room) extra = room > 0 ? (size_t)room : 0;
+        if (extra == 0) {
+            if (g->ch) g->ch->reason = SVD_WHY_BUDGET;
+            continue;
+        }
+        size_t before = (*ps->n)->n_params;
+        if (svd__surgery(ps, g, g->m + extra, SVD_WHY_TARGET, step))
+            P += (double)((*ps->n)->n_params - before);
+    }
+    for (size_t i = 0; i < ng; i++)
+        if (gi[i].ch && gi[i].ch->action == SVD_ACT_KEEP && !gi[i].cooling && gi[i].r > 0 &&
+            gi[i].ch->reason == SVD_WHY_RANK_RULE)
+            gi[i].ch->reason = SVD_WHY_TARGET_MET;
+    free(c);
+}
+
+static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t step)
+{
+    const struct svd_policy *p = ps->p;
+    struct svd_gref g[SVD_MAX_GROUPS];
+    const size_t ng = svd_groups(*ps->n, g, SVD_MAX_GROUPS);
+    struct svd__gi *gi = calloc(ng + 1, sizeof(*gi));
+    float *spec = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
+    float *tmp = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
+    int *want = calloc(ng + 1, sizeof(int));
+    if (!gi || !spec || !tmp || !want) goto out;
+    const double P0 = (double)(*ps->n)->n_params, T = (double)p->target_params;
+    const int target = p->target_params > 0;
+    const int in_band = target && P0 <= T && P0 >= 0.95 * T;
+    for (size_t i = 0; i < ng; i++) {
+        struct svd__gi *x = &gi[i];
+        x->ref = g[i];
+        x->s = spec + i * SVD_SPEC_CAP;
+        svd_group_name(*ps->n, &g[i], x->name, sizeof(x->name));
+        x->m = svd_group_width(*ps->n, &g[i]);
+        x->gs = svd__gs(st, x->name);
+        x->ch = svd__change(ps->ev, x->name, x->m);
+        x->cooling = step < x->gs->cooldown_until;
+        x->cost = svd__unit_cost(*ps->n, &g[i]);
+        if (x->cooling) {
+            if (x->ch) x->ch->action = SVD_ACT_SKIP, x->ch->reason = SVD_WHY_COOLDOWN;
+            continue;
+        }
+        if (in_band) {
+            if (x->ch) x->ch->reason = SVD_WHY_TARGET_MET;
+            continue; // nothing can change: no spectrum needed
+        }
+        if (!target && !p->enable_shrink && !p->enable_grow) {
+            if (x->ch) x->ch->reason = SVD_WHY_DISABLED;
+            continue;
+        }
+        if (x->ch) x->ch->reason = SVD_WHY_RANK_RULE;
+        want[i] = 1;
+    }
+    if (target && !in_band) {
+        const int up = P0 < 0.95 * T;
+        svd__measure(ps, gi, ng, want, tmp);
+        if (up && p->enable_grow)
+            svd__target_grow(ps, gi, ng, step);
+        else if (!up && p->enable_shrink)
+            svd__target_shrink(ps, gi, ng, step);
+        for (size_t i = 0; i < ng; i++)
+            if (gi[i].ch && gi[i].ch->action == SVD_ACT_KEEP && gi[i].ch->reason == SVD_WHY_RANK_RULE)
+                gi[i].ch->reason = (up ? p->enable_grow : p->enable_shrink) ? SVD_WHY_TARGET_MET
+                                                                            : SVD_WHY_DISABLED;
+    } else if (!target) {
+        /* Layers are never added or removed, so the references stay valid across surgeries.
+         * All spectra come from one set of forward passes, measured again for the groups
+         * still to come only after a surgery changed the net. */
+        int stale = 1, kept = ps->kept;
+        for (size_t i = 0; i < ng; i++) {
+            if (!want[i]) continue;
+            if (stale) {
+                svd__measure(ps, gi, ng, want, tmp);
+                stale = 0;
+            }
+            want[i] = 0;
+            svd__width_step(ps, &gi[i], step);
+            if (ps->kept != kept) stale = 1, kept = ps->kept;
+        }
+    }
+out:
+    free(gi);
+    free(spec);
+    free(tmp);
+    free(want);
+}
+
+static double svd__now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, size_t step,
-              const struct svd_ctx *ctx, char **event)
+              const struct svd_ctx *ctx, struct svd_event *ev)
 {
-    if (event) *event = NULL;
-    float *s = malloc(4096 * sizeof(float));
-    cJSON *ev = cJSON_CreateObject();
-    struct svd__pass ps = {p, ctx, n, NAN, 0, NULL};
-    if (!s || !ev) {
-        free(s);
-        cJSON_Delete(ev);
-        return -ENOMEM;
+    const double t0 = svd__now();
+    float *s = malloc(SVD_SPEC_CAP * sizeof(float));
+    if (ev) memset(ev, 0, sizeof(*ev));
+    if (!s) return -ENOMEM;
+    struct svd__pass ps = {p, ctx, n, NAN, 0, ev};
+    if (ev) {
+        ev->step = step;
+        ev->time = (double)time(NULL);
+        ev->mode = p->mode;
+        ev->params_before = (*n)->n_params;
+        ev->target_params = p->target_params;
+        ev->cap_changes = (*n)->n_layers > SVD_MAX_GROUPS ? (*n)->n_layers : SVD_MAX_GROUPS;
+        ev->changes = calloc(ev->cap_changes, sizeof(*ev->changes));
+        if (!ev->changes) {
+            free(s);
+            return -ENOMEM;
+        }
+        svd__widths(ev, *n, 0);
     }
-    static const char *const modes[3] = {"rotate", "select", "factorize"};
-    cJSON_AddNumberToObject(ev, "step", (double)step);
-    cJSON_AddNumberToObject(ev, "time", (double)time(NULL));
-    cJSON_AddStringToObject(ev, "mode", modes[p->mode]);
-    cJSON_AddNumberToObject(ev, "params_before", (double)(*n)->n_params);
-    cJSON_AddItemToObject(ev, "widths_before", svd__widths(*n));
-    cJSON_AddItemToObject(ev, "layer_params_before", svd__layer_params(*n));
-    ps.changes = cJSON_CreateArray();
     if (p->mode == SVD_MODE_FACTORIZE) {
         for (size_t i = 0; i < (*n)->n_layers; i++) {
             enum net_kind k = (*n)->layers[i].spec.kind;
             if (k == NET_DENSE || k == NET_CONV) svd__rank_step(&ps, st, i, step, s);
         }
     } else {
-        struct svd_gref g[SVD_MAX_GROUPS];
-        size_t ng = svd_groups(*n, g, SVD_MAX_GROUPS);
-        // Layers are never added or removed, so the references stay valid across surgeries.
-        for (size_t i = 0; i < ng; i++) svd__width_step(&ps, st, &g[i], step, s);
+        svd__width_pass(&ps, st, step);
     }
-    int n_changes = cJSON_GetArraySize(ps.changes);
-    cJSON_AddItemToObject(ev, "changes", ps.changes);
-    cJSON_AddNumberToObject(ev, "params_after", (double)(*n)->n_params);
-    cJSON_AddItemToObject(ev, "widths_after", svd__widths(*n));
-    cJSON_AddItemToObject(ev, "layer_params_after", svd__layer_params(*n));
-    char *text = n_changes > 0 ? cJSON_PrintUnformatted(ev) : NULL;
-    if (ctx->events && text) {
-        fprintf(ctx->events, "%s\n", text);
-        fflush(ctx->events);
+    if (ev) {
+        ev->params_after = (*n)->n_params;
+        svd__widths(ev, *n, 1);
+        ev->seconds = svd__now() - t0;
     }
-    if (event)
-        *event = text;
-    else
-        cJSON_free(text);
-    cJSON_Delete(ev);
     free(s);
     return ps.kept;
 }

@@ -57,26 +57,54 @@ static void svd__centre(float *h, size_t N, size_t m, float *mu)
     }
 }
 
+int svd__spectra_acts(struct net *n, const struct svd_gref *refs, size_t ng, const float *x,
+                      size_t B, float *s, size_t cap, long *r)
+{
+    struct svd__group *g = calloc(ng + 1, sizeof(*g));
+    const struct svd__group **gp = calloc(ng + 1, sizeof(*gp));
+    size_t *rd = calloc(ng + 1, sizeof(size_t)), *N = calloc(ng + 1, sizeof(size_t)), k = 0;
+    float **h = calloc(ng + 1, sizeof(float *));
+    long *map = malloc((ng + 1) * sizeof(long));
+    int rc = -ENOMEM;
+    if (!g || !gp || !rd || !N || !h || !map) goto out;
+    for (size_t i = 0; i < ng; i++) {
+        map[i] = -1;
+        if ((r[i] = svd__group_build(n, &refs[i], &g[k])) < 0) continue;
+        if (g[k].m > cap) {
+            r[i] = -ENOSPC;
+            continue;
+        }
+        gp[k] = &g[k];
+        map[i] = (long)k++;
+    }
+    if ((rc = svd__calib_acts_many(n, gp, rd, k, x, B, SVD_MAX_ROWS, h, N)) < 0) goto out;
+    for (size_t i = 0; i < ng; i++) {
+        if (map[i] < 0) continue;
+        const size_t j = (size_t)map[i], m = g[j].m;
+        svd__centre(h[j], N[j], m, NULL);
+        // Singular values of H / sqrt(N) from the eigenvalues of the m x m Gram matrix
+        // H^T H / N: one syrk, O(N m^2), instead of an SVD of the N x m matrix.
+        int e = svd__gram_svals(h[j], N[j], m, s + i * cap);
+        r[i] = e < 0 ? e : (long)(m < N[j] ? m : N[j]);
+    }
+    rc = 0;
+out:
+    for (size_t i = 0; h && i < k; i++) free(h[i]);
+    free(g);
+    free(gp);
+    free(rd);
+    free(N);
+    free(h);
+    free(map);
+    return rc;
+}
+
 long svd_spectrum_acts(struct net *n, const struct svd_gref *ref, const float *x, size_t B,
                        float *s, size_t cap)
 {
-    struct svd__group g;
-    int rc = svd__group_build(n, ref, &g);
-    if (rc < 0) return rc;
-    net_forward(n, x, NULL, B, 0);
-    float *h;
-    size_t N;
-    if ((rc = svd__reader_acts(n, &g, 0, B, SVD_MAX_ROWS, &h, &N)) < 0) return rc;
-    svd__centre(h, N, g.m, NULL);
-    size_t r = g.m < N ? g.m : N;
-    if (r > cap) {
-        free(h);
-        return -ENOSPC;
-    }
-    rc = svd__svals(h, N, g.m, s);
-    free(h);
-    for (size_t i = 0; rc == 0 && i < r; i++) s[i] /= sqrtf((float)N);
-    return rc < 0 ? rc : (long)r;
+    long r;
+    int rc = svd__spectra_acts(n, ref, 1, x, B, s, cap, &r);
+    return rc < 0 ? rc : r;
 }
 
 size_t svd_rank_rule(const struct svd_policy *p, const float *s, size_t k)
@@ -128,8 +156,9 @@ static long svd__row_t(const struct svd__group *g, enum svd__rk kind)
  * y = P W_f x and its calibration mean m and variance v, gamma' = sqrt(v + eps),
  * beta' = m + P b_f, running mean = m (+ P b_f when the producer keeps a bias), running
  * var = v. In eval mode that BN is then exactly the identity on P (W_f x + b_f). */
-static int svd__shrink_rotate(struct net **out, struct net *n, const struct svd__group *g,
-                              size_t k, const float *x, size_t Bc, char *err, size_t errlen)
+static int svd__rotate_build(struct net **out, struct net *n, const struct svd__group *g,
+                             size_t k, const float *Pin, const float *Qin, const float *cin,
+                             const float *x, size_t Bc, char *err, size_t errlen)
 {
     const struct net_tensor *t = svd__main_w(n, g);
     const size_t m = g->m, L = t->n / m, r = m < L ? m : L;
@@ -155,16 +184,23 @@ static int svd__shrink_rotate(struct net **out, struct net *n, const struct svd_
             bf[i] = a * (bf[i] - mu[i]) + bet[i];
         }
     }
-    if ((rc = svd__svd(wf, m, L, u, s, vt)) < 0) {
-        snprintf(err, errlen, "SVD did not converge");
-        goto out;
+    if (Pin) {
+        memcpy(P, Pin, k * m * sizeof(float));
+    } else {
+        if ((rc = svd__svd(wf, m, L, u, s, vt)) < 0) {
+            snprintf(err, errlen, "SVD did not converge");
+            goto out;
+        }
+        for (size_t i = 0; i < k && i < r; i++)
+            for (size_t j = 0; j < m; j++) P[i * m + j] = u[j * r + i];
     }
-    for (size_t i = 0; i < k && i < r; i++)
-        for (size_t j = 0; j < m; j++) P[i * m + j] = u[j * r + i];
-    for (size_t rd = 0; rd < g->n_readers; rd++)
-        for (size_t j = 0; j < m; j++)
-            for (size_t i = 0; i < k && i < r; i++) Q[(rd * m + j) * k + i] = u[j * r + i];
-    if ((rc = svd__group_apply(&nn, n, g, k, P, Q, NULL, NULL, NULL, err, errlen)) < 0) goto out;
+    if (Qin)
+        memcpy(Q, Qin, g->n_readers * m * k * sizeof(float));
+    else
+        for (size_t rd = 0; rd < g->n_readers; rd++)
+            for (size_t j = 0; j < m; j++)
+                for (size_t i = 0; i < k; i++) Q[(rd * m + j) * k + i] = P[i * m + j];
+    if ((rc = svd__group_apply(&nn, n, g, k, P, Q, cin, NULL, NULL, err, errlen)) < 0) goto out;
     // The folded weight and bias, rotated, replace what the generic map produced.
     float *nw = net_tensor_data(nn, &nn->tensors[t - n->tensors]);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)k, (int)L, (int)m, 1.0f, P, (int)m,
@@ -201,8 +237,7 @@ static int svd__shrink_rotate(struct net **out, struct net *n, const struct svd_
         gz.n_readers = 1;
         gz.readers[0] = (struct svd__reader){bn_layer, -1};
         size_t N;
-        net_forward(n, x, NULL, Bc, 0);
-        if ((rc = svd__reader_acts(n, &gz, 0, Bc, SVD_MAX_ROWS, &h, &N)) < 0) {
+        if ((rc = svd__calib_acts(n, &gz, 0, x, Bc, SVD_MAX_ROWS, &h, &N)) < 0) {
             free(pb);
             goto out;
         }
@@ -247,6 +282,102 @@ out:
     return rc;
 }
 
+/* Is there a nonlinearity (ReLU, max pool) between a units group's producer and its
+ * consumers? Then rotating the producer's rows does not rotate what the consumers read. */
+static int svd__nonlinear(const struct net *n, const struct svd__group *g)
+{
+    if (g->ref.kind != SVD_G_UNITS) return 0;
+    for (size_t i = g->ref.layer + 1; i < n->n_layers; i++) {
+        enum net_kind k = n->layers[i].spec.kind;
+        if (k == NET_RELU || k == NET_MAXPOOL) return 1;
+        if (k == NET_DENSE || k == NET_CONV || k == NET_RES) return 0;
+    }
+    return 0;
+}
+
+/* rotate through a nonlinearity: the rotation is that of the pre-activations (the producer's
+ * output, BN folded in: the BN layer's output in eval form) on the calibration batch, the top
+ * k principal directions P (k x m); then every consumer is refitted by least squares to read
+ * the new k channels in place of the old m, h_old ~ T^T h_new + c (as select does), with the
+ * leftover c into the consumer's bias. */
+static int svd__shrink_rotate_nl(struct net **out, struct net *n, const struct svd__group *g,
+                                 size_t k, const float *x, size_t Bc, char *err, size_t errlen)
+{
+    const size_t m = g->m, nr = g->n_readers;
+    const long tg = svd__row_t(g, SVD_RK_GAMMA);
+    size_t pre = g->ref.layer + 1; // acts index of the pre-activation
+    if (tg >= 0 && n->tensors[tg].layer == g->ref.layer + 1) pre = g->ref.layer + 2;
+    struct svd__group gz = *g;
+    gz.n_readers = 1;
+    gz.readers[0] = (struct svd__reader){pre, -1};
+    float *z = NULL, *ev = malloc(m * sizeof(float)), *V = malloc(m * m * sizeof(float));
+    float *P = malloc(k * m * sizeof(float)), *Q = calloc(nr * m * k, sizeof(float));
+    float *c = calloc(nr * m, sizeof(float)), *T = malloc(k * m * sizeof(float));
+    float *mo = malloc(m * sizeof(float)), *mn = malloc(k * sizeof(float));
+    float *ho = NULL, *hn = NULL;
+    struct net *nn = NULL;
+    size_t N;
+    int rc = -ENOMEM;
+    if (!ev || !V || !P || !Q || !c || !T || !mo || !mn) goto out;
+    if ((rc = svd__calib_acts(n, &gz, 0, x, Bc, SVD_MAX_ROWS, &z, &N)) < 0) goto out;
+    svd__centre(z, N, m, NULL);
+    if ((rc = svd__gram_eig(z, N, m, ev, V)) < 0) {
+        snprintf(err, errlen, "eigen-decomposition of the pre-activations failed");
+        goto out;
+    }
+    memcpy(P, V, k * m * sizeof(float)); // rows: the top k principal directions
+    if ((rc = svd__rotate_build(&nn, n, g, k, P, NULL, NULL, x, Bc, err, errlen)) < 0) goto out;
+    // What every reader sees before (n, m channels) and after (nn, k channels).
+    struct svd__group gn = *g;
+    gn.m = k;
+    for (size_t r = 0; r < nr; r++) {
+        size_t No, Nn;
+        free(ho);
+        free(hn);
+        ho = hn = NULL;
+        if ((rc = svd__calib_acts(n, g, r, x, Bc, SVD_MAX_ROWS, &ho, &No)) < 0) goto out;
+        if ((rc = svd__calib_acts(nn, &gn, r, x, Bc, SVD_MAX_ROWS, &hn, &Nn)) < 0) goto out;
+        if (No != Nn) {
+            rc = -EINVAL;
+            snprintf(err, errlen, "internal: reader rows differ after rotation");
+            goto out;
+        }
+        svd__centre(ho, No, m, mo);
+        svd__centre(hn, Nn, k, mn);
+        if ((rc = svd__lstsq(hn, ho, No, k, m, T)) < 0) {
+            snprintf(err, errlen, "least-squares refit after rotation is ill-conditioned");
+            goto out;
+        }
+        // h_old_j ~ mo_j + sum_i T[i][j] (h_new_i - mn_i)
+        float *Qr = Q + r * m * k, *cr = c + r * m;
+        for (size_t j = 0; j < m; j++) {
+            double cj = mo[j];
+            for (size_t i = 0; i < k; i++) {
+                Qr[j * k + i] = T[i * m + j];
+                cj -= (double)T[i * m + j] * mn[i];
+            }
+            cr[j] = (float)cj;
+        }
+    }
+    net_destroy(nn);
+    nn = NULL;
+    rc = svd__rotate_build(out, n, g, k, P, Q, c, x, Bc, err, errlen);
+out:
+    net_destroy(nn);
+    free(z);
+    free(ev);
+    free(V);
+    free(P);
+    free(Q);
+    free(c);
+    free(T);
+    free(mo);
+    free(mn);
+    free(ho);
+    free(hn);
+    return rc;
+}
+
 static int svd__shrink_select(struct net **out, struct net *n, const struct svd__group *g,
                               size_t k, const float *x, size_t B, char *err, size_t errlen)
 {
@@ -259,9 +390,21 @@ static int svd__shrink_select(struct net **out, struct net *n, const struct svd_
     float *A = NULL, *Bm = NULL, *T = NULL;
     int rc = -ENOMEM;
     if (!H || !mu || !N || !order || !P || !Q || !c) goto out;
-    net_forward(n, x, NULL, B, 0);
+    {
+        const struct svd__group **gp = malloc(nr * sizeof(*gp));
+        size_t *rd = malloc(nr * sizeof(size_t));
+        if (!gp || !rd) {
+            free(gp);
+            free(rd);
+            goto out;
+        }
+        for (size_t r = 0; r < nr; r++) gp[r] = g, rd[r] = r;
+        rc = svd__calib_acts_many(n, gp, rd, nr, x, B, SVD_MAX_ROWS / nr + 1, H, N);
+        free(gp);
+        free(rd);
+        if (rc < 0) goto out;
+    }
     for (size_t r = 0; r < nr; r++) {
-        if ((rc = svd__reader_acts(n, g, r, B, SVD_MAX_ROWS / nr + 1, &H[r], &N[r])) < 0) goto out;
         svd__centre(H[r], N[r], m, mu + r * m);
         Ntot += N[r];
     }
@@ -360,7 +503,9 @@ int svd_shrink(struct net **out, const struct net *n, const struct svd_gref *ref
             snprintf(err, errlen, "rotate with batch norm needs a calibration batch");
             return -EINVAL;
         }
-        return svd__shrink_rotate(out, (struct net *)n, &g, k, x, B, err, errlen);
+        if (x && B && svd__nonlinear(n, &g))
+            return svd__shrink_rotate_nl(out, (struct net *)n, &g, k, x, B, err, errlen);
+        return svd__rotate_build(out, (struct net *)n, &g, k, NULL, NULL, NULL, x, B, err, errlen);
     }
     if (!x || !B) {
         snprintf(err, errlen, "select needs a calibration batch");
@@ -431,13 +576,22 @@ static int svd__gradmax_cols(float *cols, struct net *n, const struct svd__group
     float *M = calloc(nc * L, sizeof(float)), *u = NULL, *s = NULL, *vt = NULL;
     int rc = -ENOMEM;
     if (!M) return rc;
+    /* M (nc x L) = dz^T (nc x B) . h (B x L), accumulated over chunks of the workspace batch
+     * (no workspace for all B samples is built). */
+    const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
+    size_t chunk = n->ws_batch ? n->ws_batch : 64;
+    if (chunk > B) chunk = B;
+    for (size_t b0 = 0; b0 < B; b0 += chunk) {
+        const size_t Bc = B - b0 < chunk ? B - b0 : chunk;
+        net_zero_grad(n);
+        net_forward(n, x + b0 * D, y + b0, Bc, 0);
+        net_backward(n, y + b0, Bc);
+        // The loss is a mean over the chunk: weigh each chunk by its share of the batch.
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)L, (int)Bc,
+                    (float)Bc / (float)B, n->dacts[cons + 1], (int)nc, n->acts[p], (int)L, 1.0f,
+                    M, (int)L);
+    }
     net_zero_grad(n);
-    net_forward(n, x, y, B, 0);
-    net_backward(n, y, B);
-    net_zero_grad(n);
-    /* M (nc x L) = dz^T (nc x B) . h (B x L) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)L, (int)B, 1.0f,
-                n->dacts[cons + 1], (int)nc, n->acts[p], (int)L, 0.0f, M, (int)L);
     size_t r = nc < L ? nc : L;
     u = malloc(nc * r * sizeof(float));
     s = malloc(r * sizeof(float));
@@ -462,6 +616,53 @@ out:
     return rc;
 }
 
+/* Mirror pairs: units 2q and 2q+1 (of the extra ones) share incoming row q of nw_pairs and
+ * read +v_q and -v_q in every consumer, so their contributions cancel (to rounding) and the
+ * function is unchanged, while both the rows and the columns get gradient at once. v_q is,
+ * per consumer column entry, random with the norm of half the existing columns' mean norm;
+ * for the dense consumer of a dense -> dense group in gradmax mode, the q-th top left singular
+ * vector of the gradient correlation (gm, (nc x extra) from svd__gradmax_cols). With an odd
+ * count the last unit keeps a zero fan-out (plain orthogonal growth). */
+static int svd__mirror_cols(float **cols, const struct net *n, const struct svd__group *g,
+                            size_t extra, const float *gm, uint64_t *rng)
+{
+    const size_t m = g->m, pairs = extra / 2;
+    for (size_t ci = 0; ci < g->n_cols; ci++) {
+        const struct net_tensor *t = &n->tensors[g->cols[ci].t];
+        const size_t B_ = g->cols[ci].block, D0 = t->dims[0];
+        const float *w = net_tensor_data(n, t);
+        if (!(cols[ci] = calloc(D0 * extra * B_ + 1, sizeof(float)))) return -ENOMEM;
+        double mean = 0.0;
+        for (size_t j = 0; j < m; j++) {
+            double sq = 0.0;
+            for (size_t o = 0; o < D0; o++)
+                for (size_t b = 0; b < B_; b++) {
+                    double v = w[(o * m + j) * B_ + b];
+                    sq += v * v;
+                }
+            mean += sqrt(sq) / (double)m;
+        }
+        if (!(mean > 0.0)) mean = 1.0 / sqrt((double)(D0 * B_));
+        for (size_t q = 0; q < pairs; q++) {
+            double nv = 0.0;
+            for (size_t o = 0; o < D0; o++)
+                for (size_t b = 0; b < B_; b++) {
+                    float v = gm && ci == 0 ? gm[o * extra + q] : net_rand_normal(rng);
+                    cols[ci][(o * extra + 2 * q) * B_ + b] = v;
+                    nv += (double)v * v;
+                }
+            const float sc = nv > 0.0 ? (float)(0.5 * mean / sqrt(nv)) : 0.0f;
+            for (size_t o = 0; o < D0; o++)
+                for (size_t b = 0; b < B_; b++) {
+                    float *a = &cols[ci][(o * extra + 2 * q) * B_ + b];
+                    *a *= sc;
+                    a[B_] = -*a; // unit 2q + 1
+                }
+        }
+    }
+    return 0;
+}
+
 int svd_grow(struct net **out, const struct net *n, const struct svd_gref *ref, size_t extra,
              enum svd_grow mode, const float *x, const uint8_t *y, size_t B, uint64_t *rng,
              char *err, size_t errlen)
@@ -476,14 +677,39 @@ int svd_grow(struct net **out, const struct net *n, const struct svd_gref *ref, 
     const struct net_tensor *t = svd__main_w(n, &g);
     const size_t L = t->n / m;
     float *P = calloc(m2 * m, sizeof(float)), *Q = calloc(g.n_readers * m * m2, sizeof(float));
-    float *nw = calloc(extra * L + 1, sizeof(float));
+    float *nw = calloc((extra + 1) * L + 1, sizeof(float));
     float *gcols[SVD__MAX_ENT] = {0};
     rc = -ENOMEM;
     if (!P || !Q || !nw) goto out;
     for (size_t i = 0; i < m; i++) P[i * m + i] = 1.0f;
     for (size_t r = 0; r < g.n_readers; r++)
         for (size_t i = 0; i < m; i++) Q[(r * m + i) * m2 + i] = 1.0f;
-    if (mode == SVD_GROW_GRADMAX && g.gradmax_ok >= 0 && x && y && B) {
+    const int mirror = mode == SVD_GROW_MIRROR;
+    if (mirror) {
+        // One orthogonal row per pair (and one for an odd last unit), each used twice.
+        const size_t rows = (extra + 1) / 2;
+        float *gm = NULL;
+        if ((rc = svd__orth_rows(nw, net_tensor_data(n, t), m, L, rows, 0.0f, rng)) < 0) {
+            snprintf(err, errlen, "mirror growth: SVD failed");
+            goto out;
+        }
+        for (size_t q = rows; q-- > 0;) {
+            memcpy(nw + 2 * q * L, nw + q * L, L * sizeof(float));
+            if (2 * q + 1 < extra) memcpy(nw + (2 * q + 1) * L, nw + q * L, L * sizeof(float));
+        }
+        if (g.gradmax_ok >= 0 && x && y && B) {
+            const size_t nc = n->layers[g.gradmax_ok].out.c;
+            if (!(gm = calloc(nc * extra + 1, sizeof(float)))) goto out;
+            if ((rc = svd__gradmax_cols(gm, (struct net *)n, &g, extra, x, y, B)) < 0) {
+                free(gm);
+                snprintf(err, errlen, "gradmax: SVD of the gradient correlation failed");
+                goto out;
+            }
+        }
+        rc = svd__mirror_cols(gcols, n, &g, extra, gm, rng);
+        free(gm);
+        if (rc < 0) goto out;
+    } else if (mode == SVD_GROW_GRADMAX && g.gradmax_ok >= 0 && x && y && B) {
         // Zero incoming rows (nw stays 0); outgoing columns of the one dense consumer.
         const size_t nc = n->layers[g.gradmax_ok].out.c;
         if (!(gcols[0] = calloc(nc * extra, sizeof(float)))) goto out;
@@ -501,6 +727,6 @@ out:
     free(P);
     free(Q);
     free(nw);
-    free(gcols[0]);
+    for (size_t i = 0; i < SVD__MAX_ENT; i++) free(gcols[i]);
     return rc;
 }

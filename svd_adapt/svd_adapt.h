@@ -14,7 +14,17 @@
 enum svd_mode { SVD_MODE_ROTATE, SVD_MODE_SELECT, SVD_MODE_FACTORIZE };
 enum svd_source { SVD_SRC_WEIGHTS, SVD_SRC_ACTIVATIONS };
 enum svd_rule { SVD_RULE_RELATIVE, SVD_RULE_ENERGY, SVD_RULE_GAP };
-enum svd_grow { SVD_GROW_ORTHOGONAL, SVD_GROW_GRADMAX };
+/* How new units are made (function unchanged in every mode):
+ *   orthogonal: incoming rows random, orthogonal to the old rows; outgoing columns zero
+ *               (forward-active, but the incoming rows get no gradient until the outgoing
+ *               columns have moved);
+ *   gradmax:    zero incoming rows; outgoing columns from the gradient correlation (dense ->
+ *               dense only; other groups grow orthogonally);
+ *   mirror:     units in pairs with the same random orthogonal incoming row and outgoing
+ *               columns +v and -v, which cancel: both sides get gradient from the first step.
+ *               v is random (scaled to half the existing columns' mean norm), or, for a dense
+ *               -> dense group, the top left singular vectors of the gradient correlation. */
+enum svd_grow { SVD_GROW_ORTHOGONAL, SVD_GROW_GRADMAX, SVD_GROW_MIRROR };
 
 struct svd_policy {
     int enabled;              // master switch for periodic adaptation
@@ -25,7 +35,8 @@ struct svd_policy {
     double shrink_threshold;  // relative rule: keep s_i >= shrink_threshold * s_1
     double energy_eps;        // energy rule: keep 1 - eps of sum s_i^2
     double gap_threshold;     // gap rule: cut at the first s_k / s_{k+1} > gap
-    double expand_threshold;  // grow when s_k / s_1 >= expand_threshold
+    double expand_threshold;  // saturated when kept / width >= expand_threshold, where kept
+                              // counts directions above twice the shrink cut (see policy.c)
     double growth;            // grow by ceil(growth * width)
     size_t interval_steps;    // adapt every this many steps ...
     size_t warmup_steps;      // ... after this many
@@ -34,6 +45,8 @@ struct svd_policy {
     size_t calibration_samples;
     size_t min_width, max_width;
     size_t param_budget;      // growth stops at this many parameters (0 = no cap)
+    size_t target_params;     // steer the whole net to [0.95, 1] x this (0 = off)
+    double target_step;       // a target pass moves at most this fraction of the parameters
     double max_loss_jump;     // roll back a surgery whose val loss rises more than this
     int enable_shrink, enable_grow;
 };
@@ -83,12 +96,14 @@ size_t svd_rank_rule(const struct svd_policy *p, const float *s, size_t k);
  * change through svd_set_rank). */
 int svd_shrink(struct net **out, const struct net *n, const struct svd_gref *g, size_t k,
                enum svd_mode mode, const float *x, size_t B, char *err, size_t errlen);
-/* Grows group g by extra channels: incoming rows random, orthogonal to the existing rows and
- * scaled to their median norm, zero bias, zero outgoing columns (orthogonal); or zero incoming
- * rows and outgoing columns from the top singular vectors of the gradient correlation on the
- * calibration batch (gradmax; needs labels y; dense -> dense groups only, others grow
- * orthogonally). The function is unchanged either way. gradmax runs a backward pass on n
- * and leaves its gradients zeroed. */
+/* Grows group g by extra channels (see enum svd_grow): orthogonal (incoming rows random,
+ * orthogonal to the existing rows and scaled to their median norm, zero bias, zero outgoing
+ * columns), gradmax (zero incoming rows, outgoing columns from the top singular vectors of the
+ * gradient correlation on the calibration batch; needs labels y; dense -> dense groups only,
+ * others grow orthogonally) or mirror (pairs with one orthogonal incoming row and outgoing
+ * columns +v / -v; v from the gradient correlation for dense -> dense groups when x and y are
+ * given). The function is unchanged to rounding. gradmax / mirror with a dense consumer run a
+ * backward pass on n and leave its gradients zeroed. */
 int svd_grow(struct net **out, const struct net *n, const struct svd_gref *g, size_t extra,
              enum svd_grow mode, const float *x, const uint8_t *y, size_t B, uint64_t *rng,
              char *err, size_t errlen);
@@ -105,7 +120,7 @@ long svd_layer_spectrum(const struct net *n, size_t layer, float *s, size_t cap)
 
 // ---- the policy loop ------------------------------------------------------------------
 
-/* Hysteresis counters per group and the JSON-lines event log. Owned by the trainer. */
+/* Hysteresis counters per group. Owned by the trainer. */
 struct svd_state;
 struct svd_state *svd_state_create(void);
 void svd_state_destroy(struct svd_state *s);
@@ -118,17 +133,78 @@ struct svd_ctx {
     double (*val_loss)(void *user, struct net *n); // validation loss of a candidate net
     void *user;
     uint64_t *rng;
-    FILE *events;          // JSON-lines event log (appended, flushed), may be NULL
 };
 
+// ---- events: what a pass did, as data (JSON is made where it is served or logged) ----------
+
+enum svd_action {
+    SVD_ACT_KEEP,        // looked at, unchanged (reason says why)
+    SVD_ACT_SHRINK,
+    SVD_ACT_GROW,
+    SVD_ACT_SHRINK_RANK, // factorize mode
+    SVD_ACT_GROW_RANK,
+    SVD_ACT_SKIP,        // not looked at, or the spectrum failed (error)
+};
+enum svd_reason {
+    SVD_WHY_RANK_RULE,   // shrink: the rank rule keeps fewer directions than the width
+    SVD_WHY_SATURATED,   // grow: saturated on grow_patience consecutive checks
+    SVD_WHY_TARGET,      // moved by target_params (value per parameter across groups)
+    SVD_WHY_FITS,        // keep: neither redundant nor saturated
+    SVD_WHY_PATIENCE,    // keep: saturated, waiting for grow_patience checks
+    SVD_WHY_COOLDOWN,    // skip: changed recently
+    SVD_WHY_MIN_WIDTH,   // keep: redundant but at min_width
+    SVD_WHY_MAX_WIDTH,   // keep: saturated but at max_width
+    SVD_WHY_BUDGET,      // keep: saturated but growth would pass param_budget / target
+    SVD_WHY_TARGET_MET,  // keep: target_params reached, or this group not chosen
+    SVD_WHY_DISABLED,    // keep: enable_shrink / enable_grow off
+    SVD_WHY_ERROR,       // the decomposition or the surgery failed (error says which)
+};
+#define SVD_EV_NAME 48
+#define SVD_EV_TOP 8
+struct svd_change {
+    char group[SVD_EV_NAME];
+    enum svd_action action;
+    enum svd_reason reason;
+    size_t from, to;     // width (or rank) before and after (to == from when kept)
+    size_t kept;         // directions the rank rule keeps (0 if no spectrum)
+    size_t n_top;        // spectrum summary: s_max, s_min and the top values
+    float s_max, s_min, top[SVD_EV_TOP];
+    int judged;          // a surgery was tried and judged on the validation loss
+    double val_before, val_after;
+    int rolled_back;
+    int factorized;      // rank actions: the layer is held as two factors afterwards
+    char error[256];
+};
+struct svd_width {
+    char name[SVD_EV_NAME];
+    size_t before, after;
+};
+struct svd_event {
+    size_t step;
+    double time;         // seconds since the epoch, when the pass began
+    double seconds;      // how long the pass took
+    enum svd_mode mode;
+    size_t params_before, params_after, target_params;
+    struct svd_change *changes;
+    size_t n_changes, cap_changes;
+    struct svd_width *widths; // every adaptable group (or dense / conv layer in factorize)
+    size_t n_widths;
+};
+void svd_event_free(struct svd_event *e);
+/* Surgeries kept in the event (shrinks and grows that were not rolled back). */
+size_t svd_event_kept(const struct svd_event *e);
+const char *svd_action_name(enum svd_action a);
+const char *svd_reason_name(enum svd_reason r);
+
 /* One adaptation pass at `step`: for each group, the spectrum, the rank rule, shrink or grow
- * within [min_width, max_width] and param_budget, cool-down and patience; a surgery whose
- * validation loss rises by more than max_loss_jump is rolled back. On change *n is replaced
- * (the old net freed) and optimizer moments follow. Returns the number of surgeries kept, or
- * a negative errno (the net is then unchanged). *event (may be NULL) receives a malloc'ed
- * JSON text of the event (step, widths and params before/after, spectra summary, losses). */
+ * within [min_width, max_width] and param_budget, cool-down and patience; with target_params,
+ * the net moves toward the target by value per parameter across groups instead. A surgery
+ * whose validation loss rises by more than max_loss_jump is rolled back. On change *n is
+ * replaced (the old net freed) and optimizer moments follow. Returns the number of surgeries
+ * kept, or a negative errno (the net is then unchanged). *ev (may be NULL) receives the pass,
+ * with one change entry per group looked at; free it with svd_event_free. */
 int svd_adapt(struct svd_state *s, const struct svd_policy *p, struct net **n, size_t step,
-              const struct svd_ctx *ctx, char **event);
+              const struct svd_ctx *ctx, struct svd_event *ev);
 
 /* Serialises the hysteresis counters for checkpoints (malloc'ed), and restores them. */
 int svd_state_save(const struct svd_state *s, void **out, size_t *len);

@@ -10,6 +10,12 @@
 int svd__svals(const float *a, size_t m, size_t n, float *s);
 /* Thin SVD a = u diag(s) vt: u (m x r), s (r), vt (r x n), r = min(m, n). */
 int svd__svd(const float *a, size_t m, size_t n, float *u, float *s, float *vt);
+/* Singular values of h / sqrt(N) (h: N x m), descending, min(N, m) of them, from the
+ * eigenvalues of the Gram matrix h^T h / N (float syrk, double eigen-solver). */
+int svd__gram_svals(const float *h, size_t N, size_t m, float *s);
+/* Eigen-decomposition of h^T h / N: ev (m, descending), vt (m x m, row i the i-th
+ * eigenvector, unit norm). */
+int svd__gram_eig(const float *h, size_t N, size_t m, float *ev, float *vt);
 /* Column order of h (N x m) by pivoted QR (LAPACK sgeqp3): the most independent first. */
 int svd__pivot_order(const float *h, size_t N, size_t m, int *order);
 /* Least squares with a small ridge: t (k x d) minimising ||b - a t||, a (N x k), b (N x d),
@@ -73,19 +79,25 @@ struct svd__group {
 
 /* Builds the description of group g of net n. -EINVAL if g is not adaptable. */
 int svd__group_build(const struct net *n, const struct svd_gref *g, struct svd__group *out);
-/* The activations reader r reads, as a row-major (N x m) matrix into h (malloc'ed), N rows
- * (samples, or samples x positions, subsampled to at most max_rows). n must have just run a
- * forward pass on B samples. */
-int svd__reader_acts(const struct net *n, const struct svd__group *g, size_t r, size_t B,
-                     size_t max_rows, float **h, size_t *N);
+/* The activations reader r of group g reads, as a row-major (N x m) matrix into h (malloc'ed):
+ * N rows (samples, or samples x positions) subsampled to at most max_rows, every stride-th
+ * row of the whole batch. Runs the forward passes itself (eval mode) on the B calibration
+ * samples x, in chunks of the net's workspace batch, so no workspace for B samples is built. */
+int svd__calib_acts(struct net *n, const struct svd__group *g, size_t r, const float *x, size_t B,
+                    size_t max_rows, float **h, size_t *N);
+/* The same for ng (group, reader) pairs in one set of forward passes: h[k], N[k]. */
+int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const size_t *r,
+                         size_t ng, const float *x, size_t B, size_t max_rows, float **h,
+                         size_t *N);
 
 /* Applies a linear change of width m -> m2 to every tensor of the group:
  *   producing rows:  new = P old         (P: m2 x m; v moments by P squared)
  *   consumer cols:   new = old Q_r       (Q: per reader r, m x m2, stacked n_readers times)
  *   consumer bias:   += W_old[:, j] c_r[j] summed over j (c: per reader, m; may be NULL)
  * For growth (m2 > m, P = [I; 0], Q = [I 0]) new rows take the defaults of their kind, and
- * new_w (m2 - m rows of the main weight) / new_cols (per SVD_RK col entry, (rows x (m2-m)
- * blocks), may be NULL) fill the new parts. */
+ * new_w (m2 - m rows of the main weight) / new_cols (per consumer column entry ci, laid out
+ * (D0 x (m2 - m) x block) like the tensor's own columns; an entry or the array may be NULL)
+ * fill the new parts. */
 int svd__group_apply(struct net **out, const struct net *n, const struct svd__group *g,
                      size_t m2, const float *P, const float *Q, const float *c,
                      const float *new_w, const float *const *new_cols, char *err, size_t errlen);
@@ -95,6 +107,11 @@ int svd__group_apply(struct net **out, const struct net *n, const struct svd__gr
  * already span R^L the new rows are only random. 0 or a negative errno. */
 int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, float norm,
                    uint64_t *rng);
+
+/* svd_spectrum_acts for ng groups in one set of (chunked) forward passes: the spectrum of
+ * refs[i] into s + i * cap, its length (or a negative errno) into r[i]. 0 or -ENOMEM. */
+int svd__spectra_acts(struct net *n, const struct svd_gref *refs, size_t ng, const float *x,
+                      size_t B, float *s, size_t cap, long *r);
 
 /* Row length of tensor t (elements per channel row). */
 size_t svd__rowlen(const struct net *n, size_t t);

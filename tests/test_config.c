@@ -126,11 +126,14 @@ TEST(defaults_applied)
     ASSERT_EQ(c.adapt.mode, SVD_MODE_SELECT);
     ASSERT_EQ(c.adapt.source, SVD_SRC_ACTIVATIONS);
     ASSERT_EQ(c.adapt.rule, SVD_RULE_RELATIVE);
-    ASSERT_EQ(c.adapt.grow_mode, SVD_GROW_ORTHOGONAL);
+    ASSERT_EQ(c.adapt.grow_mode, SVD_GROW_MIRROR);
+    ASSERT_NEAR(c.adapt.expand_threshold, 0.85, 0);
+    ASSERT_NEAR(c.adapt.growth, 1.0, 0);
+    ASSERT_EQ(c.adapt.target_params, 0);
     ASSERT_NEAR(c.adapt.shrink_threshold, 0.05, 0);
     ASSERT_NEAR(c.adapt.gap_threshold, 10, 0);
     ASSERT_EQ(c.adapt.interval_steps, 500);
-    ASSERT_EQ(c.adapt.cooldown_steps, 2000);
+    ASSERT_EQ(c.adapt.cooldown_steps, 1000);
     ASSERT_EQ(c.adapt.calibration_samples, 512);
     ASSERT_EQ(c.adapt.min_width, 4);
     ASSERT_EQ(c.adapt.max_width, 1024);

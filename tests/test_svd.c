@@ -30,6 +30,7 @@
 #include <lapacke.h>
 
 #include "net/net.h"
+#include "daemon/daemon_internal.h"
 #include "svd_adapt/svd_adapt.h"
 #include "tests/test.h"
 
@@ -1440,6 +1441,26 @@ static double val_loss_cb(void *user, struct net *n)
     return net_forward(n, v->x, v->y, v->B, 0);
 }
 
+/* One svd_adapt call with the event as the daemon logs it: *text is its JSON when the pass
+ * tried a surgery (a change other than keep / skip), else NULL. */
+static int adapt_text(struct svd_state *st, const struct svd_policy *p, struct net **n, size_t step,
+                      const struct svd_ctx *ctx, char **text)
+{
+    struct svd_event e;
+    int rc = svd_adapt(st, p, n, step, ctx, &e);
+    *text = NULL;
+    int tried = 0;
+    for (size_t i = 0; rc >= 0 && i < e.n_changes; i++)
+        tried |= e.changes[i].action != SVD_ACT_KEEP && e.changes[i].action != SVD_ACT_SKIP;
+    if (tried) {
+        cJSON *j = dmn_event_json(&e);
+        *text = j ? cJSON_PrintUnformatted(j) : NULL;
+        cJSON_Delete(j);
+    }
+    svd_event_free(&e);
+    return rc;
+}
+
 static struct svd_policy base_policy(void)
 {
     struct svd_policy p = {0};
@@ -1497,7 +1518,7 @@ TEST(adapt_keep_everything_is_identity)
             uint8_t *y = rand_y(B, 5, 72);
             struct vctx vc = {x, y, B, 0};
             uint64_t rng = 1;
-            struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, NULL};
+            struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
             struct svd_policy p = base_policy();
             p.mode = cfg[c].mode;
             p.source = cfg[c].src;
@@ -1510,7 +1531,7 @@ TEST(adapt_keep_everything_is_identity)
             struct net *before = n;
             struct svd_state *st = svd_state_create();
             char *ev = NULL;
-            int rc = svd_adapt(st, &p, &n, 100, &ctx, &ev);
+            int rc = adapt_text(st, &p, &n, 100, &ctx, &ev);
             if (rc != 0 || ev)
                 printf("    %s cfg %zu: rc %d event %s\n", defs[d].name, c, rc, ev ? ev : "-");
             ASSERT_EQ(rc, 0);
@@ -1530,10 +1551,16 @@ TEST(adapt_keep_everything_is_identity)
     }
 }
 
+/* The first change of an event that is a surgery (not keep / skip). */
 static cJSON *first_change(cJSON *ev)
 {
-    cJSON *ch = cJSON_GetObjectItem(ev, "changes");
-    return cJSON_IsArray(ch) ? cJSON_GetArrayItem(ch, 0) : NULL;
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(ev, "changes"))
+    {
+        const char *a = cJSON_GetStringValue(cJSON_GetObjectItem(c, "action"));
+        if (a && strcmp(a, "keep") && strcmp(a, "skip")) return c;
+    }
+    return NULL;
 }
 
 /* 12 units of which 3 are half-scaled duplicates: the energy rule must shrink to 9 (or to
@@ -1558,7 +1585,7 @@ TEST(adapt_shrinks_duplicates_respects_min_width_and_rolls_back)
         memcpy(params, n->params, n->n_params * sizeof(float));
         struct vctx vc = {x, y, B, 0};
         uint64_t rng = 1;
-        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, NULL};
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
         struct svd_policy p = base_policy();
         p.energy_eps = 1e-6;
         p.min_width = cases[c].min_width;
@@ -1566,7 +1593,7 @@ TEST(adapt_shrinks_duplicates_respects_min_width_and_rolls_back)
         struct svd_state *st = svd_state_create();
         char *ev = NULL;
         struct net *before = n;
-        int rc = svd_adapt(st, &p, &n, 10, &ctx, &ev);
+        int rc = adapt_text(st, &p, &n, 10, &ctx, &ev);
         ASSERT_EQ(rc, cases[c].rolled ? 0 : 1);
         ASSERT(ev != NULL);
         cJSON *j = cJSON_Parse(ev);
@@ -1627,9 +1654,9 @@ static int adapt_once(struct svd_state *st, const struct svd_policy *p, struct n
 {
     struct vctx vc = {x, y, B, 0};
     uint64_t rng = step;
-    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, NULL};
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
     char *text = NULL;
-    int rc = svd_adapt(st, p, n, step, &ctx, &text);
+    int rc = adapt_text(st, p, n, step, &ctx, &text);
     *ev = text ? cJSON_Parse(text) : NULL;
     free(text);
     return rc;
@@ -1712,13 +1739,20 @@ TEST(adapt_grows_flat_layer_with_patience_cooldown_and_limits)
     p.grow_patience = 1;
     p.param_budget = n->n_params + 1;
     struct net *before = n;
-    ASSERT_EQ(adapt_once(st3, &p, &n, 100, x, y, B, &ev), 0);
-    ASSERT(n == before);
-    ASSERT_EQ(n->layers[1].spec.out, 8);
-    ASSERT(ev != NULL);
-    ch = first_change(ev);
-    ASSERT_CONTAINS(cJSON_GetStringValue(cJSON_GetObjectItem(ch, "error")), "param_budget");
-    cJSON_Delete(ev);
+    {
+        struct vctx vc = {x, y, B, 0};
+        uint64_t rng = 3;
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st3, &p, &n, 100, &ctx, &e), 0);
+        ASSERT(n == before);
+        ASSERT_EQ(n->layers[1].spec.out, 8);
+        ASSERT_EQ(e.n_changes, 1);
+        ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+        ASSERT_EQ(e.changes[0].reason, SVD_WHY_BUDGET);
+        ASSERT_EQ(vc.calls, 0); // refused before any surgery was built
+        svd_event_free(&e);
+    }
     net_destroy(n);
     svd_state_destroy(st);
     svd_state_destroy(st2);
@@ -1767,7 +1801,7 @@ TEST(adapt_factorize_mode_sets_and_grows_rank)
     ASSERT_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(ch, "action")), "shrink_rank");
     ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(ch, "to")), 3);
     ASSERT(cJSON_IsTrue(cJSON_GetObjectItem(ch, "factorized")));
-    ASSERT_EQ(cJSON_GetArraySize(cJSON_GetObjectItem(ev, "changes")), 1);
+    ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(ev, "kept")), 1); // one surgery
     cJSON_Delete(ev);
     ASSERT_EQ(n->layers[1].spec.rank, 3);
     ASSERT_EQ(n->layers[1].spec.out, 12);
@@ -1795,46 +1829,290 @@ TEST(adapt_factorize_mode_sets_and_grows_rank)
     net_destroy(n);
 }
 
-/* The JSON-lines log in ctx->events gets one line per pass with changes, whether or not the
- * caller also asks for the event text. */
-TEST(adapt_event_log_is_written_with_and_without_event_out)
+/* Every pass leaves a trace: one entry per group, with the reason when nothing changed. */
+TEST(adapt_every_pass_is_an_event_with_reasons)
 {
     setup();
     const size_t m = 12, B = 64, dup[3] = {1, 6, 10}, src[3] = {3, 0, 8};
-    for (int want_text = 0; want_text < 2; want_text++) {
-        struct net *n = dup_net(m, dup, src, 3, 0.5f, 77, 0);
+    struct net *n = dup_net(m, dup, src, 3, 0.5f, 77, 0);
+    ASSERT(n != NULL);
+    float *x = rand_x(B * 36, 78);
+    uint8_t *y = rand_y(B, 5, 79);
+    struct vctx vc = {x, y, B, 0};
+    uint64_t rng = 1;
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+    struct svd_policy p = base_policy();
+    p.energy_eps = 1e-6;
+    p.max_loss_jump = 0.05;
+    p.cooldown_steps = 100;
+    struct svd_state *st = svd_state_create();
+    struct svd_event e;
+    ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
+    ASSERT_EQ(e.n_changes, 1);
+    ASSERT_STR_EQ(e.changes[0].group, "dense1");
+    ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+    ASSERT_EQ(e.changes[0].reason, SVD_WHY_RANK_RULE);
+    ASSERT_EQ(e.changes[0].to, 9);
+    ASSERT_EQ(svd_event_kept(&e), 1);
+    ASSERT_EQ(e.params_before - e.params_after, 3 * (36 + 1 + 5));
+    svd_event_free(&e);
+    // In the cool-down: skipped, and said so.
+    ASSERT_EQ(svd_adapt(st, &p, &n, 20, &ctx, &e), 0);
+    ASSERT_EQ(e.n_changes, 1);
+    ASSERT_EQ(e.changes[0].action, SVD_ACT_SKIP);
+    ASSERT_EQ(e.changes[0].reason, SVD_WHY_COOLDOWN);
+    svd_event_free(&e);
+    // After it: nothing redundant is left, nothing saturated (growth off): kept, "disabled"
+    // since it would not grow anyway; with growth on and a high bar: "fits".
+    ASSERT_EQ(svd_adapt(st, &p, &n, 200, &ctx, &e), 0);
+    ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+    ASSERT_EQ(e.changes[0].kept, 9);
+    svd_event_free(&e);
+    p.enable_grow = 1;
+    p.expand_threshold = 1.0;
+    p.energy_eps = 0.2; // strict rule at 2 x eps keeps fewer than all 9
+    p.enable_shrink = 0;
+    ASSERT_EQ(svd_adapt(st, &p, &n, 300, &ctx, &e), 0);
+    ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+    ASSERT(e.changes[0].reason == SVD_WHY_FITS || e.changes[0].reason == SVD_WHY_DISABLED);
+    cJSON *j = dmn_event_json(&e);
+    ASSERT(j != NULL);
+    cJSON *c0 = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "changes"), 0);
+    ASSERT_STR_EQ(cJSON_GetStringValue(cJSON_GetObjectItem(c0, "action")), "keep");
+    ASSERT(cJSON_GetStringValue(cJSON_GetObjectItem(c0, "reason")) != NULL);
+    cJSON_Delete(j);
+    svd_event_free(&e);
+    svd_state_destroy(st);
+    net_destroy(n);
+    free(x);
+    free(y);
+}
+
+// ---- 7. two-way adaptation: mirror growth, saturation, rotate through ReLU -----------------
+
+/* Mean fan-in gradient norm of rows [r0, r1) of the group's producing weight. */
+static double row_grad_norm(const struct net *n, const struct svd_gref *g, size_t r0, size_t r1)
+{
+    const struct net_tensor *t = main_w(n, g);
+    const size_t m = svd_group_width(n, g), L = t->n / m;
+    double acc = 0.0;
+    for (size_t i = r0; i < r1; i++) {
+        double sq = 0.0;
+        for (size_t j = 0; j < L; j++) {
+            double v = n->grads[t->off + i * L + j];
+            sq += v * v;
+        }
+        acc += sqrt(sq);
+    }
+    return acc / (double)(r1 - r0);
+}
+
+/* Mirror growth of every group kind: the function is unchanged to rounding (eval and
+ * training mode), and the new units' fan-in rows get gradient of the same order as the old
+ * units' at once and after a few SGD steps (zero fan-out growth starves them: checked too). */
+TEST(grow_mirror_every_group_kind_keeps_function_and_feeds_new_units)
+{
+    setup();
+    const size_t B = 32;
+    struct net_optim opt = {.kind = NET_SGD, .momentum = 0.9f};
+    for (size_t d = 0; d < N_OF(NETS); d++) {
+        struct net *n = mk(&NETS[d]);
         ASSERT(n != NULL);
-        float *x = rand_x(B * 36, 78);
-        uint8_t *y = rand_y(B, 5, 79);
-        struct vctx vc = {x, y, B, 0};
-        uint64_t rng = 1;
-        FILE *log = tmpfile();
-        ASSERT(log != NULL);
-        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, log};
-        struct svd_policy p = base_policy();
-        p.energy_eps = 1e-6;
-        p.max_loss_jump = 0.05;
-        struct svd_state *st = svd_state_create();
-        char *ev = NULL;
-        int rc = svd_adapt(st, &p, &n, 10, &ctx, want_text ? &ev : NULL);
-        rewind(log);
-        char line[8192] = "";
-        size_t lines = 0;
-        while (fgets(line, sizeof line, log)) lines++;
-        fclose(log);
-        if (lines != 1)
-            printf("    event out %s: %zu lines in the event log after a shrink\n",
-                   want_text ? "given" : "NULL", lines);
-        int same = !want_text || (ev && !strncmp(line, ev, strlen(ev)));
-        free(ev);
-        svd_state_destroy(st);
-        net_destroy(n);
+        init_net(n, 900 + d);
+        memset(n->m, 0, n->n_params * sizeof(float));
+        memset(n->v, 0, n->n_params * sizeof(float));
+        float *x = rand_x(B * in_numel(n), 910 + d);
+        uint8_t *y = rand_y(B, n->n_classes, 920 + d);
+        struct svd_gref g[16];
+        const size_t ng = svd_groups(n, g, 16);
+        for (size_t gi = 0; gi < ng; gi++) {
+            char name[64], err[256] = "";
+            svd_group_name(n, &g[gi], name, sizeof name);
+            const size_t m = svd_group_width(n, &g[gi]), extra = 3;
+            for (int mode = 0; mode < 2; mode++) {
+                struct net *gn = NULL;
+                uint64_t rng = 930 + gi;
+                enum svd_grow gm = mode ? SVD_GROW_MIRROR : SVD_GROW_ORTHOGONAL;
+                int rc = svd_grow(&gn, n, &g[gi], extra, gm, x, y, B, &rng, err, sizeof err);
+                if (rc) printf("    %s %s: %s\n", NETS[d].name, name, err);
+                ASSERT_EQ(rc, 0);
+                ASSERT_EQ(svd_group_width(gn, &g[gi]), m + extra);
+                for (int tr = 0; tr < 2; tr++) {
+                    double e = fn_change(n, gn, x, B, tr);
+                    if (!(e < 1e-5))
+                        printf("    %s %s (%s, %s): output moved by %g\n", NETS[d].name, name,
+                               mode ? "mirror" : "orthogonal", tr ? "train" : "eval", e);
+                    ASSERT_FLT_OP(e, <, 1e-5);
+                }
+                /* Gradient of the fan-in rows: new pairs (m .. m + 1) against the old units,
+                 * at the moment of growth and after 3 steps. */
+                double ratio[2];
+                for (int k = 0; k < 2; k++) {
+                    if (k)
+                        for (int st = 0; st < 3; st++) {
+                            net_zero_grad(gn);
+                            net_forward(gn, x, y, B, 1);
+                            net_backward(gn, y, B);
+                            net_optim_step(gn, &opt, 0.05f);
+                        }
+                    net_zero_grad(gn);
+                    net_forward(gn, x, y, B, 1);
+                    net_backward(gn, y, B);
+                    double old = row_grad_norm(gn, &g[gi], 0, m);
+                    double nw = row_grad_norm(gn, &g[gi], m, m + 2);
+                    ratio[k] = old > 0 ? nw / old : 0.0;
+                    net_zero_grad(gn);
+                }
+                if (mode) {
+                    if (!(ratio[0] > 0.05 && ratio[0] < 20 && ratio[1] > 0.05 && ratio[1] < 20))
+                        printf("    %s %s: new / old fan-in gradient %g at growth, %g after 3 "
+                               "steps\n",
+                               NETS[d].name, name, ratio[0], ratio[1]);
+                    ASSERT_FLT_OP(ratio[0], >, 0.05);
+                    ASSERT_FLT_OP(ratio[0], <, 20.0);
+                    ASSERT_FLT_OP(ratio[1], >, 0.05);
+                    ASSERT_FLT_OP(ratio[1], <, 20.0);
+                } else {
+                    ASSERT_FLT_OP(ratio[0], ==, 0.0); // zero fan-out: starved at growth
+                }
+                net_destroy(gn);
+            }
+        }
         free(x);
         free(y);
-        ASSERT_EQ(rc, 1);
-        ASSERT_EQ(lines, 1);
-        ASSERT(same);
+        net_destroy(n);
     }
+}
+
+/* The growth rule: a saturated layer (every direction carries energy) grows after
+ * grow_patience checks; a redundant one (duplicated units) never does, it shrinks. */
+TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
+{
+    setup();
+    const size_t B = 64, dup[4] = {1, 6, 10, 11}, src[4] = {3, 0, 8, 2};
+    struct svd_policy p = base_policy();
+    p.source = SVD_SRC_ACTIVATIONS;
+    p.rule = SVD_RULE_RELATIVE;
+    p.shrink_threshold = 0.05;
+    p.expand_threshold = 0.85;
+    p.enable_grow = 1;
+    p.grow_mode = SVD_GROW_MIRROR;
+    p.grow_patience = 2;
+    p.growth = 0.5;
+    p.min_width = 1;
+    for (int redundant = 0; redundant < 2; redundant++) {
+        struct net *n = redundant ? dup_net(12, dup, src, 4, 0.5f, 61, 0) : flat_net(61);
+        ASSERT(n != NULL);
+        const size_t m0 = n->layers[1].spec.out;
+        float *x = rand_x(B * 36, 62);
+        uint8_t *y = rand_y(B, 5, 63);
+        struct vctx vc = {x, y, B, 0};
+        uint64_t rng = 4;
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+        struct svd_state *st = svd_state_create();
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), redundant ? 1 : 0);
+        ASSERT_EQ(e.changes[0].action, redundant ? SVD_ACT_SHRINK : SVD_ACT_KEEP);
+        if (!redundant) ASSERT_EQ(e.changes[0].reason, SVD_WHY_PATIENCE);
+        svd_event_free(&e);
+        if (redundant) {
+            ASSERT_EQ(n->layers[1].spec.out, 8);
+            // The growth rule alone (no shrinking) on the redundant layer: it never grows.
+            struct net *r = dup_net(12, dup, src, 4, 0.5f, 61, 0);
+            struct svd_policy q = p;
+            q.enable_shrink = 0;
+            for (size_t step = 20; step < 25; step++) {
+                ASSERT_EQ(svd_adapt(st, &q, &r, step, &ctx, &e), 0);
+                ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+                ASSERT(e.changes[0].reason != SVD_WHY_PATIENCE);
+                ASSERT_LT(e.changes[0].kept, 12);
+                svd_event_free(&e);
+            }
+            ASSERT_EQ(r->layers[1].spec.out, 12);
+            net_destroy(r);
+        } else {
+            float *l0 = logits(n, x, B, 0);
+            ASSERT_EQ(svd_adapt(st, &p, &n, 11, &ctx, &e), 1);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_GROW);
+            ASSERT_EQ(e.changes[0].reason, SVD_WHY_SATURATED);
+            ASSERT_EQ(n->layers[1].spec.out, m0 + 4);
+            svd_event_free(&e);
+            float *l1 = logits(n, x, B, 0);
+            ASSERT_FLT_OP(rel_change(l0, l1, B * 5), <, 1e-5);
+            free(l0);
+            free(l1);
+        }
+        svd_state_destroy(st);
+        free(x);
+        free(y);
+        net_destroy(n);
+    }
+}
+
+/* Mean cross-entropy of n on (x, y). */
+static double batch_loss(struct net *n, const float *x, const uint8_t *y, size_t B)
+{
+    return net_forward(n, x, y, B, 0);
+}
+
+/* rotate through a ReLU (pre-activation PCA, consumers refitted by least squares) changes the
+ * loss and the output less than deleting the same number of units by index. */
+TEST(rotate_through_relu_beats_deletion_by_index)
+{
+    setup();
+    static const struct ndef d = {"relu", 1, 6, 6, 5, 1, 4,
+                                  {S_FLAT(), S_DENSE(16, 1), S_RELU(), S_DENSE(5, 1)}};
+    const size_t B = 256, k = 10;
+    struct net *n = mk(&d);
+    ASSERT(n != NULL);
+    init_net(n, 71);
+    float *x = rand_x(B * 36, 72), *xv = rand_x(B * 36, 73);
+    uint8_t *yv = rand_y(B, 5, 74);
+    // Labels from the net itself, so the loss is low and a damaged net shows it.
+    net_forward(n, xv, NULL, B, 0);
+    for (size_t i = 0; i < B; i++) {
+        const float *o = n->acts[n->n_layers] + i * 5;
+        size_t a = 0;
+        for (size_t c = 1; c < 5; c++)
+            if (o[c] > o[a]) a = c;
+        yv[i] = (uint8_t)a;
+    }
+    struct svd_gref g = {SVD_G_UNITS, 1};
+    char err[256] = "";
+    struct net *r = NULL;
+    ASSERT_EQ(svd_shrink(&r, n, &g, k, SVD_MODE_ROTATE, x, B, err, sizeof err), 0);
+    ASSERT_EQ(r->layers[1].spec.out, k);
+    // Deletion by index: keep units 0 .. k-1, drop the others' columns.
+    static struct ndef dk = {"relu_k", 1, 6, 6, 5, 1, 4,
+                             {S_FLAT(), S_DENSE(10, 1), S_RELU(), S_DENSE(5, 1)}};
+    struct net *del = mk(&dk);
+    ASSERT(del != NULL);
+    const float *w1 = net_tensor_data(n, net_tensor_get(n, 1, "w"));
+    const float *b1 = net_tensor_data(n, net_tensor_get(n, 1, "b"));
+    const float *w2 = net_tensor_data(n, net_tensor_get(n, 3, "w"));
+    const float *b2 = net_tensor_data(n, net_tensor_get(n, 3, "b"));
+    float *dw1 = net_tensor_data(del, net_tensor_get(del, 1, "w"));
+    float *db1 = net_tensor_data(del, net_tensor_get(del, 1, "b"));
+    float *dw2 = net_tensor_data(del, net_tensor_get(del, 3, "w"));
+    float *db2 = net_tensor_data(del, net_tensor_get(del, 3, "b"));
+    memcpy(dw1, w1, k * 36 * sizeof(float));
+    memcpy(db1, b1, k * sizeof(float));
+    for (size_t o = 0; o < 5; o++)
+        for (size_t j = 0; j < k; j++) dw2[o * k + j] = w2[o * 16 + j];
+    memcpy(db2, b2, 5 * sizeof(float));
+    const double l0 = batch_loss(n, xv, yv, B);
+    const double lr = batch_loss(r, xv, yv, B), ld = batch_loss(del, xv, yv, B);
+    const double er = fn_change(n, r, xv, B, 0), ed = fn_change(n, del, xv, B, 0);
+    printf("    loss %.4f: rotate %+.4f, delete by index %+.4f; output change %.3f vs %.3f\n", l0,
+           lr - l0, ld - l0, er, ed);
+    ASSERT_FLT_OP(fabs(lr - l0), <, fabs(ld - l0));
+    ASSERT_FLT_OP(er, <, ed);
+    net_destroy(r);
+    net_destroy(del);
+    net_destroy(n);
+    free(x);
+    free(xv);
+    free(yv);
 }
 
 // ---- 6. rank rules --------------------------------------------------------------------------

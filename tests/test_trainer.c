@@ -6,6 +6,8 @@
  * - Foreground training reaches a stated accuracy, and adaptation keeps it while shrinking. */
 #include <stdlib.h>
 #include <string.h>
+
+#include <cjson/cJSON.h>
 #include <unistd.h>
 
 #include "daemon/daemon.h"
@@ -87,6 +89,57 @@ TEST(adaptive_training_learns_and_shrinks)
     ASSERT_LT(t->net->n_params, p0);
     net_eval_free(&ev);
     dmn_trainer_destroy(t);
+}
+
+/* adapt.target_params from either side: a synthetic MLP started 4x above and 4x below the
+ * target ends within [0.95, 1] x target, moving in one direction only (every pass's
+ * params_after is on the same side of its params_before), and still learns. */
+TEST(target_params_reached_from_above_and_below)
+{
+    static const char cfg[] =
+        "{\"data\": {\"dataset\": \"synthetic\", \"val_split\": 64},"
+        " \"synthetic\": {\"n_train\": 1024, \"n_test\": 256, \"channels\": 1, \"height\": 8,"
+        "   \"width\": 8, \"classes\": 4, \"noise\": 0.3},"
+        " \"model\": [{\"type\": \"flatten\"}, {\"type\": \"dense\", \"out\": 48}, {\"type\": \"relu\"},"
+        "   {\"type\": \"dense\", \"out\": 32}, {\"type\": \"relu\"}, {\"type\": \"dense\", \"out\": 4}],"
+        " \"train\": {\"epochs\": 12, \"batch_size\": 32},"
+        " \"adapt\": {\"interval_steps\": 8, \"warmup_steps\": 8, \"cooldown_steps\": 16,"
+        "   \"calibration_samples\": 64, \"min_width\": 1}}";
+    for (int below = 0; below < 2; below++) {
+        struct dmn_config c;
+        char err[512];
+        ASSERT_EQ(cfg_load_json(&c, cfg, sizeof cfg - 1, err, sizeof err), 0);
+        struct dmn_trainer *t = NULL;
+        ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+        const size_t p0 = t->net->n_params, T = below ? 4 * p0 : p0 / 4;
+        t->cfg.adapt.target_params = T;
+        while (!dmn_trainer_done(t)) ASSERT_EQ(dmn_trainer_step(t), 0);
+        const size_t p1 = t->net->n_params;
+        printf("    start %zu, target %zu: ended at %zu (%.1f%% of the target)\n", p0, T, p1,
+               100.0 * (double)p1 / (double)T);
+        ASSERT_LE(p1, T);
+        ASSERT_GE((double)p1, 0.95 * (double)T);
+        // One direction only.
+        size_t moves = 0;
+        for (size_t i = 0; i < dmn__adapt_n_events(t); i++) {
+            cJSON *e = cJSON_Parse(dmn__adapt_event(t, i));
+            ASSERT(e != NULL);
+            double a = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "params_before"));
+            double b = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "params_after"));
+            if (below)
+                ASSERT_FLT_OP(b, >=, a);
+            else
+                ASSERT_FLT_OP(b, <=, a);
+            moves += a != b;
+            cJSON_Delete(e);
+        }
+        ASSERT_GE(moves, 2);
+        struct net_eval ev;
+        ASSERT_EQ(dmn_trainer_eval(t, &t->test, &ev), 0);
+        ASSERT_FLT_OP(ev.accuracy, >=, 0.9);
+        net_eval_free(&ev);
+        dmn_trainer_destroy(t);
+    }
 }
 
 TEST_MAIN()
