@@ -1,9 +1,14 @@
 /* daemon/daemon.h: the trainer and the process around it (owner: daemon/, prefix dmn_).
  *
+ * daemon/ owns the run: the config table (config.c, config.h), the trainer and its run loop
+ * (trainer.c), the adaptation glue (adapt.c), full run checkpoints (state.c) and evowidthd
+ * (queue.c, http.c, server.c, statedir.c; see server_internal.h). The `evowidth` command
+ * lives in cli/.
+ *
  * A `struct dmn_trainer` owns one run: its config, data sets, net, optimizer, schedule,
  * batcher and counters. It is driven one optimizer step at a time (dmn_trainer_step), by the
- * foreground `evowidth train` loop or by the daemon's trainer thread, which applies queued
- * commands between two steps. Only the thread driving a trainer may touch it.
+ * foreground `evowidth train` loop (cli/cmd.c) or by the daemon's trainer thread, which
+ * applies queued commands between two steps. Only the thread driving a trainer may touch it.
  * Errors: 0 or negative errno, with a reason in err. Nothing here exits. */
 #ifndef DMN_DAEMON_H
 #define DMN_DAEMON_H
@@ -70,28 +75,6 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
  * when force is set. */
 void dmn_trainer_progress(struct dmn_trainer *t, int force);
 
-/* Human-readable evaluation: loss, accuracy, per-class precision/recall/F1, confusion. */
-void dmn_print_eval(FILE *out, const char *title, const struct net_eval *ev);
-/* Per-layer widths, parameters and FLOPs. */
-void dmn_print_layers(FILE *out, const struct net *n);
-
-/* `evowidth train` / `evowidth eval` / `evowidth layers`: argc/argv after the subcommand.
- * Return a process exit code (0 ok, 1 failure, 2 usage). */
-int dmn_cmd_train(int argc, char **argv);
-int dmn_cmd_eval(int argc, char **argv);
-int dmn_cmd_layers(int argc, char **argv);
-
-// ---- compression tools on saved models (daemon/compress.c) --------------------------
-
-/* `evowidth compress | sweep | thin | export MODEL ...` (see each one's --help and
- * docs/COMPRESSION.md): SVD factorization, the CaffeSVD rank sweep, the SOMP-style thin
- * network, and Deep Compression into an EVWZ file. argc/argv start at the subcommand.
- * Return a process exit code (0 ok, 1 failure, 2 usage). */
-int dmn_cmd_compress(int argc, char **argv);
-int dmn_cmd_sweep(int argc, char **argv);
-int dmn_cmd_thin(int argc, char **argv);
-int dmn_cmd_export(int argc, char **argv);
-
 // ---- the daemon (daemon/server.c) ---------------------------------------------------
 
 struct dmn_server_opts {
@@ -104,17 +87,6 @@ struct dmn_server_opts {
 /* Runs evowidthd until it is stopped (POST /v1/stop, SIGTERM, SIGINT) and returns the process
  * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr). */
 int dmn_server_run(const struct dmn_server_opts *o);
-
-// ---- the client of a running daemon (daemon/client.c) ---------------------------------
-
-/* `evowidth status | layers | history | policy [get | set K=V ...] | pause | resume | adapt |
- * checkpoint | stop [--url URL] [--token-file F] [--json]`: argv[0] is the subcommand. Talks
- * HTTP to evowidthd with libcurl; prints tables, or raw JSON with --json. Returns the exit
- * code: 0 ok, 1 the daemon answered an error or could not be reached, 2 usage. */
-int dmn_cmd_client(int argc, char **argv);
-/* `evowidth layers`: with a MODEL argument, dmn_cmd_layers (a saved model); without one, the
- * client's `layers` (the running daemon's layers). */
-int dmn_cmd_layers_any(int argc, char **argv);
 
 /* libgomp reads OMP_WAIT_POLICY once, when it loads, before main. Its default spins between
  * parallel regions, which stalls every step behind a descheduled thread as soon as another

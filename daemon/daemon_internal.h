@@ -19,8 +19,6 @@ cJSON *dmn__adapt_events_json(struct dmn_trainer *t);
  * the trainer lives). */
 size_t dmn__adapt_n_events(const struct dmn_trainer *t);
 const char *dmn__adapt_event(const struct dmn_trainer *t, size_t i);
-/* Top singular values of every dense / conv weight (for `evowidth layers`). */
-void dmn__print_spectra(FILE *out, const struct net *n);
 /* Adds the configured group-lasso gradient (optimizer.group_lasso) to the net's grads. */
 void dmn__group_lasso(struct dmn_trainer *t);
 

@@ -1,6 +1,6 @@
 /* net/export.c: the compressed model file ("EVWZ") and the Deep Compression steps it stores.
  *
- * Pipeline (Han, Mao, Dally 2016), driven by daemon/compress.c:
+ * Pipeline (Han, Mao, Dally 2016), driven by cli/compress.c:
  *   1. magnitude pruning: per weight tensor, the given fraction of smallest |w| is set to 0 and
  *      stays 0 (a mask);
  *   2. weight sharing: per weight tensor, 1-D k-means on the surviving values (centroids

@@ -1,5 +1,9 @@
 /* net/net.h: the training engine's public interface (owner: net/).
  *
+ * net/ owns the numerics of a network and nothing above them: layers, arenas, forward /
+ * backward, optimizers, schedules, data sets, evaluation, model files, checkpoints and the
+ * compressed export. No cJSON, no threads of its own beyond OpenMP.
+ *
  * A `struct net` is a chain of layers described by `struct net_layer_spec` rows. Its
  * trainable tensors live in four float arenas of identical layout (params, grads, Adam m,
  * Adam v) built from one table of shapes; batch-norm running statistics live in a fifth

@@ -1,4 +1,4 @@
-/* tests/test_compress.c: the compression tools (daemon/compress.c, net/export.c) against the
+/* tests/test_compress.c: the compression tools (cli/compress.c, net/export.c) against the
  * claims of the compression issue.
  *
  * 1. SVD factorization: a rank equal to the full rank reproduces the model's outputs (dense and
@@ -28,7 +28,7 @@
 
 #include <zlib.h>
 
-#include "daemon/daemon.h"
+#include "cli/cli.h"
 #include "net/net.h"
 #include "svd_adapt/svd_adapt.h"
 #include "tests/test.h"

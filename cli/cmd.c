@@ -1,4 +1,4 @@
-/* daemon/cmd.c: the foreground subcommands of `evowidth`: train, eval, layers.
+/* cli/cmd.c: the foreground subcommands of `evowidth`: train, eval, layers.
  *
  * train: builds a trainer from a config, steps it to the end printing progress at a steady
  *        rate, evaluates on the test set, prints the summary, saves the model (a full run
@@ -14,6 +14,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "cli/cli.h"
 #include "daemon/daemon_internal.h"
 #include "svd_adapt/svd_adapt.h"
 
@@ -372,7 +373,7 @@ int dmn_cmd_layers(int argc, char **argv)
         return 1;
     }
     dmn_print_layers(stdout, n);
-    dmn__print_spectra(stdout, n);
+    dmn_print_spectra(stdout, n);
     net_destroy(n);
     return 0;
 }

@@ -1,4 +1,4 @@
-/* daemon/compress.c: `evowidth compress | sweep | thin | export`, tools on saved models.
+/* cli/compress.c: `evowidth compress | sweep | thin | export`, tools on saved models.
  *
  * compress: the SVD trick on one or all dense / conv layers (svd_set_rank: W ~ U_r (S_r V_r^T),
  *           the dropped part's effect on the mean input folded into the bias), a fixed rank
@@ -32,7 +32,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "daemon/daemon_internal.h"
+#include "cli/cli.h"
 #include "svd_adapt/svd_adapt.h"
 
 #define CMP_MAX_LAYERS 64
