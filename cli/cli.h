@@ -21,8 +21,11 @@
 
 // ---- foreground runs and saved models (cli/cmd.c) ----------------------------------------
 
-/* `evowidth train CONFIG [...]`: trains in the foreground and saves the run checkpoint.
- * `evowidth eval MODEL`, `evowidth layers MODEL`. */
+/* `evowidth train CONFIG [...]`: trains in the foreground through dmn_trainer_tick (the run
+ * loop evowidthd runs too) and writes the run checkpoint to -o MODEL periodically and at the
+ * end. SIGTERM / SIGINT finish the step, write MODEL and return 0; a second signal exits at
+ * once (128 + signal); `--resume` continues the run saved in MODEL. `evowidth eval MODEL`,
+ * `evowidth layers MODEL`. */
 int dmn_cmd_train(int argc, char **argv);
 int dmn_cmd_eval(int argc, char **argv);
 int dmn_cmd_layers(int argc, char **argv);

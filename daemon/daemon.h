@@ -6,9 +6,10 @@
  * lives in cli/.
  *
  * A `struct dmn_trainer` owns one run: its config, data sets, net, optimizer, schedule,
- * batcher and counters. It is driven one optimizer step at a time (dmn_trainer_step), by the
- * foreground `evowidth train` loop (cli/cmd.c) or by the daemon's trainer thread, which
- * applies queued commands between two steps. Only the thread driving a trainer may touch it.
+ * batcher and counters. It is driven one tick at a time (dmn_trainer_tick: a step, progress,
+ * validation, whether to checkpoint), by the foreground `evowidth train` loop (cli/cmd.c) or
+ * by the daemon's trainer thread (daemon/queue.c), which applies queued commands between two
+ * ticks. Only the thread driving a trainer may touch it.
  * Errors: 0 or negative errno, with a reason in err. Nothing here exits. */
 #ifndef DMN_DAEMON_H
 #define DMN_DAEMON_H
@@ -57,13 +58,27 @@ int dmn_trainer_step(struct dmn_trainer *t);
 int dmn_trainer_done(const struct dmn_trainer *t);
 /* Re-derives total steps and the schedule horizon after cfg.train.epochs changed. */
 void dmn_trainer_set_epochs(struct dmn_trainer *t, size_t epochs);
+/* Applies every runtime knob (CFG_RUNTIME row) of cfg to the run through the config table's
+ * cfg_copy_runtime, then re-derives what depends on them (total steps, the schedule). All or
+ * nothing: 0, or -EINVAL with a reason in err if the result would be invalid. */
+int dmn_trainer_set_runtime(struct dmn_trainer *t, const struct dmn_config *cfg, char *err,
+                            size_t errlen);
+
+/* What a tick of the run loop did besides the step. */
+struct dmn_tick {
+    int evaluated;      // a validation pass ran: val_loss / val_acc are new
+    int checkpoint_due; // daemon.checkpoint_every_steps says so, or the run just ended
+};
+/* One tick of the run loop that `evowidth train` and evowidthd's trainer thread both run:
+ * dmn_trainer_step, the progress line when log_every_seconds has passed, a validation pass
+ * every train.eval_every_steps steps (0: at the end of each epoch) when there is a
+ * validation set, and whether a checkpoint is due. Returns dmn_trainer_step's code; when the
+ * step did not run (the step counter did not move) nothing else is done and *tk is zero. */
+int dmn_trainer_tick(struct dmn_trainer *t, struct dmn_tick *tk);
 /* Runs one adaptation pass now (the daemon's POST /adapt); returns surgeries kept or <0. */
 int dmn_trainer_adapt_now(struct dmn_trainer *t);
 /* Evaluates on d (eval mode) at the training batch size. */
 int dmn_trainer_eval(struct dmn_trainer *t, const struct net_dataset *d, struct net_eval *ev);
-/* Validation loss of the current model on the validation set (or the test set when there is
- * none), on at most max_samples samples; used around surgeries. */
-double dmn_trainer_val_loss(struct dmn_trainer *t, size_t max_samples);
 
 /* Full checkpoint: model, optimizer, step, RNG and data order, config (policy included). */
 int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t errlen);

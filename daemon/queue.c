@@ -162,20 +162,14 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
     }
     case DMN_CMD_STOP:
         return 1;
-    case DMN_CMD_CONFIG: {
-        const struct dmn_config *n = &c->cfg;
-        if (n->train.epochs != t->cfg.train.epochs) dmn_trainer_set_epochs(t, n->train.epochs);
-        t->cfg.adapt = n->adapt;
-        t->cfg.optimizer.lr = n->optimizer.lr;
-        t->cfg.optimizer.group_lasso = n->optimizer.group_lasso;
-        t->cfg.train.eval_every_steps = n->train.eval_every_steps;
-        t->cfg.train.log_every_seconds = n->train.log_every_seconds;
-        t->cfg.daemon.checkpoint_every_steps = n->daemon.checkpoint_every_steps;
-        t->sched.lr = (float)n->optimizer.lr;
-        if (t->sched.min_lr > t->sched.lr) t->sched.min_lr = t->sched.lr;
-        t->change_seq = c->seq;
+    case DMN_CMD_CONFIG:
+        // Validated on the loop thread already; the table copies every runtime knob.
+        c->rc = dmn_trainer_set_runtime(t, &c->cfg, c->err, sizeof(c->err));
+        if (c->rc == 0)
+            t->change_seq = c->seq;
+        else
+            dmn__log(s, "runtime settings not applied: %s", c->err);
         break;
-    }
     case DMN_CMD_LAYERS:
         c->layers = calloc(CFG_MAX_LAYERS, sizeof(*c->layers));
         if (!c->layers) {
@@ -276,26 +270,15 @@ void *dmn__trainer_main(void *arg)
             pthread_mutex_unlock(&s->mu);
             continue;
         }
-        int rc = dmn_trainer_step(t);
+        struct dmn_tick tk;
+        int rc = dmn_trainer_tick(t, &tk);
         if (rc < 0) {
             dmn__log(s, "step %zu failed (%s); pausing", t->step,
                      rc == -EDOM ? "loss is not finite: lower the learning rate" : strerror(-rc));
             s->paused = 1;
         }
         dmn__sync_events(s);
-        dmn_trainer_progress(t, 0);
-        if (t->val.n && t->steps_per_epoch &&
-            ((t->cfg.train.eval_every_steps && t->step % t->cfg.train.eval_every_steps == 0) ||
-             (!t->cfg.train.eval_every_steps && t->step % t->steps_per_epoch == 0))) {
-            struct net_eval ev;
-            if (dmn_trainer_eval(t, &t->val, &ev) == 0) {
-                t->val_loss = ev.loss;
-                t->val_acc = ev.accuracy;
-                net_eval_free(&ev);
-            }
-        }
-        size_t every = t->cfg.daemon.checkpoint_every_steps;
-        if ((every && t->step % every == 0) || dmn_trainer_done(t)) {
+        if (tk.checkpoint_due) {
             char path[1024];
             if (dmn__checkpoint(s, path, sizeof(path), err, sizeof(err)) < 0)
                 dmn__log(s, "checkpoint failed: %s", err);

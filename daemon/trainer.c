@@ -120,6 +120,15 @@ void dmn_trainer_set_epochs(struct dmn_trainer *t, size_t epochs)
     cfg_net_sched(&t->cfg, t->total_steps, &t->sched);
 }
 
+int dmn_trainer_set_runtime(struct dmn_trainer *t, const struct dmn_config *cfg, char *err,
+                            size_t errlen)
+{
+    int rc = cfg_copy_runtime(&t->cfg, cfg, err, errlen);
+    if (rc < 0) return rc;
+    dmn_trainer_set_epochs(t, t->cfg.train.epochs); // the schedule takes lr from t->cfg
+    return 0;
+}
+
 int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, char *err,
                        size_t errlen)
 {
@@ -240,16 +249,33 @@ int dmn_trainer_eval(struct dmn_trainer *t, const struct net_dataset *d, struct 
     return net_evaluate(t->net, d, t->cfg.train.batch_size, ev);
 }
 
-double dmn_trainer_val_loss(struct dmn_trainer *t, size_t max_samples)
+/* A validation pass is due every eval_every_steps steps, or at the end of each epoch. */
+static int dmn__eval_due(const struct dmn_trainer *t)
 {
-    const struct net_dataset *d = t->val.n ? &t->val : &t->test;
-    struct net_dataset part = *d;
-    if (part.n > max_samples) part.n = max_samples;
-    struct net_eval ev;
-    if (net_evaluate(t->net, &part, t->cfg.train.batch_size, &ev) < 0) return NAN;
-    double l = ev.loss;
-    net_eval_free(&ev);
-    return l;
+    size_t every = t->cfg.train.eval_every_steps;
+    if (!t->val.n || !t->steps_per_epoch) return 0;
+    return every ? t->step % every == 0 : t->step % t->steps_per_epoch == 0;
+}
+
+int dmn_trainer_tick(struct dmn_trainer *t, struct dmn_tick *tk)
+{
+    const size_t before = t->step;
+    memset(tk, 0, sizeof(*tk));
+    int rc = dmn_trainer_step(t);
+    if (t->step == before) return rc;
+    dmn_trainer_progress(t, 0);
+    if (dmn__eval_due(t)) {
+        struct net_eval ev;
+        if (dmn_trainer_eval(t, &t->val, &ev) == 0) {
+            t->val_loss = ev.loss;
+            t->val_acc = ev.accuracy;
+            tk->evaluated = 1;
+            net_eval_free(&ev);
+        }
+    }
+    size_t every = t->cfg.daemon.checkpoint_every_steps;
+    tk->checkpoint_due = (every && t->step % every == 0) || dmn_trainer_done(t);
+    return rc;
 }
 
 // ---- progress ---------------------------------------------------------------------------
