@@ -31,17 +31,15 @@ static cJSON *dmn__layers_json(const struct net *n)
     cJSON *arr = cJSON_CreateArray();
     for (size_t i = 0; arr && i < n->n_layers; i++) {
         const struct net_layer *l = &n->layers[i];
-        size_t np = 0;
-        for (size_t k = l->t0; k < l->t0 + l->n_t; k++)
-            if (n->tensors[k].arena == NET_ARENA_PARAM) np += n->tensors[k].n;
+        struct net_layer_info li;
+        net_layer_info(n, i, &li);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "name", l->spec.name);
         cJSON_AddStringToObject(o, "kind", net_kind_name(l->spec.kind));
-        cJSON_AddNumberToObject(o, "width",
-                                (double)(l->spec.kind == NET_RES ? l->spec.width : l->out.c));
+        cJSON_AddNumberToObject(o, "width", (double)li.width);
         if (l->spec.kind == NET_RES) cJSON_AddNumberToObject(o, "out", (double)l->spec.out);
         if (l->spec.rank) cJSON_AddNumberToObject(o, "rank", (double)l->spec.rank);
-        cJSON_AddNumberToObject(o, "params", (double)np);
+        cJSON_AddNumberToObject(o, "params", (double)li.params);
         cJSON_AddItemToArray(arr, o);
     }
     return arr;

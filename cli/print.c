@@ -35,15 +35,10 @@ void dmn_print_layers(FILE *out, const struct net *n)
             "MACs/sample");
     for (size_t i = 0; i < n->n_layers; i++) {
         const struct net_layer *l = &n->layers[i];
-        size_t np = 0;
-        for (size_t k = l->t0; k < l->t0 + l->n_t; k++)
-            if (n->tensors[k].arena == NET_ARENA_PARAM) np += n->tensors[k].n;
-        size_t width = l->spec.kind == NET_RES ? l->spec.width : l->out.c;
-        struct net tmp = *n;
-        tmp.n_layers = 1;
-        tmp.layers = (struct net_layer *)l;
+        struct net_layer_info li;
+        net_layer_info(n, i, &li);
         fprintf(out, "  %-12s %-8s %7zu %6zu %10zu %12zu\n", l->spec.name,
-                net_kind_name(l->spec.kind), width, l->spec.rank, np, net_flops(&tmp));
+                net_kind_name(l->spec.kind), li.width, l->spec.rank, li.params, li.macs);
     }
     fprintf(out, "  total parameters %zu, MACs/sample %zu\n", n->n_params, net_flops(n));
 }

@@ -25,15 +25,13 @@ static void dmn__layer_infos(const struct net *n, struct dmn_layer_info *out, si
         memset(d, 0, sizeof(*d));
         snprintf(d->name, sizeof(d->name), "%s", l->spec.name);
         d->kind = net_kind_name(l->spec.kind);
-        d->width = l->spec.kind == NET_RES ? l->spec.width : l->out.c;
+        struct net_layer_info li;
+        net_layer_info(n, i, &li);
+        d->width = li.width;
         d->out = l->out.c;
         d->rank = l->spec.rank;
-        for (size_t t = l->t0; t < l->t0 + l->n_t; t++)
-            if (n->tensors[t].arena == NET_ARENA_PARAM) d->params += n->tensors[t].n;
-        struct net one = *n;
-        one.n_layers = 1;
-        one.layers = (struct net_layer *)l;
-        d->flops = net_flops(&one);
+        d->params = li.params;
+        d->flops = li.macs;
         if (s && (l->spec.kind == NET_DENSE || l->spec.kind == NET_CONV)) {
             long r = svd_layer_spectrum(n, i, s, 4096);
             for (long j = 0; j < r && j < 8; j++) d->top[d->n_top++] = s[j];

@@ -124,6 +124,15 @@ float *net_tensor_data(const struct net *n, const struct net_tensor *t);
 long net_layer_find(const struct net *n, const char *name);
 /* Multiply-adds of one forward pass for one sample. */
 size_t net_flops(const struct net *n);
+/* The size of one layer (li < n_layers): trainable parameters, multiply-adds per sample and
+ * width (output channels or features; a residual block's inner width). */
+struct net_layer_info {
+    size_t params, macs, width;
+};
+void net_layer_info(const struct net *n, size_t li, struct net_layer_info *out);
+/* A deep copy of n: layers, normalisation, parameters, Adam / momentum moments (m, v) and
+ * batch-norm state; no workspace (net_reserve it). 0, -ENOMEM or net_create's error. */
+int net_clone(struct net **out, const struct net *n);
 const char *net_kind_name(enum net_kind k);
 /* Kind from its config name ("dense", "conv", "bn", "relu", "maxpool", "gap", "flatten",
  * "res"); -1 if unknown. */
