@@ -274,7 +274,7 @@ void ckpt_blobs_free(struct ckpt_blob *b, size_t n);
 /* Finds a blob by tag, NULL if absent (borrowed). */
 const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, const char *tag);
 
-// ---- compressed export (net/export.c) -------------------------------------------------
+// ---- compressed export (net/compress.c, net/export.c) ------------------------------
 
 /* A compressed model file ("EVWZ"): versioned, CRC-checked, the payload deflated by zlib. It
  * holds the architecture, every parameter tensor as float32, float16 or k-means codes (a
@@ -287,8 +287,9 @@ struct net_export_opts {
     size_t kmeans_conv; // the same for 4-D (conv) weights; 0 = as kmeans
     double prune;   // fraction of all weights, smallest |w| over the net, set to 0, [0, 1)
 };
-/* A plan binds masks, codebooks and codes to one net's layout (opaque). Every plan call
- * leaves the net's params equal to what the file will decode to. */
+/* A plan (net/compress.c: Deep Compression's pruning, k-means and codebook tuning) binds
+ * masks, codebooks and codes to one net's layout (opaque). Every plan call leaves the net's
+ * params equal to what the file will decode to. */
 struct net_xplan;
 /* Chooses each tensor's encoding and prunes n's weights in place; zeroes n->m (the momentum
  * of net_xplan_tune). -EINVAL with a reason for bad options, -ENOMEM. */

@@ -1,5 +1,5 @@
-/* tests/test_compress.c: the compression tools (cli/compress.c, net/export.c) against the
- * claims of the compression issue.
+/* tests/test_compress.c: the compression tools (cli/compress.c, net/compress.c,
+ * net/export.c) against the claims of the compression issue.
  *
  * 1. SVD factorization: a rank equal to the full rank reproduces the model's outputs (dense and
  *    conv, with the mean-input bias fix on); the auto-rank rules pick the known rank on a
