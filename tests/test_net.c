@@ -32,6 +32,7 @@
 
 #include "net/net.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 #ifndef EW_SOURCE_DIR
 #define EW_SOURCE_DIR "."
@@ -40,21 +41,6 @@
 #define T_THREADS 2
 #define T_PI 3.14159265358979323846
 
-// ---- layer spec shorthands ---------------------------------------------------------------
-
-#define S_CONV(o, k_, s, p, b)                                                                 \
-    {.kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_CONVR(o, r, k_, s, p, b)                                                             \
-    {.kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_DENSE(o, b) {.kind = NET_DENSE, .out = (o), .bias = (b)}
-#define S_DENSER(o, r, b) {.kind = NET_DENSE, .out = (o), .rank = (r), .bias = (b)}
-#define S_BN() {.kind = NET_BN}
-#define S_RELU() {.kind = NET_RELU}
-#define S_POOL(k_, s) {.kind = NET_MAXPOOL, .k = (k_), .stride = (s)}
-#define S_GAP() {.kind = NET_GAP}
-#define S_FLAT() {.kind = NET_FLATTEN}
-#define S_RES(w, o, s, b) {.kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)}
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static struct net_shape shp(size_t c, size_t h, size_t w)
 {

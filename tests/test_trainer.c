@@ -15,6 +15,7 @@
 #include "daemon/daemon.h"
 #include "daemon/daemon_internal.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 static int load_tiny(struct dmn_config *c)
 {
@@ -30,11 +31,11 @@ static int load_tiny(struct dmn_config *c)
 TEST(resume_is_bit_identical)
 {
     struct dmn_config c;
-    char err[512], path[] = "/tmp/ew_test_trainer_XXXXXX";
+    char err[512], ck[TMP_PATH_MAX];
+    struct tmpd dir;
     ASSERT_EQ(load_tiny(&c), 0);
-    ASSERT(mkdtemp(path) != NULL);
-    char ck[600];
-    snprintf(ck, sizeof ck, "%s/ckpt.evow", path);
+    ASSERT_EQ(tmp_make(&dir, "ew_test_trainer"), 0);
+    tmp_path(&dir, "ckpt.evow", ck);
 
     struct dmn_trainer *a = NULL, *b = NULL;
     ASSERT_EQ(dmn_trainer_create(&a, &c, err, sizeof err), 0);
@@ -71,8 +72,7 @@ TEST(resume_is_bit_identical)
     ASSERT_EQ(a->opt.t, b->opt.t);
     dmn_trainer_destroy(a);
     dmn_trainer_destroy(b);
-    unlink(ck);
-    rmdir(path);
+    tmp_remove(&dir);
 }
 
 TEST(adaptive_training_learns_and_shrinks)
