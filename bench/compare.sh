@@ -137,9 +137,9 @@ if [ -z "$BIN" ]; then
 Another engineer's code may be in progress. Either retry later, run with --no-build to use
 the existing $BIN as it is, or build a private binary of the trainer and pass it with --bin:
     cd $ROOT && gcc -std=c11 -D_GNU_SOURCE -DNDEBUG -O3 -march=native -fno-math-errno -fopenmp -I. \\
-      \$(pkg-config --cflags openblas) daemon/main_evowidth.c net/*.c svd_adapt/*.c daemon/adapt.c \\
-      daemon/cmd.c daemon/config.c daemon/state.c daemon/trainer.c \\
-      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lcjson -lz -lm -o /tmp/ew
+      \$(pkg-config --cflags openblas) cli/*.c net/*.c svd_adapt/*.c daemon/adapt.c \\
+      daemon/config.c daemon/state.c daemon/trainer.c \\
+      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -llapacke -lcjson -lcurl -lz -lm -o /tmp/ew
     bench/compare.sh --bin /tmp/ew ..."
         fi
     fi

@@ -261,24 +261,6 @@ int dmn__adapt_deserialize(struct dmn_trainer *t, const void *data, size_t len)
     return p == end ? 0 : -EINVAL;
 }
 
-void dmn__print_spectra(FILE *out, const struct net *n)
-{
-    float *s = malloc(4096 * sizeof(float));
-    if (!s) return;
-    fprintf(out, "  top singular values of each dense / conv weight:\n");
-    for (size_t i = 0; i < n->n_layers; i++) {
-        enum net_kind k = n->layers[i].spec.kind;
-        if (k != NET_DENSE && k != NET_CONV) continue;
-        long r = svd_layer_spectrum(n, i, s, 4096);
-        fprintf(out, "  %-12s", n->layers[i].spec.name);
-        if (r < 0) fprintf(out, " (SVD failed)");
-        for (long j = 0; j < r && j < 8; j++) fprintf(out, " %8.4f", s[j]);
-        if (r > 8) fprintf(out, " ... %8.4f (%ld values)", s[r - 1], r);
-        fputc('\n', out);
-    }
-    free(s);
-}
-
 size_t dmn__adapt_n_events(const struct dmn_trainer *t)
 {
     return t->adapt ? t->adapt->n_events : 0;

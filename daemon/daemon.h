@@ -1,9 +1,15 @@
 /* daemon/daemon.h: the trainer and the process around it (owner: daemon/, prefix dmn_).
  *
+ * daemon/ owns the run: the config table (config.c, config.h), the trainer and its run loop
+ * (trainer.c), the adaptation glue (adapt.c), full run checkpoints (state.c) and evowidthd
+ * (queue.c, http.c, server.c, statedir.c; see server_internal.h). The `evowidth` command
+ * lives in cli/.
+ *
  * A `struct dmn_trainer` owns one run: its config, data sets, net, optimizer, schedule,
- * batcher and counters. It is driven one optimizer step at a time (dmn_trainer_step), by the
- * foreground `evowidth train` loop or by the daemon's trainer thread, which applies queued
- * commands between two steps. Only the thread driving a trainer may touch it.
+ * batcher and counters. It is driven one tick at a time (dmn_trainer_tick: a step, progress,
+ * validation, whether to checkpoint), by the foreground `evowidth train` loop (cli/cmd.c) or
+ * by the daemon's trainer thread (daemon/queue.c), which applies queued commands between two
+ * ticks. Only the thread driving a trainer may touch it.
  * Errors: 0 or negative errno, with a reason in err. Nothing here exits. */
 #ifndef DMN_DAEMON_H
 #define DMN_DAEMON_H
@@ -52,13 +58,27 @@ int dmn_trainer_step(struct dmn_trainer *t);
 int dmn_trainer_done(const struct dmn_trainer *t);
 /* Re-derives total steps and the schedule horizon after cfg.train.epochs changed. */
 void dmn_trainer_set_epochs(struct dmn_trainer *t, size_t epochs);
+/* Applies every runtime knob (CFG_RUNTIME row) of cfg to the run through the config table's
+ * cfg_copy_runtime, then re-derives what depends on them (total steps, the schedule). All or
+ * nothing: 0, or -EINVAL with a reason in err if the result would be invalid. */
+int dmn_trainer_set_runtime(struct dmn_trainer *t, const struct dmn_config *cfg, char *err,
+                            size_t errlen);
+
+/* What a tick of the run loop did besides the step. */
+struct dmn_tick {
+    int evaluated;      // a validation pass ran: val_loss / val_acc are new
+    int checkpoint_due; // daemon.checkpoint_every_steps says so, or the run just ended
+};
+/* One tick of the run loop that `evowidth train` and evowidthd's trainer thread both run:
+ * dmn_trainer_step, the progress line when log_every_seconds has passed, a validation pass
+ * every train.eval_every_steps steps (0: at the end of each epoch) when there is a
+ * validation set, and whether a checkpoint is due. Returns dmn_trainer_step's code; when the
+ * step did not run (the step counter did not move) nothing else is done and *tk is zero. */
+int dmn_trainer_tick(struct dmn_trainer *t, struct dmn_tick *tk);
 /* Runs one adaptation pass now (the daemon's POST /adapt); returns surgeries kept or <0. */
 int dmn_trainer_adapt_now(struct dmn_trainer *t);
 /* Evaluates on d (eval mode) at the training batch size. */
 int dmn_trainer_eval(struct dmn_trainer *t, const struct net_dataset *d, struct net_eval *ev);
-/* Validation loss of the current model on the validation set (or the test set when there is
- * none), on at most max_samples samples; used around surgeries. */
-double dmn_trainer_val_loss(struct dmn_trainer *t, size_t max_samples);
 
 /* Full checkpoint: model, optimizer, step, RNG and data order, config (policy included). */
 int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t errlen);
@@ -69,28 +89,6 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
 /* Prints a progress line to t->log if log_every_seconds passed since the last one, or always
  * when force is set. */
 void dmn_trainer_progress(struct dmn_trainer *t, int force);
-
-/* Human-readable evaluation: loss, accuracy, per-class precision/recall/F1, confusion. */
-void dmn_print_eval(FILE *out, const char *title, const struct net_eval *ev);
-/* Per-layer widths, parameters and FLOPs. */
-void dmn_print_layers(FILE *out, const struct net *n);
-
-/* `evowidth train` / `evowidth eval` / `evowidth layers`: argc/argv after the subcommand.
- * Return a process exit code (0 ok, 1 failure, 2 usage). */
-int dmn_cmd_train(int argc, char **argv);
-int dmn_cmd_eval(int argc, char **argv);
-int dmn_cmd_layers(int argc, char **argv);
-
-// ---- compression tools on saved models (daemon/compress.c) --------------------------
-
-/* `evowidth compress | sweep | thin | export MODEL ...` (see each one's --help and
- * docs/COMPRESSION.md): SVD factorization, the CaffeSVD rank sweep, the SOMP-style thin
- * network, and Deep Compression into an EVWZ file. argc/argv start at the subcommand.
- * Return a process exit code (0 ok, 1 failure, 2 usage). */
-int dmn_cmd_compress(int argc, char **argv);
-int dmn_cmd_sweep(int argc, char **argv);
-int dmn_cmd_thin(int argc, char **argv);
-int dmn_cmd_export(int argc, char **argv);
 
 // ---- the daemon (daemon/server.c) ---------------------------------------------------
 
@@ -104,17 +102,6 @@ struct dmn_server_opts {
 /* Runs evowidthd until it is stopped (POST /v1/stop, SIGTERM, SIGINT) and returns the process
  * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr). */
 int dmn_server_run(const struct dmn_server_opts *o);
-
-// ---- the client of a running daemon (daemon/client.c) ---------------------------------
-
-/* `evowidth status | layers | history | policy [get | set K=V ...] | pause | resume | adapt |
- * checkpoint | stop [--url URL] [--token-file F] [--json]`: argv[0] is the subcommand. Talks
- * HTTP to evowidthd with libcurl; prints tables, or raw JSON with --json. Returns the exit
- * code: 0 ok, 1 the daemon answered an error or could not be reached, 2 usage. */
-int dmn_cmd_client(int argc, char **argv);
-/* `evowidth layers`: with a MODEL argument, dmn_cmd_layers (a saved model); without one, the
- * client's `layers` (the running daemon's layers). */
-int dmn_cmd_layers_any(int argc, char **argv);
 
 /* libgomp reads OMP_WAIT_POLICY once, when it loads, before main. Its default spins between
  * parallel regions, which stalls every step behind a descheduled thread as soon as another

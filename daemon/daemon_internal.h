@@ -23,8 +23,6 @@ const char *dmn__adapt_event(const struct dmn_trainer *t, size_t i);
  * and after, and per group its action, reason, spectrum summary and judged losses. */
 struct svd_event;
 cJSON *dmn_event_json(const struct svd_event *e);
-/* Top singular values of every dense / conv weight (for `evowidth layers`). */
-void dmn__print_spectra(FILE *out, const struct net *n);
 /* Adds the configured group-lasso gradient (optimizer.group_lasso) to the net's grads. */
 void dmn__group_lasso(struct dmn_trainer *t);
 

@@ -120,6 +120,15 @@ void dmn_trainer_set_epochs(struct dmn_trainer *t, size_t epochs)
     cfg_net_sched(&t->cfg, t->total_steps, &t->sched);
 }
 
+int dmn_trainer_set_runtime(struct dmn_trainer *t, const struct dmn_config *cfg, char *err,
+                            size_t errlen)
+{
+    int rc = cfg_copy_runtime(&t->cfg, cfg, err, errlen);
+    if (rc < 0) return rc;
+    dmn_trainer_set_epochs(t, t->cfg.train.epochs); // the schedule takes lr from t->cfg
+    return 0;
+}
+
 int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, char *err,
                        size_t errlen)
 {
@@ -240,16 +249,33 @@ int dmn_trainer_eval(struct dmn_trainer *t, const struct net_dataset *d, struct 
     return net_evaluate(t->net, d, t->cfg.train.batch_size, ev);
 }
 
-double dmn_trainer_val_loss(struct dmn_trainer *t, size_t max_samples)
+/* A validation pass is due every eval_every_steps steps, or at the end of each epoch. */
+static int dmn__eval_due(const struct dmn_trainer *t)
 {
-    const struct net_dataset *d = t->val.n ? &t->val : &t->test;
-    struct net_dataset part = *d;
-    if (part.n > max_samples) part.n = max_samples;
-    struct net_eval ev;
-    if (net_evaluate(t->net, &part, t->cfg.train.batch_size, &ev) < 0) return NAN;
-    double l = ev.loss;
-    net_eval_free(&ev);
-    return l;
+    size_t every = t->cfg.train.eval_every_steps;
+    if (!t->val.n || !t->steps_per_epoch) return 0;
+    return every ? t->step % every == 0 : t->step % t->steps_per_epoch == 0;
+}
+
+int dmn_trainer_tick(struct dmn_trainer *t, struct dmn_tick *tk)
+{
+    const size_t before = t->step;
+    memset(tk, 0, sizeof(*tk));
+    int rc = dmn_trainer_step(t);
+    if (t->step == before) return rc;
+    dmn_trainer_progress(t, 0);
+    if (dmn__eval_due(t)) {
+        struct net_eval ev;
+        if (dmn_trainer_eval(t, &t->val, &ev) == 0) {
+            t->val_loss = ev.loss;
+            t->val_acc = ev.accuracy;
+            tk->evaluated = 1;
+            net_eval_free(&ev);
+        }
+    }
+    size_t every = t->cfg.daemon.checkpoint_every_steps;
+    tk->checkpoint_due = (every && t->step % every == 0) || dmn_trainer_done(t);
+    return rc;
 }
 
 // ---- progress ---------------------------------------------------------------------------
@@ -291,50 +317,4 @@ void dmn_trainer_progress(struct dmn_trainer *t, int force)
     t->run_loss = 0;
     t->run_correct = t->run_n = 0;
     t->last_log_time = now;
-}
-
-// ---- printing ---------------------------------------------------------------------------
-
-void dmn_print_eval(FILE *out, const char *title, const struct net_eval *ev)
-{
-    const size_t K = ev->n_classes;
-    fprintf(out, "%s: %zu samples  loss %.4f  accuracy %.2f%%\n", title, ev->n, ev->loss,
-            100.0 * ev->accuracy);
-    fprintf(out, "  class  precision  recall     f1\n");
-    double mp = 0, mr = 0, mf = 0;
-    for (size_t k = 0; k < K; k++) {
-        fprintf(out, "  %5zu  %9.4f  %6.4f  %6.4f\n", k, ev->precision[k], ev->recall[k],
-                ev->f1[k]);
-        mp += ev->precision[k];
-        mr += ev->recall[k];
-        mf += ev->f1[k];
-    }
-    fprintf(out, "   mean  %9.4f  %6.4f  %6.4f\n", mp / (double)K, mr / (double)K, mf / (double)K);
-    fprintf(out, "  confusion (rows: true class, columns: predicted)\n       ");
-    for (size_t k = 0; k < K; k++) fprintf(out, "%6zu", k);
-    fputc('\n', out);
-    for (size_t i = 0; i < K; i++) {
-        fprintf(out, "  %5zu", i);
-        for (size_t j = 0; j < K; j++) fprintf(out, "%6zu", ev->confusion[i * K + j]);
-        fputc('\n', out);
-    }
-}
-
-void dmn_print_layers(FILE *out, const struct net *n)
-{
-    fprintf(out, "  %-12s %-8s %7s %6s %10s %12s\n", "layer", "kind", "width", "rank", "params",
-            "MACs/sample");
-    for (size_t i = 0; i < n->n_layers; i++) {
-        const struct net_layer *l = &n->layers[i];
-        size_t np = 0;
-        for (size_t k = l->t0; k < l->t0 + l->n_t; k++)
-            if (n->tensors[k].arena == NET_ARENA_PARAM) np += n->tensors[k].n;
-        size_t width = l->spec.kind == NET_RES ? l->spec.width : l->out.c;
-        struct net tmp = *n;
-        tmp.n_layers = 1;
-        tmp.layers = (struct net_layer *)l;
-        fprintf(out, "  %-12s %-8s %7zu %6zu %10zu %12zu\n", l->spec.name,
-                net_kind_name(l->spec.kind), width, l->spec.rank, np, net_flops(&tmp));
-    }
-    fprintf(out, "  total parameters %zu, MACs/sample %zu\n", n->n_params, net_flops(n));
 }

@@ -285,6 +285,36 @@ size_t net_flops(const struct net *n)
     return f;
 }
 
+void net_layer_info(const struct net *n, size_t li, struct net_layer_info *out)
+{
+    const struct net_layer *l = &n->layers[li];
+    out->params = 0;
+    for (size_t t = l->t0; t < l->t0 + l->n_t; t++)
+        if (n->tensors[t].arena == NET_ARENA_PARAM) out->params += n->tensors[t].n;
+    out->macs = NET__OPS[l->spec.kind]->flops(l);
+    out->width = l->spec.kind == NET_RES ? l->spec.width : l->out.c;
+}
+
+int net_clone(struct net **out, const struct net *n)
+{
+    struct net_layer_spec *specs = malloc((n->n_layers + 1) * sizeof(*specs));
+    if (!specs) return -ENOMEM;
+    for (size_t i = 0; i < n->n_layers; i++) specs[i] = n->layers[i].spec;
+    char why[256];
+    struct net *c = NULL;
+    int rc = net_create(&c, &n->in_shape, n->n_classes, specs, n->n_layers, why, sizeof(why));
+    free(specs);
+    if (rc < 0) return rc;
+    memcpy(c->norm_mean, n->norm_mean, sizeof(n->norm_mean));
+    memcpy(c->norm_std, n->norm_std, sizeof(n->norm_std));
+    memcpy(c->params, n->params, n->n_params * sizeof(float));
+    memcpy(c->m, n->m, n->n_params * sizeof(float));
+    memcpy(c->v, n->v, n->n_params * sizeof(float));
+    memcpy(c->state, n->state, n->n_state * sizeof(float));
+    *out = c;
+    return 0;
+}
+
 // ---- workspace ------------------------------------------------------------------------
 
 static size_t net__numel(const struct net_shape *s)

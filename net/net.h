@@ -1,5 +1,9 @@
 /* net/net.h: the training engine's public interface (owner: net/).
  *
+ * net/ owns the numerics of a network and nothing above them: layers, arenas, forward /
+ * backward, optimizers, schedules, data sets, evaluation, model files, checkpoints and the
+ * compressed export. No cJSON, no threads of its own beyond OpenMP.
+ *
  * A `struct net` is a chain of layers described by `struct net_layer_spec` rows. Its
  * trainable tensors live in four float arenas of identical layout (params, grads, Adam m,
  * Adam v) built from one table of shapes; batch-norm running statistics live in a fifth
@@ -120,6 +124,15 @@ float *net_tensor_data(const struct net *n, const struct net_tensor *t);
 long net_layer_find(const struct net *n, const char *name);
 /* Multiply-adds of one forward pass for one sample. */
 size_t net_flops(const struct net *n);
+/* The size of one layer (li < n_layers): trainable parameters, multiply-adds per sample and
+ * width (output channels or features; a residual block's inner width). */
+struct net_layer_info {
+    size_t params, macs, width;
+};
+void net_layer_info(const struct net *n, size_t li, struct net_layer_info *out);
+/* A deep copy of n: layers, normalisation, parameters, Adam / momentum moments (m, v) and
+ * batch-norm state; no workspace (net_reserve it). 0, -ENOMEM or net_create's error. */
+int net_clone(struct net **out, const struct net *n);
 const char *net_kind_name(enum net_kind k);
 /* Kind from its config name ("dense", "conv", "bn", "relu", "maxpool", "gap", "flatten",
  * "res"); -1 if unknown. */
@@ -261,7 +274,7 @@ void ckpt_blobs_free(struct ckpt_blob *b, size_t n);
 /* Finds a blob by tag, NULL if absent (borrowed). */
 const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, const char *tag);
 
-// ---- compressed export (net/export.c) -------------------------------------------------
+// ---- compressed export (net/compress.c, net/export.c) ------------------------------
 
 /* A compressed model file ("EVWZ"): versioned, CRC-checked, the payload deflated by zlib. It
  * holds the architecture, every parameter tensor as float32, float16 or k-means codes (a
@@ -274,8 +287,9 @@ struct net_export_opts {
     size_t kmeans_conv; // the same for 4-D (conv) weights; 0 = as kmeans
     double prune;   // fraction of all weights, smallest |w| over the net, set to 0, [0, 1)
 };
-/* A plan binds masks, codebooks and codes to one net's layout (opaque). Every plan call
- * leaves the net's params equal to what the file will decode to. */
+/* A plan (net/compress.c: Deep Compression's pruning, k-means and codebook tuning) binds
+ * masks, codebooks and codes to one net's layout (opaque). Every plan call leaves the net's
+ * params equal to what the file will decode to. */
 struct net_xplan;
 /* Chooses each tensor's encoding and prunes n's weights in place; zeroes n->m (the momentum
  * of net_xplan_tune). -EINVAL with a reason for bad options, -ENOMEM. */

@@ -188,4 +188,28 @@ uint32_t net__rd_u32(struct net__rd *r);
 uint64_t net__rd_u64(struct net__rd *r);
 float net__rd_f32(struct net__rd *r);
 
+// ---- compression (compress.c), stored by the compressed export (export.c) --------------
+
+#define NET__XZ_KMAX 4096 // k-means centroids at most: codes fit in 12 bits (the format: 16)
+
+/* One tensor of a Deep Compression plan. */
+struct net__xtensor {
+    int weight;        // 1: compressed (a weight tensor); 0: stays f32
+    int f16;           // raw values / codebook stored as float16
+    size_t kmeans;     // centroids wanted (0: raw values)
+    uint8_t *mask;     // (n) 1 = kept; NULL = nothing pruned
+    size_t nnz;        // kept entries
+    size_t k;          // centroids; 0 = not clustered (raw values)
+    float *cent;       // (k) codebook, ascending after clustering
+    float *vel;        // (k) momentum of the centroids
+    double *acc;       // (k) gradient sums, scratch of the tuning step
+    uint16_t *codes;   // (n) centroid of each kept entry (pruned: 0, unused)
+};
+
+struct net_xplan {
+    struct net_export_opts o;
+    size_t n_tensors, n_params;
+    struct net__xtensor *t; // (n_tensors); entries of state tensors are unused
+};
+
 #endif

@@ -14,61 +14,10 @@
 set -u
 BUILD=${1:?usage: e2e_badinput.sh BUILD_DIR SOURCE_DIR}
 SRC=${2:?usage: e2e_badinput.sh BUILD_DIR SOURCE_DIR}
-DAEMON=$BUILD/evowidthd
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/evowidth-e2e-bad.XXXXXX")
-DPID="" PORT="" BASE="" PASS=0 FAIL=0 RUN=0 SLOWPID=""
+. "$SRC/tests/lib.sh"
+e2e_init bad
+SLOWPID="" EXTRA_PIDS=""
 
-cleanup() {
-    [ -n "$SLOWPID" ] && kill "$SLOWPID" 2>/dev/null
-    [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null && { wait "$DPID"; } 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ok() { PASS=$((PASS + 1)); echo "ok    $1"; }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL  $1${2:+: $2}"; }
-summary() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; }
-die() { bad "$1" "${2:-}"; [ -f "$TMP/err.$RUN" ] && tail -n 20 "$TMP/err.$RUN" | sed 's/^/    daemon: /'; summary; exit 1; }
-js() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-get() { curl -sf --max-time 30 "$@"; }
-step() { get "$BASE/v1/status" | js 'd["step"]'; }
-wait_for() {
-    local end=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.2
-    done
-}
-# start_daemon [ARGS...]: evowidthd on $TMP/cfg.json; waits for its "listening on" line.
-start_daemon() {
-    RUN=$((RUN + 1))
-    "$DAEMON" --config "$TMP/cfg.json" "$@" >"$TMP/out.$RUN" 2>"$TMP/err.$RUN" &
-    DPID=$!
-    wait_for 60 grep -qs "listening on http://" "$TMP/out.$RUN" ||
-        die "daemon start $RUN" "no 'listening on' line within 60 s"
-    PORT=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$TMP/out.$RUN")
-    [ -n "$PORT" ] || die "daemon start $RUN" "no port in: $(cat "$TMP/out.$RUN")"
-    BASE=http://127.0.0.1:$PORT
-}
-stop_daemon() {
-    kill -TERM "$DPID" 2>/dev/null
-    local end=$((SECONDS + 15))
-    while kill -0 "$DPID" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
-    kill -9 "$DPID" 2>/dev/null
-    { wait "$DPID"; } 2>/dev/null
-    DPID=""
-}
-step_above() { # the step counter, read afresh, is above $1
-    local s
-    s=$(step) && [ -n "$s" ] && [ "$s" -gt "$1" ]
-}
-advances() {
-    local s0
-    s0=$(step) || return 1
-    wait_for 20 step_above "$s0"
-}
 # expect NAME CODE CURL-ARGS...: one request with curl; the status must be CODE exactly.
 expect() {
     local name=$1 want=$2 got
@@ -198,14 +147,7 @@ elif mode == "idle":  # N idle connections; counts refusals, probes while they a
 EOF
 
 [ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
-python3 - "$SRC/configs/tiny.json" "$TMP" >"$TMP/cfg.json" <<'EOF' || die "make config"
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["train"]["epochs"] = 1000000  # never finishes while the test runs
-c["daemon"] = {"listen": "127.0.0.1:0", "state_dir": sys.argv[2] + "/state",
-               "checkpoint_every_steps": 500}
-print(json.dumps(c))
-EOF
+tiny_config 1000000 500 >"$TMP/cfg.json" || die "make config" # never finishes while the test runs
 
 # ---- the daemon without a token ----------------------------------------------------------------
 start_daemon
@@ -213,8 +155,9 @@ ok "daemon listens on port $PORT"
 # The slow client first: its 10 s header timeout runs while the other checks do.
 python3 "$TMP/raw.py" "$PORT" partial >"$TMP/partial" 2>&1 &
 SLOWPID=$!
+EXTRA_PIDS=$SLOWPID
 advances || die "steps advance" "step stuck"
-get "$BASE/v1/policy" >"$TMP/policy.before" || die "GET /v1/policy"
+get /v1/policy >"$TMP/policy.before" || die "GET /v1/policy"
 thr=$(js 'd["shrink_threshold"]' <"$TMP/policy.before")
 J='Content-Type: application/json'
 P=$BASE/v1/policy
@@ -270,13 +213,13 @@ if [ "${rej:-0}" -ge 244 ] && { [ "$probe" = 503 ] || [ "$probe" = 200 ]; }; the
 else
     bad "500 idle connections" "$idle"
 fi
-wait_for 10 get -o /dev/null "$BASE/v1/status" && ok "/v1/status answers after the idle flood" ||
+wait_for 10 get /v1/status -o /dev/null && ok "/v1/status answers after the idle flood" ||
     bad "/v1/status after the idle flood"
 
 # The slow client: 408 about 10 s after its first byte.
 end=$((SECONDS + 20))
 while kill -0 "$SLOWPID" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.2; done
-SLOWPID=""
+SLOWPID="" EXTRA_PIDS=""
 read -r st secs <"$TMP/partial"
 if [ "$st" = 408 ] && python3 -c "import sys; sys.exit(not 9 <= float('$secs') <= 12)"; then
     ok "request stopped half way -> 408 after ${secs} s"
@@ -284,7 +227,7 @@ else
     bad "request stopped half way" "$(cat "$TMP/partial")"
 fi
 
-get "$BASE/v1/policy" >"$TMP/policy.after"
+get /v1/policy >"$TMP/policy.after"
 cmp -s "$TMP/policy.before" "$TMP/policy.after" && ok "policy unchanged by all of the above" ||
     bad "policy unchanged" "before $(cat "$TMP/policy.before") after $(cat "$TMP/policy.after")"
 advances && ok "training still advances" || bad "training still advances"
@@ -300,7 +243,7 @@ expect "PATCH /v1/policy with a wrong token" 401 -X PATCH -H "$J" \
     -H 'Authorization: Bearer s3cret-tokenX' -d '{"shrink_threshold": 0.3}' "$BASE/v1/policy"
 expect "Basic auth instead of Bearer" 401 -X POST -u user:s3cret-token "$BASE/v1/pause"
 expect "GET /v1/status needs no token" 200 "$BASE/v1/status"
-get "$BASE/v1/policy" | js 'd["shrink_threshold"]' | grep -qx "$thr" &&
+get /v1/policy | js 'd["shrink_threshold"]' | grep -qx "$thr" &&
     ok "the refused PATCH changed nothing" || bad "policy after a refused PATCH"
 expect "POST /v1/pause with the right token" 200 -X POST -H 'Authorization: Bearer s3cret-token' \
     "$BASE/v1/pause"

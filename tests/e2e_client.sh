@@ -11,66 +11,21 @@
 set -u
 BUILD=${1:?usage: e2e_client.sh BUILD_DIR SOURCE_DIR}
 SRC=${2:?usage: e2e_client.sh BUILD_DIR SOURCE_DIR}
-DAEMON=$BUILD/evowidthd
-EW=$BUILD/evowidth
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/evowidth-e2e-client.XXXXXX")
-DPID="" PORT="" BASE="" PASS=0 FAIL=0
-
-cleanup() {
-    [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null && { wait "$DPID"; } 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$SRC/tests/lib.sh"
+e2e_init client
 unset EVOWIDTH_URL EVOWIDTH_TOKEN
 
-ok() { PASS=$((PASS + 1)); echo "ok    $1"; }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL  $1${2:+: $2}"; }
-summary() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; }
-die() { bad "$1" "${2:-}"; [ -f "$TMP/err" ] && tail -n 20 "$TMP/err" | sed 's/^/    daemon: /'; summary; exit 1; }
-js() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-wait_for() {
-    local end=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.2
-    done
-}
 # ew ARGS...: runs the client (bounded); stdout in $TMP/o, stderr in $TMP/e, exit code in $RC.
 ew() {
     timeout 60 "$EW" "$@" >"$TMP/o" 2>"$TMP/e"
     RC=$?
 }
-step() { curl -sf --max-time 30 "$BASE/v1/status" | js 'd["step"]'; }
-step_above() { # the step counter, read afresh, is above $1
-    local s
-    s=$(step) && [ -n "$s" ] && [ "$s" -gt "$1" ]
-}
-advances() {
-    local s0
-    s0=$(step) || return 1
-    wait_for 20 step_above "$s0"
-}
 show() { echo "exit $RC; stdout: $(head -c 300 "$TMP/o"); stderr: $(head -c 300 "$TMP/e")"; }
 
 [ -x "$DAEMON" ] && [ -x "$EW" ] || die "binaries exist" "build $DAEMON and $EW first"
-python3 - "$SRC/configs/tiny.json" "$TMP" >"$TMP/cfg.json" <<'EOF' || die "make config"
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["train"]["epochs"] = 1000000  # never finishes while the test runs
-c["daemon"] = {"listen": "127.0.0.1:0", "state_dir": sys.argv[2] + "/state",
-               "checkpoint_every_steps": 500}
-print(json.dumps(c))
-EOF
+tiny_config 1000000 500 >"$TMP/cfg.json" || die "make config" # never finishes while the test runs
 printf 'client-test-token\n' >"$TMP/token"
-"$DAEMON" --config "$TMP/cfg.json" --token-file "$TMP/token" >"$TMP/out" 2>"$TMP/err" &
-DPID=$!
-wait_for 60 grep -qs "listening on http://" "$TMP/out" || die "daemon start" "no 'listening on' line"
-LISTEN=$(sed -n 's|.*listening on \(http://[^ ]*\)$|\1|p' "$TMP/out") # .../v1/status
-PORT=$(echo "$LISTEN" | sed -n 's|http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p')
-BASE=http://127.0.0.1:$PORT
-[ -n "$PORT" ] || die "daemon start" "no port in $(cat "$TMP/out")"
+start_daemon --token-file "$TMP/token"
 ok "daemon listens on port $PORT"
 
 # ---- read-only commands ----------------------------------------------------------------------
@@ -130,7 +85,7 @@ ew adapt
 [ $RC = 0 ] && grep -q '^adaptation at step' "$TMP/o" && ok "adapt" || bad "adapt" "$(show)"
 ew pause
 [ $RC = 0 ] && grep -qx paused "$TMP/o" && ok "pause" || bad "pause" "$(show)"
-is_paused() { curl -sf --max-time 30 "$BASE/v1/status" | js 'd["state"]' | grep -qx paused; }
+is_paused() { get /v1/status | js 'd["state"]' | grep -qx paused; }
 wait_for 10 is_paused || bad "state becomes paused"
 s1=$(step)
 sleep 1
@@ -149,17 +104,12 @@ ew layers "$ck"
 [ $RC = 0 ] && grep -q 'conv1' "$TMP/o" && ok "layers CHECKPOINT reads the file" || bad "layers FILE" "$(show)"
 ew stop
 [ $RC = 0 ] && grep -qx stopped "$TMP/o" && ok "stop waits for the daemon to go" || bad "stop" "$(show)"
-end=$((SECONDS + 15))
-while kill -0 "$DPID" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.1; done
-if kill -0 "$DPID" 2>/dev/null; then
+if ! wait_exit 15; then
     bad "the daemon exits after stop" "still running"
 else
-    { wait "$DPID"; } 2>/dev/null
-    code=$?
-    DPID=""
-    [ "$code" = 0 ] && ok "the daemon exited with 0" || bad "daemon exit code" "$code"
+    [ "$EXIT_CODE" = 0 ] && ok "the daemon exited with 0" || bad "daemon exit code" "$EXIT_CODE"
 fi
-grep -q "stopped at step" "$TMP/err" && ok "the daemon wrote its final checkpoint" || bad "final checkpoint"
+grep -q "stopped at step" "$TMP/err.$RUN" && ok "the daemon wrote its final checkpoint" || bad "final checkpoint"
 ew status
 [ $RC = 1 ] && grep -q "cannot reach evowidthd at $BASE" "$TMP/e" && ok "status after stop: cannot reach" ||
     bad "status after stop" "$(show)"

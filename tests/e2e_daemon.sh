@@ -12,85 +12,11 @@
 set -u
 BUILD=${1:?usage: e2e_daemon.sh BUILD_DIR SOURCE_DIR}
 SRC=${2:?usage: e2e_daemon.sh BUILD_DIR SOURCE_DIR}
-DAEMON=$BUILD/evowidthd
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/evowidth-e2e-daemon.XXXXXX")
-DPID="" PORT="" BASE="" PASS=0 FAIL=0 RUN=0
-
-cleanup() {
-    [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null && { wait "$DPID"; } 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ok() { PASS=$((PASS + 1)); echo "ok    $1"; }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL  $1${2:+: $2}"; }
-summary() { echo "$PASS passed, $FAIL failed"; [ "$FAIL" -eq 0 ]; }
-# A failed prerequisite: later checks cannot run.
-die() { bad "$1" "${2:-}"; [ -f "$TMP/err.$RUN" ] && tail -n 20 "$TMP/err.$RUN" | sed 's/^/    daemon: /'; summary; exit 1; }
-
-# Python one-liner on JSON from stdin: `js 'd["step"]'`.
-js() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-# HTTP request: prints the status code; the body goes to $TMP/body.
-api() {
-    local m=$1 p=$2
-    shift 2
-    curl -s -o "$TMP/body" -w '%{http_code}' --max-time 30 -X "$m" "$@" "$BASE$p"
-}
-get() { curl -sf --max-time 30 "$BASE$1"; }
-step() { get /v1/status | js 'd["step"]'; }
-# wait_for SECONDS CMD...: runs CMD every 0.2 s until it succeeds; 1 at the deadline.
-wait_for() {
-    local end=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.2
-    done
-}
-
-# start_daemon: runs evowidthd on $TMP/cfg.json and waits for its "listening on" line.
-start_daemon() {
-    RUN=$((RUN + 1))
-    "$DAEMON" --config "$TMP/cfg.json" >"$TMP/out.$RUN" 2>"$TMP/err.$RUN" &
-    DPID=$!
-    if ! wait_for 60 grep -qs "listening on http://" "$TMP/out.$RUN"; then
-        die "daemon start $RUN" "no 'listening on' line within 60 s"
-    fi
-    PORT=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$TMP/out.$RUN")
-    [ -n "$PORT" ] || die "daemon start $RUN" "cannot read the port from: $(cat "$TMP/out.$RUN")"
-    BASE=http://127.0.0.1:$PORT
-}
-# wait_exit SECONDS: 0 once the daemon has exited (its code in $EXIT_CODE).
-wait_exit() {
-    local end=$((SECONDS + $1))
-    while kill -0 "$DPID" 2>/dev/null; do
-        [ $SECONDS -ge $end ] && return 1
-        sleep 0.1
-    done
-    { wait "$DPID"; } 2>/dev/null # no "Killed" notice from the shell
-    EXIT_CODE=$?
-    DPID=""
-}
-step_above() { # the step counter, read afresh, is above $1
-    local s
-    s=$(step) && [ -n "$s" ] && [ "$s" -gt "$1" ]
-}
-advances() { # the step counter moves within 20 s
-    local s0
-    s0=$(step) || return 1
-    wait_for 20 step_above "$s0"
-}
+. "$SRC/tests/lib.sh"
+e2e_init daemon
 
 [ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
-python3 - "$SRC/configs/tiny.json" "$TMP" >"$TMP/cfg.json" <<'EOF' || die "make config"
-import json, sys
-c = json.load(open(sys.argv[1]))
-c["train"]["epochs"] = 1000000  # never finishes while the test runs
-c["daemon"] = {"listen": "127.0.0.1:0", "state_dir": sys.argv[2] + "/state",
-               "checkpoint_every_steps": 50}
-print(json.dumps(c))
-EOF
+tiny_config 1000000 50 >"$TMP/cfg.json" || die "make config" # never finishes while the test runs
 
 # ---- first run ------------------------------------------------------------------------------
 start_daemon

@@ -305,6 +305,14 @@ static struct fx_result fx_stop(struct fx *fx)
     return r;
 }
 
+/* A server with opts_test's options; NULL on failure. */
+static struct fx *fx_open(void)
+{
+    struct api_opts o;
+    opts_test(&o);
+    return fx_new(&o);
+}
+
 static int fx_counter(struct fx *fx, const int *field)
 {
     pthread_mutex_lock(&fx->mu);
@@ -363,6 +371,20 @@ static void cl_close(struct cl *c)
     if (c->fd >= 0) close(c->fd);
     free(c);
 }
+
+/* The fixture of most cases: a server with opts_test's options on its own loop thread (fx)
+ * and one client connected to it (c). FX_END closes the client, stops the server and checks
+ * that its loop closed cleanly. */
+#define FX_BEGIN(fx, c)                                                                    \
+    struct fx *fx = fx_open();                                                             \
+    ASSERT(fx);                                                                            \
+    struct cl *c = cl_open(fx->port);                                                      \
+    ASSERT(c)
+#define FX_END(fx, c)                                                                      \
+    do {                                                                                   \
+        cl_close(c);                                                                       \
+        ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);                                           \
+    } while (0)
 
 static int cl_send(struct cl *c, const char *s, size_t n)
 {
@@ -599,12 +621,7 @@ TEST(start_errors_port_in_use_and_bad_routes)
 
 TEST(get_keepalive_two_requests)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     struct reply r;
     char h[128];
     for (int i = 0; i < 2; i++) {
@@ -618,18 +635,12 @@ TEST(get_keepalive_two_requests)
                               "\"params\":[],\"i\":\"7\",\"ua\":\"tst\",\"body_len\":0}");
     }
     ASSERT_EQ(cl_eof(c, 50), -1); // still open
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(query_and_path_params)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     struct reply r;
     ASSERT_EQ(roundtrip(c, "GET /v1/layers/conv%201/spectrum?points=100&x=a%20b+c#frag HTTP/1.1"
                            "\r\n\r\n", &r), 0);
@@ -643,18 +654,12 @@ TEST(query_and_path_params)
     ASSERT_EQ(roundtrip(c, "GET http://h:1/v1/echo?i=2 HTTP/1.1\r\n\r\n", &r), 0);
     ASSERT_EQ(r.status, 200);
     ASSERT_CONTAINS(r.body, "\"path\":\"/v1/echo\"");
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(not_found_and_method_not_allowed)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     struct reply r;
     char h[128];
     ASSERT_EQ(roundtrip(c, "GET /v1/nope HTTP/1.1\r\n\r\n", &r), 0);
@@ -689,8 +694,7 @@ TEST(not_found_and_method_not_allowed)
     char *second = strstr(buf, "\r\n\r\n");
     ASSERT(second);
     ASSERT(strncmp(second + 4, "HTTP/1.1 200 OK", 15) == 0);
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(bad_request_table_closes)
@@ -707,9 +711,7 @@ TEST(bad_request_table_closes)
         "PATCH /v1/thing HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         "CONNECT example.org:443 HTTP/1.1\r\n\r\n",
     };
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
         struct cl *c = cl_open(fx->port);
@@ -759,12 +761,7 @@ TEST(json_bodies_and_content_type)
         {"application/jsonp", "{\"n\":1}", 415, "application/jsonp"},
         {NULL, "", 400, "request body is empty"},
     };
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
         struct reply r;
         ASSERT_EQ(patch_thing(c, T[i].ctype, T[i].body, &r), 0);
@@ -788,9 +785,7 @@ static char *json_of_len(size_t n)
 
 TEST(body_limit_content_length)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     static const struct {
         size_t len;
@@ -832,8 +827,7 @@ TEST(body_limit_content_length)
     struct reply r;
     ASSERT_EQ(cl_recv(c, &r), 0);
     ASSERT_EQ(r.status, 413);
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 /* Send `total` bytes of JSON as chunks of `chunk` bytes. */
@@ -857,9 +851,7 @@ static int send_chunked(struct cl *c, size_t total, size_t chunk)
 
 TEST(body_limit_chunked)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     static const struct {
         size_t len, chunk;
@@ -887,12 +879,7 @@ TEST(body_limit_chunked)
 
 TEST(expect_100_continue)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     ASSERT_EQ(cl_sends(c, "PATCH /v1/thing HTTP/1.1\r\nContent-Type: application/json\r\n"
                           "Expect: 100-continue\r\nContent-Length: 7\r\n\r\n"), 0);
     struct reply r;
@@ -901,8 +888,7 @@ TEST(expect_100_continue)
     ASSERT_EQ(cl_sends(c, "{\"n\":3}"), 0);
     ASSERT_EQ(cl_recv(c, &r), 0);
     ASSERT_EQ(r.status, 200);
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 // ---- head limits -----------------------------------------------------------------------------
@@ -921,9 +907,7 @@ static char *head_of_len(size_t total)
 
 TEST(header_limits_at_cap)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     static const struct {
         size_t bytes;
@@ -968,12 +952,7 @@ TEST(header_limits_at_cap)
 
 TEST(one_byte_writes)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     static const char req[] = "PATCH /v1/thing?i=1 HTTP/1.1\r\nHost: t\r\n"
                               "Content-Type: application/json\r\nContent-Length: 8\r\n\r\n"
                               "{\"n\":42}"
@@ -989,18 +968,12 @@ TEST(one_byte_writes)
     ASSERT_EQ(cl_recv(c, &r), 0);
     ASSERT_EQ(r.status, 200);
     ASSERT_CONTAINS(r.body, "\"params\":[\"fc9\"]");
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(pipelining_in_order_with_async)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     ASSERT_EQ(cl_sends(c, "GET /v1/echo?i=1 HTTP/1.1\r\n\r\n"
                           "POST /v1/slow HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
                           "GET /v1/echo?i=3 HTTP/1.1\r\n\r\n"
@@ -1060,9 +1033,7 @@ static void *pipe_sender(void *arg)
  * the server stops reading once its write queue is long, then resumes, all in order. */
 TEST(pipelining_backpressure)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     struct cl *c = calloc(1, sizeof *c);
     ASSERT(c);
@@ -1092,15 +1063,12 @@ TEST(pipelining_backpressure)
     pthread_join(th, NULL);
     ASSERT_EQ(j.rc, 0);
     ASSERT(in_order);
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(http10_and_connection_close)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     struct reply r;
     char h[64];
@@ -1317,20 +1285,14 @@ TEST(auth_bearer_token)
     ASSERT_EQ(r.status, 200);
     ASSERT_EQ(roundtrip(c, "POST /v1/inline HTTP/1.1\r\n\r\n", &r), 0); // not flagged mutating
     ASSERT_EQ(r.status, 200);
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 // ---- async -----------------------------------------------------------------------------------
 
 TEST(async_completion)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     struct reply r;
     double t0 = now_ms();
     ASSERT_EQ(roundtrip(c, "POST /v1/slow HTTP/1.1\r\n\r\n", &r), 0);
@@ -1342,15 +1304,12 @@ TEST(async_completion)
     ASSERT_EQ(roundtrip(c, "POST /v1/inline HTTP/1.1\r\n\r\n", &r), 0);
     ASSERT_EQ(r.status, 200);
     ASSERT_STR_EQ(r.body, "inline\n");
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(async_client_gone)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     for (int i = 0; i < 3; i++) {
         struct cl *c = cl_open(fx->port);
@@ -1375,20 +1334,14 @@ TEST(async_client_gone)
     ASSERT_EQ(roundtrip(c, "GET /v1/stats HTTP/1.1\r\n\r\n", &r), 0);
     ASSERT_EQ(r.status, 200);
     ASSERT_CONTAINS(r.body, "conns_current 1\n");
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 // ---- counters and shutdown ------------------------------------------------------------------
 
 TEST(stats_counters)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
-    ASSERT(fx);
-    struct cl *c = cl_open(fx->port);
-    ASSERT(c);
+    FX_BEGIN(fx, c);
     struct reply r;
     ASSERT_EQ(roundtrip(c, GET_ECHO, &r), 0);
     ASSERT_EQ(roundtrip(c, "GET /nope HTTP/1.1\r\n\r\n", &r), 0);
@@ -1398,15 +1351,12 @@ TEST(stats_counters)
                           "conns_current 1\nconns_accepted 1\nconns_rejected 0\n");
     char h[64];
     ASSERT_STR_EQ(reply_header(&r, "Content-Type", h, sizeof h), "text/plain; version=0.0.4");
-    cl_close(c);
-    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+    FX_END(fx, c);
 }
 
 TEST(shutdown_with_open_connections_and_pending_async)
 {
-    struct api_opts o;
-    opts_test(&o);
-    struct fx *fx = fx_new(&o);
+    struct fx *fx = fx_open();
     ASSERT(fx);
     struct cl *idle = cl_open(fx->port), *mid = cl_open(fx->port), *held = cl_open(fx->port);
     ASSERT(idle && mid && held);

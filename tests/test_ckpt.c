@@ -27,68 +27,9 @@
 
 #include "net/net.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 #define T_THREADS 2
-
-// ---- temp directories and files -----------------------------------------------------------
-
-struct tmpd {
-    char dir[64];
-};
-
-static int tmp_make(struct tmpd *t)
-{
-    snprintf(t->dir, sizeof t->dir, "/tmp/test_ckpt_XXXXXX");
-    return mkdtemp(t->dir) ? 0 : -1;
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    return remove(p);
-}
-
-static void tmp_rm(struct tmpd *t)
-{
-    nftw(t->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-/* dst = dir/name. */
-static void tpath(char *dst, size_t n, const struct tmpd *t, const char *name)
-{
-    snprintf(dst, n, "%s/%s", t->dir, name);
-}
-
-static int exists(const char *p)
-{
-    struct stat st;
-    return stat(p, &st) == 0;
-}
-
-/* Whole file into a malloc'ed buffer; NULL on error. */
-static unsigned char *read_all(const char *p, size_t *len)
-{
-    FILE *f = fopen(p, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
-static int write_all(const char *p, const void *b, size_t len)
-{
-    FILE *f = fopen(p, "wb");
-    if (!f) return -1;
-    size_t w = len ? fwrite(b, 1, len, f) : 0;
-    return (fclose(f) == 0 && w == len) ? 0 : -1;
-}
 
 /* Rewrites the trailing CRC-32 so that only the intended field is wrong. */
 static void fix_crc(unsigned char *b, size_t len)
@@ -236,7 +177,7 @@ static int save_sample(const struct tmpd *t, const char *name, char *path, size_
     struct net_optim o;
     struct net *n = make_trained(&o, 1);
     if (!n) return -1;
-    tpath(path, pn, t, name);
+    tmp_path(t, name, path);
     char trnr[24] = "step=3 epoch=0 rng=77";
     struct ckpt_blob bl[2] = {{"TRNR", trnr, sizeof trnr}, {"PLCY", "{}", 2}};
     char err[256] = "";
@@ -254,7 +195,7 @@ static void body_round_trip(const struct tmpd *t, int *test__failed)
     struct net *n = make_trained(&o, 1);
     ASSERT(n);
     char path[256], tmp[300];
-    tpath(path, sizeof path, t, "model.ckpt");
+    tmp_path(t, "model.ckpt", path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     unsigned char bin[300];
     for (size_t i = 0; i < sizeof bin; i++) bin[i] = (unsigned char)(i * 7 + 3); // includes 0s
@@ -265,8 +206,8 @@ static void body_round_trip(const struct tmpd *t, int *test__failed)
     int rc = ckpt_save(path, n, &o, bl, 3, err, sizeof err);
     if (rc) net_destroy(n);
     ASSERT_EQ(rc, 0);
-    ASSERT(exists(path));
-    ASSERT(!exists(tmp)); // atomic write: the temporary is renamed away
+    ASSERT(file_exists(path));
+    ASSERT(!file_exists(tmp)); // atomic write: the temporary is renamed away
 
     struct net *m = NULL;
     struct net_optim o2;
@@ -299,9 +240,9 @@ TEST(round_trip)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_round_trip(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* Without optimizer state: has_opt = 0 and the caller's optimizer is left alone; blobs may
@@ -312,7 +253,7 @@ static void body_no_optimizer(const struct tmpd *t, int *test__failed)
     struct net *n = make_trained(&o, 0);
     ASSERT(n);
     char path[256], err[256] = "";
-    tpath(path, sizeof path, t, "weights.ckpt");
+    tmp_path(t, "weights.ckpt", path);
     int rc = ckpt_save(path, n, NULL, NULL, 0, err, sizeof err);
     if (rc) net_destroy(n);
     ASSERT_EQ(rc, 0);
@@ -336,9 +277,9 @@ TEST(round_trip_without_optimizer)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_no_optimizer(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 // ---- resume: bit-identical next steps ------------------------------------------------------
@@ -349,7 +290,7 @@ static void body_resume(const struct tmpd *t, int adam, int *test__failed)
     struct net *n = make_trained(&o, adam);
     ASSERT(n);
     char path[256], err[256] = "";
-    tpath(path, sizeof path, t, adam ? "adam.ckpt" : "sgd.ckpt");
+    tmp_path(t, adam ? "adam.ckpt" : "sgd.ckpt", path);
     int rc = ckpt_save(path, n, &o, NULL, 0, err, sizeof err);
     struct net *m = NULL;
     struct net_optim o2 = {0};
@@ -384,18 +325,18 @@ TEST(resume_bit_identical_sgd)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_resume(&t, 0, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 TEST(resume_bit_identical_adamw)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_resume(&t, 1, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* Saving over an existing checkpoint replaces it whole and leaves no temporary. */
@@ -405,7 +346,7 @@ static void body_overwrite(const struct tmpd *t, int *test__failed)
     struct net *n = make_trained(&o, 1);
     ASSERT(n);
     char path[256], tmp[300], err[256] = "";
-    tpath(path, sizeof path, t, "m.ckpt");
+    tmp_path(t, "m.ckpt", path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int rc1 = ckpt_save(path, n, &o, NULL, 0, err, sizeof err);
     train_step(n, &o, 999);
@@ -421,16 +362,16 @@ static void body_overwrite(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(rc3, 0);
     ASSERT(same);
     ASSERT_EQ(has_opt, 0);
-    ASSERT(!exists(tmp));
+    ASSERT(!file_exists(tmp));
 }
 
 TEST(overwrite_replaces_whole_file)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_overwrite(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 // ---- rejected files -----------------------------------------------------------------------
@@ -471,7 +412,7 @@ static int reject_bytes(const struct tmpd *t, const char *name, const unsigned c
                         size_t len, const char *need)
 {
     char p[256];
-    tpath(p, sizeof p, t, name);
+    tmp_path(t, name, p);
     if (write_all(p, buf, len) < 0) return 1;
     int bad = expect_load_fail(p, need, -EINVAL);
     if (bad) printf("    (case %s, %zu bytes)\n", name, len);
@@ -501,9 +442,9 @@ TEST(rejects_flipped_byte)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_flip(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 static void body_truncate(const struct tmpd *t, int *test__failed)
@@ -531,9 +472,9 @@ TEST(rejects_truncated)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_truncate(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* Truncated inside a chunk but with a valid CRC over what is left: the chunk-level bounds
@@ -576,9 +517,9 @@ TEST(rejects_truncated_chunk_with_valid_crc)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_truncate_crc(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 static void body_header(const struct tmpd *t, int *test__failed)
@@ -628,9 +569,9 @@ TEST(rejects_bad_header)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_header(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 static void body_not_files(const struct tmpd *t, int *test__failed)
@@ -639,10 +580,10 @@ static void body_not_files(const struct tmpd *t, int *test__failed)
     // Empty file.
     ASSERT_EQ(reject_bytes(t, "empty.ckpt", (const unsigned char *)"", 0, "truncated"), 0);
     // Missing file: -ENOENT and the path in the message.
-    tpath(p, sizeof p, t, "no_such.ckpt");
+    tmp_path(t, "no_such.ckpt", p);
     ASSERT_EQ(expect_load_fail(p, "no_such.ckpt", -ENOENT), 0);
     // A directory.
-    tpath(p, sizeof p, t, "adir");
+    tmp_path(t, "adir", p);
     ASSERT_EQ(mkdir(p, 0755), 0);
     ASSERT_EQ(expect_load_fail(p, NULL, 0), 0);
     // Not a checkpoint at all.
@@ -653,9 +594,9 @@ static void body_not_files(const struct tmpd *t, int *test__failed)
 TEST(rejects_empty_missing_directory)
 {
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_not_files(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* Well-formed CRC, inconsistent content: the parser's own checks must hold. */
@@ -720,9 +661,9 @@ TEST(rejects_inconsistent_content)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_semantic(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* The ARCH chunk's declared length must match what it holds; a reader that ignores it
@@ -754,9 +695,9 @@ TEST(rejects_arch_length_mismatch)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_arch_len(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* Every single-bit change (low and high bit of each byte) of the header and ARCH chunk,
@@ -766,7 +707,7 @@ static void body_fuzz(const struct tmpd *t, int *test__failed)
 {
     char path[256], p2[256];
     ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
-    tpath(p2, sizeof p2, t, "fuzz.ckpt");
+    tmp_path(t, "fuzz.ckpt", p2);
     size_t len = 0;
     unsigned char *b = read_all(path, &len);
     ASSERT(b && len > 200);
@@ -817,9 +758,9 @@ TEST(fuzz_header_and_arch)
     // barriers crawl on a loaded two-core machine.
     net_set_threads(1);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_fuzz(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 // ---- failed saves ---------------------------------------------------------------------------
@@ -830,35 +771,35 @@ static void body_bad_dir(const struct tmpd *t, int *test__failed)
     struct net *n = make_trained(&o, 0);
     ASSERT(n);
     char dir[256], path[300], tmp[320], err[512] = "";
-    tpath(dir, sizeof dir, t, "missing_dir");
+    tmp_path(t, "missing_dir", dir);
     snprintf(path, sizeof path, "%s/m.ckpt", dir);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     int rc = ckpt_save(path, n, &o, NULL, 0, err, sizeof err);
     // A directory in the way of the final name: the rename fails, the temporary is removed.
     char dpath[256], dtmp[300], err2[512] = "";
-    tpath(dpath, sizeof dpath, t, "is_a_dir");
+    tmp_path(t, "is_a_dir", dpath);
     snprintf(dtmp, sizeof dtmp, "%s.tmp", dpath);
     int mk = mkdir(dpath, 0755);
     int rc2 = ckpt_save(dpath, n, &o, NULL, 0, err2, sizeof err2);
     net_destroy(n);
     ASSERT_LT(rc, 0);
     ASSERT_CONTAINS(err, "missing_dir");
-    ASSERT(!exists(dir));
-    ASSERT(!exists(path));
-    ASSERT(!exists(tmp));
+    ASSERT(!file_exists(dir));
+    ASSERT(!file_exists(path));
+    ASSERT(!file_exists(tmp));
     ASSERT_EQ(mk, 0);
     ASSERT_LT(rc2, 0);
     ASSERT_CONTAINS(err2, "is_a_dir");
-    ASSERT(!exists(dtmp));
+    ASSERT(!file_exists(dtmp));
 }
 
 TEST(save_failures_leave_nothing)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_bad_dir(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 /* A caller blob may not use a tag the format itself uses: either the save refuses it, or
@@ -902,9 +843,9 @@ TEST(save_rejects_reserved_blob_tags)
 {
     net_set_threads(T_THREADS);
     struct tmpd t;
-    ASSERT_EQ(tmp_make(&t), 0);
+    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
     body_reserved(&t, test__failed);
-    tmp_rm(&t);
+    tmp_remove(&t);
 }
 
 TEST_MAIN()

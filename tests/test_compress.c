@@ -1,5 +1,5 @@
-/* tests/test_compress.c: the compression tools (daemon/compress.c, net/export.c) against the
- * claims of the compression issue.
+/* tests/test_compress.c: the compression tools (cli/compress.c, net/compress.c,
+ * net/export.c) against the claims of the compression issue.
  *
  * 1. SVD factorization: a rank equal to the full rank reproduces the model's outputs (dense and
  *    conv, with the mean-input bias fix on); the auto-rank rules pick the known rank on a
@@ -28,23 +28,16 @@
 
 #include <zlib.h>
 
-#include "daemon/daemon.h"
+#include "cli/cli.h"
 #include "net/net.h"
 #include "svd_adapt/svd_adapt.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 #ifndef EW_SOURCE_DIR
 #define EW_SOURCE_DIR "."
 #endif
 
-#define S_CONV(o, k_, p, b)                                                                    \
-    {.kind = NET_CONV, .out = (o), .k = (k_), .stride = 1, .pad = (p), .bias = (b)}
-#define S_DENSE(o, b) {.kind = NET_DENSE, .out = (o), .bias = (b)}
-#define S_BN() {.kind = NET_BN}
-#define S_RELU() {.kind = NET_RELU}
-#define S_POOL(k_) {.kind = NET_MAXPOOL, .k = (k_), .stride = (k_)}
-#define S_FLAT() {.kind = NET_FLATTEN}
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -103,7 +96,7 @@ static double max_abs(const float *a, size_t n)
     return d;
 }
 
-static void tmp_path(char *out, size_t n, const char *name)
+static void pid_path(char *out, size_t n, const char *name)
 {
     snprintf(out, n, "/tmp/ew_test_compress_%ld_%s", (long)getpid(), name);
 }
@@ -159,8 +152,9 @@ static void full_rank_case(int *test__failed, struct net *n, size_t li, const fl
 TEST(full_rank_reproduces_outputs)
 {
     net_set_threads(1);
-    const struct net_layer_spec s[] = {S_CONV(6, 3, 1, 1), S_BN(), S_RELU(), S_POOL(2), S_FLAT(),
-                                       S_DENSE(12, 1), S_RELU(), S_DENSE(5, 1)};
+    const struct net_layer_spec s[] = {S_CONV(6, 3, 1, 1, 1), S_BN(),         S_RELU(),
+                                       S_POOL(2, 2),          S_FLAT(),       S_DENSE(12, 1),
+                                       S_RELU(),              S_DENSE(5, 1)};
     struct net *n = mk(2, 8, 8, 5, s, N_OF(s), 11);
     ASSERT(n);
     const size_t B = 16;
@@ -289,7 +283,7 @@ TEST(somp_selects_known_subset)
 TEST(group_lasso_gradient_matches_finite_differences)
 {
     net_set_threads(1);
-    const struct net_layer_spec sp[] = {S_CONV(4, 3, 1, 1), S_RELU(), S_FLAT(), S_DENSE(6, 1),
+    const struct net_layer_spec sp[] = {S_CONV(4, 3, 1, 1, 1), S_RELU(), S_FLAT(), S_DENSE(6, 1),
                                         S_RELU(), S_DENSE(3, 1)};
     struct net *n = mk(2, 4, 4, 3, sp, N_OF(sp), 31);
     ASSERT(n);
@@ -500,8 +494,8 @@ TEST(f16_round_to_nearest_even)
     free(pos);
 }
 
-static const struct net_layer_spec XNET[] = {S_CONV(8, 3, 1, 1), S_BN(),       S_RELU(),
-                                             S_POOL(2),          S_FLAT(),     S_DENSE(40, 1),
+static const struct net_layer_spec XNET[] = {S_CONV(8, 3, 1, 1, 1), S_BN(),       S_RELU(),
+                                             S_POOL(2, 2),          S_FLAT(),     S_DENSE(40, 1),
                                              S_RELU(),           S_DENSE(4, 1)};
 
 /* Distinct non-zero values of a tensor (up to cap). */
@@ -548,7 +542,7 @@ static void kmeans_roundtrip_case(int *test__failed, const struct net_export_opt
     }
     ASSERT_GE(zeros, (size_t)(o->prune * (double)total));
     float *zq = logits(n, x, B);
-    tmp_path(path, sizeof(path), "rt.evwz");
+    pid_path(path, sizeof(path), "rt.evwz");
     const char conf[] = "{\"hello\": 1}";
     struct ckpt_blob blob = {"CONF", (void *)conf, sizeof(conf) - 1};
     struct net_export_sizes sz;
@@ -680,31 +674,6 @@ static int write_container(const char *path, const unsigned char *raw, size_t ra
     return ok ? 0 : -1;
 }
 
-static unsigned char *read_all(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc((size_t)n + 1);
-    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return p;
-}
-
-static int write_all(const char *path, const unsigned char *p, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    int ok = fwrite(p, 1, n, f) == n;
-    return (fclose(f) == 0 && ok) ? 0 : -1;
-}
-
 /* Loading must fail with -EINVAL and a reason naming the file and containing `why`. */
 static void expect_reject(int *test__failed, const char *path, const char *why)
 {
@@ -731,8 +700,8 @@ TEST(export_rejects_corrupt_and_truncated)
     char err[512], path[256], bad[256];
     ASSERT_EQ(net_xplan_create(&p, n, &o, err, sizeof(err)), 0);
     ASSERT_EQ(net_xplan_cluster(p, n), 0);
-    tmp_path(path, sizeof(path), "good.evwz");
-    tmp_path(bad, sizeof(bad), "bad.evwz");
+    pid_path(path, sizeof(path), "good.evwz");
+    pid_path(bad, sizeof(bad), "bad.evwz");
     ASSERT_EQ(net_export_save(path, n, p, NULL, 0, NULL, err, sizeof(err)), 0);
     size_t len;
     unsigned char *f = read_all(path, &len);
@@ -870,10 +839,10 @@ TEST(slow_subcommands_on_a_tiny_model)
     ASSERT_EQ(dmn_trainer_create(&t, &cfg, err, sizeof(err)), 0);
     t->log = NULL;
     while (!dmn_trainer_done(t)) ASSERT_EQ(dmn_trainer_step(t), 0);
-    tmp_path(model, sizeof(model), "tiny.evow");
-    tmp_path(out, sizeof(out), "tiny_out.evow");
-    tmp_path(xz, sizeof(xz), "tiny.evwz");
-    tmp_path(csv, sizeof(csv), "sweep.csv");
+    pid_path(model, sizeof(model), "tiny.evow");
+    pid_path(out, sizeof(out), "tiny_out.evow");
+    pid_path(xz, sizeof(xz), "tiny.evwz");
+    pid_path(csv, sizeof(csv), "sweep.csv");
     ASSERT_EQ(dmn_trainer_save(t, model, err, sizeof(err)), 0);
     const size_t p0 = t->net->n_params;
     dmn_trainer_destroy(t);

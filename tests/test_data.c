@@ -15,50 +15,7 @@
 
 #include "net/net.h"
 #include "tests/test.h"
-
-// ---- temp files ------------------------------------------------------------------------
-
-struct tmpd {
-    char dir[64];
-};
-
-static int tmp_make(struct tmpd *t)
-{
-    snprintf(t->dir, sizeof t->dir, "/tmp/test_data_XXXXXX");
-    return mkdtemp(t->dir) ? 0 : -1;
-}
-
-/* Removes every file in the directory, then the directory (tests create no subdirs). */
-static void tmp_remove(struct tmpd *t)
-{
-    DIR *dd = opendir(t->dir);
-    if (dd) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(dd)) != NULL) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            snprintf(p, sizeof p, "%s/%s", t->dir, e->d_name);
-            unlink(p);
-        }
-        closedir(dd);
-    }
-    rmdir(t->dir);
-}
-
-/* Path of `name` inside the temp dir, in a caller buffer of 256 bytes. */
-static const char *tmp_path(const struct tmpd *t, const char *name, char *buf)
-{
-    snprintf(buf, 256, "%s/%s", t->dir, name);
-    return buf;
-}
-
-static int write_file(const char *path, const void *data, size_t len)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    size_t w = len ? fwrite(data, 1, len, f) : 0;
-    return (fclose(f) == 0 && w == len) ? 0 : -1;
-}
+#include "tests/util.h"
 
 static int write_gz(const char *path, const void *data, size_t len)
 {
@@ -119,8 +76,8 @@ static void check_roundtrip(int *test__failed, const struct tmpd *t, int gz)
     // Names say nothing about compression: gzip must be found by its magic bytes.
     tmp_path(t, gz ? "images.idx" : "images.gz", ip);
     tmp_path(t, gz ? "labels.idx" : "labels.gz", lp);
-    ASSERT_EQ(gz ? write_gz(ip, ib, ni) : write_file(ip, ib, ni), 0);
-    ASSERT_EQ(gz ? write_gz(lp, lb, nl) : write_file(lp, lb, nl), 0);
+    ASSERT_EQ(gz ? write_gz(ip, ib, ni) : write_all(ip, ib, ni), 0);
+    ASSERT_EQ(gz ? write_gz(lp, lb, nl) : write_all(lp, lb, nl), 0);
 
     struct net_dataset d = {0};
     int rc = net_data_load_idx(&d, ip, lp, err, sizeof err);
@@ -150,8 +107,8 @@ static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8
     ASSERT_LE(n_lab, 56);
     size_t nl = idx_labels(lb, 0x801, (uint32_t)n_lab, LAB3, 0);
     nl += n_lab; // labels are zero bytes
-    ASSERT_EQ(write_file(tmp_path(t, "img", ip), ib, ni), 0);
-    ASSERT_EQ(write_file(tmp_path(t, "lab", lp), lb, nl), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "img", ip), ib, ni), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, nl), 0);
     struct net_dataset d = {0};
     int rc = net_data_load_idx(&d, ip, lp, err, sizeof err);
     ASSERT_EQ(rc, want_rc);
@@ -164,7 +121,7 @@ static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8
 #define WITH_TMP(body)                                                                 \
     do {                                                                               \
         struct tmpd t_;                                                                \
-        ASSERT_EQ(tmp_make(&t_), 0);                                                   \
+        ASSERT_EQ(tmp_make(&t_, "test_data"), 0);                                      \
         body(test__failed, &t_);                                                       \
         tmp_remove(&t_);                                                               \
     } while (0)
@@ -222,14 +179,14 @@ static void body_truncated_gz(int *test__failed, const struct tmpd *t)
     char ip[256], lp[256], err[512] = "";
     tmp_path(t, "img.gz", ip);
     ASSERT_EQ(write_gz(ip, ib, ni), 0);
-    ASSERT_EQ(write_file(tmp_path(t, "lab", lp), lb, nl), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, nl), 0);
     FILE *f = fopen(ip, "rb");
     ASSERT(f != NULL);
     static uint8_t gzb[8192];
     size_t gzlen = fread(gzb, 1, sizeof gzb, f);
     fclose(f);
     ASSERT_GT(gzlen, 100);
-    ASSERT_EQ(write_file(ip, gzb, gzlen / 2), 0);
+    ASSERT_EQ(write_all(ip, gzb, gzlen / 2), 0);
 
     struct net_dataset d = {0};
     int rc = net_data_load_idx(&d, ip, lp, err, sizeof err);
@@ -241,7 +198,7 @@ static void body_truncated_gz(int *test__failed, const struct tmpd *t)
     // Flipping a byte inside the deflate stream is a corrupt file, not a crash.
     gzb[gzlen / 2] ^= 0xff;
     gzb[gzlen / 2 + 1] ^= 0x5a;
-    ASSERT_EQ(write_file(ip, gzb, gzlen), 0);
+    ASSERT_EQ(write_all(ip, gzb, gzlen), 0);
     rc = net_data_load_idx(&d, ip, lp, err, sizeof err);
     ASSERT_LT(rc, 0);
     ASSERT_CONTAINS(err, ip);
@@ -308,8 +265,8 @@ static void body_overflow(int *test__failed, const struct tmpd *t)
     uint8_t lb[8];
     char ip[256], lp[256], err[512] = "";
     idx_labels(lb, 0x801, 1u << 20, NULL, 0);
-    ASSERT_EQ(write_file(tmp_path(t, "img", ip), ib, ni), 0);
-    ASSERT_EQ(write_file(tmp_path(t, "lab", lp), lb, 8), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "img", ip), ib, ni), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, 8), 0);
     struct net_dataset d = {0};
     ASSERT_EQ(net_data_load_idx(&d, ip, lp, err, sizeof err), -EIO);
     ASSERT_CONTAINS(err, ip);
@@ -333,8 +290,8 @@ static void body_trailing(int *test__failed, const struct tmpd *t)
     uint8_t lb[16];
     char ip[256], lp[256], err[512] = "";
     size_t nl = idx_labels(lb, 0x801, 3, LAB3, 2);
-    ASSERT_EQ(write_file(tmp_path(t, "img", ip), ib, ni), 0);
-    ASSERT_EQ(write_file(tmp_path(t, "lab", lp), lb, nl), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "img", ip), ib, ni), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, nl), 0);
     struct net_dataset d = {0};
     ASSERT_EQ(net_data_load_idx(&d, ip, lp, err, sizeof err), -EIO);
     ASSERT_CONTAINS(err, lp);
@@ -352,7 +309,7 @@ static void body_missing(int *test__failed, const struct tmpd *t)
     uint8_t lb[16];
     char ip[256], lp[256], err[512] = "";
     size_t nl = idx_labels(lb, 0x801, 3, LAB3, 3);
-    ASSERT_EQ(write_file(tmp_path(t, "lab", lp), lb, nl), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, nl), 0);
     tmp_path(t, "no-such-images", ip);
     struct net_dataset d = {0};
     ASSERT_EQ(net_data_load_idx(&d, ip, lp, err, sizeof err), -ENOENT);
@@ -363,7 +320,7 @@ static void body_missing(int *test__failed, const struct tmpd *t)
     uint8_t ib[64];
     char ip2[256];
     size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, sizeof PIX3);
-    ASSERT_EQ(write_file(tmp_path(t, "img", ip2), ib, ni), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "img", ip2), ib, ni), 0);
     ASSERT_EQ(net_data_load_idx(&d, ip2, ip, err, sizeof err), -ENOENT);
     ASSERT_CONTAINS(err, ip);
     ASSERT(is_zeroed(&d));
@@ -436,7 +393,7 @@ static void body_cifar_values(int *test__failed, const struct tmpd *t)
     cifar_record(f1 + 3073, 9, 255, 0, 128);
     cifar_record(f2, 0, 1, 2, 3);
     char p1[256], p2[256], err[512] = "";
-    ASSERT_EQ(write_file(tmp_path(t, "data_batch_1.bin", p1), f1, sizeof f1), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "data_batch_1.bin", p1), f1, sizeof f1), 0);
     ASSERT_EQ(write_gz(tmp_path(t, "data_batch_2.bin", p2), f2, sizeof f2), 0);
     const char *files[2] = {p1, p2};
     struct net_dataset d = {0};
@@ -476,8 +433,8 @@ static void body_cifar_bad(int *test__failed, const struct tmpd *t)
     struct net_dataset d = {0};
     cifar_record(buf, 1, 1, 2, 3);
     cifar_record(buf + 3073, 10, 1, 2, 3); // label 10 is out of range
-    ASSERT_EQ(write_file(tmp_path(t, "good.bin", p1), buf, 3073), 0);
-    ASSERT_EQ(write_file(tmp_path(t, "bad_label.bin", p2), buf, sizeof buf), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "good.bin", p1), buf, 3073), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "bad_label.bin", p2), buf, sizeof buf), 0);
     const char *files[2] = {p1, p2};
     ASSERT_EQ(net_data_load_cifar(&d, files, 2, err, sizeof err), -EINVAL);
     ASSERT_CONTAINS(err, p2);
@@ -485,14 +442,14 @@ static void body_cifar_bad(int *test__failed, const struct tmpd *t)
     ASSERT(is_zeroed(&d));
 
     // Size not a multiple of 3073.
-    ASSERT_EQ(write_file(tmp_path(t, "short.bin", p2), buf, 3073 + 100), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "short.bin", p2), buf, 3073 + 100), 0);
     ASSERT_EQ(net_data_load_cifar(&d, files, 2, err, sizeof err), -EINVAL);
     ASSERT_CONTAINS(err, p2);
     ASSERT_CONTAINS(err, "multiple of 3073");
     ASSERT(is_zeroed(&d));
 
     // Empty file.
-    ASSERT_EQ(write_file(tmp_path(t, "empty.bin", p2), buf, 0), 0);
+    ASSERT_EQ(write_all(tmp_path(t, "empty.bin", p2), buf, 0), 0);
     ASSERT_EQ(net_data_load_cifar(&d, files, 2, err, sizeof err), -EINVAL);
     ASSERT_CONTAINS(err, p2);
     ASSERT(is_zeroed(&d));

@@ -32,6 +32,7 @@
 
 #include "net/net.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 #ifndef EW_SOURCE_DIR
 #define EW_SOURCE_DIR "."
@@ -40,21 +41,6 @@
 #define T_THREADS 2
 #define T_PI 3.14159265358979323846
 
-// ---- layer spec shorthands ---------------------------------------------------------------
-
-#define S_CONV(o, k_, s, p, b)                                                                 \
-    {.kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_CONVR(o, r, k_, s, p, b)                                                             \
-    {.kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_DENSE(o, b) {.kind = NET_DENSE, .out = (o), .bias = (b)}
-#define S_DENSER(o, r, b) {.kind = NET_DENSE, .out = (o), .rank = (r), .bias = (b)}
-#define S_BN() {.kind = NET_BN}
-#define S_RELU() {.kind = NET_RELU}
-#define S_POOL(k_, s) {.kind = NET_MAXPOOL, .k = (k_), .stride = (s)}
-#define S_GAP() {.kind = NET_GAP}
-#define S_FLAT() {.kind = NET_FLATTEN}
-#define S_RES(w, o, s, b) {.kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)}
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static struct net_shape shp(size_t c, size_t h, size_t w)
 {
@@ -906,6 +892,81 @@ TEST(param_and_flop_counts)
     ASSERT_EQ(np, p);
     ASSERT_EQ(ns, 26);
     ASSERT_EQ(nf, f);
+}
+
+/* net_layer_info: the per-layer parameters, MACs and widths of the net above, by hand. */
+TEST(layer_info_counts)
+{
+    struct net_shape in = shp(1, 8, 8);
+    const struct net_layer_spec s[] = {S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
+                                       S_CONVR(6, 2, 3, 1, 1, 0), S_RES(3, 5, 2, 1), S_GAP(),
+                                       S_DENSE(3, 1)};
+    const size_t want[][3] = {{40, 2304, 4}, {0, 0, 4}, {0, 0, 4}, {72 + 12, 1344, 6},
+                              {353, 1308, 3}, {0, 0, 5}, {18, 15, 3}};
+    struct net *n = mk(&in, 3, s, N_OF(s));
+    ASSERT(n);
+    size_t sum_p = 0, sum_f = 0;
+    for (size_t i = 0; i < n->n_layers; i++) {
+        struct net_layer_info li;
+        net_layer_info(n, i, &li);
+        sum_p += li.params;
+        sum_f += li.macs;
+        if (li.params != want[i][0] || li.macs != want[i][1] || li.width != want[i][2])
+            printf("    layer %zu: params %zu macs %zu width %zu\n", i, li.params, li.macs, li.width);
+        ASSERT_EQ(li.params, want[i][0]);
+        ASSERT_EQ(li.width, want[i][2]);
+        ASSERT_EQ(li.macs, want[i][1]);
+    }
+    ASSERT_EQ(sum_p, n->n_params);
+    ASSERT_EQ(sum_f, net_flops(n));
+    net_destroy(n);
+}
+
+/* net_clone: the same layers, values, moments and state, independent storage, and the same
+ * forward pass to the bit. */
+TEST(clone_is_deep_and_exact)
+{
+    struct net_shape in = shp(2, 6, 6);
+    const struct net_layer_spec s[] = {S_CONV(4, 3, 1, 1, 1), S_BN(), S_RELU(), S_RES(3, 4, 1, 1),
+                                       S_FLAT(), S_DENSE(3, 1)};
+    struct net *a = mk(&in, 3, s, N_OF(s)), *b = NULL;
+    ASSERT(a);
+    uint64_t rng = 7;
+    net_init_params(a, &rng);
+    jitter_params(a, &rng);
+    for (size_t i = 0; i < a->n_params; i++) {
+        a->m[i] = net_rand_normal(&rng);
+        a->v[i] = net_rand_normal(&rng);
+    }
+    for (size_t i = 0; i < a->n_state; i++) a->state[i] = 0.5f + 0.1f * (float)(i % 7);
+    a->norm_mean[0] = 0.25f;
+    a->norm_std[1] = 2.0f;
+    ASSERT_EQ(net_clone(&b, a), 0);
+    ASSERT(b && b != a && b->params != a->params);
+    ASSERT_EQ(b->n_layers, a->n_layers);
+    for (size_t i = 0; i < a->n_layers; i++) ASSERT_STR_EQ(b->layers[i].spec.name, a->layers[i].spec.name);
+    ASSERT_EQ(b->n_params, a->n_params);
+    ASSERT_EQ(b->n_state, a->n_state);
+    ASSERT_EQ(memcmp(b->params, a->params, a->n_params * sizeof(float)), 0);
+    ASSERT_EQ(memcmp(b->m, a->m, a->n_params * sizeof(float)), 0);
+    ASSERT_EQ(memcmp(b->v, a->v, a->n_params * sizeof(float)), 0);
+    ASSERT_EQ(memcmp(b->state, a->state, a->n_state * sizeof(float)), 0);
+    ASSERT_EQ(memcmp(b->norm_mean, a->norm_mean, sizeof(a->norm_mean)), 0);
+    ASSERT_EQ(memcmp(b->norm_std, a->norm_std, sizeof(a->norm_std)), 0);
+    const size_t B = 3;
+    float x[3 * 2 * 6 * 6];
+    uint8_t y[3] = {0, 1, 2};
+    for (size_t i = 0; i < N_OF(x); i++) x[i] = net_rand_normal(&rng);
+    net_set_threads(T_THREADS);
+    ASSERT_EQ(net_reserve(a, B), 0);
+    ASSERT_EQ(net_reserve(b, B), 0);
+    float la = net_forward(a, x, y, B, 0), lb = net_forward(b, x, y, B, 0);
+    ASSERT_EQ(memcmp(&la, &lb, sizeof(la)), 0);
+    ASSERT_EQ(memcmp(a->probs, b->probs, B * 3 * sizeof(float)), 0);
+    b->params[0] += 1.0f; // independent storage
+    ASSERT(a->params[0] != b->params[0]);
+    net_destroy(a);
+    net_destroy(b);
 }
 
 /* The architectures of /work/shared/bench/torch_ref.py have the same parameter counts here

@@ -33,24 +33,10 @@
 #include "daemon/daemon_internal.h"
 #include "svd_adapt/svd_adapt.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 #define T_THREADS 2
 
-// ---- layer spec shorthands ---------------------------------------------------------------
-
-#define S_CONV(o, k_, s, p, b)                                                                 \
-    {.kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_CONVR(o, r, k_, s, p, b)                                                             \
-    {.kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_DENSE(o, b) {.kind = NET_DENSE, .out = (o), .bias = (b)}
-#define S_DENSER(o, r, b) {.kind = NET_DENSE, .out = (o), .rank = (r), .bias = (b)}
-#define S_BN() {.kind = NET_BN}
-#define S_RELU() {.kind = NET_RELU}
-#define S_POOL(k_, s) {.kind = NET_MAXPOOL, .k = (k_), .stride = (s)}
-#define S_GAP() {.kind = NET_GAP}
-#define S_FLAT() {.kind = NET_FLATTEN}
-#define S_RES(w, o, s, b) {.kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)}
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 /* A test architecture: input c x h x w, classes, layers, and how many groups it has. */
 struct ndef {

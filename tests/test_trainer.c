@@ -3,7 +3,11 @@
  * - A run checkpointed at step S and resumed continues bit-identically: after the same total
  *   number of steps the parameters, moments, widths and adaptation log equal those of an
  *   uninterrupted run (adaptations happen on both sides of S).
- * - Foreground training reaches a stated accuracy, and adaptation keeps it while shrinking. */
+ * - Foreground training reaches a stated accuracy, and adaptation keeps it while shrinking.
+ * - The run loop's tick validates and asks for checkpoints on schedule; runtime knobs are
+ *   applied through the config table (dmn_trainer_set_runtime). */
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +17,7 @@
 #include "daemon/daemon.h"
 #include "daemon/daemon_internal.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 static int load_tiny(struct dmn_config *c)
 {
@@ -28,11 +33,11 @@ static int load_tiny(struct dmn_config *c)
 TEST(resume_is_bit_identical)
 {
     struct dmn_config c;
-    char err[512], path[] = "/tmp/ew_test_trainer_XXXXXX";
+    char err[512], ck[TMP_PATH_MAX];
+    struct tmpd dir;
     ASSERT_EQ(load_tiny(&c), 0);
-    ASSERT(mkdtemp(path) != NULL);
-    char ck[600];
-    snprintf(ck, sizeof ck, "%s/ckpt.evow", path);
+    ASSERT_EQ(tmp_make(&dir, "ew_test_trainer"), 0);
+    tmp_path(&dir, "ckpt.evow", ck);
 
     struct dmn_trainer *a = NULL, *b = NULL;
     ASSERT_EQ(dmn_trainer_create(&a, &c, err, sizeof err), 0);
@@ -69,8 +74,7 @@ TEST(resume_is_bit_identical)
     ASSERT_EQ(a->opt.t, b->opt.t);
     dmn_trainer_destroy(a);
     dmn_trainer_destroy(b);
-    unlink(ck);
-    rmdir(path);
+    tmp_remove(&dir);
 }
 
 TEST(adaptive_training_learns_and_shrinks)
@@ -140,6 +144,70 @@ TEST(target_params_reached_from_above_and_below)
         net_eval_free(&ev);
         dmn_trainer_destroy(t);
     }
+}
+
+/* The run loop's tick: validation every train.eval_every_steps (0: at each epoch's end) and a
+ * checkpoint due every daemon.checkpoint_every_steps and at the end; tiny.json has 14 steps
+ * an epoch and a validation set. */
+TEST(tick_evaluates_and_checkpoints_on_schedule)
+{
+    struct dmn_config c;
+    char err[512];
+    ASSERT_EQ(load_tiny(&c), 0);
+    c.train.epochs = 2;
+    c.adapt.enabled = 0;
+    for (int every = 0; every <= 5; every += 5) {
+        c.train.eval_every_steps = (size_t)every;
+        struct dmn_trainer *t = NULL;
+        ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+        ASSERT_EQ(t->steps_per_epoch, 14);
+        ASSERT_EQ(c.daemon.checkpoint_every_steps, 10);
+        char evals[128] = "", ckpts[128] = "";
+        while (!dmn_trainer_done(t)) {
+            struct dmn_tick tk;
+            ASSERT_EQ(dmn_trainer_tick(t, &tk), 0);
+            if (tk.evaluated) snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %zu", t->step);
+            if (tk.checkpoint_due) snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), " %zu", t->step);
+        }
+        ASSERT_STR_EQ(evals, every ? " 5 10 15 20 25" : " 14 28");
+        ASSERT_STR_EQ(ckpts, " 10 20 28");
+        ASSERT(isfinite(t->val_loss) && t->val_acc > 0.0);
+        dmn_trainer_destroy(t);
+    }
+}
+
+
+/* Runtime knobs go through the config table: every runtime one is taken, what depends on it
+ * re-derived, immutable ones left alone; an invalid result changes nothing. */
+TEST(set_runtime_applies_runtime_knobs_only)
+{
+    struct dmn_config c;
+    char err[512];
+    ASSERT_EQ(load_tiny(&c), 0);
+    struct dmn_trainer *t = NULL;
+    ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+    struct dmn_config n = c;
+    n.train.epochs = 9;
+    n.optimizer.lr = 0.0125;
+    n.adapt.shrink_threshold = 0.2;
+    n.train.eval_every_steps = 7;
+    n.daemon.checkpoint_every_steps = 3;
+    n.train.batch_size = 16; // immutable: ignored
+    ASSERT_EQ(dmn_trainer_set_runtime(t, &n, err, sizeof err), 0);
+    ASSERT_EQ(t->total_steps, 9 * t->steps_per_epoch);
+    ASSERT_FLT_OP(t->sched.lr, ==, 0.0125f);
+    ASSERT_EQ(t->sched.total_steps, t->total_steps);
+    ASSERT_FLT_OP(t->cfg.adapt.shrink_threshold, ==, 0.2);
+    ASSERT_EQ(t->cfg.train.eval_every_steps, 7);
+    ASSERT_EQ(t->cfg.daemon.checkpoint_every_steps, 3);
+    ASSERT_EQ(t->cfg.train.batch_size, c.train.batch_size);
+    n.optimizer.lr = -1;
+    n.train.epochs = 20;
+    ASSERT_EQ(dmn_trainer_set_runtime(t, &n, err, sizeof err), -EINVAL);
+    ASSERT_CONTAINS(err, "optimizer.lr");
+    ASSERT_EQ(t->total_steps, 9 * t->steps_per_epoch);
+    ASSERT_FLT_OP(t->cfg.optimizer.lr, ==, 0.0125);
+    dmn_trainer_destroy(t);
 }
 
 TEST_MAIN()

@@ -1,4 +1,4 @@
-/* daemon/compress.c: `evowidth compress | sweep | thin | export`, tools on saved models.
+/* cli/compress.c: `evowidth compress | sweep | thin | export`, tools on saved models.
  *
  * compress: the SVD trick on one or all dense / conv layers (svd_set_rank: W ~ U_r (S_r V_r^T),
  *           the dropped part's effect on the mean input folded into the bias), a fixed rank
@@ -32,7 +32,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "daemon/daemon_internal.h"
+#include "cli/cli.h"
 #include "svd_adapt/svd_adapt.h"
 
 #define CMP_MAX_LAYERS 64
@@ -169,27 +169,6 @@ static int cmp__swap(struct dmn_trainer *t, struct net *nn)
     }
     net_destroy(t->net);
     t->net = nn;
-    return 0;
-}
-
-/* A copy of a net (parameters, moments and state). */
-static int cmp__clone(struct net **out, const struct net *n)
-{
-    struct net_layer_spec *specs = malloc(n->n_layers * sizeof(*specs));
-    if (!specs) return -ENOMEM;
-    for (size_t i = 0; i < n->n_layers; i++) specs[i] = n->layers[i].spec;
-    char why[256];
-    struct net *c = NULL;
-    int rc = net_create(&c, &n->in_shape, n->n_classes, specs, n->n_layers, why, sizeof(why));
-    free(specs);
-    if (rc < 0) return rc;
-    memcpy(c->norm_mean, n->norm_mean, sizeof(n->norm_mean));
-    memcpy(c->norm_std, n->norm_std, sizeof(n->norm_std));
-    memcpy(c->params, n->params, n->n_params * sizeof(float));
-    memcpy(c->m, n->m, n->n_params * sizeof(float));
-    memcpy(c->v, n->v, n->n_params * sizeof(float));
-    memcpy(c->state, n->state, n->n_state * sizeof(float));
-    *out = c;
     return 0;
 }
 
@@ -356,19 +335,16 @@ static int cmp__mean_in(struct net *n, size_t li, const float *x, size_t B, floa
 /* Parameters and multiply-adds of one layer. */
 static size_t cmp__layer_params(const struct net *n, size_t li)
 {
-    const struct net_layer *l = &n->layers[li];
-    size_t np = 0;
-    for (size_t k = l->t0; k < l->t0 + l->n_t; k++)
-        if (n->tensors[k].arena == NET_ARENA_PARAM) np += n->tensors[k].n;
-    return np;
+    struct net_layer_info info;
+    net_layer_info(n, li, &info);
+    return info.params;
 }
 
 static size_t cmp__layer_macs(const struct net *n, size_t li)
 {
-    struct net tmp = *n;
-    tmp.n_layers = 1;
-    tmp.layers = &n->layers[li];
-    return net_flops(&tmp);
+    struct net_layer_info info;
+    net_layer_info(n, li, &info);
+    return info.macs;
 }
 
 /* Weights of a dense / conv layer as an m x L matrix (rank r: m r + r L). */
@@ -831,7 +807,7 @@ int dmn_cmd_sweep(int argc, char **argv)
     const int ft = co.ft_steps > 0;
     if (!(rows = calloc(n_ranks + 1, sizeof(*rows)))) goto oom;
     int nb = cmp__calib(t, co.calib, &x, NULL);
-    if (nb < 0 || cmp__clone(&base, t->net) < 0 || (ft && cmp__bsave(&t->batcher, &bs) < 0))
+    if (nb < 0 || net_clone(&base, t->net) < 0 || (ft && cmp__bsave(&t->batcher, &bs) < 0))
         goto oom;
     const double lr = cmp__lr(&cx, &co);
     printf("evowidth sweep %s: layer %s (%zu x %zu, full rank %zu, break-even rank %.1f), %zu "
@@ -852,11 +828,11 @@ int dmn_cmd_sweep(int argc, char **argv)
         struct net *nn = NULL;
         if (i == 0) {
             snprintf(r->label, sizeof(r->label), "uncompressed");
-            if (cmp__clone(&nn, base) < 0) goto oom;
+            if (net_clone(&nn, base) < 0) goto oom;
         } else {
             r->rank = ranks[i - 1];
             snprintf(r->label, sizeof(r->label), "%zu", r->rank);
-            if (cmp__clone(&nn, base) < 0) goto oom;
+            if (net_clone(&nn, base) < 0) goto oom;
         }
         if (cmp__swap(t, nn) < 0) goto oom;
         if (i > 0 &&

@@ -1,4 +1,4 @@
-/* daemon/client.c: the client side of `evowidth`: status, layers, history, policy, pause,
+/* cli/client.c: the client side of `evowidth`: status, layers, history, policy, pause,
  * resume, adapt, checkpoint and stop against a running evowidthd, over HTTP with libcurl.
  *
  * Design. One static const table maps each subcommand to a method, a route and a printer.
@@ -27,7 +27,7 @@
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 
-#include "daemon/daemon.h"
+#include "cli/cli.h"
 
 #define CLI_DEFAULT_URL "http://127.0.0.1:7070"
 #define CLI_URL_MAX 512

@@ -1,10 +1,10 @@
-/* daemon/main_evowidth.c: the `evowidth` command: foreground training and tools on saved
+/* cli/main_evowidth.c: the `evowidth` command: foreground training and tools on saved
  * models, and (later in this file's table) the client of a running evowidthd. One table of
  * subcommands; each returns the process exit code. */
 #include <stdio.h>
 #include <string.h>
 
-#include "daemon/daemon.h"
+#include "cli/cli.h"
 
 struct ew_cmd {
     const char *name;
@@ -17,12 +17,12 @@ static const struct ew_cmd EW_CMDS[] = {
     {"eval", dmn_cmd_eval, "evaluate a saved model on its test set"},
     {"layers", dmn_cmd_layers_any,
      "widths, parameters, MACs and spectra of a saved MODEL (or, without one, of the daemon)"},
-    // Compression tools on saved models (daemon/compress.c).
+    // Compression tools on saved models (cli/compress.c).
     {"compress", dmn_cmd_compress, "factorize dense / conv layers by SVD (--rank R | auto)"},
     {"sweep", dmn_cmd_sweep, "accuracy, MACs and size of one layer at each rank (CaffeSVD)"},
     {"thin", dmn_cmd_thin, "a thin network from a wide one (SOMP-style selection)"},
     {"export", dmn_cmd_export, "prune, k-means, fp16, deflate into a compressed model file"},
-    // Clients of a running evowidthd (daemon/client.c); --url, --token-file, --json.
+    // Clients of a running evowidthd (cli/client.c); --url, --token-file, --json.
     {"status", dmn_cmd_client, "the daemon's progress, speed, widths and policy"},
     {"history", dmn_cmd_client, "the daemon's metric history (--points N)"},
     {"policy", dmn_cmd_client, "policy [get | set KEY=VALUE ...]: the width policy"},

@@ -1,0 +1,197 @@
+/* daemon/server_internal.h: what the four files of evowidthd share (owner: daemon/).
+ *
+ * evowidthd is split by concern:
+ *   daemon/queue.c     the command queue (loop -> trainer) and the trainer thread;
+ *   daemon/http.c      the HTTP handlers, /metrics, and the answers to finished commands;
+ *   daemon/server.c    start-up, signals and shutdown (dmn_server_run);
+ *   daemon/statedir.c  the state dir: checkpoints and their rotation, resume, the change
+ *                      log and its replay, the event log, the token file.
+ *
+ * DESIGN (style.md R9). Two threads with one owner each:
+ *   - the loop thread (the caller of dmn_server_run) owns the libuv loop, the API server,
+ *     every use of cJSON, the effective config copy that PATCH requests edit, and the
+ *     change log;
+ *   - the trainer thread owns the struct dmn_trainer (model, arenas, data) and nothing else.
+ * They share exactly two things, both under `mu`:
+ *   1. a FIFO of commands (loop -> trainer), applied only between two optimizer steps. A
+ *      command that needs an answer carries a plain-C result the trainer fills; the trainer
+ *      moves it to the `done` list and wakes the loop with uv_async_send. Sends coalesce, so
+ *      the async callback drains the whole list. The loop turns results into JSON responses.
+ *   2. a status snapshot (plain struct, no pointers) the trainer republishes after steps,
+ *      plus the metric history ring and the adaptation event texts, which the loop copies.
+ *
+ * Checkpoints are full run checkpoints (daemon/state.c) named ckpt-<step>.evow in the state
+ * dir, written atomically; on start the newest one that loads is resumed, a corrupt one is
+ * reported and skipped. Accepted changes to policy or training settings are appended to
+ * changes.jsonl (time, step, sequence number, the change) and fsynced; a checkpoint records
+ * the sequence number it includes, so on restart later changes are replayed.
+ *
+ * Shutdown: SIGTERM / SIGINT queue a stop; the trainer finishes its step, checkpoints and
+ * ends; the loop then stops the API, closes every handle, and uv_loop_close must return 0.
+ * A second signal exits at once (_exit: the one deliberate exception to "no exit outside
+ * main", since the process is being killed). SIGHUP reloads the runtime knobs of the config
+ * file. */
+#ifndef DMN_SERVER_INTERNAL_H
+#define DMN_SERVER_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include <uv.h>
+
+#include "api/api.h"
+#include "daemon/daemon_internal.h"
+
+#define DMN_HIST_CAP 65536
+#define dmn__container_of(p, T, f) ((T *)((char *)(p) - offsetof(T, f)))
+#define DMN_KEEP_CKPTS 3
+
+// ---- commands -----------------------------------------------------------------------------
+
+enum dmn_cmd_kind {
+    DMN_CMD_PAUSE, DMN_CMD_RESUME, DMN_CMD_ADAPT, DMN_CMD_CHECKPOINT, DMN_CMD_EVAL,
+    DMN_CMD_STOP, DMN_CMD_CONFIG, DMN_CMD_LAYERS, DMN_CMD_SPECTRUM,
+};
+
+struct dmn_layer_info {
+    char name[NET_NAME_MAX];
+    const char *kind;
+    size_t width, out, rank, params, flops;
+    size_t n_top;
+    float top[8];
+};
+
+struct dmn_cmd {
+    enum dmn_cmd_kind kind;
+    struct dmn_config cfg;      // DMN_CMD_CONFIG: the new effective config ...
+    uint64_t seq;               // ... which includes the changes up to this sequence number
+    char name[NET_NAME_MAX + 8];// DMN_CMD_SPECTRUM: layer name
+    struct api_async *reply;    // loop-owned; NULL for fire-and-forget
+    // results, written by the trainer
+    int rc;
+    char err[256];
+    size_t step;
+    char path[1024];
+    double loss, acc, val_loss, val_acc;
+    int kept;
+    size_t n_layers;
+    struct dmn_layer_info *layers; // DMN_CMD_LAYERS (n_layers), malloc'ed by the trainer
+    float *spectrum;               // DMN_CMD_SPECTRUM (n_spec)
+    size_t n_spec;
+    struct dmn_cmd *next;
+};
+
+/* One point of the metric history. */
+struct dmn_hist {
+    double time;
+    size_t step, params;
+    double loss, acc, lr, val_loss, val_acc, sps;
+};
+
+struct dmn_snapshot {
+    char state[16];
+    size_t step, total_steps, epoch, epochs, steps_per_epoch;
+    double loss, acc, lr, sps, eta, val_loss, val_acc;
+    size_t params, initial_params, flops;
+    double train_seconds, adapt_seconds, uptime;
+    size_t n_layers;
+    struct dmn_layer_info layers[CFG_MAX_LAYERS];
+    size_t last_ckpt_step;
+    char last_ckpt[1024];
+    size_t n_events;
+};
+
+struct dmn_server {
+    struct dmn_server_opts opts;
+    struct dmn_config cfg;     // loop thread: the effective config (PATCH edits this)
+    uint64_t change_seq;       // loop thread: changes accepted so far
+    char token[256];
+    // Own copies of the start-up paths: s->cfg is rewritten by PATCH on the loop thread while
+    // the trainer thread reads the state dir (a data race ThreadSanitizer caught).
+    char state_dir[CFG_PATH_MAX], listen[CFG_ADDR_MAX], token_file[CFG_PATH_MAX];
+    uv_loop_t loop;
+    uv_async_t wake;
+    uv_signal_t sig[3];
+    struct api_server *api;
+    int n_signals;
+    int stopping;              // loop thread: the trainer was asked to stop
+    int trainer_exited;        // loop thread: the trainer's final notice arrived
+    pthread_t thread;
+    int thread_started;
+    int exit_code;
+    double start_time;
+
+    // ---- shared, under mu ----
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct dmn_cmd *q_head, *q_tail;   // loop -> trainer
+    struct dmn_cmd *done;              // trainer -> loop (LIFO; order does not matter)
+    int trainer_done;                  // the trainer thread has ended
+    struct dmn_snapshot snap;
+    struct dmn_hist *hist;             // ring of DMN_HIST_CAP
+    size_t hist_n, hist_pos;
+    char **events;                     // adaptation event texts (copied in)
+    size_t n_events, cap_events;
+
+    // ---- trainer thread only ----
+    struct dmn_trainer *t;
+    int paused;
+    FILE *events_file;
+};
+
+// ---- daemon/server.c: process lifecycle (loop thread) ------------------------------------
+
+/* A timestamped line on stderr (nothing with opts.quiet). Either thread. */
+void dmn__log(struct dmn_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Stops the API and closes every libuv handle, so uv_run returns. */
+void dmn__shutdown_handles(struct dmn_server *s);
+/* Queues a stop once: the trainer finishes its step, checkpoints and ends. */
+void dmn__request_stop(struct dmn_server *s, const char *why);
+
+// ---- daemon/queue.c: the command queue and the trainer thread ----------------------------
+
+/* A zeroed command of kind k, or NULL on OOM. */
+struct dmn_cmd *dmn__cmd_new(enum dmn_cmd_kind k);
+/* Appends c to the FIFO and wakes the trainer (loop thread). */
+void dmn__enqueue(struct dmn_server *s, struct dmn_cmd *c);
+/* Sends the effective config s->cfg (with s->change_seq) to the trainer; 0 or -ENOMEM. */
+int dmn__push_config(struct dmn_server *s);
+/* Applies one command between steps; returns 1 when the trainer must stop. Trainer thread
+ * (or start-up, before the thread exists). */
+int dmn__apply(struct dmn_server *s, struct dmn_cmd *c);
+/* Republishes the status snapshot (and a history point when add_history is set). */
+void dmn__publish(struct dmn_server *s, int add_history);
+/* Copies the adaptation event texts produced since the last call into the shared list. */
+void dmn__sync_events(struct dmn_server *s);
+/* The trainer thread's body (pthread_create). */
+void *dmn__trainer_main(void *arg);
+
+// ---- daemon/http.c: routes and answers (loop thread) -------------------------------------
+
+extern const struct api_route DMN_ROUTES[];
+extern const size_t DMN_N_ROUTES;
+/* The uv_async callback: answers finished commands; after the trainer's final notice, shuts
+ * the handles down. */
+void dmn__wake_cb(uv_async_t *h);
+
+// ---- daemon/statedir.c: the state dir ------------------------------------------------------
+
+/* Creates the state dir and its parents (mkdir -p). */
+int dmn__mkdirs(const char *dir, char *err, size_t errlen);
+/* Reads the bearer token (trailing blanks and newlines stripped); an empty file is an error. */
+int dmn__read_token(const char *path, char *out, size_t n, char *err, size_t errlen);
+/* Resumes s->t from the newest checkpoint that loads; 1 if one did, 0 if none. */
+int dmn__resume(struct dmn_server *s, char *err, size_t errlen);
+/* Replays changes.jsonl entries newer than s->change_seq into s->cfg (loop thread). */
+void dmn__replay_changes(struct dmn_server *s);
+/* Appends an accepted change to changes.jsonl and fsyncs it (loop thread). */
+void dmn__log_change(struct dmn_server *s, const char *route, const cJSON *body);
+/* Opens events.jsonl for appending (NULL if it cannot be opened). */
+FILE *dmn__open_events(const struct dmn_server *s);
+/* Writes a checkpoint of s->t into the state dir, records it in the snapshot, and prunes all
+ * but the newest DMN_KEEP_CKPTS (trainer thread). path receives the file's name. */
+int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err,
+                    size_t errlen);
+
+#endif
