@@ -331,6 +331,13 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
         cJSON_AddNumberToObject(r, "samples_per_second", sps);
         cJSON_AddNumberToObject(r, "steps", (double)t->step);
         cJSON_AddNumberToObject(r, "epochs", (double)t->cfg.train.epochs);
+        // The validation split's figures, for model selection without touching the test set.
+        struct net_eval vev;
+        if (t->val.n && dmn_trainer_eval(t, &t->val, &vev) == 0) {
+            cJSON_AddNumberToObject(r, "val_accuracy", vev.accuracy);
+            cJSON_AddNumberToObject(r, "val_loss", vev.loss);
+            net_eval_free(&vev);
+        }
         cJSON *ad = dmn__adapt_events_json(t);
         cJSON_AddItemToObject(r, "adaptations", ad ? ad : cJSON_CreateArray());
         if (dmn__write_json(o->report, r) < 0) status = 1;

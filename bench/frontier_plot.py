@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Draws the frontier from bench/frontier.py's CSV with gnuplot, and prints its table.
+
+Left: test accuracy against parameters (log x): fixed-width mean and spread per width, adaptive
+runs from a wide and from a narrow start, each marked apart. Right: the same against training
+wall time. Never retrains: one command re-draws from the CSV.
+
+usage: bench/frontier_plot.py [--csv docs/frontier.csv] [--out docs/frontier] [--md FILE]
+"""
+import argparse
+import csv
+import math
+import os
+import subprocess
+import sys
+import tempfile
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = [("fixed", "fixed width"), ("wide", "adaptive, wide start"),
+         ("narrow", "adaptive, narrow start")]
+
+
+def stats(v):
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return m, sd
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--csv", default=os.path.join(TOP, "docs", "frontier.csv"))
+    ap.add_argument("--out", default=os.path.join(TOP, "docs", "frontier"))
+    ap.add_argument("--md", default=None, help="also write the table to this file")
+    a = ap.parse_args()
+    rows = list(csv.DictReader(open(a.csv)))
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["kind"], float(r["mult"])), []).append(r)
+    work = tempfile.mkdtemp(prefix="evowidth-plot-")
+    table = ["| kind | width mult | target | runs | parameters (mean) | test accuracy % (mean +- sd) "
+             "| validation % | wall s (mean) | adaptation s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    files = {}
+    for k, _ in KINDS:
+        path = os.path.join(work, k + ".dat")
+        files[k] = path
+        with open(path, "w") as f:
+            for (kk, m), rs in sorted(groups.items()):
+                if kk != k:
+                    continue
+                p, psd = stats([float(r["params"]) for r in rs])
+                acc, asd = stats([100 * float(r["test_accuracy"]) for r in rs])
+                val = [100 * float(r["val_accuracy"]) for r in rs if r["val_accuracy"]]
+                vm = stats(val)[0] if val else float("nan")
+                wall, wsd = stats([float(r["wall_seconds"]) for r in rs])
+                ad = stats([float(r["adapt_seconds"]) for r in rs])[0]
+                f.write("%g %g %g %g %g %g\n" % (p, psd, acc, asd, wall, wsd))
+                table.append("| %s | %g | %s | %d | %.0f | %.2f +- %.2f | %.2f | %.0f | %.1f |" % (
+                    k, m, rs[0]["target"] or "-", len(rs), p, acc, asd, vm, wall, ad))
+    gp = """set terminal svg size 1100,450 dynamic enhanced font 'sans,11'
+set output '{out}.svg'
+call '{work}/body.gp'
+set terminal png size 1100,450
+set output '{out}.png'
+call '{work}/body.gp'
+""".format(out=a.out, work=work)
+    body = """set multiplot layout 1,2 title 'Fashion-MNIST, compact family: test accuracy (mean and sd over seeds)'
+set grid
+set key bottom right
+set logscale x
+set xlabel 'parameters (log)'
+set ylabel 'test accuracy %'
+plot '{f}' u 1:3:2:4 w xyerrorlines lw 2 t 'fixed width', \\
+     '{w}' u 1:3:2:4 w xyerrorbars pt 7 ps 1 t 'adaptive, wide start', \\
+     '{n}' u 1:3:2:4 w xyerrorbars pt 5 ps 1 t 'adaptive, narrow start'
+unset logscale x
+set xlabel 'training wall time, s'
+plot '{f}' u 5:3:6:4 w xyerrorlines lw 2 t 'fixed width', \\
+     '{w}' u 5:3:6:4 w xyerrorbars pt 7 ps 1 t 'adaptive, wide start', \\
+     '{n}' u 5:3:6:4 w xyerrorbars pt 5 ps 1 t 'adaptive, narrow start'
+unset multiplot
+""".format(f=files["fixed"], w=files["wide"], n=files["narrow"])
+    open(os.path.join(work, "body.gp"), "w").write(body)
+    open(os.path.join(work, "main.gp"), "w").write(gp)
+    subprocess.run(["gnuplot", os.path.join(work, "main.gp")], check=True)
+    text = "\n".join(table) + "\n"
+    print(text, end="")
+    if a.md:
+        open(a.md, "w").write(text)
+    print("frontier: wrote %s.png and %s.svg" % (a.out, a.out), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
