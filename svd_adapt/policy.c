@@ -18,6 +18,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "net/codec.h"
 #include "svd_adapt/svd_internal.h"
 
 #define SVD_MAX_GROUPS 128
@@ -54,29 +55,66 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
     return g;
 }
 
+/* The adaptation state as bytes (net/codec.h), version 2: "SVST" | u32 version | u64 count |
+ * per group: u64 name length | name | u64 patience | u64 cooldown_until. Version 1 (read
+ * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
+ * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
+ * cannot start with "SVST". */
+#define SVD_STATE_VERSION 2u
+#define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
+
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
 {
-    size_t n = sizeof(uint64_t) + s->n * sizeof(struct svd_gstate);
-    unsigned char *p = malloc(n);
-    if (!p) return -ENOMEM;
-    uint64_t cnt = s->n;
-    memcpy(p, &cnt, sizeof(cnt));
-    memcpy(p + sizeof(cnt), s->g, s->n * sizeof(struct svd_gstate));
-    *out = p;
-    *len = n;
+    struct net_wr w = {0};
+    net_wr_bytes(&w, "SVST", 4);
+    net_wr_u32(&w, SVD_STATE_VERSION);
+    net_wr_u64(&w, s->n);
+    for (size_t i = 0; i < s->n; i++) {
+        net_wr_str(&w, s->g[i].name);
+        net_wr_u64(&w, s->g[i].patience);
+        net_wr_u64(&w, s->g[i].cooldown_until);
+    }
+    if (w.oom) {
+        net_wr_free(&w);
+        return -ENOMEM;
+    }
+    *out = w.p;
+    *len = w.len;
     return 0;
 }
 
 int svd_state_load(struct svd_state *s, const void *data, size_t len)
 {
-    uint64_t cnt;
-    if (len < sizeof(cnt)) return -EINVAL;
-    memcpy(&cnt, data, sizeof(cnt));
-    if (cnt > SVD_MAX_GROUPS || len != sizeof(cnt) + cnt * sizeof(struct svd_gstate))
-        return -EINVAL;
-    s->n = (size_t)cnt;
-    memcpy(s->g, (const unsigned char *)data + sizeof(cnt), s->n * sizeof(struct svd_gstate));
-    for (size_t i = 0; i < s->n; i++) s->g[i].name[sizeof(s->g[i].name) - 1] = 0;
+    struct svd_state tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    struct net_rd r = net_rd_make(data, len);
+    const int v1 = len < 4 || memcmp(data, "SVST", 4) != 0;
+    if (!v1) {
+        r.pos = 4;
+        if (net_rd_u32(&r) != SVD_STATE_VERSION) return -EINVAL;
+    }
+    const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS, v1 ? SVD_STATE_V1_ROW : 24);
+    if (r.bad) return -EINVAL;
+    for (size_t i = 0; i < cnt; i++) {
+        struct svd_gstate *g = &tmp.g[i];
+        if (v1) {
+            net_rd_bytes(&r, g->name, sizeof(g->name));
+            if (!memchr(g->name, 0, sizeof(g->name))) return -EINVAL;
+        } else {
+            char *name = net_rd_str(&r, sizeof(g->name) - 1, NULL);
+            if (!name) return -EINVAL;
+            memcpy(g->name, name, strlen(name) + 1);
+            free(name);
+        }
+        g->patience = net_rd_u64(&r);
+        g->cooldown_until = net_rd_u64(&r);
+        if (r.bad || !g->name[0]) return -EINVAL;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(tmp.g[j].name, g->name)) return -EINVAL;
+    }
+    if (!net_rd_done(&r)) return -EINVAL;
+    tmp.n = (size_t)cnt;
+    *s = tmp;
     return 0;
 }
 
