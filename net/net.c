@@ -121,11 +121,10 @@ void net__init_fill(const struct net *n, float *w, float *b, size_t count, size_
 
 static void net__free_ws(struct net *n)
 {
-    if (n->acts) {
-        for (size_t i = 0; i <= n->n_layers; i++) {
-            free(n->acts[i]);
-            free(n->dacts[i]);
-        }
+    // Either table may be missing when net_reserve ran out of memory half way.
+    for (size_t i = 0; i <= n->n_layers; i++) {
+        if (n->acts) free(n->acts[i]);
+        if (n->dacts) free(n->dacts[i]);
     }
     free(n->acts);
     free(n->dacts);

@@ -63,6 +63,7 @@ long svd_spectrum_acts(struct net *n, const struct svd_gref *ref, const float *x
     struct svd__group g;
     int rc = svd__group_build(n, ref, &g);
     if (rc < 0) return rc;
+    if (net_reserve(n, B) < 0) return -ENOMEM; // net_forward would run on a short workspace
     net_forward(n, x, NULL, B, 0);
     float *h;
     size_t N;
@@ -201,6 +202,11 @@ static int svd__shrink_rotate(struct net **out, struct net *n, const struct svd_
         gz.n_readers = 1;
         gz.readers[0] = (struct svd__reader){bn_layer, -1};
         size_t N;
+        if (net_reserve(n, Bc) < 0) {
+            free(pb);
+            rc = -ENOMEM;
+            goto out;
+        }
         net_forward(n, x, NULL, Bc, 0);
         if ((rc = svd__reader_acts(n, &gz, 0, Bc, SVD_MAX_ROWS, &h, &N)) < 0) {
             free(pb);
@@ -258,7 +264,7 @@ static int svd__shrink_select(struct net **out, struct net *n, const struct svd_
     float *Q = calloc(nr * m * k, sizeof(float)), *c = calloc(nr * m, sizeof(float));
     float *A = NULL, *Bm = NULL, *T = NULL;
     int rc = -ENOMEM;
-    if (!H || !mu || !N || !order || !P || !Q || !c) goto out;
+    if (!H || !mu || !N || !order || !P || !Q || !c || net_reserve(n, B) < 0) goto out;
     net_forward(n, x, NULL, B, 0);
     for (size_t r = 0; r < nr; r++) {
         if ((rc = svd__reader_acts(n, g, r, B, SVD_MAX_ROWS / nr + 1, &H[r], &N[r])) < 0) goto out;
@@ -274,6 +280,7 @@ static int svd__shrink_select(struct net **out, struct net *n, const struct svd_
         goto out;
     }
     // Kept units in their original order (stable layout), dropped ones after.
+    rc = -ENOMEM; // every failed allocation below is an error, never a silent success
     char *keep = calloc(m, 1);
     if (!keep) goto out;
     for (size_t i = 0; i < k; i++) keep[order[i]] = 1;
@@ -391,6 +398,7 @@ int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, 
     float scale = norm > 0.0f ? norm : m ? norms[m / 2] : 1.0f;
     if (!(scale > 0.0f)) scale = 1.0f;
     rc = svd__svd(w, m, L, u, s, vt);
+    if (rc == -ENOMEM) goto out;
     size_t rank = 0;
     while (rc == 0 && rank < r && s[rank] > 1e-6f * s[0]) rank++;
     for (size_t e = 0; e < extra; e++) {
@@ -430,7 +438,10 @@ static int svd__gradmax_cols(float *cols, struct net *n, const struct svd__group
     const size_t L = n->layers[p].in.c, nc = n->layers[cons].out.c, m = g->m;
     float *M = calloc(nc * L, sizeof(float)), *u = NULL, *s = NULL, *vt = NULL;
     int rc = -ENOMEM;
-    if (!M) return rc;
+    if (!M || net_reserve(n, B) < 0) {
+        free(M);
+        return rc;
+    }
     net_zero_grad(n);
     net_forward(n, x, y, B, 0);
     net_backward(n, y, B);
