@@ -839,6 +839,10 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
         cJSON_Delete(body);
         return api_resp_error(r, 422, NULL, "the body must be a JSON object of %s settings", section);
     }
+    if (!body->child) { // nothing to change: refused, so no empty change is logged
+        cJSON_Delete(body);
+        return api_resp_error(r, 422, NULL, "empty PATCH: name at least one %s setting", section);
+    }
     if (s->stopping) {
         cJSON_Delete(body);
         return api_resp_error(r, 409, NULL, "the trainer is stopping");
@@ -864,6 +868,8 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
     if (!strcmp(section, "train")) {
         cJSON_AddNumberToObject(o, "lr", s->cfg.optimizer.lr);
         cJSON_AddNumberToObject(o, "group_lasso", s->cfg.optimizer.group_lasso);
+        cJSON_AddNumberToObject(o, "checkpoint_every_steps",
+                                (double)s->cfg.daemon.checkpoint_every_steps);
     }
     api_resp_json(r, o);
     return 200;
@@ -1127,7 +1133,8 @@ static void dmn__replay_changes(struct dmn_server *s)
     while ((len = getline(&line, &cap, f)) > 0) {
         cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
         double seq = cJSON_GetNumberValue(cJSON_GetObjectItem(o, "seq"));
-        if (o && isfinite(seq) && (uint64_t)seq > s->change_seq) {
+        // Only an integer in [0, 2^64) is a sequence number (casting 1e300 is undefined).
+        if (o && seq >= 0 && seq < 0x1p64 && seq == floor(seq) && (uint64_t)seq > s->change_seq) {
             const char *route = cJSON_GetStringValue(cJSON_GetObjectItem(o, "route"));
             const cJSON *ch = cJSON_GetObjectItem(o, "change");
             char err[512];
