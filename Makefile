@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build run train test test-blas test-asan test-tsan clean
+.PHONY: all deps build run train test test-blas test-asan test-tsan fuzz fuzz-deps clean
 
 all: build
 
@@ -49,5 +49,18 @@ test-tsan: deps
 	@cmake --build build-tsan -j$(JOBS)
 	cd build-tsan && ctest -j$(JOBS) --output-on-failure --timeout 900 -L e2e
 
+# libFuzzer harnesses (tests/fuzz): clang + ASan + UBSan, each run FUZZ_SECONDS on a scratch
+# copy of the committed seed corpus; a crash, leak, timeout or failed property fails the
+# target and leaves the input in build-fuzz/crash-*. Only this target needs clang.
+FUZZ_SECONDS ?= 20
+fuzz-deps:
+	@scripts/deps.sh clang libclang-rt-14-dev
+
+fuzz: fuzz-deps
+	@CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEW_FUZZ=ON \
+	  -DEW_OPENMP=OFF -DBUILD_TESTING=OFF -DSANITIZE="address;undefined" -DWERROR=ON >/dev/null
+	@cmake --build build-fuzz -j$(JOBS)
+	scripts/fuzz.sh build-fuzz $(FUZZ_SECONDS)
+
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz

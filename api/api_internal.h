@@ -137,6 +137,8 @@ int api__route_match(const char *pattern, const char *path, const char **starts,
 int api__token_eq(const char *a, size_t alen, const char *b, size_t blen);
 int api__ctype_is_json(const char *ct);
 size_t api__pct_decode(char *dst, const char *src, size_t n, int plus_is_space);
+/* 1 when every '%' in src[0..n) starts a two-hex-digit escape and none decodes to NUL. */
+int api__pct_valid(const char *src, size_t n);
 int api__parse_listen(const char *s, struct sockaddr_storage *ss, int *loopback, char *err,
                       size_t errlen);
 

@@ -501,6 +501,12 @@ static void write_continue(struct api__conn *c)
 static int conn_head_checks(struct api__conn *c)
 {
     const struct api_limits *l = &c->srv->lim;
+    // http_parser takes any one-digit version; we speak HTTP/1.0 and HTTP/1.1 only.
+    if (c->parser.http_major != 1 || c->parser.http_minor > 1) {
+        conn_fail(c, 505, "HTTP/%u.%u is not supported (HTTP/1.0 and HTTP/1.1 are)",
+                  c->parser.http_major, c->parser.http_minor);
+        return -1;
+    }
     if (c->head_bytes > l->max_header_bytes) {
         conn_fail(c, 431, "request head is %zu bytes; the limit is %zu", c->head_bytes,
                   l->max_header_bytes);
@@ -623,9 +629,16 @@ static void conn_dispatch(struct api__conn *c)
         st = api_resp_error(resp, 415, NULL, "Content-Type must be application/json, got '%s'",
                             ct ? ct : "(none)");
     } else {
-        // Path parameters: percent-decoded copies after the head area of the arena.
+        // Path parameters: percent-decoded copies after the head area of the arena. A
+        // malformed escape or one that decodes to NUL (which would cut the name short) is
+        // refused, not passed on.
         size_t off = head_area(&srv->lim);
         for (size_t i = 0; i < n_params; i++) {
+            if (!api__pct_valid(starts[i], lens[i])) {
+                conn_fail(c, 400, "path segment '%.*s' is not valid percent-encoding (or "
+                          "holds a NUL)", (int)(lens[i] < 64 ? lens[i] : 64), starts[i]);
+                goto done;
+            }
             req->params[i] = c->arena + off;
             off += api__pct_decode(c->arena + off, starts[i], lens[i], 0) + 1;
         }
@@ -807,7 +820,11 @@ void api__conn_accept(struct api_server *srv)
             srv->stats.conns_accepted_total++;
             http_parser_init(&c->parser, HTTP_REQUEST);
             c->parser.data = c;
-            conn_timer(c, l->idle_timeout_ms);
+            // Before its first byte a connection is both idle and inside a request head: the
+            // shorter of the two timeouts applies, so silent sockets cannot hold max_conns
+            // slots for idle_timeout_ms when the header timeout is shorter.
+            conn_timer(c, l->header_timeout_ms < l->idle_timeout_ms ? l->header_timeout_ms
+                                                                    : l->idle_timeout_ms);
             conn_update_reading(c);
             return;
         }

@@ -104,6 +104,7 @@ static const struct {
     {422, "unprocessable"},      {429, "too_many_requests"},
     {431, "headers_too_large"},  {500, "internal"},
     {501, "not_implemented"},    {503, "unavailable"},
+    {505, "http_version_not_supported"},
 };
 
 const char *api__status_code(int status)

@@ -124,6 +124,20 @@ size_t api__pct_decode(char *dst, const char *src, size_t n, int plus_is_space)
     return o;
 }
 
+int api__pct_valid(const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (src[i] == '\0') return 0;
+        if (src[i] != '%') continue;
+        int h, l;
+        if (i + 2 >= n || (h = hexval(src[i + 1])) < 0 || (l = hexval(src[i + 2])) < 0 ||
+            h * 16 + l == 0)
+            return 0;
+        i += 2;
+    }
+    return 1;
+}
+
 // ---- listen address ----------------------------------------------------------------------
 
 /* "host:port" or "[v6]:port"; host "localhost" means 127.0.0.1. */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "daemon/daemon_internal.h"
+#include "net/codec.h"
 #include "svd_adapt/svd_adapt.h"
 
 #define DMN_VAL_SAMPLES 512 // validation samples judged around a surgery
@@ -198,67 +199,57 @@ cJSON *dmn__adapt_events_json(struct dmn_trainer *t)
     return arr;
 }
 
-/* TRNR extra: u64 state_len | svd state | u64 n_events | (u64 len | text)... */
+/* The policy state in TRNR (net/codec.h): u64 length | svd state (svd_state_save) |
+ * u64 n_events | per event: u64 length | JSON text. An empty blob is no state. */
+#define DMN_MAX_EVENT_TEXT (1u << 24)
+
 int dmn__adapt_serialize(struct dmn_trainer *t, void **out, size_t *len)
 {
     void *st = NULL;
-    size_t sl = 0, total;
+    size_t sl = 0;
     int rc = svd_state_save(t->adapt->st, &st, &sl);
     if (rc < 0) return rc;
-    total = 16 + sl;
-    for (size_t i = 0; i < t->adapt->n_events; i++) total += 8 + strlen(t->adapt->events[i]);
-    unsigned char *p = malloc(total), *q = p;
-    if (!p) {
-        free(st);
+    struct net_wr w = {0};
+    net_wr_u64(&w, sl);
+    net_wr_bytes(&w, st, sl);
+    net_wr_u64(&w, t->adapt->n_events);
+    for (size_t i = 0; i < t->adapt->n_events; i++) net_wr_str(&w, t->adapt->events[i]);
+    free(st);
+    if (w.oom) {
+        net_wr_free(&w);
         return -ENOMEM;
     }
-    uint64_t v = sl;
-    memcpy(q, &v, 8), q += 8;
-    memcpy(q, st, sl), q += sl;
-    v = t->adapt->n_events;
-    memcpy(q, &v, 8), q += 8;
-    for (size_t i = 0; i < t->adapt->n_events; i++) {
-        v = strlen(t->adapt->events[i]);
-        memcpy(q, &v, 8), q += 8;
-        memcpy(q, t->adapt->events[i], v), q += v;
-    }
-    free(st);
-    *out = p;
-    *len = total;
+    *out = w.p;
+    *len = w.len;
     return 0;
 }
 
 int dmn__adapt_deserialize(struct dmn_trainer *t, const void *data, size_t len)
 {
-    const unsigned char *p = data, *end = p + len;
-    uint64_t v;
     if (len == 0) return 0;
-    if (len < 16) return -EINVAL;
-    memcpy(&v, p, 8), p += 8;
-    if (v > (uint64_t)(end - p) || svd_state_load(t->adapt->st, p, (size_t)v) < 0) return -EINVAL;
-    p += v;
-    if (end - p < 8) return -EINVAL;
-    uint64_t ne;
-    memcpy(&ne, p, 8), p += 8;
-    for (uint64_t i = 0; i < ne; i++) {
-        if (end - p < 8) return -EINVAL;
-        memcpy(&v, p, 8), p += 8;
-        if (v > (uint64_t)(end - p)) return -EINVAL;
-        char *s = malloc(v + 1);
-        char **q = realloc(t->adapt->events, (t->adapt->n_events + 1) * sizeof(char *));
-        if (!s || !q) {
-            free(s);
-            if (q) t->adapt->events = q;
-            return -ENOMEM;
-        }
-        t->adapt->events = q;
-        t->adapt->cap_events = t->adapt->n_events + 1;
-        memcpy(s, p, v);
-        s[v] = 0;
-        p += v;
-        t->adapt->events[t->adapt->n_events++] = s;
+    struct net_rd r = net_rd_make(data, len);
+    const uint64_t sl = net_rd_count(&r, SIZE_MAX, 1);
+    const void *st = net_rd_view(&r, (size_t)sl);
+    if (r.bad || svd_state_load(t->adapt->st, st, (size_t)sl) < 0) return -EINVAL;
+    // Each event takes at least its 8-byte length: the count cannot outgrow the blob.
+    const uint64_t ne = net_rd_count(&r, SIZE_MAX, 8);
+    if (r.bad) return -EINVAL;
+    char **ev = calloc((size_t)ne + 1, sizeof(char *));
+    if (!ev) return -ENOMEM;
+    int oom = 0;
+    size_t got = 0;
+    while (got < ne && (ev[got] = net_rd_str(&r, DMN_MAX_EVENT_TEXT, &oom))) got++;
+    if (got < ne || !net_rd_done(&r)) {
+        for (size_t i = 0; i < got; i++) free(ev[i]);
+        free(ev);
+        return oom ? -ENOMEM : -EINVAL;
     }
-    return p == end ? 0 : -EINVAL;
+    struct dmn_adapt *a = t->adapt;
+    for (size_t i = 0; i < a->n_events; i++) free(a->events[i]);
+    free(a->events);
+    a->events = ev;
+    a->n_events = a->cap_events = (size_t)ne;
+    return 0;
 }
 
 size_t dmn__adapt_n_events(const struct dmn_trainer *t)

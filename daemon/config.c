@@ -259,6 +259,7 @@ static const struct {
 } CFG_ALIASES[] = {
     {"train", "lr", "optimizer", "lr"},
     {"train", "group_lasso", "optimizer", "group_lasso"},
+    {"train", "checkpoint_every_steps", "daemon", "checkpoint_every_steps"},
 };
 #define N_ALIASES (sizeof CFG_ALIASES / sizeof CFG_ALIASES[0])
 

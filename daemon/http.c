@@ -276,6 +276,10 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
         cJSON_Delete(body);
         return api_resp_error(r, 422, NULL, "the body must be a JSON object of %s settings", section);
     }
+    if (!body->child) { // nothing to change: refused, so no empty change is logged
+        cJSON_Delete(body);
+        return api_resp_error(r, 422, NULL, "empty PATCH: name at least one %s setting", section);
+    }
     if (s->stopping) {
         cJSON_Delete(body);
         return api_resp_error(r, 409, NULL, "the trainer is stopping");
@@ -301,6 +305,8 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
     if (!strcmp(section, "train")) {
         cJSON_AddNumberToObject(o, "lr", s->cfg.optimizer.lr);
         cJSON_AddNumberToObject(o, "group_lasso", s->cfg.optimizer.group_lasso);
+        cJSON_AddNumberToObject(o, "checkpoint_every_steps",
+                                (double)s->cfg.daemon.checkpoint_every_steps);
     }
     api_resp_json(r, o);
     return 200;

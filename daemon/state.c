@@ -3,8 +3,18 @@
  * A run checkpoint is a model file (ARCH, PARM, STAT, OPTM) plus two blobs:
  *   CONF: the effective config as JSON text (model widths there are the *initial* ones; the
  *         ARCH chunk has the current ones), policy and runtime changes included;
- *   TRNR: the trainer's position: version, step, RNG, batcher (pos, epoch, rng, perm),
- *         timing and last metrics. Fixed little-endian layout, checked on load.
+ *   TRNR: the trainer's position, written field by field with net/codec.h:
+ *         version 2: u32 version | u64 step | u64 rng | u64 batcher n | u64 pos | u64 epoch |
+ *         u64 batcher rng | u32 perm[n] | f64 train_seconds, adapt_seconds, val_loss, val_acc,
+ *         last_loss, last_acc | u64 initial_params | u64 change_seq | u64 length |
+ *         adaptation state (daemon/adapt.c);
+ *         version 1 (read only): the same values as the image of a C struct, u32 version |
+ *         u32 0 | u64 step, rng, n, pos, epoch, batcher rng | the six f64 | u64
+ *         initial_params | u64 adaptation length | u64 change_seq, then perm, then the
+ *         adaptation state.
+ * A checkpoint is hostile input: every field is checked against every other (the data set,
+ * the stored config, the model) before anything is used, and a bad one fails with a reason
+ * naming the file and the field; the caller's trainer is never touched.
  * The same file is what `evowidth eval` and `evowidth layers` read. */
 #include <errno.h>
 #include <math.h>
@@ -12,23 +22,28 @@
 #include <string.h>
 
 #include "daemon/daemon_internal.h"
+#include "net/codec.h"
 
-#define TRNR_VERSION 1u
+#define TRNR_VERSION 2u
+#define TRNR_V1_HEAD 128 // bytes of version 1's struct image before perm
 
-struct trnr_head {
-    uint32_t version, pad;
+/* TRNR's values, parsed from either version (never written as an image). */
+struct trnr {
+    uint32_t version;
     uint64_t step, rng, b_n, b_pos, b_epoch, b_rng;
     double train_seconds, adapt_seconds, val_loss, val_acc, last_loss, last_acc;
-    uint64_t initial_params, extra_len, change_seq;
+    uint64_t initial_params, change_seq;
+    struct net_rd perm;  // (b_n) u32, borrowed from the blob
+    struct net_rd extra; // the adaptation state, borrowed
 };
 
 int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t errlen)
 {
     int rc = -ENOMEM;
     char *conf = NULL;
-    unsigned char *tr = NULL;
     size_t extra_len = 0;
     void *extra = NULL;
+    struct net_wr w = {0};
     if (!(conf = cfg_to_string(&t->cfg, 0))) {
         snprintf(err, errlen, "%s: out of memory serialising the config", path);
         goto out;
@@ -37,37 +52,184 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
         snprintf(err, errlen, "%s: out of memory serialising the adaptation state", path);
         goto out;
     }
-    struct trnr_head h = {
-        .version = TRNR_VERSION,
-        .step = t->step,
-        .rng = t->rng,
-        .b_n = t->batcher.n,
-        .b_pos = t->batcher.pos,
-        .b_epoch = t->batcher.epoch,
-        .b_rng = t->batcher.rng,
-        .train_seconds = t->train_seconds,
-        .adapt_seconds = t->adapt_seconds,
-        .val_loss = t->val_loss,
-        .val_acc = t->val_acc,
-        .last_loss = t->last_loss,
-        .last_acc = t->last_acc,
-        .initial_params = t->initial_params,
-        .extra_len = extra_len,
-        .change_seq = t->change_seq,
-    };
-    size_t tl = sizeof(h) + t->batcher.n * sizeof(uint32_t) + extra_len;
+    net_wr_u32(&w, TRNR_VERSION);
+    net_wr_u64(&w, t->step);
+    net_wr_u64(&w, t->rng);
+    net_wr_u64(&w, t->batcher.n);
+    net_wr_u64(&w, t->batcher.pos);
+    net_wr_u64(&w, t->batcher.epoch);
+    net_wr_u64(&w, t->batcher.rng);
+    for (size_t i = 0; i < t->batcher.n; i++) net_wr_u32(&w, t->batcher.perm[i]);
+    net_wr_f64(&w, t->train_seconds);
+    net_wr_f64(&w, t->adapt_seconds);
+    net_wr_f64(&w, t->val_loss);
+    net_wr_f64(&w, t->val_acc);
+    net_wr_f64(&w, t->last_loss);
+    net_wr_f64(&w, t->last_acc);
+    net_wr_u64(&w, t->initial_params);
+    net_wr_u64(&w, t->change_seq);
+    net_wr_u64(&w, extra_len);
+    net_wr_bytes(&w, extra, extra_len);
     rc = -ENOMEM;
-    if (!(tr = malloc(tl))) goto out;
-    memcpy(tr, &h, sizeof(h));
-    memcpy(tr + sizeof(h), t->batcher.perm, t->batcher.n * sizeof(uint32_t));
-    if (extra_len) memcpy(tr + sizeof(h) + t->batcher.n * sizeof(uint32_t), extra, extra_len);
-    struct ckpt_blob blobs[2] = {{"TRNR", tr, tl}, {"CONF", conf, strlen(conf)}};
+    if (w.oom) {
+        snprintf(err, errlen, "%s: out of memory serialising the trainer state", path);
+        goto out;
+    }
+    struct ckpt_blob blobs[2] = {{"TRNR", w.p, w.len}, {"CONF", conf, strlen(conf)}};
     rc = ckpt_save(path, t->net, &t->opt, blobs, 2, err, errlen);
 out:
     free(extra);
-    free(tr);
+    net_wr_free(&w);
     cJSON_free(conf);
     return rc;
+}
+
+/* Parses TRNR (either version) into h; framing only, the values are checked by the caller.
+ * Returns 0 or -EINVAL with the reason in why. */
+static int dmn__trnr_parse(struct trnr *h, const struct ckpt_blob *b, char *why, size_t wn)
+{
+    struct net_rd r = net_rd_make(b->data, b->len);
+    memset(h, 0, sizeof(*h));
+    h->version = net_rd_u32(&r);
+    if (r.bad || (h->version != 1 && h->version != TRNR_VERSION)) {
+        snprintf(why, wn, "version %u (this build reads 1 and %u)", h->version, TRNR_VERSION);
+        return -EINVAL;
+    }
+    uint64_t extra_len = 0;
+    if (h->version == 1 && net_rd_u32(&r) != 0) {
+        snprintf(why, wn, "version 1 padding is not zero");
+        return -EINVAL;
+    }
+    h->step = net_rd_u64(&r);
+    h->rng = net_rd_u64(&r);
+    h->b_n = net_rd_u64(&r);
+    h->b_pos = net_rd_u64(&r);
+    h->b_epoch = net_rd_u64(&r);
+    h->b_rng = net_rd_u64(&r);
+    const void *perm = NULL;
+    if (h->version == 2) {
+        // Counts are checked against the bytes left before any arithmetic on them.
+        if (r.bad || h->b_n > net_rd_left(&r) / 4) goto trunc;
+        perm = net_rd_view(&r, (size_t)h->b_n * 4);
+    }
+    h->train_seconds = net_rd_f64(&r);
+    h->adapt_seconds = net_rd_f64(&r);
+    h->val_loss = net_rd_f64(&r);
+    h->val_acc = net_rd_f64(&r);
+    h->last_loss = net_rd_f64(&r);
+    h->last_acc = net_rd_f64(&r);
+    h->initial_params = net_rd_u64(&r);
+    if (h->version == 1) {
+        extra_len = net_rd_u64(&r);
+        h->change_seq = net_rd_u64(&r);
+        if (r.bad || h->b_n > net_rd_left(&r) / 4) goto trunc;
+        perm = net_rd_view(&r, (size_t)h->b_n * 4);
+    } else {
+        h->change_seq = net_rd_u64(&r);
+        extra_len = net_rd_u64(&r);
+    }
+    if (r.bad || extra_len != net_rd_left(&r)) {
+        snprintf(why, wn, "length %zu does not match its fields (%llu bytes of adaptation state "
+                 "stated, %zu left)", b->len, (unsigned long long)extra_len, net_rd_left(&r));
+        return -EINVAL;
+    }
+    h->perm = net_rd_make(perm, (size_t)h->b_n * 4);
+    h->extra = net_rd_make(r.p + r.pos, (size_t)extra_len);
+    return 0;
+trunc:
+    snprintf(why, wn, "truncated (%zu bytes; batcher size %llu)", b->len,
+             (unsigned long long)h->b_n);
+    return -EINVAL;
+}
+
+static int dmn__finite_nonneg(double x)
+{
+    return isfinite(x) && x >= 0.0;
+}
+
+/* Checks TRNR's values against the trainer built from the stored config (its data set and
+ * batch size) and the stored model n; perm is copied into t's batcher on success. */
+static int dmn__trnr_check(const struct trnr *h, struct dmn_trainer *t, const struct net *n,
+                           char *why, size_t wn)
+{
+    const uint64_t N = t->batcher.n, B = t->cfg.train.batch_size;
+    if (h->b_n != N) {
+        snprintf(why, wn, "batcher holds %llu samples, the stored config's data set %zu",
+                 (unsigned long long)h->b_n, t->batcher.n);
+        return -EINVAL;
+    }
+    if (h->b_pos >= N) {
+        snprintf(why, wn, "batcher position %llu is not below the %llu samples",
+                 (unsigned long long)h->b_pos, (unsigned long long)N);
+        return -EINVAL;
+    }
+    /* Every step draws B samples (a step that fails after drawing leaves the batcher ahead),
+     * so the samples drawn, epoch * N + pos, are at least step * B. */
+    if (h->step > UINT64_MAX / B || h->b_epoch > (UINT64_MAX - h->b_pos) / N ||
+        h->b_epoch * N + h->b_pos < h->step * B) {
+        snprintf(why, wn, "step %llu does not fit the batcher (epoch %llu, position %llu, "
+                 "%llu samples, batch %llu)", (unsigned long long)h->step,
+                 (unsigned long long)h->b_epoch, (unsigned long long)h->b_pos,
+                 (unsigned long long)N, (unsigned long long)B);
+        return -EINVAL;
+    }
+    if (!dmn__finite_nonneg(h->train_seconds) || !dmn__finite_nonneg(h->adapt_seconds)) {
+        snprintf(why, wn, "timings %g / %g s are not finite and non-negative", h->train_seconds,
+                 h->adapt_seconds);
+        return -EINVAL;
+    }
+    if ((!isnan(h->val_acc) && !(h->val_acc >= 0.0 && h->val_acc <= 1.0)) ||
+        !(h->last_acc >= 0.0 && h->last_acc <= 1.0) || (!isnan(h->val_loss) && h->val_loss < 0) ||
+        h->last_loss < 0) {
+        snprintf(why, wn, "metrics out of range (val loss %g, val accuracy %g, loss %g, "
+                 "accuracy %g)", h->val_loss, h->val_acc, h->last_loss, h->last_acc);
+        return -EINVAL;
+    }
+    if (h->initial_params == 0) {
+        snprintf(why, wn, "initial parameter count is 0");
+        return -EINVAL;
+    }
+    // The stored model must be the stored config's architecture at other widths.
+    const struct net *c = t->net;
+    if (n->in_shape.c != c->in_shape.c || n->in_shape.h != c->in_shape.h ||
+        n->in_shape.w != c->in_shape.w || n->n_classes != c->n_classes) {
+        snprintf(why, wn, "model input %zux%zux%zu with %zu classes, the stored config's data "
+                 "%zux%zux%zu with %zu", n->in_shape.c, n->in_shape.h, n->in_shape.w,
+                 n->n_classes, c->in_shape.c, c->in_shape.h, c->in_shape.w, c->n_classes);
+        return -EINVAL;
+    }
+    if (n->n_layers != c->n_layers) {
+        snprintf(why, wn, "model has %zu layers, the stored config %zu", n->n_layers,
+                 c->n_layers);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < n->n_layers; i++) {
+        const struct net_layer_spec *a = &n->layers[i].spec, *b = &c->layers[i].spec;
+        if (a->kind != b->kind || strcmp(a->name, b->name) != 0) {
+            snprintf(why, wn, "model layer %zu is %s \"%s\", the stored config's %s \"%s\"", i,
+                     net_kind_name(a->kind), a->name, net_kind_name(b->kind), b->name);
+            return -EINVAL;
+        }
+    }
+    // perm must be a permutation of 0 .. N-1 (the batcher indexes the data set with it).
+    unsigned char *seen = calloc((size_t)N, 1);
+    if (!seen) {
+        snprintf(why, wn, "out of memory");
+        return -ENOMEM;
+    }
+    struct net_rd p = h->perm;
+    for (size_t i = 0; i < N; i++) {
+        uint32_t v = net_rd_u32(&p);
+        if (v >= N || seen[v]) {
+            snprintf(why, wn, "batcher order is not a permutation (entry %zu is %u)", i, v);
+            free(seen);
+            return -EINVAL;
+        }
+        seen[v] = 1;
+        t->batcher.perm[i] = v;
+    }
+    free(seen);
+    return 0;
 }
 
 int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen)
@@ -94,24 +256,17 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
         snprintf(err, errlen, "%s: stored config is invalid: %s", path, why);
         goto fail;
     }
-    struct trnr_head h;
-    if (trb->len < sizeof(h)) goto bad_trnr;
-    memcpy(&h, trb->data, sizeof(h));
-    if (h.version != TRNR_VERSION || trb->len != sizeof(h) + h.b_n * 4 + h.extra_len)
-        goto bad_trnr;
+    struct trnr h;
+    if (dmn__trnr_parse(&h, trb, why, sizeof(why)) < 0) goto bad_trnr;
     if ((rc = dmn_trainer_create(&t, cfg, err, errlen)) < 0) goto fail;
     rc = -EINVAL;
-    if (h.b_n != t->batcher.n || n->in_shape.c != t->net->in_shape.c ||
-        n->n_classes != t->net->n_classes) {
-        snprintf(err, errlen, "%s: checkpoint does not match its data set (%zu vs %zu samples)",
-                 path, (size_t)h.b_n, t->batcher.n);
+    if (opt.kind != t->opt.kind) {
+        snprintf(err, errlen, "%s: optimizer state is %s, the stored config's %s", path,
+                 opt.kind == NET_ADAMW ? "adamw" : "sgd",
+                 t->opt.kind == NET_ADAMW ? "adamw" : "sgd");
         goto fail;
     }
-    const uint32_t *perm = (const uint32_t *)((const unsigned char *)trb->data + sizeof(h));
-    for (size_t i = 0; i < h.b_n; i++) {
-        if (perm[i] >= h.b_n) goto bad_trnr;
-        t->batcher.perm[i] = perm[i];
-    }
+    if ((rc = dmn__trnr_check(&h, t, n, why, sizeof(why))) < 0) goto bad_trnr;
     // Swap in the stored model (its widths may differ from the config's initial ones).
     if (net_reserve(n, t->cfg.train.batch_size) < 0) {
         rc = -ENOMEM;
@@ -134,9 +289,9 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     t->last_acc = h.last_acc;
     t->initial_params = h.initial_params;
     t->change_seq = h.change_seq;
-    const unsigned char *extra = (const unsigned char *)trb->data + sizeof(h) + h.b_n * 4;
-    if ((rc = dmn__adapt_deserialize(t, extra, h.extra_len)) < 0) {
-        snprintf(err, errlen, "%s: adaptation state is corrupt", path);
+    if ((rc = dmn__adapt_deserialize(t, h.extra.p, h.extra.len)) < 0) {
+        snprintf(err, errlen, "%s: adaptation state is %s", path,
+                 rc == -ENOMEM ? "too large for memory" : "corrupt");
         goto fail;
     }
     ckpt_blobs_free(bl, nbl);
@@ -144,8 +299,8 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     *out = t;
     return 0;
 bad_trnr:
-    snprintf(err, errlen, "%s: TRNR chunk is malformed", path);
-    rc = -EINVAL;
+    snprintf(err, errlen, "%s: TRNR chunk: %s", path, why);
+    if (rc != -ENOMEM) rc = -EINVAL;
 fail:
     dmn_trainer_destroy(t);
     net_destroy(n);

@@ -177,7 +177,8 @@ void dmn__replay_changes(struct dmn_server *s)
     while ((len = getline(&line, &cap, f)) > 0) {
         cJSON *o = cJSON_ParseWithLength(line, (size_t)len);
         double seq = cJSON_GetNumberValue(cJSON_GetObjectItem(o, "seq"));
-        if (o && isfinite(seq) && (uint64_t)seq > s->change_seq) {
+        // Only an integer in [0, 2^64) is a sequence number (casting 1e300 is undefined).
+        if (o && seq >= 0 && seq < 0x1p64 && seq == floor(seq) && (uint64_t)seq > s->change_seq) {
             const char *route = cJSON_GetStringValue(cJSON_GetObjectItem(o, "route"));
             if (dmn__replay_one(s, route, cJSON_GetObjectItem(o, "change")) == 0)
                 dmn__log(s, "replayed change %.0f (%s)", seq, route);

@@ -22,6 +22,11 @@ int net_evaluate(struct net *n, const struct net_dataset *d, size_t batch, struc
     const size_t K = n->n_classes, D = d->shape.c * d->shape.h * d->shape.w;
     memset(ev, 0, sizeof(*ev));
     if (d->n == 0 || batch == 0) return -EINVAL;
+    // A data set of another shape, or labels beyond the classes, would be read out of
+    // bounds by the forward pass (a model file and its data come from different places).
+    if (D != n->in_shape.c * n->in_shape.h * n->in_shape.w) return -EINVAL;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->y[i] >= K) return -EINVAL;
     ev->n_classes = K;
     ev->confusion = calloc(K * K, sizeof(size_t));
     ev->precision = calloc(K, sizeof(double));
@@ -42,7 +47,7 @@ int net_evaluate(struct net *n, const struct net_dataset *d, size_t batch, struc
             size_t best = 0;
             for (size_t k = 1; k < K; k++)
                 if (p[k] > p[best]) best = k;
-            size_t t = d->y[i + b] < K ? d->y[i + b] : 0;
+            size_t t = d->y[i + b];
             ev->confusion[t * K + best]++;
             correct += best == t;
         }

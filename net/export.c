@@ -41,7 +41,6 @@
 #define XZ_PROBE 0x01020304u
 #define XZ_HEAD 32                  // magic .. deflated length
 #define XZ_MAX_RAW (1ull << 31)     // payloads above 2 GiB are refused
-#define XZ_MAX_LAYERS 256
 #define XZ_KMAX NET__XZ_KMAX
 
 enum xz_enc { XZ_F32 = 0, XZ_F16 = 1, XZ_KM_F32 = 2, XZ_KM_F16 = 3 };
@@ -50,15 +49,15 @@ enum xz_enc { XZ_F32 = 0, XZ_F16 = 1, XZ_KM_F32 = 2, XZ_KM_F16 = 3 };
 
 /* The payload, plus a copy of each part's bytes so that sizes can be reported per part. */
 struct xz_writer {
-    struct net__buf all, part[NET_XPART_COUNT];
+    struct net_wr all, part[NET_XPART_COUNT];
     unsigned bits_acc_n;  // packed codes: pending bits
     uint64_t bits_acc;
 };
 
 static void xw_put(struct xz_writer *w, int part, const void *src, size_t n)
 {
-    net__buf_put(&w->all, src, n);
-    net__buf_put(&w->part[part], src, n);
+    net_wr_bytes(&w->all, src, n);
+    net_wr_bytes(&w->part[part], src, n);
 }
 
 static void xw_u8(struct xz_writer *w, int part, unsigned v)
@@ -107,19 +106,17 @@ static void xw_flush_bits(struct xz_writer *w)
     w->bits_acc_n = 0;
 }
 
+/* Chunk framing (net/codec.h) on the payload; the 12 framing bytes count as metadata. */
 static size_t xw_begin(struct xz_writer *w, const char *tag)
 {
-    xw_put(w, NET_XPART_META, tag, 4);
-    size_t at = w->all.len;
-    xw_u64(w, NET_XPART_META, 0);
-    return at;
+    net_wr_bytes(&w->part[NET_XPART_META], tag, 4);
+    net_wr_u64(&w->part[NET_XPART_META], 0);
+    return net_wr_begin(&w->all, tag);
 }
 
 static void xw_end(struct xz_writer *w, size_t at)
 {
-    if (w->all.oom) return;
-    uint64_t len = w->all.len - at - 8;
-    memcpy(w->all.p + at, &len, 8);
+    net_wr_end(&w->all, at);
 }
 
 static unsigned xz_bits_for(size_t k)
@@ -194,34 +191,16 @@ static void xw_tensor(struct xz_writer *w, const struct net_tensor *t, const flo
     }
 }
 
+/* ARCH as in a checkpoint (net__arch_write), counted as metadata. */
 static void xw_arch(struct xz_writer *w, const struct net *n)
 {
-    const int M = NET_XPART_META;
-    size_t at = xw_begin(w, "ARCH");
-    xw_u64(w, M, n->in_shape.c);
-    xw_u64(w, M, n->in_shape.h);
-    xw_u64(w, M, n->in_shape.w);
-    xw_u64(w, M, n->n_classes);
-    for (int c = 0; c < 4; c++) xw_f32(w, M, n->norm_mean[c]);
-    for (int c = 0; c < 4; c++) xw_f32(w, M, n->norm_std[c]);
-    xw_u64(w, M, n->n_layers);
-    for (size_t i = 0; i < n->n_layers; i++) {
-        const struct net_layer_spec *s = &n->layers[i].spec;
-        xw_u32(w, M, (uint32_t)s->kind);
-        xw_put(w, M, s->name, NET_NAME_MAX);
-        xw_u64(w, M, s->out);
-        xw_u64(w, M, s->width);
-        xw_u64(w, M, s->rank);
-        xw_u64(w, M, s->k);
-        xw_u64(w, M, s->stride);
-        xw_u64(w, M, s->pad);
-        xw_u32(w, M, (uint32_t)s->bias);
-        xw_u32(w, M, (uint32_t)s->bn);
-    }
-    xw_u64(w, M, n->n_params);
-    xw_u64(w, M, n->n_state);
-    xw_end(w, at);
+    struct net_wr a = {0};
+    net__arch_write(&a, n);
+    if (a.oom) w->all.oom = 1;
+    xw_put(w, NET_XPART_META, a.p, a.len);
+    net_wr_free(&a);
 }
+
 int net_export_save(const char *path, const struct net *n, const struct net_xplan *p,
                     const struct ckpt_blob *blobs, size_t n_blobs, struct net_export_sizes *sz,
                     char *err, size_t errlen)
@@ -230,10 +209,13 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
         snprintf(err, errlen, "%s: the compression plan belongs to another architecture", path);
         return -EINVAL;
     }
+    static const char *const reserved[3] = {"ARCH", "TENS", "STAT"};
+    int rc = net__blobs_check(blobs, n_blobs, reserved, 3, path, err, errlen);
+    if (rc < 0) return rc;
     struct xz_writer w;
     memset(&w, 0, sizeof(w));
     unsigned char *file = NULL;
-    int rc = -ENOMEM;
+    rc = -ENOMEM;
     xw_arch(&w, n);
     size_t at = xw_begin(&w, "TENS"), n_par = 0;
     for (size_t ti = 0; ti < n->n_tensors; ti++) n_par += n->tensors[ti].arena == NET_ARENA_PARAM;
@@ -283,9 +265,9 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
     memcpy(file + 16, &raw_len, 8);
     memcpy(file + 24, &zlen, 8);
     const size_t flen = XZ_HEAD + (size_t)zcap + 4;
-    uint32_t crc = net__crc32(file, flen - 4);
+    uint32_t crc = net_crc32(file, flen - 4);
     memcpy(file + flen - 4, &crc, 4);
-    if ((rc = net__write_atomic(path, file, flen, err, errlen)) < 0) goto out;
+    if ((rc = net_write_atomic(path, file, flen, err, errlen)) < 0) goto out;
     if (sz) {
         memset(sz, 0, sizeof(*sz));
         sz->f32_bytes = (n->n_params + n->n_state) * sizeof(float);
@@ -311,106 +293,21 @@ out:
 
 // ---- reading -------------------------------------------------------------------------------
 
-static unsigned rd_u8(struct net__rd *r)
-{
-    unsigned char c;
-    net__rd_get(r, &c, 1);
-    return c;
-}
-
-static float rd_f16(struct net__rd *r)
+static float rd_f16(struct net_rd *r)
 {
     uint16_t h;
-    net__rd_get(r, &h, 2);
+    net_rd_bytes(r, &h, 2);
     return net_f32_from_f16(h);
-}
-/* Parses ARCH and builds the (zero) net. */
-static int xz_read_arch(struct net__rd *r, const char *path, struct net **out, char *err,
-                        size_t errlen)
-{
-    char tag[5] = {0};
-    net__rd_get(r, tag, 4);
-    uint64_t clen = net__rd_u64(r);
-    if (r->bad || strcmp(tag, "ARCH") != 0 || clen > r->len - r->pos) {
-        snprintf(err, errlen, "%s: missing or truncated ARCH chunk", path);
-        return -EINVAL;
-    }
-    const size_t end = r->pos + clen;
-    struct net_shape in = {0, 0, 0, 1};
-    in.c = net__rd_u64(r);
-    in.h = net__rd_u64(r);
-    in.w = net__rd_u64(r);
-    uint64_t classes = net__rd_u64(r);
-    float mean[4], sd[4];
-    for (int c = 0; c < 4; c++) mean[c] = net__rd_f32(r);
-    for (int c = 0; c < 4; c++) sd[c] = net__rd_f32(r);
-    uint64_t nl = net__rd_u64(r);
-    if (r->bad || nl == 0 || nl > XZ_MAX_LAYERS) {
-        snprintf(err, errlen, "%s: ARCH chunk has an invalid layer count", path);
-        return -EINVAL;
-    }
-    struct net_layer_spec *specs = calloc((size_t)nl, sizeof(*specs));
-    if (!specs) {
-        snprintf(err, errlen, "%s: out of memory", path);
-        return -ENOMEM;
-    }
-    int rc = -EINVAL;
-    for (size_t i = 0; i < nl; i++) {
-        specs[i].kind = (enum net_kind)net__rd_u32(r);
-        net__rd_get(r, specs[i].name, NET_NAME_MAX);
-        specs[i].name[NET_NAME_MAX - 1] = 0;
-        specs[i].out = net__rd_u64(r);
-        specs[i].width = net__rd_u64(r);
-        specs[i].rank = net__rd_u64(r);
-        specs[i].k = net__rd_u64(r);
-        specs[i].stride = net__rd_u64(r);
-        specs[i].pad = net__rd_u64(r);
-        specs[i].bias = (int)net__rd_u32(r);
-        specs[i].bn = (int)net__rd_u32(r);
-        if ((unsigned)specs[i].kind >= NET_KIND_COUNT || specs[i].out > (1u << 20) ||
-            specs[i].width > (1u << 20) || specs[i].rank > (1u << 20) || specs[i].k > 64 ||
-            specs[i].stride > 64 || specs[i].pad > 64) {
-            snprintf(err, errlen, "%s: layer %zu has an unknown kind or implausible sizes", path,
-                     i);
-            goto out;
-        }
-    }
-    uint64_t np = net__rd_u64(r), ns = net__rd_u64(r);
-    // Every element takes at least one bit of the payload (bitmap or 1-bit code), so larger
-    // arena claims are corrupt; checked before net_create allocates them.
-    if (r->bad || r->pos != end || in.c == 0 || in.c > 4 || in.h > 4096 || in.w > 4096 ||
-        classes > 65536 || np > 8 * (uint64_t)r->len || ns > r->len / 4) {
-        snprintf(err, errlen, "%s: ARCH chunk is malformed", path);
-        goto out;
-    }
-    char why[256];
-    if ((rc = net_create(out, &in, (size_t)classes, specs, (size_t)nl, why, sizeof(why))) < 0) {
-        snprintf(err, errlen, "%s: %s", path, why);
-        goto out;
-    }
-    rc = -EINVAL;
-    if (np != (*out)->n_params || ns != (*out)->n_state) {
-        snprintf(err, errlen, "%s: arena sizes (%zu, %zu) do not match the architecture (%zu, %zu)",
-                 path, (size_t)np, (size_t)ns, (*out)->n_params, (*out)->n_state);
-        net_destroy(*out);
-        *out = NULL;
-        goto out;
-    }
-    memcpy((*out)->norm_mean, mean, sizeof(mean));
-    memcpy((*out)->norm_std, sd, sizeof(sd));
-    rc = 0;
-out:
-    free(specs);
-    return rc;
 }
 
 /* One TENS record into w (t->n floats). */
-static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_tensor *t,
+static int xz_read_tensor(struct net_rd *r, const char *path, const struct net_tensor *t,
                           float *w, float *cb, char *err, size_t errlen)
 {
-    const unsigned enc = rd_u8(r), sparse = rd_u8(r), bits = rd_u8(r), zero = rd_u8(r);
-    const uint32_t k = net__rd_u32(r);
-    const uint64_t N = net__rd_u64(r), nnz = net__rd_u64(r);
+    const unsigned enc = net_rd_u8(r), sparse = net_rd_u8(r), bits = net_rd_u8(r),
+                   zero = net_rd_u8(r);
+    const uint32_t k = net_rd_u32(r);
+    const uint64_t N = net_rd_u64(r), nnz = net_rd_u64(r);
     if (r->bad) goto trunc;
     if (enc > XZ_KM_F16 || sparse > 1 || zero != 0 || N != t->n || nnz > N ||
         (!sparse && nnz != N)) {
@@ -427,13 +324,11 @@ static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_
                  t->name, k, bits);
         return -EINVAL;
     }
-    for (uint32_t j = 0; j < k; j++) cb[j] = enc == XZ_KM_F16 ? rd_f16(r) : net__rd_f32(r);
+    for (uint32_t j = 0; j < k; j++) cb[j] = enc == XZ_KM_F16 ? rd_f16(r) : net_rd_f32(r);
     const unsigned char *bitmap = NULL;
     if (sparse) {
         const size_t nb = (size_t)(N + 7) / 8;
-        if (r->len - r->pos < nb) goto trunc;
-        bitmap = r->p + r->pos;
-        r->pos += nb;
+        if (!(bitmap = net_rd_view(r, nb))) goto trunc;
         size_t ones = 0;
         for (size_t i = 0; i < N; i++) ones += (bitmap[i / 8] >> (i % 8)) & 1u;
         if (ones != nnz || (N % 8 && bitmap[nb - 1] >> (N % 8))) {
@@ -444,8 +339,8 @@ static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_
     }
     const size_t es = km ? 0 : enc == XZ_F16 ? 2 : 4;
     const size_t need = km ? (size_t)((nnz * bits + 7) / 8) : (size_t)nnz * es;
-    if (r->bad || r->len - r->pos < need) goto trunc;
-    const unsigned char *src = r->p + r->pos;
+    const unsigned char *src = net_rd_view(r, need);
+    if (!src) goto trunc;
     uint64_t acc = 0;
     unsigned have = 0;
     size_t s = 0;
@@ -477,7 +372,6 @@ static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_
         }
         s++;
     }
-    r->pos += need;
     return 0;
 trunc:
     snprintf(err, errlen, "%s: tensor %s: record is truncated", path, t->name);
@@ -494,7 +388,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
     size_t nbl = 0;
     float *cb = NULL;
     int got_tens = 0, got_stat = 0;
-    int rc = net__read_file(path, &buf, &len, err, errlen);
+    int rc = net_read_file(path, &buf, &len, err, errlen);
     if (rc < 0) return rc;
     rc = -EINVAL;
     if (len < 4 || memcmp(buf, "EVWZ", 4) != 0) {
@@ -532,9 +426,7 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
                  (size_t)(len - XZ_HEAD - 4 - zlen));
         goto fail;
     }
-    uint32_t want;
-    memcpy(&want, buf + len - 4, 4);
-    if (net__crc32(buf, len - 4) != want) {
+    if (!net_crc_ok(buf, len)) {
         snprintf(err, errlen, "%s: CRC mismatch (file is corrupt or truncated)", path);
         goto fail;
     }
@@ -558,28 +450,31 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
                                                                    : "bad stream");
         goto fail;
     }
-    struct net__rd r = {raw, (size_t)raw_len, 0, 0};
-    if ((rc = xz_read_arch(&r, path, &n, err, errlen)) < 0) goto fail;
+    struct net_rd r = net_rd_make(raw, (size_t)raw_len);
+    // Every element takes at least one bit of the payload (bitmap or 1-bit code), every
+    // statistic four bytes: larger arena claims are corrupt, refused before allocating.
+    if ((rc = net__arch_read(&r, path, 8 * (size_t)raw_len, (size_t)raw_len / 4, &n, err,
+                             errlen)) < 0)
+        goto fail;
     rc = -EINVAL;
     if (!(cb = malloc((XZ_KMAX + 1) * sizeof(float)))) {
         rc = -ENOMEM;
         goto fail;
     }
-    char tag[5] = {0};
-    while (r.pos < r.len) {
-        net__rd_get(&r, tag, 4);
-        uint64_t clen = net__rd_u64(&r);
-        if (r.bad || clen > r.len - r.pos) {
-            snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
+    char tag[5] = "";
+    struct net_rd c;
+    int more;
+    while ((more = net_rd_chunk(&r, tag, &c)) == 1) {
+        if (strcmp(tag, "ARCH") == 0 || (strcmp(tag, "TENS") == 0 && got_tens) ||
+            (strcmp(tag, "STAT") == 0 && got_stat)) {
+            snprintf(err, errlen, "%s: duplicate chunk \"%s\"", path, tag);
             goto fail;
         }
-        const size_t end = r.pos + (size_t)clen;
-        if (strcmp(tag, "TENS") == 0 && !got_tens) {
-            struct net__rd c = {r.p, end, r.pos, 0};
+        if (strcmp(tag, "TENS") == 0) {
             size_t n_par = 0;
             for (size_t ti = 0; ti < n->n_tensors; ti++)
                 n_par += n->tensors[ti].arena == NET_ARENA_PARAM;
-            uint32_t cnt = net__rd_u32(&c);
+            uint32_t cnt = net_rd_u32(&c);
             if (c.bad || cnt != n_par) {
                 snprintf(err, errlen, "%s: TENS chunk lists %u tensors, the architecture has %zu",
                          path, cnt, n_par);
@@ -592,46 +487,40 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
                     goto fail;
             }
             rc = -EINVAL;
-            if (c.pos != end) {
+            if (!net_rd_done(&c)) {
                 snprintf(err, errlen, "%s: TENS chunk has %zu bytes of trailing data", path,
-                         end - c.pos);
+                         net_rd_left(&c));
                 goto fail;
             }
-            r.pos = end;
             got_tens = 1;
-        } else if (strcmp(tag, "STAT") == 0 && !got_stat) {
-            if (clen != n->n_state * sizeof(float)) {
+        } else if (strcmp(tag, "STAT") == 0) {
+            if (net_rd_left(&c) != n->n_state * sizeof(float)) {
                 snprintf(err, errlen, "%s: STAT chunk has the wrong size for this architecture",
                          path);
                 goto fail;
             }
-            net__rd_get(&r, n->state, (size_t)clen);
+            net_rd_f32s(&c, n->state, n->n_state);
             got_stat = 1;
-        } else if (strcmp(tag, "ARCH") == 0 || strcmp(tag, "TENS") == 0 ||
-                   strcmp(tag, "STAT") == 0) {
-            snprintf(err, errlen, "%s: duplicate chunk \"%s\"", path, tag);
-            goto fail;
         } else {
-            struct ckpt_blob *q = realloc(bl, (nbl + 1) * sizeof(*bl));
-            if (!q) {
-                rc = -ENOMEM;
+            int brc = net__blobs_add(&bl, &nbl, tag, &c);
+            if (brc == -EEXIST) {
+                snprintf(err, errlen, "%s: duplicate chunk \"%s\"", path, tag);
                 goto fail;
             }
-            bl = q;
-            memcpy(bl[nbl].tag, tag, 5);
-            bl[nbl].len = (size_t)clen;
-            if (!(bl[nbl].data = malloc((size_t)clen + 1))) {
-                rc = -ENOMEM;
+            if (brc < 0) {
+                snprintf(err, errlen, "%s: out of memory for chunk \"%s\"", path, tag);
+                rc = brc;
                 goto fail;
             }
-            net__rd_get(&r, bl[nbl].data, (size_t)clen);
-            ((char *)bl[nbl].data)[clen] = 0; // text blobs read as strings
-            nbl++;
         }
-        if (r.bad || r.pos != end) {
+        if (!net_rd_done(&c)) {
             snprintf(err, errlen, "%s: chunk \"%.4s\" is malformed", path, tag);
             goto fail;
         }
+    }
+    if (more < 0) {
+        snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
+        goto fail;
     }
     if (!got_tens || !got_stat) {
         snprintf(err, errlen, "%s: missing %s chunk", path, got_tens ? "STAT" : "TENS");

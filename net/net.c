@@ -121,11 +121,10 @@ void net__init_fill(const struct net *n, float *w, float *b, size_t count, size_
 
 static void net__free_ws(struct net *n)
 {
-    if (n->acts) {
-        for (size_t i = 0; i <= n->n_layers; i++) {
-            free(n->acts[i]);
-            free(n->dacts[i]);
-        }
+    // Either table may be missing when net_reserve ran out of memory half way.
+    for (size_t i = 0; i <= n->n_layers; i++) {
+        if (n->acts) free(n->acts[i]);
+        if (n->dacts) free(n->dacts[i]);
     }
     free(n->acts);
     free(n->dacts);
@@ -154,6 +153,14 @@ void net_destroy(struct net *n)
 
 int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
                const struct net_layer_spec *specs, size_t n_specs, char *err, size_t errlen)
+{
+    return net__create_bounded(out, in, n_classes, specs, n_specs, SIZE_MAX, SIZE_MAX, err,
+                               errlen);
+}
+
+int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_classes,
+                        const struct net_layer_spec *specs, size_t n_specs, size_t max_params,
+                        size_t max_state, char *err, size_t errlen)
 {
     int rc = -EINVAL;
     struct net *n = calloc(1, sizeof(*n));
@@ -241,6 +248,11 @@ int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
     }
     n->n_params = off[NET_ARENA_PARAM];
     n->n_state = off[NET_ARENA_STATE];
+    if (n->n_params > max_params || n->n_state > max_state) {
+        snprintf(err, errlen, "model: %zu parameters and %zu statistics, more than the %zu and "
+                 "%zu allowed", n->n_params, n->n_state, max_params, max_state);
+        goto fail;
+    }
     n->params = calloc(n->n_params + 1, sizeof(float));
     n->grads = calloc(n->n_params + 1, sizeof(float));
     n->grads_zero = 1;

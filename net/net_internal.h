@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "net/codec.h"
 #include "net/net.h"
 
 #define NET__MAX_T 16 // most tensors a layer declares (res block with BN: 13)
@@ -158,35 +159,32 @@ void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, co
                  const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
                  int training);
 
-// ---- files (ckpt.c), shared by the checkpoint and the compressed export ----------------
+// ---- files: the shared pieces of the checkpoint and the compressed export (codec.c) -----
 
-/* CRC-32 (zlib) of any length. */
-uint32_t net__crc32(const unsigned char *p, size_t len);
-/* Writes path.tmp, fsyncs, renames over path, fsyncs the directory. err names the path. */
-int net__write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen);
-/* Reads a whole regular file into a malloc'ed buffer (one spare byte). err names the path. */
-int net__read_file(const char *path, unsigned char **out, size_t *len, char *err, size_t errlen);
+#define NET__ARCH_MAX_LAYERS 256
 
-/* A growable byte buffer for building files in memory; a failed allocation sets `oom` and
- * later puts do nothing, so a writer checks once at the end. Free p when done. */
-struct net__buf {
-    unsigned char *p;
-    size_t len, cap;
-    int oom;
-};
-void net__buf_put(struct net__buf *b, const void *src, size_t n);
-
-/* A bounds-checked little reader over a byte buffer: reads past the end set `bad` and yield
- * zeros, so a parser checks once after a group of fields. */
-struct net__rd {
-    const unsigned char *p;
-    size_t len, pos;
-    int bad;
-};
-void net__rd_get(struct net__rd *r, void *dst, size_t n);
-uint32_t net__rd_u32(struct net__rd *r);
-uint64_t net__rd_u64(struct net__rd *r);
-float net__rd_f32(struct net__rd *r);
+/* net_create, refused with -EINVAL before any arena is allocated when the layers need more
+ * than max_params parameters or max_state statistics (a file's claim bounded by its size). */
+int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_classes,
+                        const struct net_layer_spec *specs, size_t n_specs, size_t max_params,
+                        size_t max_state, char *err, size_t errlen);
+/* The ARCH chunk: input shape (u64 c, h, w), u64 classes, f32 mean[4], f32 std[4], u64 layer
+ * count, per layer u32 kind | char name[NET_NAME_MAX] | u64 out, width, rank, k, stride,
+ * pad | u32 bias | u32 bn, then u64 n_params, u64 n_state. */
+void net__arch_write(struct net_wr *w, const struct net *n);
+/* Reads the next chunk of r, which must be ARCH, checks every field (kinds, sizes, layer
+ * count, arena sizes at most max_params / max_state and equal to what the layers need) and
+ * builds the net with zero tensors. -EINVAL / -ENOMEM with a reason naming path. */
+int net__arch_read(struct net_rd *r, const char *path, size_t max_params, size_t max_state,
+                   struct net **out, char *err, size_t errlen);
+/* Caller blobs: tags of four characters, none reserved, none twice. */
+int net__blobs_check(const struct ckpt_blob *blobs, size_t n_blobs, const char *const *reserved,
+                     size_t n_reserved, const char *path, char *err, size_t errlen);
+/* Each blob as a chunk of its own. */
+void net__blobs_write(struct net_wr *w, const struct ckpt_blob *blobs, size_t n_blobs);
+/* Appends a copy of what is left of body as blob tag (NUL-terminated copy; -EEXIST when the
+ * tag is already there, -ENOMEM). */
+int net__blobs_add(struct ckpt_blob **bl, size_t *nbl, const char *tag, struct net_rd *body);
 
 // ---- compression (compress.c), stored by the compressed export (export.c) --------------
 

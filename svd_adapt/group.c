@@ -275,7 +275,8 @@ int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const
     size_t *per = calloc(ng + 1, sizeof(size_t)), *stride = calloc(ng + 1, sizeof(size_t));
     int rc = -ENOMEM;
     for (size_t k = 0; k < ng; k++) h[k] = NULL, N[k] = 0;
-    if (!per || !stride) goto fail;
+    // net_forward would run on a short workspace if it could not grow it.
+    if (!per || !stride || net_reserve(n, chunk) < 0) goto fail;
     for (size_t k = 0; k < ng; k++) {
         const float *src;
         size_t HW;

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "net/codec.h"
 #include "svd_adapt/svd_internal.h"
 
 #define SVD_MAX_GROUPS 128
@@ -73,40 +74,72 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
     return g;
 }
 
+/* The adaptation state as bytes (net/codec.h), version 3: "SVST" | u32 version | u64 count |
+ * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff.
+ * Version 2 (read only) had no backoff (read as 0). Version 1 (read
+ * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
+ * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
+ * cannot start with "SVST". */
+#define SVD_STATE_VERSION 3u // 3: + backoff; 2 (no backoff) and 1 (raw rows) still read
+#define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
+
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
 {
-    size_t n = sizeof(uint64_t) + s->n * sizeof(struct svd_gstate);
-    unsigned char *p = malloc(n);
-    if (!p) return -ENOMEM;
-    uint64_t cnt = s->n;
-    memcpy(p, &cnt, sizeof(cnt));
-    memcpy(p + sizeof(cnt), s->g, s->n * sizeof(struct svd_gstate));
-    *out = p;
-    *len = n;
+    struct net_wr w = {0};
+    net_wr_bytes(&w, "SVST", 4);
+    net_wr_u32(&w, SVD_STATE_VERSION);
+    net_wr_u64(&w, s->n);
+    for (size_t i = 0; i < s->n; i++) {
+        net_wr_str(&w, s->g[i].name);
+        net_wr_u64(&w, s->g[i].patience);
+        net_wr_u64(&w, s->g[i].cooldown_until);
+        net_wr_u64(&w, s->g[i].backoff);
+    }
+    if (w.oom) {
+        net_wr_free(&w);
+        return -ENOMEM;
+    }
+    *out = w.p;
+    *len = w.len;
     return 0;
 }
 
 int svd_state_load(struct svd_state *s, const void *data, size_t len)
 {
-    uint64_t cnt;
-    if (len < sizeof(cnt)) return -EINVAL;
-    memcpy(&cnt, data, sizeof(cnt));
-    if (cnt > SVD_MAX_GROUPS) return -EINVAL;
-    // Before the backoff counter a group's state was 8 bytes shorter: still readable.
-    const size_t old = sizeof(struct svd_gstate) - sizeof(uint64_t);
-    if (len == sizeof(cnt) + cnt * sizeof(struct svd_gstate)) {
-        s->n = (size_t)cnt;
-        memcpy(s->g, (const unsigned char *)data + sizeof(cnt), s->n * sizeof(struct svd_gstate));
-    } else if (len == sizeof(cnt) + cnt * old) {
-        s->n = (size_t)cnt;
-        for (size_t i = 0; i < s->n; i++) {
-            memset(&s->g[i], 0, sizeof(s->g[i]));
-            memcpy(&s->g[i], (const unsigned char *)data + sizeof(cnt) + i * old, old);
-        }
-    } else {
-        return -EINVAL;
+    struct svd_state tmp;
+    memset(&tmp, 0, sizeof(tmp));
+    struct net_rd r = net_rd_make(data, len);
+    const int v1 = len < 4 || memcmp(data, "SVST", 4) != 0;
+    uint32_t version = 1;
+    if (!v1) {
+        r.pos = 4;
+        version = net_rd_u32(&r);
+        if (version != 2 && version != SVD_STATE_VERSION) return -EINVAL;
     }
-    for (size_t i = 0; i < s->n; i++) s->g[i].name[sizeof(s->g[i].name) - 1] = 0;
+    const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS,
+                                       v1 ? SVD_STATE_V1_ROW : version == 2 ? 24 : 32);
+    if (r.bad) return -EINVAL;
+    for (size_t i = 0; i < cnt; i++) {
+        struct svd_gstate *g = &tmp.g[i];
+        if (v1) {
+            net_rd_bytes(&r, g->name, sizeof(g->name));
+            if (!memchr(g->name, 0, sizeof(g->name))) return -EINVAL;
+        } else {
+            char *name = net_rd_str(&r, sizeof(g->name) - 1, NULL);
+            if (!name) return -EINVAL;
+            memcpy(g->name, name, strlen(name) + 1);
+            free(name);
+        }
+        g->patience = net_rd_u64(&r);
+        g->cooldown_until = net_rd_u64(&r);
+        if (version >= 3) g->backoff = net_rd_u64(&r); // version 3: target-pass backoff
+        if (r.bad || !g->name[0]) return -EINVAL;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(tmp.g[j].name, g->name)) return -EINVAL;
+    }
+    if (!net_rd_done(&r)) return -EINVAL;
+    tmp.n = (size_t)cnt;
+    *s = tmp;
     return 0;
 }
 
@@ -225,6 +258,7 @@ struct svd__pass {
     struct net **n;
     double val;        // validation loss of *n (NAN until needed)
     int kept;
+    int oom;           // an allocation failed somewhere in the pass
     struct svd_event *ev;
 };
 
@@ -317,8 +351,12 @@ static void svd__rank_step(struct svd__pass *ps, struct svd_state *st, size_t la
     struct net *c = NULL;
     net_forward(n, ps->ctx->x, NULL, ps->ctx->B, 0);
     float *mu = l->spec.rank ? NULL : svd__mean_input(n, layer, ps->ctx->B);
-    int rc = svd_set_rank(&c, n, layer, new_rank, mu, ps->ctx->rng, err, sizeof(err));
+    int rc = !l->spec.rank && !mu ? -ENOMEM
+                                  : svd_set_rank(&c, n, layer, new_rank, mu, ps->ctx->rng, err,
+                                                 sizeof(err));
     free(mu);
+    if (rc == -ENOMEM) snprintf(err, sizeof(err), "out of memory");
+    ps->oom |= rc == -ENOMEM;
     if (rc < 0) {
         if (ch) ch->reason = SVD_WHY_ERROR, snprintf(ch->error, sizeof(ch->error), "%s", err);
     } else {
@@ -378,12 +416,18 @@ static void svd__measure(struct svd__pass *ps, struct svd__gi *gi, size_t ng, co
     struct svd_gref *refs = calloc(ng + 1, sizeof(*refs));
     long *r = malloc((ng + 1) * sizeof(long));
     size_t *idx = malloc((ng + 1) * sizeof(size_t)), k = 0;
-    if (!refs || !r || !idx) goto out;
+    if (!refs || !r || !idx) {
+        ps->oom = 1;
+        for (size_t i = 0; i < ng; i++)
+            if (want[i]) gi[i].r = -ENOMEM;
+        goto out;
+    }
     for (size_t i = 0; i < ng; i++)
         if (want[i]) refs[k] = gi[i].ref, idx[k++] = i;
     if (ps->p->source == SVD_SRC_ACTIVATIONS) {
         if (svd__spectra_acts(n, refs, k, ps->ctx->x, ps->ctx->B, s, SVD_SPEC_CAP, r) < 0)
             for (size_t j = 0; j < k; j++) r[j] = -ENOMEM;
+        for (size_t j = 0; j < k; j++) ps->oom |= r[j] == -ENOMEM;
     } else {
         for (size_t j = 0; j < k; j++)
             r[j] = svd_spectrum_weights(n, &refs[j], s + j * SVD_SPEC_CAP, SVD_SPEC_CAP);
@@ -452,9 +496,10 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
     gi->gs->patience = 0;
     gi->gs->cooldown_until = step + p->cooldown_steps;
     if (rc < 0) {
+        ps->oom |= rc == -ENOMEM;
         if (ch) {
             ch->reason = SVD_WHY_ERROR;
-            snprintf(ch->error, sizeof(ch->error), "%s", err);
+            snprintf(ch->error, sizeof(ch->error), "%s", rc == -ENOMEM ? "out of memory" : err);
         }
         return 0;
     }
@@ -527,15 +572,15 @@ static int svd__cand_cmp(const void *a, const void *b)
 
 /* One round of the plan for a target above: how many tail directions each group gives up
  * (cut[i]) to bring P down to `goal`, lowest energy share per parameter first. */
-static void svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi, size_t ng,
-                           const int *done, double P, double goal, size_t *cut)
+static int svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi, size_t ng,
+                          const int *done, double P, double goal, size_t *cut)
 {
     const double lo = 0.95 * (double)p->target_params;
     size_t nc = 0;
     for (size_t i = 0; i < ng; i++)
         if (!done[i] && gi[i].m > p->min_width) nc += gi[i].m;
     struct svd__cand *c = malloc((nc + 1) * sizeof(*c));
-    if (!c) return;
+    if (!c) return -ENOMEM;
     nc = 0;
     for (size_t i = 0; i < ng; i++) {
         if (done[i] || gi[i].m <= p->min_width) continue;
@@ -569,6 +614,7 @@ static void svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi,
         P -= cost;
     }
     free(c);
+    return 0;
 }
 
 /* Target above: cut the lowest-value tail directions across groups. Costs are measured
@@ -580,13 +626,19 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
     const double goal = P0 * (1.0 - p->target_step) > T ? P0 * (1.0 - p->target_step) : T;
     int *done = calloc(ng + 1, sizeof(int));
     size_t *cut = calloc(ng + 1, sizeof(size_t));
-    if (!done || !cut) goto out;
+    if (!done || !cut) {
+        ps->oom = 1;
+        goto out;
+    }
     for (size_t i = 0; i < ng; i++) done[i] = gi[i].cooling || gi[i].r <= 0;
     for (int round = 0; round < 3 && (double)(*ps->n)->n_params > goal; round++) {
         for (size_t i = 0; i < ng; i++)
             if (!done[i]) gi[i].cost = svd__unit_cost(*ps->n, &gi[i].ref);
         memset(cut, 0, (ng + 1) * sizeof(size_t));
-        svd__plan_cuts(p, gi, ng, done, (double)(*ps->n)->n_params, goal, cut);
+        if (svd__plan_cuts(p, gi, ng, done, (double)(*ps->n)->n_params, goal, cut) < 0) {
+            ps->oom = 1;
+            break;
+        }
         size_t any = 0;
         for (size_t i = 0; i < ng; i++) {
             if (!cut[i]) continue;
@@ -613,7 +665,10 @@ static void svd__target_grow(struct svd__pass *ps, struct svd__gi *gi, size_t ng
     const struct svd_policy *p = ps->p;
     const double T = (double)p->target_params;
     struct svd__cand *c = malloc((ng + 1) * sizeof(*c));
-    if (!c) return;
+    if (!c) {
+        ps->oom = 1;
+        return;
+    }
     size_t nc = 0;
     for (size_t i = 0; i < ng; i++) {
         if (gi[i].cooling || gi[i].r <= 0) continue;
@@ -662,7 +717,10 @@ static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t s
     float *spec = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
     float *tmp = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
     int *want = calloc(ng + 1, sizeof(int));
-    if (!gi || !spec || !tmp || !want) goto out;
+    if (!gi || !spec || !tmp || !want) {
+        ps->oom = 1;
+        goto out;
+    }
     const double P0 = (double)(*ps->n)->n_params, T = (double)p->target_params;
     const int target = p->target_params > 0;
     const int in_band = target && P0 <= T && P0 >= 0.95 * T;
@@ -739,7 +797,7 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
     float *s = malloc(SVD_SPEC_CAP * sizeof(float));
     if (ev) memset(ev, 0, sizeof(*ev));
     if (!s) return -ENOMEM;
-    struct svd__pass ps = {p, ctx, n, NAN, 0, ev};
+    struct svd__pass ps = {p, ctx, n, NAN, 0, 0, ev};
     if (ev) {
         ev->step = step;
         ev->time = (double)time(NULL);
@@ -768,5 +826,6 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
         ev->seconds = svd__now() - t0;
     }
     free(s);
-    return ps.kept;
+    // An allocation that failed is an error, unless a surgery was kept (the net changed).
+    return ps.oom && ps.kept == 0 ? -ENOMEM : ps.kept;
 }

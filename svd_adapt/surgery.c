@@ -417,6 +417,7 @@ static int svd__shrink_select(struct net **out, struct net *n, const struct svd_
         goto out;
     }
     // Kept units in their original order (stable layout), dropped ones after.
+    rc = -ENOMEM; // every failed allocation below is an error, never a silent success
     char *keep = calloc(m, 1);
     if (!keep) goto out;
     for (size_t i = 0; i < k; i++) keep[order[i]] = 1;
@@ -536,6 +537,7 @@ int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, 
     float scale = norm > 0.0f ? norm : m ? norms[m / 2] : 1.0f;
     if (!(scale > 0.0f)) scale = 1.0f;
     rc = svd__svd(w, m, L, u, s, vt);
+    if (rc == -ENOMEM) goto out;
     size_t rank = 0;
     while (rc == 0 && rank < r && s[rank] > 1e-6f * s[0]) rank++;
     for (size_t e = 0; e < extra; e++) {
@@ -575,12 +577,15 @@ static int svd__gradmax_cols(float *cols, struct net *n, const struct svd__group
     const size_t L = n->layers[p].in.c, nc = n->layers[cons].out.c, m = g->m;
     float *M = calloc(nc * L, sizeof(float)), *u = NULL, *s = NULL, *vt = NULL;
     int rc = -ENOMEM;
-    if (!M) return rc;
-    /* M (nc x L) = dz^T (nc x B) . h (B x L), accumulated over chunks of the workspace batch
-     * (no workspace for all B samples is built). */
     const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
     size_t chunk = n->ws_batch ? n->ws_batch : 64;
     if (chunk > B) chunk = B;
+    if (!M || net_reserve(n, chunk) < 0) { // net_forward would run on a short workspace
+        free(M);
+        return rc;
+    }
+    /* M (nc x L) = dz^T (nc x B) . h (B x L), accumulated over chunks of the workspace batch
+     * (no workspace for all B samples is built). */
     for (size_t b0 = 0; b0 < B; b0 += chunk) {
         const size_t Bc = B - b0 < chunk ? B - b0 : chunk;
         net_zero_grad(n);

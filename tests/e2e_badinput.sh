@@ -166,6 +166,11 @@ expect "malformed JSON" 400 -X PATCH -H "$J" -d '{"shrink_threshold": ' "$P"
 expect "JSON with trailing bytes" 400 -X PATCH -H "$J" -d '{"shrink_threshold": 0.05} x' "$P"
 expect "empty PATCH body" 400 -X PATCH -H "$J" "$P"
 expect "a JSON array body" 422 -X PATCH -H "$J" -d '[1, 2]' "$P"
+nchg=$(wc -l <"$TMP/state/changes.jsonl" 2>/dev/null || echo 0)
+expect "an empty object PATCH {}" 422 -X PATCH -H "$J" -d '{}' "$P"
+expect "an empty object PATCH /v1/train {}" 422 -X PATCH -H "$J" -d '{}' "$BASE/v1/train"
+[ "$(wc -l <"$TMP/state/changes.jsonl" 2>/dev/null || echo 0)" = "$nchg" ] &&
+    ok "PATCH {} logged no change" || bad "PATCH {} logged no change" "changes.jsonl grew"
 expect "string for a number" 422 -X PATCH -H "$J" -d '{"shrink_threshold": "abc"}' "$P"
 expect "number for a bool" 422 -X PATCH -H "$J" -d '{"enabled": 1}' "$P"
 expect "unknown enum value" 422 -X PATCH -H "$J" -d '{"mode": "sideways"}' "$P"
@@ -179,6 +184,12 @@ expect "valid + unknown field (all or nothing)" 422 -X PATCH -H "$J" \
     -d '{"shrink_threshold": 0.3, "bogus": true}' "$P"
 expect "lr as a string" 422 -X PATCH -H "$J" -d '{"lr": "fast"}' "$BASE/v1/train"
 expect "immutable train.batch_size" 422 -X PATCH -H "$J" -d '{"batch_size": 64}' "$BASE/v1/train"
+# README: PATCH /v1/train sets the checkpoint interval too.
+expect "PATCH /v1/train checkpoint_every_steps" 200 -X PATCH -H "$J" \
+    -d '{"checkpoint_every_steps": 700}' "$BASE/v1/train"
+js 'd["checkpoint_every_steps"]' <"$TMP/body" | grep -qx 700 &&
+    ok "PATCH /v1/train answers checkpoint_every_steps 700" ||
+    bad "checkpoint_every_steps in the answer" "$(head -c 300 "$TMP/body")"
 expect "text/plain body" 415 -X PATCH -H 'Content-Type: text/plain' -d '{"enabled": true}' "$P"
 expect "history?points=0" 400 "$BASE/v1/history?points=0"
 expect "history?points=abc" 400 "$BASE/v1/history?points=abc"
@@ -231,6 +242,18 @@ get /v1/policy >"$TMP/policy.after"
 cmp -s "$TMP/policy.before" "$TMP/policy.after" && ok "policy unchanged by all of the above" ||
     bad "policy unchanged" "before $(cat "$TMP/policy.before") after $(cat "$TMP/policy.after")"
 advances && ok "training still advances" || bad "training still advances"
+stop_daemon
+
+# ---- change-log replay: a seq that is no integer (1e300) is skipped, later ones still apply --------
+last=$(tail -n 1 "$TMP/state/changes.jsonl" | js 'int(d["seq"])')
+printf '{"seq":1e300,"time":0,"step":0,"route":"PATCH /v1/policy","change":{"shrink_threshold":0.33}}\n' \
+    >>"$TMP/state/changes.jsonl"
+printf '{"seq":%d,"time":0,"step":0,"route":"PATCH /v1/policy","change":{"shrink_threshold":0.44}}\n' \
+    "$((last + 1))" >>"$TMP/state/changes.jsonl"
+start_daemon
+got=$(get /v1/policy | js 'd["shrink_threshold"]')
+[ "$got" = 0.44 ] && ok "replay skips seq 1e300 and applies seq $((last + 1))" ||
+    bad "replay with seq 1e300" "shrink_threshold $got, want 0.44"
 stop_daemon
 
 # ---- the daemon with a token ---------------------------------------------------------------------

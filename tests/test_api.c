@@ -1160,6 +1160,82 @@ TEST(timeouts_request_408_and_idle)
     ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
 }
 
+// ---- issue 15 D14: version, path escapes, silent sockets ---------------------------------------
+
+/* HTTP versions other than 1.0 / 1.1 get 505 and the connection closes; path parameters
+ * with a NUL escape or a malformed one get 400 (they used to reach the handler cut at the
+ * NUL: conv1%00junk answered for conv1); good escapes still decode. */
+TEST(http_version_and_path_escapes)
+{
+    struct api_opts o;
+    opts_test(&o);
+    struct fx *fx = fx_new(&o);
+    ASSERT(fx);
+    static const struct {
+        const char *req;
+        int status;
+        const char *body;
+    } CASES[] = {
+        {"GET /v1/echo HTTP/9.9\r\n\r\n", 505, "HTTP/9.9 is not supported"},
+        {"GET /v1/echo HTTP/2.0\r\n\r\n", 505, "HTTP/2.0 is not supported"},
+        {"GET /v1/echo HTTP/1.2\r\n\r\n", 505, "\"code\":\"http_version_not_supported\""},
+        {"GET /v1/echo HTTP/0.9\r\n\r\n", 505, "HTTP/0.9"},
+        {"GET /v1/layers/conv1%00junk/spectrum HTTP/1.1\r\n\r\n", 400, "conv1%00junk"},
+        {"GET /v1/layers/conv1%zz/spectrum HTTP/1.1\r\n\r\n", 400, "percent-encoding"},
+        {"GET /v1/layers/conv1%4/spectrum HTTP/1.1\r\n\r\n", 400, "percent-encoding"},
+        {"GET /v1/layers/conv%31/spectrum HTTP/1.1\r\n\r\n", 200, "\"params\":[\"conv1\"]"},
+        {"GET /v1/echo HTTP/1.0\r\n\r\n", 200, "\"path\":\"/v1/echo\""},
+    };
+    for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++) {
+        struct cl *c = cl_open(fx->port);
+        ASSERT(c);
+        struct reply r;
+        ASSERT_EQ(roundtrip(c, CASES[i].req, &r), 0);
+        if (r.status != CASES[i].status || !strstr(r.body, CASES[i].body))
+            TEST_FAIL_("%s: got %d %s, want %d with %s", CASES[i].req, r.status, r.body,
+                       CASES[i].status, CASES[i].body);
+        if (CASES[i].status >= 400) ASSERT_EQ(cl_eof(c, 2000), 1);
+        cl_close(c);
+    }
+    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+}
+
+/* max_conns silent sockets hold their slots only for the header timeout (from accept), not
+ * the idle timeout: a new client is served again once it has passed. */
+TEST(silent_sockets_release_slots_after_the_header_timeout)
+{
+    struct api_opts o;
+    opts_test(&o);
+    o.limits.max_conns = 8;
+    o.limits.header_timeout_ms = 300;
+    o.limits.idle_timeout_ms = 30000;
+    struct fx *fx = fx_new(&o);
+    ASSERT(fx);
+    int fds[8];
+    double t0 = now_ms();
+    for (int i = 0; i < 8; i++) ASSERT_GE(fds[i] = raw_connect(fx->port), 0);
+    sleep_ms(100);
+    struct cl *c = cl_open(fx->port);
+    ASSERT(c);
+    struct reply r;
+    ASSERT_EQ(roundtrip(c, GET_ECHO, &r), 0);
+    ASSERT_EQ(r.status, 503); // the cap is full of silent sockets
+    cl_close(c);
+    // Each silent socket is closed by the server after about 300 ms.
+    for (int i = 0; i < 8; i++) {
+        struct cl q = {.fd = fds[i]};
+        ASSERT_EQ(cl_eof(&q, 3000), 1);
+        close(fds[i]);
+    }
+    ASSERT_LT(now_ms() - t0, 3000);
+    c = cl_open(fx->port);
+    ASSERT(c);
+    ASSERT_EQ(roundtrip(c, GET_ECHO, &r), 0);
+    ASSERT_EQ(r.status, 200);
+    cl_close(c);
+    ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);
+}
+
 // ---- connection cap --------------------------------------------------------------------------
 
 #define N_IDLE 500

@@ -343,6 +343,11 @@ TEST(patch_train_aliases)
     ASSERT_NEAR(c.optimizer.lr, 0.01, 0);
     ASSERT_NEAR(c.optimizer.group_lasso, 0.001, 0);
     ASSERT_EQ(c.train.epochs, 3);
+    // README: PATCH /v1/train also sets the checkpoint interval.
+    p = cJSON_Parse("{\"checkpoint_every_steps\": 70}");
+    ASSERT_EQ(cfg_patch(&c, "train", p, CFG_RUNTIME, err, sizeof err), 0);
+    cJSON_Delete(p);
+    ASSERT_EQ(c.daemon.checkpoint_every_steps, 70);
 
     p = cJSON_Parse("{\"lr\": -1}");
     ASSERT_EQ(cfg_patch(&c, "train", p, CFG_RUNTIME, err, sizeof err), -EINVAL);

@@ -1327,6 +1327,32 @@ TEST(rng_determinism)
 
 // ---- evaluation ---------------------------------------------------------------------------------
 
+/* A data set of another shape, or with a label beyond the classes, is refused (the forward
+ * pass would read outside the inputs or the logits). */
+TEST(evaluate_refuses_mismatched_data)
+{
+    net_set_threads(T_THREADS);
+    struct net_shape in = shp(1, 1, 3), other = shp(1, 1, 2);
+    const struct net_layer_spec s[] = {S_FLAT(), S_DENSE(4, 0)};
+    struct net *n = mk(&in, 4, s, 2);
+    ASSERT(n);
+    float x[4 * 3] = {0};
+    uint8_t y[4] = {0, 1, 2, 3}, ybad[4] = {0, 1, 4, 3};
+    struct net_dataset d = {.n = 4, .n_classes = 4, .shape = other, .x = x, .y = y};
+    struct net_eval ev;
+    int r_shape = net_evaluate(n, &d, 2, &ev);
+    d.shape = in;
+    d.y = ybad;
+    int r_label = net_evaluate(n, &d, 2, &ev);
+    d.y = y;
+    int r_ok = net_evaluate(n, &d, 2, &ev);
+    if (r_ok == 0) net_eval_free(&ev);
+    net_destroy(n);
+    ASSERT_EQ(r_shape, -EINVAL);
+    ASSERT_EQ(r_label, -EINVAL);
+    ASSERT_EQ(r_ok, 0);
+}
+
 /* Identity "classifier": logits = (x0, x1, x2, 0), so predictions are chosen by the inputs.
  * Labels and predictions (true -> pred): 0->0 0->1 0->2 1->1 1->0 2->2 2->2 2->1; class 3
  * never occurs. Confusion rows [1 1 1 0] [1 1 0 0] [0 1 2 0] [0 0 0 0]; precision 1/2, 1/3,
