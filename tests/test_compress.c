@@ -101,23 +101,6 @@ static void pid_path(char *out, size_t n, const char *name)
     snprintf(out, n, "/tmp/ew_test_compress_%ld_%s", (long)getpid(), name);
 }
 
-/* Random orthonormal columns: q (rows x cols, row-major), Gram-Schmidt twice in double. */
-static void orthonormal(double *q, size_t rows, size_t cols, uint64_t *rng)
-{
-    for (size_t j = 0; j < cols; j++) {
-        for (size_t i = 0; i < rows; i++) q[i * cols + j] = net_rand_normal(rng);
-        for (int pass = 0; pass < 2; pass++)
-            for (size_t k = 0; k < j; k++) {
-                double d = 0;
-                for (size_t i = 0; i < rows; i++) d += q[i * cols + j] * q[i * cols + k];
-                for (size_t i = 0; i < rows; i++) q[i * cols + j] -= d * q[i * cols + k];
-            }
-        double nn = 0;
-        for (size_t i = 0; i < rows; i++) nn += q[i * cols + j] * q[i * cols + j];
-        for (size_t i = 0; i < rows; i++) q[i * cols + j] /= sqrt(nn);
-    }
-}
-
 // ---- 1. SVD factorization -------------------------------------------------------------------
 
 /* Factorizes layer li at full rank (mean-input bias fix on) and compares the logits. */
@@ -177,8 +160,8 @@ TEST(auto_rank_picks_known_rank)
     ASSERT(n);
     double sv[24], *U = malloc(m * r * sizeof(double)), *V = malloc(L * r * sizeof(double));
     uint64_t rng = 99;
-    orthonormal(U, m, r, &rng);
-    orthonormal(V, L, r, &rng);
+    rand_orth(U, m, r, &rng);
+    rand_orth(V, L, r, &rng);
     for (size_t i = 0; i < r; i++) sv[i] = i < 6 ? 10.0 - (double)i : 0.5 * pow(0.9, (double)i);
     float *w = net_tensor_data(n, net_tensor_get(n, 1, "w"));
     for (size_t i = 0; i < m; i++)

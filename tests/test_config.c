@@ -40,17 +40,25 @@ static int expect_load_error(const char *text, const char *frag1, const char *fr
     return ok;
 }
 
+/* The configs/ files, and one of them loaded (the reason printed on failure). */
+static const char *const SHIPPED[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
+                                      "tiny"};
+
+static int load_shipped(size_t i, struct dmn_config *c)
+{
+    char path[512], err[512] = "";
+    snprintf(path, sizeof path, "%s/configs/%s.json", EW_SOURCE_DIR, SHIPPED[i]);
+    int rc = cfg_load_file(c, path, err, sizeof err);
+    if (rc != 0) fprintf(stderr, "%s\n", err);
+    return rc;
+}
+
 TEST(shipped_configs_load)
 {
-    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                        "tiny"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char path[512], err[512] = "";
+    for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
+        char err[512] = "";
         struct dmn_config c;
-        snprintf(path, sizeof path, "%s/configs/%s.json", EW_SOURCE_DIR, files[i]);
-        int rc = cfg_load_file(&c, path, err, sizeof err);
-        if (rc != 0) fprintf(stderr, "%s\n", err);
-        ASSERT_EQ(rc, 0);
+        ASSERT_EQ(load_shipped(i, &c), 0);
         ASSERT_EQ(cfg_validate(&c, err, sizeof err), 0);
     }
 }
@@ -400,13 +408,9 @@ static int round_trip(const struct dmn_config *c)
 
 TEST(round_trip_identical)
 {
-    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                        "tiny"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char path[512], err[512] = "";
+    for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
         struct dmn_config c;
-        snprintf(path, sizeof path, "%s/configs/%s.json", EW_SOURCE_DIR, files[i]);
-        ASSERT_EQ(cfg_load_file(&c, path, err, sizeof err), 0);
+        ASSERT_EQ(load_shipped(i, &c), 0);
         ASSERT(round_trip(&c));
     }
     // Awkward values: non-terminating decimals, a large seed, names, factorized layers.

@@ -612,24 +612,6 @@ TEST(grow_rank_factorized_dense_and_conv)
 
 // ---- 2. rotate / factorize drop exactly the tail of the spectrum --------------------------
 
-/* q (rows x cols, row-major) with orthonormal columns, by modified Gram-Schmidt in double. */
-static void rand_orth(double *q, size_t rows, size_t cols, uint64_t *rng)
-{
-    for (size_t i = 0; i < rows * cols; i++) q[i] = net_rand_normal(rng);
-    for (size_t j = 0; j < cols; j++) {
-        for (int pass = 0; pass < 2; pass++)
-            for (size_t k = 0; k < j; k++) {
-                double d = 0.0;
-                for (size_t i = 0; i < rows; i++) d += q[i * cols + j] * q[i * cols + k];
-                for (size_t i = 0; i < rows; i++) q[i * cols + j] -= d * q[i * cols + k];
-            }
-        double nn = 0.0;
-        for (size_t i = 0; i < rows; i++) nn += q[i * cols + j] * q[i * cols + j];
-        nn = sqrt(nn);
-        for (size_t i = 0; i < rows; i++) q[i * cols + j] /= nn;
-    }
-}
-
 #define LIN_N 20 // inputs (1 x 4 x 5)
 #define LIN_M 8  // hidden = classes
 static const double LIN_S[LIN_M] = {10.0, 8.0, 6.5, 5.0, 3.5, 2.0, 1.0, 0.5};
