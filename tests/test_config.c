@@ -185,20 +185,24 @@ TEST(wrong_type_named)
 
 TEST(out_of_range_named)
 {
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"shrink_threshold\": 1.5}}",
-                             "adapt.shrink_threshold: 1.5 is out of range [0, 1]", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"growth\": 0}}",
-                             "adapt.growth: 0 is out of range (0, 4]", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"energy_eps\": 1}}",
-                             "adapt.energy_eps: 1 is out of range [0, 1)", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"calibration_samples\": 8}}",
-                             "adapt.calibration_samples: 8 is out of range [16, 65536]", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"interval_steps\": -1}}",
-                             "adapt.interval_steps: -1 is out of range [1, inf)", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"train\": {\"seed\": 1e300}}",
-                             "train.seed: 1e+300 is too large", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"daemon\": {\"listen\": \"localhost\"}}",
-                             "daemon.listen: \"localhost\" is not HOST:PORT", NULL));
+    static const char *const cases[][2] = { // a section after the model, the message
+        {"\"adapt\": {\"shrink_threshold\": 1.5}}",
+         "adapt.shrink_threshold: 1.5 is out of range [0, 1]"},
+        {"\"adapt\": {\"growth\": 0}}", "adapt.growth: 0 is out of range (0, 4]"},
+        {"\"adapt\": {\"energy_eps\": 1}}", "adapt.energy_eps: 1 is out of range [0, 1)"},
+        {"\"adapt\": {\"calibration_samples\": 8}}",
+         "adapt.calibration_samples: 8 is out of range [16, 65536]"},
+        {"\"adapt\": {\"interval_steps\": -1}}",
+         "adapt.interval_steps: -1 is out of range [1, inf)"},
+        {"\"train\": {\"seed\": 1e300}}", "train.seed: 1e+300 is too large"},
+        {"\"daemon\": {\"listen\": \"localhost\"}}",
+         "daemon.listen: \"localhost\" is not HOST:PORT"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "{" MODEL ", %s", cases[i][0]); // cases close the object
+        ASSERT(expect_load_error(text, cases[i][1], NULL));
+    }
 }
 
 TEST(bad_enum_lists_choices)

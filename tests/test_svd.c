@@ -629,12 +629,7 @@ static struct net *lin_net(void)
     rand_orth(V, LIN_N, LIN_M, &rng);
     float *w1 = net_tensor_data(n, net_tensor_get(n, 1, "w"));
     float *w2 = net_tensor_data(n, net_tensor_get(n, 2, "w"));
-    for (size_t i = 0; i < LIN_M; i++)
-        for (size_t j = 0; j < LIN_N; j++) {
-            double s = 0.0;
-            for (size_t k = 0; k < LIN_M; k++) s += U[i * LIN_M + k] * LIN_S[k] * V[j * LIN_M + k];
-            w1[i * LIN_N + j] = (float)s;
-        }
+    set_usv(w1, LIN_M, LIN_N, U, LIN_S, V, LIN_M);
     for (size_t i = 0; i < LIN_M; i++) w2[i * LIN_M + i] = 1.0f;
     return n;
 }

@@ -119,4 +119,16 @@ static inline void rand_orth(double *q, size_t rows, size_t cols, uint64_t *rng)
     }
 }
 
+/* w (m x L, row-major, float) = U (m x r) diag(s) V (L x r)^T, summed in double. */
+static inline void set_usv(float *w, size_t m, size_t L, const double *U, const double *s,
+                           const double *V, size_t r)
+{
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < L; j++) {
+            double a = 0.0;
+            for (size_t k = 0; k < r; k++) a += U[i * r + k] * s[k] * V[j * r + k];
+            w[i * L + j] = (float)a;
+        }
+}
+
 #endif
