@@ -2,7 +2,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps build run train test test-blas test-asan test-tsan clean
+.PHONY: all deps build run train test test-blas test-asan test-tsan format format-check clean
 
 all: build
 
@@ -48,6 +48,16 @@ test-tsan: deps
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE=thread >/dev/null
 	@cmake --build build-tsan -j$(JOBS)
 	cd build-tsan && ctest -j$(JOBS) --output-on-failure --timeout 900 -L e2e
+
+# Layout (.clang-format, clang-format 14): format rewrites the files in place, format-check
+# (run by CI) fails naming each file that differs. scripts/format.sh lists what is left out.
+format:
+	@scripts/deps.sh clang-format-14
+	@scripts/format.sh
+
+format-check:
+	@scripts/deps.sh clang-format-14
+	@scripts/format.sh --check
 
 clean:
 	rm -rf build build-asan build-tsan

@@ -50,6 +50,7 @@ struct cfg_row {
 };
 
 /* Offsets that fail to compile when the field's type does not match the row's type. */
+// clang-format off: the row macros stay as written (clang-format reads them as blocks)
 #define FLD(f) (((struct dmn_config *)0)->f)
 #define OFFT(f, T) (offsetof(struct dmn_config, f) + 0 * sizeof(_Generic(FLD(f), T: 1)))
 
@@ -68,6 +69,7 @@ struct cfg_row {
 #define R_ENUM(s, k, f, names, d, fl, h) \
     {s, k, T_ENUM, offsetof(struct dmn_config, f), sizeof(FLD(f)), 0, 0, d, NULL, names, fl, \
      NULL, h}
+// clang-format on
 
 /* ENUM knobs are read and written as int. */
 static_assert(sizeof(enum cfg_dataset) == sizeof(int), "enum size");
@@ -269,9 +271,11 @@ struct cfg_lkey {
 
 #define KB(k) (1u << (k))
 #define ALL_KINDS ((1u << NET_KIND_COUNT) - 1u)
+// clang-format off
 #define LOFF(f, T)                                 \
     (offsetof(struct net_layer_spec, f) +          \
      0 * sizeof(_Generic(((struct net_layer_spec *)0)->f, T: 1)))
+// clang-format on
 
 static const struct cfg_lkey CFG_LKEYS[] = {
     {"out", T_SIZE, LOFF(out, size_t), KB(NET_DENSE) | KB(NET_CONV) | KB(NET_RES),
