@@ -50,7 +50,8 @@ struct cfg_row {
 };
 
 /* Offsets that fail to compile when the field's type does not match the row's type. */
-// clang-format off: the row macros stay as written (clang-format reads them as blocks)
+// The row macros stay as written (clang-format would read them as blocks).
+// clang-format off
 #define FLD(f) (((struct dmn_config *)0)->f)
 #define OFFT(f, T) (offsetof(struct dmn_config, f) + 0 * sizeof(_Generic(FLD(f), T: 1)))
 

@@ -40,9 +40,6 @@ static void fix_crc(unsigned char *b, size_t len)
 
 // ---- a small trained net -------------------------------------------------------------------
 
-#define S_CONVR(o, r, k_, s, p, b)                                                             \
-    {.kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-
 static const struct net_layer_spec SPECS[] = {
     {.kind = NET_CONV, .name = "stem", .out = 4, .k = 3, .stride = 1, .pad = 1, .bias = 0},
     {.kind = NET_BN},

@@ -17,6 +17,7 @@
 
 // ---- layer spec shorthands ---------------------------------------------------------------
 
+// clang-format off
 #define S_CONV(o, k_, s, p, b)                                                                 \
     {.kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
 #define S_CONVR(o, r, k_, s, p, b)                                                             \
@@ -29,6 +30,7 @@
 #define S_GAP() {.kind = NET_GAP}
 #define S_FLAT() {.kind = NET_FLATTEN}
 #define S_RES(w, o, s, b) {.kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)}
+// clang-format on
 
 // ---- temp directories ----------------------------------------------------------------------
 
