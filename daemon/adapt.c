@@ -16,7 +16,7 @@
 
 struct dmn_adapt {
     struct svd_state *st;
-    char **events;  // JSON texts, owned
+    char **events; // JSON texts, owned
     size_t n_events, cap_events;
 };
 
@@ -70,11 +70,14 @@ static void dmn__print_event(struct dmn_trainer *t, const char *text)
     cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(e, "changes"))
     {
-        const cJSON *rb = cJSON_GetObjectItem(c, "rolled_back"), *er = cJSON_GetObjectItem(c, "error");
+        const cJSON *rb = cJSON_GetObjectItem(c, "rolled_back"),
+                    *er = cJSON_GetObjectItem(c, "error");
         fprintf(t->log, " %s %d->%d%s", cJSON_GetStringValue(cJSON_GetObjectItem(c, "group")),
                 (int)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "from")),
                 (int)cJSON_GetNumberValue(cJSON_GetObjectItem(c, "to")),
-                er ? " (failed)" : cJSON_IsTrue(rb) ? " (rolled back)" : "");
+                er                 ? " (failed)"
+                : cJSON_IsTrue(rb) ? " (rolled back)"
+                                   : "");
     }
     fprintf(t->log, "; params %.0f -> %.0f\n",
             cJSON_GetNumberValue(cJSON_GetObjectItem(e, "params_before")),

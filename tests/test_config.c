@@ -35,14 +35,15 @@ static int expect_load_error(const char *text, const char *frag1, const char *fr
     int rc = load(&c, text, err, sizeof err);
     int ok = rc == -EINVAL && strstr(err, frag1) && (!frag2 || strstr(err, frag2)) &&
              memcmp(&c, &copy, sizeof c) == 0;
-    if (!ok) fprintf(stderr, "rc %d, err \"%s\", want \"%s\" and \"%s\"\n", rc, err, frag1,
-                     frag2 ? frag2 : "");
+    if (!ok)
+        fprintf(stderr, "rc %d, err \"%s\", want \"%s\" and \"%s\"\n", rc, err, frag1,
+                frag2 ? frag2 : "");
     return ok;
 }
 
 /* The configs/ files, and one of them loaded (the reason printed on failure). */
-static const char *const SHIPPED[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                      "tiny"};
+static const char *const SHIPPED[] = {"default", "compact",    "ref_mlp",
+                                      "ref_cnn", "ref_resnet", "tiny"};
 
 static int load_shipped(size_t i, struct dmn_config *c)
 {
@@ -162,7 +163,8 @@ TEST(unknown_key_named)
                              "optimizer: unknown key \"lerning_rate\"", NULL));
     // A near miss gets a hint.
     ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"shrink_treshold\": 0.1}}",
-                             "unknown key \"shrink_treshold\"", "did you mean \"shrink_threshold\""));
+                             "unknown key \"shrink_treshold\"",
+                             "did you mean \"shrink_threshold\""));
 }
 
 TEST(unknown_section_named)
@@ -185,7 +187,8 @@ TEST(wrong_type_named)
 
 TEST(out_of_range_named)
 {
-    static const char *const cases[][2] = { // a section after the model, the message
+    static const char *const cases[][2] = {
+        // a section after the model, the message
         {"\"adapt\": {\"shrink_threshold\": 1.5}}",
          "adapt.shrink_threshold: 1.5 is out of range [0, 1]"},
         {"\"adapt\": {\"growth\": 0}}", "adapt.growth: 0 is out of range (0, 4]"},
@@ -207,9 +210,9 @@ TEST(out_of_range_named)
 
 TEST(bad_enum_lists_choices)
 {
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"mode\": \"prune\"}}",
-                             "adapt.mode: string \"prune\" is not one of: rotate, select, factorize",
-                             NULL));
+    ASSERT(expect_load_error(
+        "{" MODEL ", \"adapt\": {\"mode\": \"prune\"}}",
+        "adapt.mode: string \"prune\" is not one of: rotate, select, factorize", NULL));
     ASSERT(expect_load_error("{" MODEL ", \"data\": {\"dataset\": \"imagenet\"}}",
                              "fashion-mnist, mnist, cifar10, synthetic", NULL));
 }
@@ -219,8 +222,8 @@ TEST(malformed_json_reports_position)
     // The missing comma sits on line 3; cJSON stops there.
     ASSERT(expect_load_error("{\n  \"train\": {\"epochs\": 1}\n  \"adapt\": {}\n}",
                              "JSON syntax error at line 3", "column"));
-    ASSERT(expect_load_error("{" MODEL "} trailing", "unexpected text after the document",
-                             "offset"));
+    ASSERT(
+        expect_load_error("{" MODEL "} trailing", "unexpected text after the document", "offset"));
     ASSERT(expect_load_error("", "empty document", NULL));
     // Not NUL-terminated: only the first len bytes count.
     struct dmn_config c;
