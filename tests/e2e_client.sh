@@ -89,15 +89,16 @@ wait_for 10 is_paused || bad "state becomes paused"
 still && ok "paused: the step stays ($STILL)" || bad "paused step" "$STILL"
 ew status
 grep -Eq '^state +paused' "$TMP/o" && ok "status shows paused" || bad "status while paused" "$(show)"
-ew resume
-[ $RC = 0 ] && grep -qx training "$TMP/o" && advances && ok "resume: training advances" ||
-    bad "resume" "$(show)"
+# While paused, so that periodic checkpoints do not rotate this one away before it is read.
 ew checkpoint
 ck=$(sed -n 's/^checkpoint at step [0-9]*: //p' "$TMP/o")
 [ $RC = 0 ] && [ -n "$ck" ] && [ -s "$ck" ] && ok "checkpoint prints its path ($(basename "$ck"))" ||
     bad "checkpoint" "$(show)"
 ew layers "$ck"
 [ $RC = 0 ] && grep -q 'conv1' "$TMP/o" && ok "layers CHECKPOINT reads the file" || bad "layers FILE" "$(show)"
+ew resume
+[ $RC = 0 ] && grep -qx training "$TMP/o" && advances && ok "resume: training advances" ||
+    bad "resume" "$(show)"
 ew stop
 [ $RC = 0 ] && grep -qx stopped "$TMP/o" && ok "stop waits for the daemon to go" || bad "stop" "$(show)"
 if ! wait_exit 15; then
