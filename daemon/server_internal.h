@@ -7,7 +7,7 @@
  *   daemon/statedir.c  the state dir: checkpoints and their rotation, resume, the change
  *                      log and its replay, the event log, the token file.
  *
- * DESIGN (style.md R9). Two threads with one owner each:
+ * Design: two threads with one owner each:
  *   - the loop thread (the caller of dmn_server_run) owns the libuv loop, the API server,
  *     every use of cJSON, the effective config copy that PATCH requests edit, and the
  *     change log;

@@ -972,8 +972,9 @@ TEST(clone_is_deep_and_exact)
     net_destroy(b);
 }
 
-/* The architectures of /work/shared/bench/torch_ref.py have the same parameter counts here
- * as in torch (sum of numel of m.parameters()). */
+/* The architectures of the PyTorch reference (configs/ref_mlp.json, ref_cnn.json,
+ * ref_resnet.json) have the same parameter counts here as in torch (sum of numel of
+ * m.parameters(), the counts below). */
 TEST(param_counts_match_torch_ref)
 {
     struct net_shape in = shp(1, 28, 28);
