@@ -290,6 +290,16 @@ TEST(model_errors)
                              "model[1] (dense): out: 0 is not an integer in [1, 1048576]", NULL));
 }
 
+/* cfg_patch with a JSON text; -ENOMEM if the text does not parse. */
+static int patch_text(struct dmn_config *c, const char *section, const char *json, unsigned flags,
+                      char *err, size_t errlen)
+{
+    cJSON *o = cJSON_Parse(json);
+    int rc = o ? cfg_patch(c, section, o, flags, err, errlen) : -ENOMEM;
+    cJSON_Delete(o);
+    return rc;
+}
+
 TEST(patch_all_or_nothing)
 {
     struct dmn_config c, copy;
@@ -297,25 +307,21 @@ TEST(patch_all_or_nothing)
     ASSERT_EQ(cfg_load_file(&c, EW_SOURCE_DIR "/configs/tiny.json", err, sizeof err), 0);
     memcpy(&copy, &c, sizeof c);
 
-    cJSON *bad = cJSON_Parse("{\"shrink_threshold\": 0.08, \"expand_threshold\": 7}");
-    ASSERT(bad);
-    int rc = cfg_patch(&c, "adapt", bad, CFG_RUNTIME, err, sizeof err);
-    cJSON_Delete(bad);
+    int rc = patch_text(&c, "adapt", "{\"shrink_threshold\": 0.08, \"expand_threshold\": 7}",
+                        CFG_RUNTIME, err, sizeof err);
     ASSERT_EQ(rc, -EINVAL);
     ASSERT_CONTAINS(err, "adapt.expand_threshold: 7 is out of range [0, 1]");
     ASSERT(memcmp(&c, &copy, sizeof c) == 0);
 
     // A cross-key violation is rejected as a whole as well.
-    cJSON *cross = cJSON_Parse("{\"min_width\": 2048}");
-    rc = cfg_patch(&c, "adapt", cross, CFG_RUNTIME, err, sizeof err);
-    cJSON_Delete(cross);
+    rc = patch_text(&c, "adapt", "{\"min_width\": 2048}", CFG_RUNTIME, err, sizeof err);
     ASSERT_EQ(rc, -EINVAL);
     ASSERT_CONTAINS(err, "adapt.max_width");
     ASSERT(memcmp(&c, &copy, sizeof c) == 0);
 
-    cJSON *good = cJSON_Parse("{\"shrink_threshold\": 0.08, \"mode\": \"rotate\"}");
-    ASSERT_EQ(cfg_patch(&c, "adapt", good, CFG_RUNTIME, err, sizeof err), 0);
-    cJSON_Delete(good);
+    ASSERT_EQ(patch_text(&c, "adapt", "{\"shrink_threshold\": 0.08, \"mode\": \"rotate\"}",
+                         CFG_RUNTIME, err, sizeof err),
+              0);
     ASSERT_NEAR(c.adapt.shrink_threshold, 0.08, 0);
     ASSERT_EQ(c.adapt.mode, SVD_MODE_ROTATE);
 
