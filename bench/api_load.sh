@@ -8,7 +8,7 @@
 # shows). Throughput is measured from the step counter (steps x batch size / wall seconds),
 # not from the daemon's cumulative average. Prints samples/s without load (mean of the quiet
 # phases), with load, the % change, and wrk's /v1/status latency (p50, p99) and requests/s.
-# Targets (design.md section 6): samples/s falls by under 5 %, p99 under 10 ms.
+# Targets: samples/s falls by under 5 %, p99 under 10 ms (figures in docs/BENCHMARKS.md).
 #
 # Debian's wrk is wrk 4 (no -R rate option): the rate is capped by a Lua delay() between
 # requests on each connection (--delay-ms; 0 = as fast as wrk can go, which mostly measures

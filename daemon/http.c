@@ -72,9 +72,7 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
     } else {
         cJSON_AddNumberToObject(o, "step", (double)c->step);
         switch (c->kind) {
-        case DMN_CMD_CHECKPOINT:
-            cJSON_AddStringToObject(o, "path", c->path);
-            break;
+        case DMN_CMD_CHECKPOINT: cJSON_AddStringToObject(o, "path", c->path); break;
         case DMN_CMD_ADAPT: {
             cJSON_AddNumberToObject(o, "surgeries_kept", c->kept);
             pthread_mutex_lock(&s->mu);
@@ -98,11 +96,8 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
                 cJSON_AddItemToArray(sv, cJSON_CreateNumber(c->spectrum[i]));
             break;
         }
-        case DMN_CMD_STOP:
-            cJSON_AddStringToObject(o, "state", "stopped");
-            break;
-        default:
-            break;
+        case DMN_CMD_STOP: cJSON_AddStringToObject(o, "state", "stopped"); break;
+        default: break;
         }
         api_resp_json(r, o);
         o = NULL;
@@ -209,7 +204,8 @@ static int h_history(struct api_req *q, struct api_resp *r, void *ctx)
         char *end;
         points = strtol(buf, &end, 10);
         if (*end || points < 1 || points > 100000)
-            return api_resp_error(r, 400, NULL, "points: \"%s\" is not an integer in [1, 100000]", buf);
+            return api_resp_error(r, 400, NULL, "points: \"%s\" is not an integer in [1, 100000]",
+                                  buf);
     }
     pthread_mutex_lock(&s->mu);
     size_t n = s->hist_n;
@@ -225,7 +221,8 @@ static int h_history(struct api_req *q, struct api_resp *r, void *ctx)
     cJSON_AddNumberToObject(o, "points_total", (double)n);
     cJSON *arr = cJSON_AddArrayToObject(o, "history");
     for (size_t k = 0; k < want; k++) {
-        size_t i = want == 1 ? n - 1 : (size_t)((double)k * (double)(n - 1) / (double)(want - 1) + 0.5);
+        size_t i =
+            want == 1 ? n - 1 : (size_t)((double)k * (double)(n - 1) / (double)(want - 1) + 0.5);
         cJSON *e = cJSON_CreateObject();
         cJSON_AddNumberToObject(e, "time", h[i].time);
         cJSON_AddNumberToObject(e, "step", (double)h[i].step);
@@ -274,7 +271,8 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
     if (rc) return rc;
     if (!cJSON_IsObject(body)) {
         cJSON_Delete(body);
-        return api_resp_error(r, 422, NULL, "the body must be a JSON object of %s settings", section);
+        return api_resp_error(r, 422, NULL, "the body must be a JSON object of %s settings",
+                              section);
     }
     if (!body->child) { // nothing to change: refused, so no empty change is logged
         cJSON_Delete(body);
@@ -386,9 +384,11 @@ static int h_metrics(struct api_req *q, struct api_resp *r, void *ctx)
     size_t n = 0, cap = 16384;
 #define PM(...) n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, __VA_ARGS__)
     PM("# HELP evowidth_step Optimizer steps taken.\n# TYPE evowidth_step counter\n"
-       "evowidth_step %zu\n", sn->step);
+       "evowidth_step %zu\n",
+       sn->step);
     PM("# HELP evowidth_loss Mean training loss of the last window.\n# TYPE evowidth_loss gauge\n"
-       "evowidth_loss %.6g\n", sn->loss);
+       "evowidth_loss %.6g\n",
+       sn->loss);
     PM("# TYPE evowidth_accuracy gauge\nevowidth_accuracy %.6g\n", sn->acc);
     PM("# TYPE evowidth_val_loss gauge\nevowidth_val_loss %.6g\n", sn->val_loss);
     PM("# TYPE evowidth_learning_rate gauge\nevowidth_learning_rate %.6g\n", sn->lr);
@@ -410,7 +410,8 @@ static int h_metrics(struct api_req *q, struct api_resp *r, void *ctx)
     PM("# TYPE evowidth_http_rejected_total counter\nevowidth_http_rejected_total %llu\n",
        (unsigned long long)st.conns_rejected_total);
 #undef PM
-    int rc = api_resp_text(r, "text/plain; version=0.0.4; charset=utf-8", buf, n < cap ? n : cap - 1);
+    int rc =
+        api_resp_text(r, "text/plain; version=0.0.4; charset=utf-8", buf, n < cap ? n : cap - 1);
     free(sn);
     free(buf);
     return rc < 0 ? api_resp_error(r, 503, NULL, "out of memory") : 200;

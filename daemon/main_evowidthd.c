@@ -15,12 +15,11 @@ static void usage(FILE *f)
 }
 
 
-
 int main(int argc, char **argv)
 {
     dmn_omp_passive(argv);
     static const struct option opts[] = {
-        {"config", required_argument, 0, 'c'},   {"listen", required_argument, 0, 'l'},
+        {"config", required_argument, 0, 'c'},    {"listen", required_argument, 0, 'l'},
         {"state-dir", required_argument, 0, 's'}, {"token-file", required_argument, 0, 't'},
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
         {"help-config", no_argument, 0, 'H'},     {0, 0, 0, 0}};

@@ -7,7 +7,7 @@
  *   daemon/statedir.c  the state dir: checkpoints and their rotation, resume, the change
  *                      log and its replay, the event log, the token file.
  *
- * DESIGN (style.md R9). Two threads with one owner each:
+ * Design: two threads with one owner each:
  *   - the loop thread (the caller of dmn_server_run) owns the libuv loop, the API server,
  *     every use of cJSON, the effective config copy that PATCH requests edit, and the
  *     change log;
@@ -44,14 +44,21 @@
 #include "daemon/daemon_internal.h"
 
 #define DMN_HIST_CAP 65536
-#define dmn__container_of(p, T, f) ((T *)((char *)(p) - offsetof(T, f)))
+#define dmn__container_of(p, T, f) ((T *)((char *)(p)-offsetof(T, f)))
 #define DMN_KEEP_CKPTS 3
 
 // ---- commands -----------------------------------------------------------------------------
 
 enum dmn_cmd_kind {
-    DMN_CMD_PAUSE, DMN_CMD_RESUME, DMN_CMD_ADAPT, DMN_CMD_CHECKPOINT, DMN_CMD_EVAL,
-    DMN_CMD_STOP, DMN_CMD_CONFIG, DMN_CMD_LAYERS, DMN_CMD_SPECTRUM,
+    DMN_CMD_PAUSE,
+    DMN_CMD_RESUME,
+    DMN_CMD_ADAPT,
+    DMN_CMD_CHECKPOINT,
+    DMN_CMD_EVAL,
+    DMN_CMD_STOP,
+    DMN_CMD_CONFIG,
+    DMN_CMD_LAYERS,
+    DMN_CMD_SPECTRUM,
 };
 
 struct dmn_layer_info {
@@ -64,10 +71,10 @@ struct dmn_layer_info {
 
 struct dmn_cmd {
     enum dmn_cmd_kind kind;
-    struct dmn_config cfg;      // DMN_CMD_CONFIG: the new effective config ...
-    uint64_t seq;               // ... which includes the changes up to this sequence number
-    char name[NET_NAME_MAX + 8];// DMN_CMD_SPECTRUM: layer name
-    struct api_async *reply;    // loop-owned; NULL for fire-and-forget
+    struct dmn_config cfg;       // DMN_CMD_CONFIG: the new effective config ...
+    uint64_t seq;                // ... which includes the changes up to this sequence number
+    char name[NET_NAME_MAX + 8]; // DMN_CMD_SPECTRUM: layer name
+    struct api_async *reply;     // loop-owned; NULL for fire-and-forget
     // results, written by the trainer
     int rc;
     char err[256];
@@ -104,8 +111,8 @@ struct dmn_snapshot {
 
 struct dmn_server {
     struct dmn_server_opts opts;
-    struct dmn_config cfg;     // loop thread: the effective config (PATCH edits this)
-    uint64_t change_seq;       // loop thread: changes accepted so far
+    struct dmn_config cfg; // loop thread: the effective config (PATCH edits this)
+    uint64_t change_seq;   // loop thread: changes accepted so far
     char token[256];
     // Own copies of the start-up paths: s->cfg is rewritten by PATCH on the loop thread while
     // the trainer thread reads the state dir (a data race ThreadSanitizer caught).
@@ -115,8 +122,8 @@ struct dmn_server {
     uv_signal_t sig[3];
     struct api_server *api;
     int n_signals;
-    int stopping;              // loop thread: the trainer was asked to stop
-    int trainer_exited;        // loop thread: the trainer's final notice arrived
+    int stopping;       // loop thread: the trainer was asked to stop
+    int trainer_exited; // loop thread: the trainer's final notice arrived
     pthread_t thread;
     int thread_started;
     int exit_code;
@@ -125,13 +132,13 @@ struct dmn_server {
     // ---- shared, under mu ----
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct dmn_cmd *q_head, *q_tail;   // loop -> trainer
-    struct dmn_cmd *done;              // trainer -> loop (LIFO; order does not matter)
-    int trainer_done;                  // the trainer thread has ended
+    struct dmn_cmd *q_head, *q_tail; // loop -> trainer
+    struct dmn_cmd *done;            // trainer -> loop (LIFO; order does not matter)
+    int trainer_done;                // the trainer thread has ended
     struct dmn_snapshot snap;
-    struct dmn_hist *hist;             // ring of DMN_HIST_CAP
+    struct dmn_hist *hist; // ring of DMN_HIST_CAP
     size_t hist_n, hist_pos;
-    char **events;                     // adaptation event texts (copied in)
+    char **events; // adaptation event texts (copied in)
     size_t n_events, cap_events;
 
     // ---- trainer thread only ----
@@ -191,7 +198,6 @@ void dmn__log_change(struct dmn_server *s, const char *route, const cJSON *body)
 FILE *dmn__open_events(const struct dmn_server *s);
 /* Writes a checkpoint of s->t into the state dir, records it in the snapshot, and prunes all
  * but the newest DMN_KEEP_CKPTS (trainer thread). path receives the file's name. */
-int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err,
-                    size_t errlen);
+int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err, size_t errlen);
 
 #endif

@@ -405,8 +405,8 @@ int net__arch_read(struct net_rd *r, const char *path, size_t max_params, size_t
                                net_rd_u64(&a), net_rd_u64(&a), net_rd_u64(&a)};
         const uint32_t bias = net_rd_u32(&a), bn = net_rd_u32(&a);
         // Sizes beyond these would overflow arena arithmetic; no real layer is near.
-        if (kind >= NET_KIND_COUNT || v[0] > (1u << 20) || v[1] > (1u << 20) ||
-            v[2] > (1u << 20) || v[3] > 64 || v[4] > 64 || v[5] > 64 || bias > 1 || bn > 1 ||
+        if (kind >= NET_KIND_COUNT || v[0] > (1u << 20) || v[1] > (1u << 20) || v[2] > (1u << 20) ||
+            v[3] > 64 || v[4] > 64 || v[5] > 64 || bias > 1 || bn > 1 ||
             memchr(s->name, 0, NET_NAME_MAX) == NULL) {
             snprintf(err, errlen, "%s: ARCH layer %zu has an unknown kind or implausible sizes",
                      path, i);
@@ -431,8 +431,10 @@ int net__arch_read(struct net_rd *r, const char *path, size_t max_params, size_t
     // The arenas the file claims must fit in what it holds: checked before anything is
     // allocated, and again against the layers (net__create_bounded) before their arenas are.
     if (np > max_params || ns > max_state) {
-        snprintf(err, errlen, "%s: ARCH claims %llu parameters and %llu statistics, more than "
-                 "the file holds", path, (unsigned long long)np, (unsigned long long)ns);
+        snprintf(err, errlen,
+                 "%s: ARCH claims %llu parameters and %llu statistics, more than "
+                 "the file holds",
+                 path, (unsigned long long)np, (unsigned long long)ns);
         goto out;
     }
     char why[256];

@@ -25,13 +25,13 @@
 #include "net/net_internal.h"
 
 static const struct net__ops *const NET__OPS[NET_KIND_COUNT] = {
-    [NET_DENSE] = &net__dense_ops, [NET_CONV] = &net__conv_ops,       [NET_BN] = &net__bn_ops,
-    [NET_RELU] = &net__relu_ops,   [NET_MAXPOOL] = &net__maxpool_ops, [NET_GAP] = &net__gap_ops,
+    [NET_DENSE] = &net__dense_ops,     [NET_CONV] = &net__conv_ops,       [NET_BN] = &net__bn_ops,
+    [NET_RELU] = &net__relu_ops,       [NET_MAXPOOL] = &net__maxpool_ops, [NET_GAP] = &net__gap_ops,
     [NET_FLATTEN] = &net__flatten_ops, [NET_RES] = &net__res_ops,
 };
 static const char *const NET__KIND_NAME[NET_KIND_COUNT] = {
-    [NET_DENSE] = "dense", [NET_CONV] = "conv", [NET_BN] = "bn",           [NET_RELU] = "relu",
-    [NET_MAXPOOL] = "maxpool", [NET_GAP] = "gap", [NET_FLATTEN] = "flatten", [NET_RES] = "res",
+    [NET_DENSE] = "dense",     [NET_CONV] = "conv", [NET_BN] = "bn",           [NET_RELU] = "relu",
+    [NET_MAXPOOL] = "maxpool", [NET_GAP] = "gap",   [NET_FLATTEN] = "flatten", [NET_RES] = "res",
 };
 
 const char *net_kind_name(enum net_kind k)
@@ -154,8 +154,7 @@ void net_destroy(struct net *n)
 int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
                const struct net_layer_spec *specs, size_t n_specs, char *err, size_t errlen)
 {
-    return net__create_bounded(out, in, n_classes, specs, n_specs, SIZE_MAX, SIZE_MAX, err,
-                               errlen);
+    return net__create_bounded(out, in, n_classes, specs, n_specs, SIZE_MAX, SIZE_MAX, err, errlen);
 }
 
 int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_classes,
@@ -166,7 +165,8 @@ int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_c
     struct net *n = calloc(1, sizeof(*n));
     if (!n) return -ENOMEM;
     if (n_specs == 0 || !in->c || !in->h || !in->w || in->c > 4 || n_classes < 2) {
-        snprintf(err, errlen, "model: need at least one layer, 1-4 input channels and >= 2 classes");
+        snprintf(err, errlen,
+                 "model: need at least one layer, 1-4 input channels and >= 2 classes");
         goto fail;
     }
     n->in_shape = *in;
@@ -249,8 +249,10 @@ int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_c
     n->n_params = off[NET_ARENA_PARAM];
     n->n_state = off[NET_ARENA_STATE];
     if (n->n_params > max_params || n->n_state > max_state) {
-        snprintf(err, errlen, "model: %zu parameters and %zu statistics, more than the %zu and "
-                 "%zu allowed", n->n_params, n->n_state, max_params, max_state);
+        snprintf(err, errlen,
+                 "model: %zu parameters and %zu statistics, more than the %zu and "
+                 "%zu allowed",
+                 n->n_params, n->n_state, max_params, max_state);
         goto fail;
     }
     n->params = calloc(n->n_params + 1, sizeof(float));

@@ -112,3 +112,13 @@ advances() { # the step counter moves within 20 s
     s0=$(step) || return 1
     wait_for 20 step_above "$s0"
 }
+is_paused() { get /v1/status | js 'd["state"]' | grep -qx paused; }
+# still: the step counter reads the same twice, 1 s apart ($STILL says what it read).
+still() {
+    local s1 s2
+    s1=$(step)
+    sleep 1
+    s2=$(step)
+    STILL="$s1 then $s2"
+    [ -n "$s1" ] && [ "$s1" = "$s2" ]
+}

@@ -26,10 +26,10 @@ TEST(writer_known_bytes)
     net_wr_end(&w, at);
     ASSERT(!w.oom);
     static const unsigned char want[] = {
-        'A', 'B', 'C', 'D', 27, 0, 0, 0, 0, 0, 0, 0,             // tag, u64 length 27
-        0x7f, 4, 3, 2, 1, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // u8, u32, u64
-        0, 0, 0x80, 0x3f,                                        // 1.0f
-        2, 0, 0, 0, 0, 0, 0, 0, 'h', 'i'};                       // string
+        'A',  'B', 'C',  'D',  27, 0,    0,    0,    0,    0,    0,    0, // tag, u64 length 27
+        0x7f, 4,   3,    2,    1,  0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, // u8, u32, u64
+        0,    0,   0x80, 0x3f,                                                     // 1.0f
+        2,    0,   0,    0,    0,  0,    0,    0,    'h',  'i'};                   // string
     ASSERT_EQ(w.len, sizeof want);
     ASSERT_EQ(memcmp(w.p, want, sizeof want), 0);
     // Read back through the chunk iterator.

@@ -35,22 +35,31 @@ static int expect_load_error(const char *text, const char *frag1, const char *fr
     int rc = load(&c, text, err, sizeof err);
     int ok = rc == -EINVAL && strstr(err, frag1) && (!frag2 || strstr(err, frag2)) &&
              memcmp(&c, &copy, sizeof c) == 0;
-    if (!ok) fprintf(stderr, "rc %d, err \"%s\", want \"%s\" and \"%s\"\n", rc, err, frag1,
-                     frag2 ? frag2 : "");
+    if (!ok)
+        fprintf(stderr, "rc %d, err \"%s\", want \"%s\" and \"%s\"\n", rc, err, frag1,
+                frag2 ? frag2 : "");
     return ok;
+}
+
+/* The configs/ files, and one of them loaded (the reason printed on failure). */
+static const char *const SHIPPED[] = {"default", "compact",    "ref_mlp",
+                                      "ref_cnn", "ref_resnet", "tiny"};
+
+static int load_shipped(size_t i, struct dmn_config *c)
+{
+    char path[512], err[512] = "";
+    snprintf(path, sizeof path, "%s/configs/%s.json", EW_SOURCE_DIR, SHIPPED[i]);
+    int rc = cfg_load_file(c, path, err, sizeof err);
+    if (rc != 0) fprintf(stderr, "%s\n", err);
+    return rc;
 }
 
 TEST(shipped_configs_load)
 {
-    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                        "tiny"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char path[512], err[512] = "";
+    for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
+        char err[512] = "";
         struct dmn_config c;
-        snprintf(path, sizeof path, "%s/configs/%s.json", EW_SOURCE_DIR, files[i]);
-        int rc = cfg_load_file(&c, path, err, sizeof err);
-        if (rc != 0) fprintf(stderr, "%s\n", err);
-        ASSERT_EQ(rc, 0);
+        ASSERT_EQ(load_shipped(i, &c), 0);
         ASSERT_EQ(cfg_validate(&c, err, sizeof err), 0);
     }
 }
@@ -157,7 +166,8 @@ TEST(unknown_key_named)
                              "optimizer: unknown key \"lerning_rate\"", NULL));
     // A near miss gets a hint.
     ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"shrink_treshold\": 0.1}}",
-                             "unknown key \"shrink_treshold\"", "did you mean \"shrink_threshold\""));
+                             "unknown key \"shrink_treshold\"",
+                             "did you mean \"shrink_threshold\""));
 }
 
 TEST(unknown_section_named)
@@ -180,27 +190,32 @@ TEST(wrong_type_named)
 
 TEST(out_of_range_named)
 {
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"shrink_threshold\": 1.5}}",
-                             "adapt.shrink_threshold: 1.5 is out of range [0, 1]", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"growth\": 0}}",
-                             "adapt.growth: 0 is out of range (0, 4]", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"energy_eps\": 1}}",
-                             "adapt.energy_eps: 1 is out of range [0, 1)", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"calibration_samples\": 8}}",
-                             "adapt.calibration_samples: 8 is out of range [16, 65536]", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"interval_steps\": -1}}",
-                             "adapt.interval_steps: -1 is out of range [1, inf)", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"train\": {\"seed\": 1e300}}",
-                             "train.seed: 1e+300 is too large", NULL));
-    ASSERT(expect_load_error("{" MODEL ", \"daemon\": {\"listen\": \"localhost\"}}",
-                             "daemon.listen: \"localhost\" is not HOST:PORT", NULL));
+    static const char *const cases[][2] = {
+        // a section after the model, the message
+        {"\"adapt\": {\"shrink_threshold\": 1.5}}",
+         "adapt.shrink_threshold: 1.5 is out of range [0, 1]"},
+        {"\"adapt\": {\"growth\": 0}}", "adapt.growth: 0 is out of range (0, 4]"},
+        {"\"adapt\": {\"energy_eps\": 1}}", "adapt.energy_eps: 1 is out of range [0, 1)"},
+        {"\"adapt\": {\"calibration_samples\": 8}}",
+         "adapt.calibration_samples: 8 is out of range [16, 65536]"},
+        {"\"adapt\": {\"interval_steps\": -1}}",
+         "adapt.interval_steps: -1 is out of range [1, inf)"},
+        {"\"train\": {\"seed\": 1e300}}", "train.seed: 1e+300 is too large"},
+        {"\"daemon\": {\"listen\": \"localhost\"}}",
+         "daemon.listen: \"localhost\" is not HOST:PORT"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[512];
+        snprintf(text, sizeof text, "{" MODEL ", %s", cases[i][0]); // cases close the object
+        ASSERT(expect_load_error(text, cases[i][1], NULL));
+    }
 }
 
 TEST(bad_enum_lists_choices)
 {
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"mode\": \"prune\"}}",
-                             "adapt.mode: string \"prune\" is not one of: rotate, select, factorize",
-                             NULL));
+    ASSERT(expect_load_error(
+        "{" MODEL ", \"adapt\": {\"mode\": \"prune\"}}",
+        "adapt.mode: string \"prune\" is not one of: rotate, select, factorize", NULL));
     ASSERT(expect_load_error("{" MODEL ", \"data\": {\"dataset\": \"imagenet\"}}",
                              "fashion-mnist, mnist, cifar10, synthetic", NULL));
 }
@@ -210,8 +225,8 @@ TEST(malformed_json_reports_position)
     // The missing comma sits on line 3; cJSON stops there.
     ASSERT(expect_load_error("{\n  \"train\": {\"epochs\": 1}\n  \"adapt\": {}\n}",
                              "JSON syntax error at line 3", "column"));
-    ASSERT(expect_load_error("{" MODEL "} trailing", "unexpected text after the document",
-                             "offset"));
+    ASSERT(
+        expect_load_error("{" MODEL "} trailing", "unexpected text after the document", "offset"));
     ASSERT(expect_load_error("", "empty document", NULL));
     // Not NUL-terminated: only the first len bytes count.
     struct dmn_config c;
@@ -278,6 +293,16 @@ TEST(model_errors)
                              "model[1] (dense): out: 0 is not an integer in [1, 1048576]", NULL));
 }
 
+/* cfg_patch with a JSON text; -ENOMEM if the text does not parse. */
+static int patch_text(struct dmn_config *c, const char *section, const char *json, unsigned flags,
+                      char *err, size_t errlen)
+{
+    cJSON *o = cJSON_Parse(json);
+    int rc = o ? cfg_patch(c, section, o, flags, err, errlen) : -ENOMEM;
+    cJSON_Delete(o);
+    return rc;
+}
+
 TEST(patch_all_or_nothing)
 {
     struct dmn_config c, copy;
@@ -285,25 +310,21 @@ TEST(patch_all_or_nothing)
     ASSERT_EQ(cfg_load_file(&c, EW_SOURCE_DIR "/configs/tiny.json", err, sizeof err), 0);
     memcpy(&copy, &c, sizeof c);
 
-    cJSON *bad = cJSON_Parse("{\"shrink_threshold\": 0.08, \"expand_threshold\": 7}");
-    ASSERT(bad);
-    int rc = cfg_patch(&c, "adapt", bad, CFG_RUNTIME, err, sizeof err);
-    cJSON_Delete(bad);
+    int rc = patch_text(&c, "adapt", "{\"shrink_threshold\": 0.08, \"expand_threshold\": 7}",
+                        CFG_RUNTIME, err, sizeof err);
     ASSERT_EQ(rc, -EINVAL);
     ASSERT_CONTAINS(err, "adapt.expand_threshold: 7 is out of range [0, 1]");
     ASSERT(memcmp(&c, &copy, sizeof c) == 0);
 
     // A cross-key violation is rejected as a whole as well.
-    cJSON *cross = cJSON_Parse("{\"min_width\": 2048}");
-    rc = cfg_patch(&c, "adapt", cross, CFG_RUNTIME, err, sizeof err);
-    cJSON_Delete(cross);
+    rc = patch_text(&c, "adapt", "{\"min_width\": 2048}", CFG_RUNTIME, err, sizeof err);
     ASSERT_EQ(rc, -EINVAL);
     ASSERT_CONTAINS(err, "adapt.max_width");
     ASSERT(memcmp(&c, &copy, sizeof c) == 0);
 
-    cJSON *good = cJSON_Parse("{\"shrink_threshold\": 0.08, \"mode\": \"rotate\"}");
-    ASSERT_EQ(cfg_patch(&c, "adapt", good, CFG_RUNTIME, err, sizeof err), 0);
-    cJSON_Delete(good);
+    ASSERT_EQ(patch_text(&c, "adapt", "{\"shrink_threshold\": 0.08, \"mode\": \"rotate\"}",
+                         CFG_RUNTIME, err, sizeof err),
+              0);
     ASSERT_NEAR(c.adapt.shrink_threshold, 0.08, 0);
     ASSERT_EQ(c.adapt.mode, SVD_MODE_ROTATE);
 
@@ -408,13 +429,9 @@ static int round_trip(const struct dmn_config *c)
 
 TEST(round_trip_identical)
 {
-    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                        "tiny"};
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        char path[512], err[512] = "";
+    for (size_t i = 0; i < sizeof SHIPPED / sizeof SHIPPED[0]; i++) {
         struct dmn_config c;
-        snprintf(path, sizeof path, "%s/configs/%s.json", EW_SOURCE_DIR, files[i]);
-        ASSERT_EQ(cfg_load_file(&c, path, err, sizeof err), 0);
+        ASSERT_EQ(load_shipped(i, &c), 0);
         ASSERT(round_trip(&c));
     }
     // Awkward values: non-terminating decimals, a large seed, names, factorized layers.

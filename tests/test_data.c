@@ -46,8 +46,7 @@ static size_t idx_images(uint8_t *buf, uint32_t magic, uint32_t n, uint32_t h, u
     return 16 + n_pix;
 }
 
-static size_t idx_labels(uint8_t *buf, uint32_t magic, uint32_t n, const uint8_t *lab,
-                         size_t n_lab)
+static size_t idx_labels(uint8_t *buf, uint32_t magic, uint32_t n, const uint8_t *lab, size_t n_lab)
 {
     put_be32(buf, magic);
     put_be32(buf + 4, n);
@@ -62,8 +61,8 @@ static int is_zeroed(const struct net_dataset *d)
 }
 
 /* Three 2 x 3 images with known bytes, and labels 0, 12, 3 (so 13 classes). */
-static const uint8_t PIX3[18] = {0, 255, 51, 102, 204, 1, 10, 20, 30, 40, 50, 60,
-                                 255, 254, 253, 0, 0, 128};
+static const uint8_t PIX3[18] = {0,  255, 51, 102, 204, 1,   10, 20, 30,
+                                 40, 50,  60, 255, 254, 253, 0,  0,  128};
 static const uint8_t LAB3[3] = {0, 12, 3};
 
 /* Writes images and labels (plain or gzip) and checks the loaded set against them. */
@@ -99,31 +98,40 @@ static void check_roundtrip(int *test__failed, const struct tmpd *t, int gz)
 
 /* Writes the given image bytes and valid labels for `n_lab` samples, loads, expects failure
  * with rc and a message containing the images path and `needle`; d must stay zeroed. */
-static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8_t *ib,
-                            size_t ni, size_t n_lab, int want_rc, const char *needle)
+/* Writes an image and a label file; loading them must fail with want_rc and a reason that
+ * names the image file (or the label file, with blame_labels) and contains needle. */
+static void check_pair_fails(int *test__failed, const struct tmpd *t, const uint8_t *ib, size_t ni,
+                             const uint8_t *lb, size_t nl, int want_rc, int blame_labels,
+                             const char *needle)
 {
-    uint8_t lb[64] = {0};
     char ip[256], lp[256], err[512] = "";
-    ASSERT_LE(n_lab, 56);
-    size_t nl = idx_labels(lb, 0x801, (uint32_t)n_lab, LAB3, 0);
-    nl += n_lab; // labels are zero bytes
     ASSERT_EQ(write_all(tmp_path(t, "img", ip), ib, ni), 0);
     ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, nl), 0);
     struct net_dataset d = {0};
     int rc = net_data_load_idx(&d, ip, lp, err, sizeof err);
     ASSERT_EQ(rc, want_rc);
-    ASSERT_CONTAINS(err, ip);
+    ASSERT_CONTAINS(err, blame_labels ? lp : ip);
     ASSERT_CONTAINS(err, needle);
     ASSERT(is_zeroed(&d));
 }
 
+static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8_t *ib, size_t ni,
+                            size_t n_lab, int want_rc, const char *needle)
+{
+    uint8_t lb[64] = {0};
+    ASSERT_LE(n_lab, 56);
+    size_t nl = idx_labels(lb, 0x801, (uint32_t)n_lab, LAB3, 0);
+    nl += n_lab; // labels are zero bytes
+    check_pair_fails(test__failed, t, ib, ni, lb, nl, want_rc, 0, needle);
+}
+
 /* Runs body(test__failed, &tmpdir) and removes the directory whatever the outcome. */
-#define WITH_TMP(body)                                                                 \
-    do {                                                                               \
-        struct tmpd t_;                                                                \
-        ASSERT_EQ(tmp_make(&t_, "test_data"), 0);                                      \
-        body(test__failed, &t_);                                                       \
-        tmp_remove(&t_);                                                               \
+#define WITH_TMP(body)                                                                             \
+    do {                                                                                           \
+        struct tmpd t_;                                                                            \
+        ASSERT_EQ(tmp_make(&t_, "test_data"), 0);                                                  \
+        body(test__failed, &t_);                                                                   \
+        tmp_remove(&t_);                                                                           \
     } while (0)
 
 // ---- IDX -------------------------------------------------------------------------------
@@ -263,15 +271,8 @@ static void body_overflow(int *test__failed, const struct tmpd *t)
     // allocating what the header claims.
     ni = idx_images(ib, 0x803, 1u << 20, 1u << 10, 1u << 10, PIX3, sizeof PIX3);
     uint8_t lb[8];
-    char ip[256], lp[256], err[512] = "";
     idx_labels(lb, 0x801, 1u << 20, NULL, 0);
-    ASSERT_EQ(write_all(tmp_path(t, "img", ip), ib, ni), 0);
-    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, 8), 0);
-    struct net_dataset d = {0};
-    ASSERT_EQ(net_data_load_idx(&d, ip, lp, err, sizeof err), -EIO);
-    ASSERT_CONTAINS(err, ip);
-    ASSERT_CONTAINS(err, "truncated");
-    ASSERT(is_zeroed(&d));
+    check_pair_fails(test__failed, t, ib, ni, lb, 8, -EIO, 0, "truncated");
 }
 
 TEST(idx_size_overflow)
@@ -288,15 +289,8 @@ static void body_trailing(int *test__failed, const struct tmpd *t)
     if (*test__failed) return;
     // Truncated labels name the label file.
     uint8_t lb[16];
-    char ip[256], lp[256], err[512] = "";
     size_t nl = idx_labels(lb, 0x801, 3, LAB3, 2);
-    ASSERT_EQ(write_all(tmp_path(t, "img", ip), ib, ni), 0);
-    ASSERT_EQ(write_all(tmp_path(t, "lab", lp), lb, nl), 0);
-    struct net_dataset d = {0};
-    ASSERT_EQ(net_data_load_idx(&d, ip, lp, err, sizeof err), -EIO);
-    ASSERT_CONTAINS(err, lp);
-    ASSERT_CONTAINS(err, "truncated");
-    ASSERT(is_zeroed(&d));
+    check_pair_fails(test__failed, t, ib, ni, lb, nl, -EIO, 1, "truncated");
 }
 
 TEST(idx_trailing_data_and_short_labels)

@@ -133,14 +133,12 @@ static int run_op(enum op op, struct fixture *f, struct net **out, char *err, si
         return svd_shrink(out, f->n, &gd, 7, SVD_MODE_SELECT, f->x, BATCH, err, el);
     case OP_SELECT_CONV:
         return svd_shrink(out, f->n, &gc, 4, SVD_MODE_SELECT, f->x, BATCH, err, el);
-    case OP_ROTATE_BN:
-        return svd_shrink(out, f->n, &gc, 4, SVD_MODE_ROTATE, f->x, BATCH, err, el);
+    case OP_ROTATE_BN: return svd_shrink(out, f->n, &gc, 4, SVD_MODE_ROTATE, f->x, BATCH, err, el);
     case OP_GROW:
         return svd_grow(out, f->n, &gd, 3, SVD_GROW_ORTHOGONAL, f->x, f->y, BATCH, &rng, err, el);
     case OP_GRADMAX:
         return svd_grow(out, f->n, &gd, 3, SVD_GROW_GRADMAX, f->x, f->y, BATCH, &rng, err, el);
-    case OP_RANK:
-        return svd_set_rank(out, f->n, 5, 4, NULL, &rng, err, el);
+    case OP_RANK: return svd_set_rank(out, f->n, 5, 4, NULL, &rng, err, el);
     }
     return -EINVAL;
 }
@@ -165,8 +163,8 @@ static long oom_sweep(enum op op, const char *name)
             int swallowed = calls >= k, valid = out != &sentinel && out != NULL;
             if (valid) net_destroy(out);
             if (swallowed || !valid) {
-                printf("    %s: allocation %ld failed, the operation returned success%s\n", name,
-                       k, valid ? "" : " without a net");
+                printf("    %s: allocation %ld failed, the operation returned success%s\n", name, k,
+                       valid ? "" : " without a net");
                 fx_free(&f);
                 return -1;
             }
@@ -232,10 +230,18 @@ TEST(adapt_pass_survives_every_allocation_failure)
     net_set_threads(1);
     struct fixture f;
     ASSERT_EQ(fx_make(&f), 0);
-    struct svd_policy p = {.enabled = 1, .mode = SVD_MODE_SELECT, .rule = SVD_RULE_ENERGY,
-                           .energy_eps = 0.2, .expand_threshold = 0.99, .growth = 0.25,
-                           .grow_patience = 1, .min_width = 2, .max_width = 64,
-                           .max_loss_jump = 1e9, .enable_shrink = 1, .enable_grow = 1};
+    struct svd_policy p = {.enabled = 1,
+                           .mode = SVD_MODE_SELECT,
+                           .rule = SVD_RULE_ENERGY,
+                           .energy_eps = 0.2,
+                           .expand_threshold = 0.99,
+                           .growth = 0.25,
+                           .grow_patience = 1,
+                           .min_width = 2,
+                           .max_width = 64,
+                           .max_loss_jump = 1e9,
+                           .enable_shrink = 1,
+                           .enable_grow = 1};
     long k;
     int done = 0;
     for (k = 1; k < 100000 && !done; k++) {

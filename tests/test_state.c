@@ -240,8 +240,10 @@ static int svd_groups_of(struct dmn_trainer *t, char names[][48], size_t max, si
     int rc = (!s.bad && memcmp(magic, "SVST", 4) == 0 && ver == 3 && cnt <= max) ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < cnt; i++) {
         char *nm = net_rd_str(&s, 47, NULL);
-        if (!nm) rc = -1;
-        else snprintf(names[i], 48, "%s", nm);
+        if (!nm)
+            rc = -1;
+        else
+            snprintf(names[i], 48, "%s", nm);
         free(nm);
         net_rd_u64(&s); // patience
         net_rd_u64(&s); // cooldown_until
@@ -441,13 +443,13 @@ TEST(refuses_inconsistent_trainer_fields)
     ASSERT_GT(n2, after_perm + 88);
     int bad = 0;
     struct ck c;
-#define CRAFT(name, edit, why)                                                                 \
-    do {                                                                                       \
-        memcpy(t, orig, n2);                                                                   \
-        edit;                                                                                  \
-        c = ck_replace(&v2, "TRNR", t, n2);                                                    \
-        bad += expect_refused(&e, name, &c, why);                                              \
-        free(c.b);                                                                             \
+#define CRAFT(name, edit, why)                                                                     \
+    do {                                                                                           \
+        memcpy(t, orig, n2);                                                                       \
+        edit;                                                                                      \
+        c = ck_replace(&v2, "TRNR", t, n2);                                                        \
+        bad += expect_refused(&e, name, &c, why);                                                  \
+        free(c.b);                                                                                 \
     } while (0)
     CRAFT("version.evow", t[0] = 3, "version 3");
     CRAFT("n.evow", put_u64(t, V2_N, 447), "TRNR"); // a sample short: lengths disagree

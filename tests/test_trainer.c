@@ -30,6 +30,15 @@ static int load_tiny(struct dmn_config *c)
     return 0;
 }
 
+/* A trainer on c; NULL (reason printed) on failure. */
+static struct dmn_trainer *trainer_on(const struct dmn_config *c)
+{
+    char err[512];
+    struct dmn_trainer *t = NULL;
+    if (dmn_trainer_create(&t, c, err, sizeof err) < 0) fprintf(stderr, "%s\n", err);
+    return t;
+}
+
 TEST(resume_is_bit_identical)
 {
     struct dmn_config c;
@@ -80,10 +89,9 @@ TEST(resume_is_bit_identical)
 TEST(adaptive_training_learns_and_shrinks)
 {
     struct dmn_config c;
-    char err[512];
     ASSERT_EQ(load_tiny(&c), 0);
-    struct dmn_trainer *t = NULL;
-    ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+    struct dmn_trainer *t = trainer_on(&c);
+    ASSERT(t);
     size_t p0 = t->net->n_params;
     while (!dmn_trainer_done(t)) ASSERT_EQ(dmn_trainer_step(t), 0);
     struct net_eval ev;
@@ -152,22 +160,23 @@ TEST(target_params_reached_from_above_and_below)
 TEST(tick_evaluates_and_checkpoints_on_schedule)
 {
     struct dmn_config c;
-    char err[512];
     ASSERT_EQ(load_tiny(&c), 0);
     c.train.epochs = 2;
     c.adapt.enabled = 0;
     for (int every = 0; every <= 5; every += 5) {
         c.train.eval_every_steps = (size_t)every;
-        struct dmn_trainer *t = NULL;
-        ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+        struct dmn_trainer *t = trainer_on(&c);
+        ASSERT(t);
         ASSERT_EQ(t->steps_per_epoch, 14);
         ASSERT_EQ(c.daemon.checkpoint_every_steps, 10);
         char evals[128] = "", ckpts[128] = "";
         while (!dmn_trainer_done(t)) {
             struct dmn_tick tk;
             ASSERT_EQ(dmn_trainer_tick(t, &tk), 0);
-            if (tk.evaluated) snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %zu", t->step);
-            if (tk.checkpoint_due) snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), " %zu", t->step);
+            if (tk.evaluated)
+                snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %zu", t->step);
+            if (tk.checkpoint_due)
+                snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), " %zu", t->step);
         }
         ASSERT_STR_EQ(evals, every ? " 5 10 15 20 25" : " 14 28");
         ASSERT_STR_EQ(ckpts, " 10 20 28");
@@ -184,8 +193,8 @@ TEST(set_runtime_applies_runtime_knobs_only)
     struct dmn_config c;
     char err[512];
     ASSERT_EQ(load_tiny(&c), 0);
-    struct dmn_trainer *t = NULL;
-    ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+    struct dmn_trainer *t = trainer_on(&c);
+    ASSERT(t);
     struct dmn_config n = c;
     n.train.epochs = 9;
     n.optimizer.lr = 0.0125;

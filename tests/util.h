@@ -5,6 +5,8 @@
 #define EW_TEST_UTIL_H
 
 #include <ftw.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -15,6 +17,7 @@
 
 // ---- layer spec shorthands ---------------------------------------------------------------
 
+// clang-format off
 #define S_CONV(o, k_, s, p, b)                                                                 \
     {.kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
 #define S_CONVR(o, r, k_, s, p, b)                                                             \
@@ -27,6 +30,7 @@
 #define S_GAP() {.kind = NET_GAP}
 #define S_FLAT() {.kind = NET_FLATTEN}
 #define S_RES(w, o, s, b) {.kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)}
+// clang-format on
 
 // ---- temp directories ----------------------------------------------------------------------
 
@@ -95,6 +99,38 @@ static inline int write_all(const char *p, const void *b, size_t len)
     if (!f) return -1;
     size_t w = len ? fwrite(b, 1, len, f) : 0;
     return (fclose(f) == 0 && w == len) ? 0 : -1;
+}
+
+// ---- numbers -------------------------------------------------------------------------------
+
+/* Random orthonormal columns: q (rows x cols, row-major), Gram-Schmidt twice in double. */
+static inline void rand_orth(double *q, size_t rows, size_t cols, uint64_t *rng)
+{
+    for (size_t i = 0; i < rows * cols; i++) q[i] = net_rand_normal(rng);
+    for (size_t j = 0; j < cols; j++) {
+        for (int pass = 0; pass < 2; pass++)
+            for (size_t k = 0; k < j; k++) {
+                double d = 0.0;
+                for (size_t i = 0; i < rows; i++) d += q[i * cols + j] * q[i * cols + k];
+                for (size_t i = 0; i < rows; i++) q[i * cols + j] -= d * q[i * cols + k];
+            }
+        double nn = 0.0;
+        for (size_t i = 0; i < rows; i++) nn += q[i * cols + j] * q[i * cols + j];
+        nn = sqrt(nn);
+        for (size_t i = 0; i < rows; i++) q[i * cols + j] /= nn;
+    }
+}
+
+/* w (m x L, row-major, float) = U (m x r) diag(s) V (L x r)^T, summed in double. */
+static inline void set_usv(float *w, size_t m, size_t L, const double *U, const double *s,
+                           const double *V, size_t r)
+{
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < L; j++) {
+            double a = 0.0;
+            for (size_t k = 0; k < r; k++) a += U[i * r + k] * s[k] * V[j * r + k];
+            w[i * L + j] = (float)a;
+        }
 }
 
 #endif

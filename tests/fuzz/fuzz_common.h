@@ -16,12 +16,12 @@
 
 /* Aborts with a message: a property the harness checks does not hold (libFuzzer reports it
  * as a crash and saves the input). */
-#define FUZZ_CHECK(c)                                                                          \
-    do {                                                                                       \
-        if (!(c)) {                                                                            \
-            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #c);           \
-            abort();                                                                           \
-        }                                                                                      \
+#define FUZZ_CHECK(c)                                                                              \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "%s:%d: property failed: %s\n", __FILE__, __LINE__, #c);               \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 /* Replaces the contents of the harness's memory file with p[0..n) and returns its path. */

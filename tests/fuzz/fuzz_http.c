@@ -79,8 +79,8 @@ static void setup(void)
     o.limits.max_body_bytes = 4096;
     o.limits.max_header_bytes = 2048;
     o.limits.max_headers = 16;
-    FUZZ_CHECK(api_server_start(&srv, &loop, &o, ROUTES, sizeof ROUTES / sizeof ROUTES[0],
-                                NULL, err, sizeof err) == 0);
+    FUZZ_CHECK(api_server_start(&srv, &loop, &o, ROUTES, sizeof ROUTES / sizeof ROUTES[0], NULL,
+                                err, sizeof err) == 0);
     port = api_server_port(srv);
 }
 
@@ -99,8 +99,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int it = 0; it < 200000 && !eof; it++) {
         if (sent < size) {
             ssize_t w = send(fd, data + sent, size - sent, MSG_NOSIGNAL);
-            if (w > 0) sent += (size_t)w;
-            else if (w < 0 && errno != EAGAIN) sent = size; // the server closed on us
+            if (w > 0)
+                sent += (size_t)w;
+            else if (w < 0 && errno != EAGAIN)
+                sent = size; // the server closed on us
         }
         if (sent == size && !shut) shut = shutdown(fd, SHUT_WR) == 0 || 1;
         uv_run(&loop, UV_RUN_NOWAIT);

@@ -53,8 +53,8 @@ static int seed_export(const char *from, const char *to)
     unsigned char *p = malloc(raw + 1);
     uLongf got = (uLongf)raw;
     p[0] = 0;
-    int rc = uncompress(p + 1, &got, b + 32, (uLong)(n - 36)) == Z_OK
-                 ? spit(to, p, (size_t)got + 1) : -1;
+    int rc = uncompress(p + 1, &got, b + 32, (uLong)(n - 36)) == Z_OK ? spit(to, p, (size_t)got + 1)
+                                                                      : -1;
     free(p);
     free(b);
     return rc;
@@ -64,7 +64,8 @@ int main(void)
 {
     struct dmn_config c;
     char err[512];
-    if (cfg_load_file(&c, "configs/tiny.json", err, sizeof err) < 0) return fprintf(stderr, "%s\n", err), 1;
+    if (cfg_load_file(&c, "configs/tiny.json", err, sizeof err) < 0)
+        return fprintf(stderr, "%s\n", err), 1;
     c.synthetic.n_train = 256;
     c.synthetic.n_test = 64;
     c.data.val_split = 32;
