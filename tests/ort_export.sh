@@ -102,6 +102,23 @@ tab=$("$E" predict fm_conv.evow "$IMG" --labels "$LAB" 2>&1 | tail -1)
 want=$($PY -c "import json; r = json.load(open('fm_conv.eval.json')); print(round(r['test_accuracy'] * 10000))")
 [[ "$tab" == "accuracy "*"($want / 10000)" ]] && ok "predict table: $tab" || bad "predict table ends with '$tab', eval has $want correct"
 
+# ---- README's ONNX Runtime snippet, as written there, on test image 0 --------------------
+$PY -c "
+import gzip, json, struct
+raw = gzip.open('$IMG').read()[16:16 + 784]
+open('one.idx', 'wb').write(struct.pack('>IIII', 0x803, 1, 28, 28) + raw)
+print('const pixels = new Float32Array(%s);' % json.dumps(list(raw)))" >"$B/ort/readme_snippet.mjs"
+awk '/ONNX Runtime snippet/ {f = 1} f && /^```js/ {c = 1; next} c && /^```/ {exit} c' "$S/README.md" |
+  sed "s|'default.onnx'|'$TMP/fm_conv.onnx'|" >>"$B/ort/readme_snippet.mjs"
+node "$B/ort/readme_snippet.mjs" >snippet.out 2>&1
+"$E" predict fm_conv.evow one.idx --json >one.json 2>&1
+run "README's snippet loads the model in ONNX Runtime: logits of image 0 = evowidth predict's" $PY -c "
+import json, re
+got = [float(v) for v in re.findall(r'-?[0-9.]+(?:e[-+]?[0-9]+)?', open('snippet.out').read().split('[', 1)[1])]
+want = json.load(open('one.json'))['predictions'][0]['logits']
+assert len(got) == 10 and max(abs(a - b) for a, b in zip(got, want)) <= 1e-4 * max(map(abs, want)), (got, want)
+print('ok')"
+
 # ---- errors -----------------------------------------------------------------------------
 echo keep >target.onnx
 out=$("$E" export missing.evow --format onnx -o target.onnx 2>&1); rc=$?
