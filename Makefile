@@ -32,10 +32,10 @@ test: build
 test-blas: build
 	cd $(BUILD) && if [ -n "$${OPENBLAS_CORETYPE:-}" ]; then \
 	  echo "ctest with OPENBLAS_CORETYPE unset (was $$OPENBLAS_CORETYPE)"; \
-	  env -u OPENBLAS_CORETYPE ctest -j$(JOBS) --output-on-failure --timeout 600 -LE e2e; \
+	  env -u OPENBLAS_CORETYPE ctest -j$(JOBS) --output-on-failure --timeout 600 -LE 'e2e|slow'; \
 	else \
 	  echo "ctest with OPENBLAS_CORETYPE=Haswell"; \
-	  OPENBLAS_CORETYPE=Haswell ctest -j$(JOBS) --output-on-failure --timeout 600 -LE e2e; \
+	  OPENBLAS_CORETYPE=Haswell ctest -j$(JOBS) --output-on-failure --timeout 600 -LE 'e2e|slow'; \
 	fi
 
 # Address + undefined-behaviour sanitizers, and ThreadSanitizer for the daemon's two threads.

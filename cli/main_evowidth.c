@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/onnx.h"
 
 struct ew_cmd {
     const char *name;
@@ -21,7 +22,8 @@ static const struct ew_cmd EW_CMDS[] = {
     {"compress", dmn_cmd_compress, "factorize dense / conv layers by SVD (--rank R | auto)"},
     {"sweep", dmn_cmd_sweep, "accuracy, MACs and size of one layer at each rank (CaffeSVD)"},
     {"thin", dmn_cmd_thin, "a thin network from a wide one (SOMP-style selection)"},
-    {"export", dmn_cmd_export, "prune, k-means, fp16, deflate into a compressed model file"},
+    {"export", cli_cmd_export, "a compressed model file, or --format onnx | safetensors"},
+    {"predict", cli_cmd_predict, "classes and probabilities of IDX / CIFAR images (cli/)"},
     // Clients of a running evowidthd (cli/client.c); --url, --token-file, --json.
     {"status", dmn_cmd_client, "the daemon's progress, speed, widths and policy"},
     {"history", dmn_cmd_client, "the daemon's metric history (--points N)"},

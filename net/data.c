@@ -222,7 +222,7 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
     size_t n, h, w, per, n_pix, got = 0;
     int rc;
 
-    if (!d || !images || !labels) {
+    if (!d || !images) {
         data_err(err, errlen, "net_data_load_idx: NULL argument");
         return -EINVAL;
     }
@@ -245,9 +245,10 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
         rc = -EOVERFLOW;
         goto fail;
     }
-    if ((rc = data_open(&gl, labels, err, errlen)) < 0) goto fail;
-    if ((rc = idx_header(gl, labels, IDX_MAGIC_LABELS, ldim, 1, err, errlen)) < 0) goto fail;
-    if (ldim[0] != n) {
+    if (labels && (rc = data_open(&gl, labels, err, errlen)) < 0) goto fail;
+    if (labels && (rc = idx_header(gl, labels, IDX_MAGIC_LABELS, ldim, 1, err, errlen)) < 0)
+        goto fail;
+    if (labels && ldim[0] != n) {
         data_err(err, errlen, "image/label count mismatch: %s has %zu images, %s has %zu labels",
                  images, n, labels, (size_t)ldim[0]);
         rc = -EINVAL;
@@ -263,14 +264,23 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
         goto fail;
     }
     if ((rc = data_expect_eof(gi, images, 16 + n_pix, !gzdirect(gi), err, errlen)) < 0) goto fail;
-    if ((rc = data_read(gl, labels, n, &lab, &got, err, errlen)) < 0) goto fail;
-    if (got < n) {
+    if (!labels) {
+        // Images alone (evowidth predict): labels all 0, n_classes 0 (unknown).
+        if (!(lab = calloc(n, 1))) {
+            data_err(err, errlen, "%s: out of memory for %zu labels", images, n);
+            rc = -ENOMEM;
+            goto fail;
+        }
+    } else if ((rc = data_read(gl, labels, n, &lab, &got, err, errlen)) < 0) {
+        goto fail;
+    } else if (got < n) {
         data_err(err, errlen, "%s: truncated: expected %zu bytes, got %zu%s", labels, 8 + n,
                  8 + got, gzdirect(gl) ? "" : " (after gunzip)");
         rc = -EIO;
         goto fail;
     }
-    if ((rc = data_expect_eof(gl, labels, 8 + n, !gzdirect(gl), err, errlen)) < 0) goto fail;
+    if (labels && (rc = data_expect_eof(gl, labels, 8 + n, !gzdirect(gl), err, errlen)) < 0)
+        goto fail;
 
     x = malloc(n_pix * sizeof *x);
     if (!x) {
@@ -286,7 +296,9 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
 
     *d = (struct net_dataset){
         .n = n,
-        .n_classes = max_label < 10 ? 10 : (size_t)max_label + 1,
+        .n_classes = !labels          ? 0
+                     : max_label < 10 ? 10
+                                      : (size_t)max_label + 1,
         .shape = {.c = 1, .h = h, .w = w, .spatial = 1},
         .x = x,
         .y = lab,

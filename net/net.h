@@ -207,7 +207,8 @@ struct net_dataset {
     uint8_t *y; // (n), owned
 };
 /* IDX image + label files, plain or gzip (detected by magic bytes, not the name). Errors name
- * the file and what is wrong (missing, truncated, bad magic, count mismatch, bad label). */
+ * the file and what is wrong (missing, truncated, bad magic, count mismatch, bad label).
+ * labels may be NULL (images alone): y is then all 0 and n_classes 0. */
 int net_data_load_idx(struct net_dataset *d, const char *images, const char *labels, char *err,
                       size_t errlen);
 /* CIFAR-10 binary batches (each record: 1 label byte + 3072 pixel bytes). */

@@ -4,7 +4,11 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev liblapacke-dev libuv1-dev
       libcjson-dev zlib1g-dev libhttp-parser-dev dataset-fashion-mnist curl
-      libcurl4-openssl-dev python3 "$@")
+      libcurl4-openssl-dev python3 libprotobuf-c-dev protobuf-c-compiler python3-onnx "$@")
+# The ONNX tests run ONNX Runtime under Node.js (scripts/ort_setup.sh installs it from npm);
+# a node / npm that did not come from Debian (e.g. nodesource's nodejs, which bundles npm
+# and conflicts with Debian's npm) is kept.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then pkgs+=(nodejs npm); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -156,6 +156,33 @@ TEST(idx_gz_roundtrip)
     WITH_TMP(body_gz);
 }
 
+/* Images alone (labels NULL, for evowidth predict): the same pixels, labels all 0, no class
+ * count; a truncated image file still fails. */
+static void body_images_only(int *test__failed, const struct tmpd *t)
+{
+    uint8_t ib[64];
+    char ip[256], err[512] = "";
+    size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, sizeof PIX3);
+    ASSERT_EQ(write_gz(tmp_path(t, "images", ip), ib, ni), 0);
+    struct net_dataset d = {0};
+    ASSERT_EQ(net_data_load_idx(&d, ip, NULL, err, sizeof err), 0);
+    ASSERT_EQ(d.n, 3);
+    ASSERT_EQ(d.shape.h, 2);
+    ASSERT_EQ(d.n_classes, 0);
+    for (size_t i = 0; i < 18; i++) ASSERT_FLT_OP(d.x[i], ==, (float)PIX3[i] / 255.0f);
+    for (size_t i = 0; i < 3; i++) ASSERT_EQ(d.y[i], 0);
+    net_data_free(&d);
+    ASSERT_EQ(write_all(ip, ib, ni - 1), 0);
+    ASSERT_EQ(net_data_load_idx(&d, ip, NULL, err, sizeof err), -EIO);
+    ASSERT_CONTAINS(err, "truncated");
+    ASSERT(is_zeroed(&d));
+}
+
+TEST(idx_images_without_labels)
+{
+    WITH_TMP(body_images_only);
+}
+
 static void body_truncated(int *test__failed, const struct tmpd *t)
 {
     uint8_t ib[64];
