@@ -267,6 +267,20 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
         goto fail;
     }
     if ((rc = dmn__trnr_check(&h, t, n, why, sizeof(why))) < 0) goto bad_trnr;
+    rc = -EINVAL;
+    // The optimizer's hyper-parameters are fixed when training starts: the stored ones must
+    // be the stored config's. (Its step count t is not tied to the trainer's: evowidth
+    // compress fine-tunes from a fresh optimizer and keeps the step.)
+    const struct net_optim *co = &t->opt;
+    if (opt.momentum != co->momentum || opt.nesterov != co->nesterov ||
+        opt.weight_decay != co->weight_decay || opt.beta1 != co->beta1 ||
+        opt.beta2 != co->beta2 || opt.eps != co->eps) {
+        snprintf(err, errlen, "%s: optimizer state (momentum %g, nesterov %d, weight decay %g, "
+                 "betas %g %g, eps %g) is not the stored config's (%g, %d, %g, %g %g, %g)", path,
+                 opt.momentum, opt.nesterov, opt.weight_decay, opt.beta1, opt.beta2, opt.eps,
+                 co->momentum, co->nesterov, co->weight_decay, co->beta1, co->beta2, co->eps);
+        goto fail;
+    }
     // Swap in the stored model (its widths may differ from the config's initial ones).
     if (net_reserve(n, t->cfg.train.batch_size) < 0) {
         rc = -ENOMEM;
@@ -306,5 +320,5 @@ fail:
     net_destroy(n);
     ckpt_blobs_free(bl, nbl);
     free(cfg);
-    return rc;
+    return rc < 0 ? rc : -EINVAL; // a failure is never reported as success
 }
