@@ -141,6 +141,10 @@ grep -Eq '^state +paused' "$TMP/o" && ok "status shows paused" || bad "status wh
 ew resume
 [ $RC = 0 ] && grep -qx training "$TMP/o" && advances && ok "resume: training advances" ||
     bad "resume" "$(show)"
+# Paused, so that periodic checkpoints (every 500 steps, a fraction of a second here) do not
+# rotate the one just written away before `layers` reads it (rotation is issue 15 D1).
+ew pause
+wait_for 10 is_paused || bad "paused again for the checkpoint"
 ew checkpoint
 ck=$(sed -n 's/^checkpoint at step [0-9]*: //p' "$TMP/o")
 [ $RC = 0 ] && [ -n "$ck" ] && [ -s "$ck" ] && ok "checkpoint prints its path ($(basename "$ck"))" ||
