@@ -129,8 +129,10 @@ static int dmn__trnr_parse(struct trnr *h, const struct ckpt_blob *b, char *why,
         extra_len = net_rd_u64(&r);
     }
     if (r.bad || extra_len != net_rd_left(&r)) {
-        snprintf(why, wn, "length %zu does not match its fields (%llu bytes of adaptation state "
-                 "stated, %zu left)", b->len, (unsigned long long)extra_len, net_rd_left(&r));
+        snprintf(why, wn,
+                 "length %zu does not match its fields (%llu bytes of adaptation state "
+                 "stated, %zu left)",
+                 b->len, (unsigned long long)extra_len, net_rd_left(&r));
         return -EINVAL;
     }
     h->perm = net_rd_make(perm, (size_t)h->b_n * 4);
@@ -167,10 +169,11 @@ static int dmn__trnr_check(const struct trnr *h, struct dmn_trainer *t, const st
      * so the samples drawn, epoch * N + pos, are at least step * B. */
     if (h->step > UINT64_MAX / B || h->b_epoch > (UINT64_MAX - h->b_pos) / N ||
         h->b_epoch * N + h->b_pos < h->step * B) {
-        snprintf(why, wn, "step %llu does not fit the batcher (epoch %llu, position %llu, "
-                 "%llu samples, batch %llu)", (unsigned long long)h->step,
-                 (unsigned long long)h->b_epoch, (unsigned long long)h->b_pos,
-                 (unsigned long long)N, (unsigned long long)B);
+        snprintf(why, wn,
+                 "step %llu does not fit the batcher (epoch %llu, position %llu, "
+                 "%llu samples, batch %llu)",
+                 (unsigned long long)h->step, (unsigned long long)h->b_epoch,
+                 (unsigned long long)h->b_pos, (unsigned long long)N, (unsigned long long)B);
         return -EINVAL;
     }
     if (!dmn__finite_nonneg(h->train_seconds) || !dmn__finite_nonneg(h->adapt_seconds)) {
@@ -181,8 +184,10 @@ static int dmn__trnr_check(const struct trnr *h, struct dmn_trainer *t, const st
     if ((!isnan(h->val_acc) && !(h->val_acc >= 0.0 && h->val_acc <= 1.0)) ||
         !(h->last_acc >= 0.0 && h->last_acc <= 1.0) || (!isnan(h->val_loss) && h->val_loss < 0) ||
         h->last_loss < 0) {
-        snprintf(why, wn, "metrics out of range (val loss %g, val accuracy %g, loss %g, "
-                 "accuracy %g)", h->val_loss, h->val_acc, h->last_loss, h->last_acc);
+        snprintf(why, wn,
+                 "metrics out of range (val loss %g, val accuracy %g, loss %g, "
+                 "accuracy %g)",
+                 h->val_loss, h->val_acc, h->last_loss, h->last_acc);
         return -EINVAL;
     }
     if (h->initial_params == 0) {
@@ -193,14 +198,15 @@ static int dmn__trnr_check(const struct trnr *h, struct dmn_trainer *t, const st
     const struct net *c = t->net;
     if (n->in_shape.c != c->in_shape.c || n->in_shape.h != c->in_shape.h ||
         n->in_shape.w != c->in_shape.w || n->n_classes != c->n_classes) {
-        snprintf(why, wn, "model input %zux%zux%zu with %zu classes, the stored config's data "
-                 "%zux%zux%zu with %zu", n->in_shape.c, n->in_shape.h, n->in_shape.w,
-                 n->n_classes, c->in_shape.c, c->in_shape.h, c->in_shape.w, c->n_classes);
+        snprintf(why, wn,
+                 "model input %zux%zux%zu with %zu classes, the stored config's data "
+                 "%zux%zux%zu with %zu",
+                 n->in_shape.c, n->in_shape.h, n->in_shape.w, n->n_classes, c->in_shape.c,
+                 c->in_shape.h, c->in_shape.w, c->n_classes);
         return -EINVAL;
     }
     if (n->n_layers != c->n_layers) {
-        snprintf(why, wn, "model has %zu layers, the stored config %zu", n->n_layers,
-                 c->n_layers);
+        snprintf(why, wn, "model has %zu layers, the stored config %zu", n->n_layers, c->n_layers);
         return -EINVAL;
     }
     for (size_t i = 0; i < n->n_layers; i++) {
@@ -248,7 +254,9 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     const struct ckpt_blob *trb = ckpt_blob_find(bl, nbl, "TRNR");
     if (!conf || !trb || !has_opt) {
         snprintf(err, errlen, "%s: a model file, not a run checkpoint (no %s)", path,
-                 !conf ? "CONF" : !trb ? "TRNR" : "OPTM");
+                 !conf  ? "CONF"
+                 : !trb ? "TRNR"
+                        : "OPTM");
         goto fail;
     }
     char why[512];
@@ -267,6 +275,21 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
         goto fail;
     }
     if ((rc = dmn__trnr_check(&h, t, n, why, sizeof(why))) < 0) goto bad_trnr;
+    rc = -EINVAL;
+    // The optimizer's hyper-parameters are fixed when training starts: the stored ones must
+    // be the stored config's. (Its step count t is not tied to the trainer's: evowidth
+    // compress fine-tunes from a fresh optimizer and keeps the step.)
+    const struct net_optim *co = &t->opt;
+    if (opt.momentum != co->momentum || opt.nesterov != co->nesterov ||
+        opt.weight_decay != co->weight_decay || opt.beta1 != co->beta1 || opt.beta2 != co->beta2 ||
+        opt.eps != co->eps) {
+        snprintf(err, errlen,
+                 "%s: optimizer state (momentum %g, nesterov %d, weight decay %g, "
+                 "betas %g %g, eps %g) is not the stored config's (%g, %d, %g, %g %g, %g)",
+                 path, opt.momentum, opt.nesterov, opt.weight_decay, opt.beta1, opt.beta2, opt.eps,
+                 co->momentum, co->nesterov, co->weight_decay, co->beta1, co->beta2, co->eps);
+        goto fail;
+    }
     // Swap in the stored model (its widths may differ from the config's initial ones).
     if (net_reserve(n, t->cfg.train.batch_size) < 0) {
         rc = -ENOMEM;
@@ -306,5 +329,5 @@ fail:
     net_destroy(n);
     ckpt_blobs_free(bl, nbl);
     free(cfg);
-    return rc;
+    return rc < 0 ? rc : -EINVAL; // a failure is never reported as success
 }

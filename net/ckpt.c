@@ -98,8 +98,8 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
     r.pos = 4;
     uint32_t ver = net_rd_u32(&r), fsz = net_rd_u32(&r), probe = net_rd_u32(&r);
     if (ver != CKPT_VERSION) {
-        snprintf(err, errlen, "%s: unsupported format version %u (this build reads %u)", path,
-                 ver, CKPT_VERSION);
+        snprintf(err, errlen, "%s: unsupported format version %u (this build reads %u)", path, ver,
+                 CKPT_VERSION);
         goto fail;
     }
     if (fsz != sizeof(float) || probe != CKPT_PROBE) {
@@ -112,8 +112,8 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
         goto fail;
     }
     // ARCH comes first: it sizes everything else. PARM holds every parameter as a float.
-    if ((rc = net__arch_read(&r, path, len / sizeof(float), len / sizeof(float), &n, err,
-                             errlen)) < 0)
+    if ((rc = net__arch_read(&r, path, len / sizeof(float), len / sizeof(float), &n, err, errlen)) <
+        0)
         goto fail;
     rc = -EINVAL;
     const size_t np = n->n_params, ns = n->n_state;

@@ -39,8 +39,8 @@
 
 #define XZ_VERSION 1u
 #define XZ_PROBE 0x01020304u
-#define XZ_HEAD 32                  // magic .. deflated length
-#define XZ_MAX_RAW (1ull << 31)     // payloads above 2 GiB are refused
+#define XZ_HEAD 32              // magic .. deflated length
+#define XZ_MAX_RAW (1ull << 31) // payloads above 2 GiB are refused
 #define XZ_KMAX NET__XZ_KMAX
 
 enum xz_enc { XZ_F32 = 0, XZ_F16 = 1, XZ_KM_F32 = 2, XZ_KM_F16 = 3 };
@@ -50,7 +50,7 @@ enum xz_enc { XZ_F32 = 0, XZ_F16 = 1, XZ_KM_F32 = 2, XZ_KM_F16 = 3 };
 /* The payload, plus a copy of each part's bytes so that sizes can be reported per part. */
 struct xz_writer {
     struct net_wr all, part[NET_XPART_COUNT];
-    unsigned bits_acc_n;  // packed codes: pending bits
+    unsigned bits_acc_n; // packed codes: pending bits
     uint64_t bits_acc;
 };
 
@@ -222,8 +222,7 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
     xw_u32(&w, NET_XPART_META, (uint32_t)n_par);
     for (size_t ti = 0; ti < n->n_tensors; ti++) {
         const struct net_tensor *t = &n->tensors[ti];
-        if (t->arena == NET_ARENA_PARAM)
-            xw_tensor(&w, t, n->params + t->off, p ? &p->t[ti] : NULL);
+        if (t->arena == NET_ARENA_PARAM) xw_tensor(&w, t, n->params + t->off, p ? &p->t[ti] : NULL);
     }
     xw_end(&w, at);
     at = xw_begin(&w, "STAT");
@@ -301,8 +300,8 @@ static float rd_f16(struct net_rd *r)
 }
 
 /* One TENS record into w (t->n floats). */
-static int xz_read_tensor(struct net_rd *r, const char *path, const struct net_tensor *t,
-                          float *w, float *cb, char *err, size_t errlen)
+static int xz_read_tensor(struct net_rd *r, const char *path, const struct net_tensor *t, float *w,
+                          float *cb, char *err, size_t errlen)
 {
     const unsigned enc = net_rd_u8(r), sparse = net_rd_u8(r), bits = net_rd_u8(r),
                    zero = net_rd_u8(r);
@@ -311,9 +310,10 @@ static int xz_read_tensor(struct net_rd *r, const char *path, const struct net_t
     if (r->bad) goto trunc;
     if (enc > XZ_KM_F16 || sparse > 1 || zero != 0 || N != t->n || nnz > N ||
         (!sparse && nnz != N)) {
-        snprintf(err, errlen, "%s: tensor %s: bad record header (encoding %u, %llu of %llu "
-                 "elements, expected %zu)", path, t->name, enc, (unsigned long long)nnz,
-                 (unsigned long long)N, t->n);
+        snprintf(err, errlen,
+                 "%s: tensor %s: bad record header (encoding %u, %llu of %llu "
+                 "elements, expected %zu)",
+                 path, t->name, enc, (unsigned long long)nnz, (unsigned long long)N, t->n);
         return -EINVAL;
     }
     const int km = enc >= XZ_KM_F32;
@@ -358,8 +358,10 @@ static int xz_read_tensor(struct net_rd *r, const char *path, const struct net_t
             acc >>= bits;
             have -= bits;
             if (code >= k) {
-                snprintf(err, errlen, "%s: tensor %s: code %u out of range (codebook has %u "
-                         "entries)", path, t->name, code, k);
+                snprintf(err, errlen,
+                         "%s: tensor %s: code %u out of range (codebook has %u "
+                         "entries)",
+                         path, t->name, code, k);
                 return -EINVAL;
             }
             w[i] = cb[code];
@@ -417,8 +419,10 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
         goto fail;
     }
     if (zlen > len - XZ_HEAD - 4) {
-        snprintf(err, errlen, "%s: truncated (header promises %llu bytes of data, the file has "
-                 "%zu)", path, (unsigned long long)zlen, len - XZ_HEAD - 4);
+        snprintf(err, errlen,
+                 "%s: truncated (header promises %llu bytes of data, the file has "
+                 "%zu)",
+                 path, (unsigned long long)zlen, len - XZ_HEAD - 4);
         goto fail;
     }
     if (zlen < len - XZ_HEAD - 4) {
@@ -446,15 +450,16 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
     int zrc = uncompress(raw, &got, buf + XZ_HEAD, (uLong)zlen);
     if (zrc != Z_OK || got != raw_len) {
         snprintf(err, errlen, "%s: deflated data is corrupt (%s)", path,
-                 zrc == Z_OK ? "short payload" : zrc == Z_BUF_ERROR ? "payload longer than stated"
-                                                                   : "bad stream");
+                 zrc == Z_OK          ? "short payload"
+                 : zrc == Z_BUF_ERROR ? "payload longer than stated"
+                                      : "bad stream");
         goto fail;
     }
     struct net_rd r = net_rd_make(raw, (size_t)raw_len);
     // Every element takes at least one bit of the payload (bitmap or 1-bit code), every
     // statistic four bytes: larger arena claims are corrupt, refused before allocating.
-    if ((rc = net__arch_read(&r, path, 8 * (size_t)raw_len, (size_t)raw_len / 4, &n, err,
-                             errlen)) < 0)
+    if ((rc = net__arch_read(&r, path, 8 * (size_t)raw_len, (size_t)raw_len / 4, &n, err, errlen)) <
+        0)
         goto fail;
     rc = -EINVAL;
     if (!(cb = malloc((XZ_KMAX + 1) * sizeof(float)))) {

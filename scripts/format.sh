@@ -8,9 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXCLUDE=(
   'api/'           # HTTP defects (issue 15)
-  'net/ckpt.c'     # hostile-checkpoint validation (issue 15)
-  'net/export.c'   # the same, for the compressed export
-  'daemon/state.c' # the same, for the trainer state
 )
 CF=${CLANG_FORMAT:-clang-format-14}
 command -v "$CF" >/dev/null || { echo "format.sh: $CF not found (scripts/deps.sh clang-format-14)" >&2; exit 2; }

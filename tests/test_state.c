@@ -476,6 +476,10 @@ TEST(refuses_inconsistent_trainer_fields)
     c = with_conf(&v2, "\"optimizer\":{\"type\":\"sgd\"", "\"optimizer\":{\"type\":\"adamw\"");
     bad += expect_refused(&e, "optim.evow", &c, "optimizer state is sgd");
     free(c.b);
+    // Its hyper-parameters too.
+    c = with_conf(&v2, "\"momentum\":0.9,", "\"momentum\":0.8,");
+    bad += expect_refused(&e, "momentum.evow", &c, "is not the stored config's");
+    free(c.b);
     // A model layer renamed: not the stored config's architecture.
     size_t na = 0;
     unsigned char *arch = ck_payload(&v2, "ARCH", &na);
