@@ -635,8 +635,10 @@ static void conn_dispatch(struct api__conn *c)
         size_t off = head_area(&srv->lim);
         for (size_t i = 0; i < n_params; i++) {
             if (!api__pct_valid(starts[i], lens[i])) {
-                conn_fail(c, 400, "path segment '%.*s' is not valid percent-encoding (or "
-                          "holds a NUL)", (int)(lens[i] < 64 ? lens[i] : 64), starts[i]);
+                conn_fail(c, 400,
+                          "path segment '%.*s' is not valid percent-encoding (or "
+                          "holds a NUL)",
+                          (int)(lens[i] < 64 ? lens[i] : 64), starts[i]);
                 goto done;
             }
             req->params[i] = c->arena + off;
@@ -755,8 +757,8 @@ int api_async_complete(struct api_async *h, int status)
     if (status < 100 || status > 599) {
         api__resp_free(&h->resp);
         api__resp_init(&h->resp);
-        status = api_resp_error(&h->resp, 500, NULL, "async handler completed with status %d",
-                                status);
+        status =
+            api_resp_error(&h->resp, 500, NULL, "async handler completed with status %d", status);
     }
     int close = c->in_handler ? (!c->keep_alive || c->parser.upgrade || c->srv->stopping)
                               : c->pending_close;

@@ -57,7 +57,7 @@ int api_resp_json(struct api_resp *resp, cJSON *obj)
 
 static int ctype_ok(const char *ct)
 {
-    return strlen(ct) < sizeof ((struct api_resp *)0)->ctype && !strpbrk(ct, "\r\n");
+    return strlen(ct) < sizeof((struct api_resp *)0)->ctype && !strpbrk(ct, "\r\n");
 }
 
 int api_resp_text(struct api_resp *resp, const char *ctype, const char *s, size_t n)
@@ -96,14 +96,22 @@ static const struct {
     int status;
     const char *code;
 } STATUS_CODES[] = {
-    {400, "bad_request"},        {401, "unauthorized"},
-    {403, "forbidden"},          {404, "not_found"},
-    {405, "method_not_allowed"}, {408, "request_timeout"},
-    {409, "conflict"},           {411, "length_required"},
-    {413, "payload_too_large"},  {415, "unsupported_media_type"},
-    {422, "unprocessable"},      {429, "too_many_requests"},
-    {431, "headers_too_large"},  {500, "internal"},
-    {501, "not_implemented"},    {503, "unavailable"},
+    {400, "bad_request"},
+    {401, "unauthorized"},
+    {403, "forbidden"},
+    {404, "not_found"},
+    {405, "method_not_allowed"},
+    {408, "request_timeout"},
+    {409, "conflict"},
+    {411, "length_required"},
+    {413, "payload_too_large"},
+    {415, "unsupported_media_type"},
+    {422, "unprocessable"},
+    {429, "too_many_requests"},
+    {431, "headers_too_large"},
+    {500, "internal"},
+    {501, "not_implemented"},
+    {503, "unavailable"},
     {505, "http_version_not_supported"},
 };
 

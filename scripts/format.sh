@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXCLUDE=(
-  'api/'           # HTTP defects (issue 15)
 )
 CF=${CLANG_FORMAT:-clang-format-14}
 command -v "$CF" >/dev/null || { echo "format.sh: $CF not found (scripts/deps.sh clang-format-14)" >&2; exit 2; }
