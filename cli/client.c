@@ -212,8 +212,8 @@ static void show_status(const cJSON *o)
     printf("%-14s %.0f samples/s, ETA %s\n", "speed", cli_num(o, "samples_per_second"),
            cli_duration(cli_num(o, "eta_seconds"), d, sizeof(d)));
     double p = cli_num(o, "params"), p0 = cli_num(o, "initial_params");
-    printf("%-14s %.0f (initially %.0f, %.1f%%), %.0f FLOPs/sample\n", "parameters", p, p0,
-           p0 > 0 ? 100.0 * p / p0 : NAN, cli_num(o, "flops_per_sample"));
+    printf("%-14s %.0f (initially %.0f, %.1f%%), %.0f MACs/sample\n", "parameters", p, p0,
+           p0 > 0 ? 100.0 * p / p0 : NAN, cli_num(o, "macs_per_sample"));
     printf("%-14s %.0f (%.2f s adapting, %.1f s training)\n", "adaptations",
            cli_num(o, "adaptations"), cli_num(o, "adapt_seconds"), cli_num(o, "train_seconds"));
     printf("%-14s", "widths");
@@ -242,14 +242,14 @@ static void show_layers(const cJSON *o)
 {
     const cJSON *l, *ls = cJSON_GetObjectItemCaseSensitive(o, "layers");
     printf("%-12s %-8s %7s %7s %5s %10s %12s  %s\n", "layer", "kind", "width", "out", "rank",
-           "params", "FLOPs", "top singular values");
+           "params", "MACs", "top singular values");
     cJSON_ArrayForEach(l, ls) {
         char rank[16] = "-";
         double r = cli_num(l, "rank");
         if (isfinite(r)) snprintf(rank, sizeof(rank), "%.0f", r);
         printf("%-12s %-8s %7.0f %7.0f %5s %10.0f %12.0f ", cli_str(l, "name"), cli_str(l, "kind"),
                cli_num(l, "width"), cli_num(l, "out"), rank, cli_num(l, "params"),
-               cli_num(l, "flops"));
+               cli_num(l, "macs"));
         const cJSON *v, *top = cJSON_GetObjectItemCaseSensitive(l, "top_singular_values");
         int k = 0;
         cJSON_ArrayForEach(v, top) {
@@ -289,15 +289,55 @@ static void show_state(const cJSON *o)
     printf("%s\n", cli_str(o, "state"));
 }
 
+/* Why a group kept its width, in words (svd_reason_name's codes). */
+static const char *cli_reason_text(const char *r)
+{
+    static const char *const map[][2] = {
+        {"rank_rule", "the rank rule keeps fewer directions"},
+        {"saturated", "saturated on consecutive checks"},
+        {"target", "moved towards target_params"},
+        {"fits", "neither redundant nor saturated"},
+        {"patience", "saturated, waiting for grow_patience"},
+        {"cooldown", "changed recently (cooldown)"},
+        {"min_width", "redundant but at min_width"},
+        {"max_width", "saturated but at max_width"},
+        {"budget", "growth would pass the parameter budget"},
+        {"target_met", "target_params reached"},
+        {"disabled", "shrink / grow disabled"},
+        {"error", "the decomposition or surgery failed"},
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(r, map[i][0]) == 0) return map[i][1];
+    return r;
+}
+
+/* POST /v1/adapt: one line for the pass, then one per group: width before -> after, what was
+ * done and why, and the rank rule's cut. */
 static void show_adapt(const cJSON *o)
 {
-    printf("adaptation at step %.0f: %.0f surger%s kept\n", cli_num(o, "step"),
-           cli_num(o, "surgeries_kept"), cli_num(o, "surgeries_kept") == 1 ? "y" : "ies");
+    double kept = cli_num(o, "surgeries_kept");
     const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "last_event");
-    if (ev && !cJSON_IsNull(ev)) {
-        char *s = cJSON_PrintUnformatted(ev);
-        if (s) printf("last event: %s\n", s);
-        cJSON_free(s);
+    printf("adaptation at step %.0f: %.0f surger%s kept", cli_num(o, "step"), kept,
+           kept == 1 ? "y" : "ies");
+    if (!ev || cJSON_IsNull(ev)) {
+        printf("\n");
+        return;
+    }
+    printf(", parameters %.0f -> %.0f (%s mode, %.2f s)\n", cli_num(ev, "params_before"),
+           cli_num(ev, "params_after"), cli_str(ev, "mode"), cli_num(ev, "seconds"));
+    const cJSON *c, *ch = cJSON_GetObjectItemCaseSensitive(ev, "changes");
+    cJSON_ArrayForEach(c, ch) {
+        const char *act = cli_str(c, "action"), *err = cli_str(c, "error");
+        char cut[48] = "";
+        double k = cli_num(c, "kept");
+        if (isfinite(k)) snprintf(cut, sizeof(cut), "; rank rule keeps %.0f", k);
+        const char *note = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "rolled_back"))
+                               ? " (rolled back: validation loss rose)"
+                               : "";
+        printf("  %-12s %5.0f -> %-5.0f %-11s %s%s%s%s%s\n", cli_str(c, "group"),
+               cli_num(c, "from"), cli_num(c, "to"), act,
+               cli_reason_text(cli_str(c, "reason")), cut, note, strcmp(err, "-") ? ": " : "",
+               strcmp(err, "-") ? err : "");
     }
 }
 

@@ -98,7 +98,8 @@ static void dmn__usage_train(FILE *f)
                "(default: model.evow) as a full checkpoint that eval/layers/evowidthd read,\n"
                "also every daemon.checkpoint_every_steps steps. SIGTERM / Ctrl-C finish the step,\n"
                "save MODEL and exit 0 (a second signal exits at once); --resume continues the\n"
-               "run saved in MODEL (a new run when there is none).\n");
+               "run saved in MODEL (a new run when there is none). Every config knob with its\n"
+               "default and range: evowidth train --help-config (or evowidthd --help-config).\n");
 }
 
 struct dmn_train_opts {
@@ -117,7 +118,7 @@ static int dmn__train_args(int argc, char **argv, struct dmn_train_opts *o)
         {"report", required_argument, 0, 'r'}, {"output", required_argument, 0, 'o'},
         {"set", required_argument, 0, 's'},    {"quiet", no_argument, 0, 'q'},
         {"resume", no_argument, 0, 'R'},       {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"help-config", no_argument, 0, 'H'},  {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof(*o));
     o->model_out = "model.evow";
@@ -148,6 +149,7 @@ static int dmn__train_args(int argc, char **argv, struct dmn_train_opts *o)
         case 'q': o->quiet = 1; break;
         case 'R': o->resume = 1; break;
         case 'h': dmn__usage_train(stdout); return 0;
+        case 'H': cfg_help(stdout); return 0;
         default: dmn__usage_train(stderr); return 2;
         }
     }
@@ -323,7 +325,7 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
         cJSON *r = dmn__eval_json(&ev);
         cJSON_AddNumberToObject(r, "params", (double)t->net->n_params);
         cJSON_AddNumberToObject(r, "initial_params", (double)t->initial_params);
-        cJSON_AddNumberToObject(r, "flops_per_sample", (double)net_flops(t->net));
+        cJSON_AddNumberToObject(r, "macs_per_sample", (double)net_macs(t->net));
         cJSON_AddItemToObject(r, "layers", dmn__layers_json(t->net));
         cJSON_AddNumberToObject(r, "wall_seconds", wall);
         cJSON_AddNumberToObject(r, "train_seconds", t->train_seconds);

@@ -46,7 +46,7 @@ static cJSON *dmn__layers_json(const struct dmn_layer_info *l, size_t n)
         cJSON_AddNumberToObject(o, "out", (double)l[i].out);
         if (l[i].rank) cJSON_AddNumberToObject(o, "rank", (double)l[i].rank);
         cJSON_AddNumberToObject(o, "params", (double)l[i].params);
-        cJSON_AddNumberToObject(o, "flops", (double)l[i].flops);
+        cJSON_AddNumberToObject(o, "macs", (double)l[i].macs);
         if (l[i].n_top) {
             cJSON *top = cJSON_AddArrayToObject(o, "top_singular_values");
             for (size_t j = 0; j < l[i].n_top; j++)
@@ -69,6 +69,16 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
         status = api_resp_error(r, 404, NULL, "%s", c->err);
     } else if (c->rc < 0) {
         status = api_resp_error(r, 503, NULL, "%s", c->err[0] ? c->err : strerror(-c->rc));
+    } else if (c->kind == DMN_CMD_CONFIG) {
+        // The section as it now is (later PATCHes may already have moved it further).
+        cJSON_Delete(o);
+        o = cfg_section_to_json(&s->cfg, c->name);
+        if (o && !strcmp(c->name, "train")) {
+            cJSON_AddNumberToObject(o, "lr", s->cfg.optimizer.lr);
+            cJSON_AddNumberToObject(o, "group_lasso", s->cfg.optimizer.group_lasso);
+        }
+        api_resp_json(r, o);
+        o = NULL;
     } else {
         cJSON_AddNumberToObject(o, "step", (double)c->step);
         switch (c->kind) {
@@ -101,6 +111,15 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
         case DMN_CMD_STOP:
             cJSON_AddStringToObject(o, "state", "stopped");
             break;
+        case DMN_CMD_PAUSE:
+        case DMN_CMD_RESUME: {
+            char st[16];
+            pthread_mutex_lock(&s->mu);
+            memcpy(st, s->snap.state, sizeof(st)); // published before this answer
+            pthread_mutex_unlock(&s->mu);
+            cJSON_AddStringToObject(o, "state", st);
+            break;
+        }
         default:
             break;
         }
@@ -166,7 +185,7 @@ static int h_status(struct api_req *q, struct api_resp *r, void *ctx)
     cJSON_AddNumberToObject(o, "eta_seconds", sn->eta);
     cJSON_AddNumberToObject(o, "params", (double)sn->params);
     cJSON_AddNumberToObject(o, "initial_params", (double)sn->initial_params);
-    cJSON_AddNumberToObject(o, "flops_per_sample", (double)sn->flops);
+    cJSON_AddNumberToObject(o, "macs_per_sample", (double)sn->macs);
     cJSON_AddNumberToObject(o, "adaptations", (double)sn->n_events);
     cJSON_AddNumberToObject(o, "adapt_seconds", sn->adapt_seconds);
     cJSON_AddNumberToObject(o, "train_seconds", sn->train_seconds);
@@ -296,14 +315,14 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
     free(tmp);
     dmn__log_change(s, route, body);
     cJSON_Delete(body);
-    if (dmn__push_config(s) < 0) return api_resp_error(r, 503, NULL, "out of memory");
-    cJSON *o = cfg_section_to_json(&s->cfg, section);
-    if (!strcmp(section, "train")) {
-        cJSON_AddNumberToObject(o, "lr", s->cfg.optimizer.lr);
-        cJSON_AddNumberToObject(o, "group_lasso", s->cfg.optimizer.group_lasso);
+    // Answered once the trainer has applied it (dmn__reply), so /v1/status shows it then.
+    struct dmn_cmd *c = dmn__cmd_new(DMN_CMD_CONFIG);
+    if (c) {
+        c->cfg = s->cfg;
+        c->seq = s->change_seq;
+        snprintf(c->name, sizeof(c->name), "%s", section);
     }
-    api_resp_json(r, o);
-    return 200;
+    return dmn__defer(s, c, r);
 }
 
 static int h_policy_patch(struct api_req *q, struct api_resp *r, void *ctx)
@@ -316,35 +335,28 @@ static int h_train_patch(struct api_req *q, struct api_resp *r, void *ctx)
     return dmn__patch(ctx, q, r, "train", "PATCH /v1/train");
 }
 
-static int dmn__simple(struct dmn_server *s, struct api_resp *r, enum dmn_cmd_kind k,
-                       const char *state)
-{
-    if (s->stopping) return api_resp_error(r, 409, NULL, "the trainer is stopping");
-    struct dmn_cmd *c = dmn__cmd_new(k);
-    if (!c) return api_resp_error(r, 503, NULL, "out of memory");
-    dmn__enqueue(s, c);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "state", state);
-    api_resp_json(r, o);
-    return k == DMN_CMD_STOP ? 202 : 200;
-}
-
 static int h_pause(struct api_req *q, struct api_resp *r, void *ctx)
 {
-    return dmn__simple(ctx, r, DMN_CMD_PAUSE, "paused");
+    return dmn__defer(ctx, dmn__cmd_new(DMN_CMD_PAUSE), r);
 }
 
 static int h_resume(struct api_req *q, struct api_resp *r, void *ctx)
 {
-    return dmn__simple(ctx, r, DMN_CMD_RESUME, "training");
+    return dmn__defer(ctx, dmn__cmd_new(DMN_CMD_RESUME), r);
 }
 
 static int h_stop(struct api_req *q, struct api_resp *r, void *ctx)
 {
     struct dmn_server *s = ctx;
-    int rc = dmn__simple(s, r, DMN_CMD_STOP, "stopping");
-    if (rc == 202) s->stopping = 1;
-    return rc;
+    if (s->stopping) return api_resp_error(r, 409, NULL, "the trainer is stopping");
+    struct dmn_cmd *c = dmn__cmd_new(DMN_CMD_STOP);
+    if (!c) return api_resp_error(r, 503, NULL, "out of memory");
+    dmn__enqueue(s, c);
+    s->stopping = 1;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "state", "stopping");
+    api_resp_json(r, o);
+    return 202;
 }
 
 static int h_adapt(struct api_req *q, struct api_resp *r, void *ctx)

@@ -31,7 +31,7 @@ static void dmn__layer_infos(const struct net *n, struct dmn_layer_info *out, si
         d->out = l->out.c;
         d->rank = l->spec.rank;
         d->params = li.params;
-        d->flops = li.macs;
+        d->macs = li.macs;
         if (s && (l->spec.kind == NET_DENSE || l->spec.kind == NET_CONV)) {
             long r = svd_layer_spectrum(n, i, s, 4096);
             for (long j = 0; j < r && j < 8; j++) d->top[d->n_top++] = s[j];
@@ -65,7 +65,7 @@ void dmn__publish(struct dmn_server *s, int add_history)
     }
     sn->loss = t->last_loss;
     sn->acc = t->last_acc;
-    sn->lr = t->lr;
+    sn->lr = net_sched_lr(&t->sched, t->step); // in effect now, so PATCH /v1/train shows at once
     sn->sps = t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0;
     sn->eta = sn->sps > 0 ? (double)((t->total_steps > t->step ? t->total_steps - t->step : 0) *
                                      t->cfg.train.batch_size) / sn->sps
@@ -74,7 +74,7 @@ void dmn__publish(struct dmn_server *s, int add_history)
     sn->val_acc = t->val_acc;
     sn->params = t->net->n_params;
     sn->initial_params = t->initial_params;
-    sn->flops = net_flops(t->net);
+    sn->macs = net_macs(t->net);
     sn->train_seconds = t->train_seconds;
     sn->adapt_seconds = t->adapt_seconds;
     sn->uptime = dmn_now() - s->start_time;
@@ -223,29 +223,33 @@ void *dmn__trainer_main(void *arg)
         struct dmn_cmd *q = s->q_head;
         s->q_head = s->q_tail = NULL;
         pthread_mutex_unlock(&s->mu);
+        // Apply the whole batch, republish the snapshot, then answer: a reader who got the
+        // answer sees the command's effect in /v1/status (and commands after a stop are
+        // refused).
+        struct dmn_cmd *fin = NULL, **fin_tail = &fin;
+        int applied = q != NULL;
         while (q) {
             struct dmn_cmd *next = q->next;
-            stop |= dmn__apply(s, q);
-            if (q->kind == DMN_CMD_STOP) {
-                // Answered after the final checkpoint below.
-                q->next = NULL;
-                if (!stop) dmn__finish(s, q);
-                else {
-                    struct dmn_cmd *rest = next;
-                    while (rest) { // commands after STOP are answered as refused
-                        struct dmn_cmd *nn = rest->next;
-                        rest->rc = -ECANCELED;
-                        snprintf(rest->err, sizeof(rest->err), "the trainer is stopping");
-                        dmn__finish(s, rest);
-                        rest = nn;
-                    }
-                    next = NULL;
-                    dmn__finish(s, q);
-                }
+            q->next = NULL;
+            if (stop) {
+                q->rc = -ECANCELED;
+                snprintf(q->err, sizeof(q->err), "the trainer is stopping");
             } else {
-                dmn__finish(s, q);
+                stop |= dmn__apply(s, q);
             }
+            *fin_tail = q;
+            fin_tail = &q->next;
             q = next;
+        }
+        if (applied) {
+            dmn__publish(s, 0);
+            last_pub_step = t->step;
+            last_pub = dmn_now();
+        }
+        while (fin) {
+            struct dmn_cmd *next = fin->next;
+            dmn__finish(s, fin);
+            fin = next;
         }
         if (stop) break;
         if (s->paused || dmn_trainer_done(t)) {

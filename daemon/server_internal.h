@@ -57,7 +57,7 @@ enum dmn_cmd_kind {
 struct dmn_layer_info {
     char name[NET_NAME_MAX];
     const char *kind;
-    size_t width, out, rank, params, flops;
+    size_t width, out, rank, params, macs;
     size_t n_top;
     float top[8];
 };
@@ -93,7 +93,7 @@ struct dmn_snapshot {
     char state[16];
     size_t step, total_steps, epoch, epochs, steps_per_epoch;
     double loss, acc, lr, sps, eta, val_loss, val_acc;
-    size_t params, initial_params, flops;
+    size_t params, initial_params, macs;
     double train_seconds, adapt_seconds, uptime;
     size_t n_layers;
     struct dmn_layer_info layers[CFG_MAX_LAYERS];
