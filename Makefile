@@ -30,8 +30,9 @@ train: deps
 	@cmake --build $(BUILD) -j$(JOBS) --target evowidth -- --no-print-directory
 	$(BUILD)/evowidth train configs/default.json --report $(BUILD)/default-report.json -o $(BUILD)/default.evow
 
-# The whole test suite (unit, slow and end-to-end).
+# The whole test suite (unit, slow and end-to-end); it also needs chromium and promtool.
 test: build
+	@scripts/deps.sh --test
 	cd $(BUILD) && ctest -j$(JOBS) --output-on-failure --timeout 600
 
 # The suite again on the other OpenBLAS core type: unset when the environment forces one
@@ -48,11 +49,13 @@ test-blas: build
 
 # Address + undefined-behaviour sanitizers, and ThreadSanitizer for the daemon's two threads.
 test-asan: deps
+	@scripts/deps.sh --test
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE="address;undefined" >/dev/null
 	@cmake --build build-asan -j$(JOBS) -- --no-print-directory
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest -j$(JOBS) --output-on-failure --timeout 900 -LE slow
 
 test-tsan: deps
+	@scripts/deps.sh --test
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE=thread >/dev/null
 	@cmake --build build-tsan -j$(JOBS) -- --no-print-directory
 	cd build-tsan && ctest -j$(JOBS) --output-on-failure --timeout 900 -L e2e

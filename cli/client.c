@@ -201,8 +201,11 @@ static void show_status(const cJSON *o)
     printf("%-14s %.0f / %.0f  (epoch %.0f / %.0f)\n", "step", cli_num(o, "step"),
            cli_num(o, "total_steps"), cli_num(o, "epoch"), cli_num(o, "epochs"));
     double vl = cli_num(o, "val_loss");
-    printf("%-14s %.4g  (accuracy %.2f%%)\n", "loss", cli_num(o, "loss"),
-           100.0 * cli_num(o, "accuracy"));
+    if (isfinite(cli_num(o, "loss")))
+        printf("%-14s %.4g  (accuracy %.2f%%)\n", "loss", cli_num(o, "loss"),
+               100.0 * cli_num(o, "accuracy"));
+    else
+        printf("%-14s not yet measured\n", "loss");
     if (isfinite(vl))
         printf("%-14s %.4g  (accuracy %.2f%%)\n", "validation", vl,
                100.0 * cli_num(o, "val_accuracy"));
@@ -263,18 +266,24 @@ static void show_layers(const cJSON *o)
     }
 }
 
+/* The series: time from its first point, the training window, the last validation (marked
+ * with * on the points where a pass ended), lr, size and speed. */
 static void show_history(const cJSON *o)
 {
     const cJSON *e, *h = cJSON_GetObjectItemCaseSensitive(o, "history");
-    printf("%9s %9s %9s %8s %9s %9s %9s %10s\n", "time_s", "step", "loss", "acc%", "val_loss",
-           "lr", "params", "samples/s");
+    printf("%9s %9s %9s %8s %10s %9s %9s %9s %10s\n", "time_s", "step", "loss", "acc%", "val_loss",
+           "val_acc%", "lr", "params", "samples/s");
+    double t0 = NAN;
     cJSON_ArrayForEach(e, h) {
-        printf("%9.1f %9.0f %9.4g %8.2f %9.4g %9.4g %9.0f %10.0f\n", cli_num(e, "time"),
+        if (isnan(t0)) t0 = cli_num(e, "time");
+        int ev = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "eval"));
+        printf("%9.1f %9.0f %9.4g %8.2f %9.4g%c %9.2f %9.4g %9.0f %10.0f\n", cli_num(e, "time") - t0,
                cli_num(e, "step"), cli_num(e, "loss"), 100.0 * cli_num(e, "accuracy"),
-               cli_num(e, "val_loss"), cli_num(e, "lr"), cli_num(e, "params"),
-               cli_num(e, "samples_per_second"));
+               cli_num(e, "val_loss"), ev ? '*' : ' ', 100.0 * cli_num(e, "val_accuracy"),
+               cli_num(e, "lr"), cli_num(e, "params"), cli_num(e, "samples_per_second"));
     }
-    printf("(%d of %.0f points)\n", cJSON_GetArraySize(h), cli_num(o, "points_total"));
+    printf("(%d of %.0f points; * = a validation pass ended there)\n", cJSON_GetArraySize(h),
+           cli_num(o, "points_total"));
 }
 
 static void show_policy(const cJSON *o)

@@ -85,6 +85,7 @@ struct dmn_config {
         char token_file[CFG_PATH_MAX]; // "" = no token (loopback only)
         size_t history_points;
         size_t header_timeout_ms, idle_timeout_ms, max_connections; // HTTP limits
+        size_t stream_queue_bytes; // per GET /v1/stream client (daemon/stream.c)
     } daemon;
 };
 

