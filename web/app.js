@@ -182,7 +182,8 @@ function buildCharts() {
             {yaxis: {values: (u, v) => v.map((x) => (100 * x).toPrecision(3) + "%")}});
   makeChart("chart-widths", S.layers.map((n, i) =>
     line(n, COLORS[i % COLORS.length], {paths: uPlot.paths.stepped({align: 1})})));
-  makeChart("chart-params", [line("parameters", COLORS[2], {paths: uPlot.paths.stepped({align: 1})})]);
+  makeChart("chart-params", [line("parameters", COLORS[2], {paths: uPlot.paths.stepped({align: 1})})],
+            {yaxis: {size: 80}});
   makeChart("chart-lr", [line("learning rate", COLORS[3])],
             {yaxis: {values: (u, v) => v.map((x) => x.toPrecision(3))}});
   makeChart("chart-sps", [line("samples/s", COLORS[4])], {yaxis: {size: 70}});
