@@ -87,11 +87,11 @@ struct api_opts {
  * errors (400, 408, 431, 503 to rejected connections, ...). */
 struct api_stats {
     uint64_t requests_total;
-    uint64_t requests_by_class[6]; // [1..5] = 1xx..5xx; [0] unused
+    uint64_t requests_by_class[6];  // [1..5] = 1xx..5xx; [0] unused
     uint64_t requests_by_code[600]; // by status code (100..599); a stream counts when it opens
-    uint64_t conns_current;        // served connections open now
-    uint64_t conns_accepted_total; // served connections ever accepted
-    uint64_t conns_rejected_total; // connections refused by max_conns (503 or plain close)
+    uint64_t conns_current;         // served connections open now
+    uint64_t conns_accepted_total;  // served connections ever accepted
+    uint64_t conns_rejected_total;  // connections refused by max_conns (503 or plain close)
 };
 
 // ---- server lifecycle -------------------------------------------------------------------

@@ -25,8 +25,8 @@ struct api_resp {
     char *body;
     size_t body_len;
     int body_cjson;
-    int forced_status; // 503 once a helper ran out of memory; 0 otherwise
-    char ctype[64];    // "" = application/json
+    int forced_status;           // 503 once a helper ran out of memory; 0 otherwise
+    char ctype[64];              // "" = application/json
     char extra[API__EXTRA_HDRS]; // "Name: value\r\n" lines
     size_t extra_len;
 };
@@ -50,7 +50,7 @@ struct api_stream {
     size_t max_queued;
 };
 
-#define API__STREAM_SNDBUF 65536 // SO_SNDBUF of a stream's socket (the kernel may double it)
+#define API__STREAM_SNDBUF 65536    // SO_SNDBUF of a stream's socket (the kernel may double it)
 #define API__NO_LENGTH ((size_t)-1) // api__resp_head: no Content-Length (a streamed body)
 
 /* One accepted TCP connection. Freed when both of its handles (tcp, timer) have closed.
@@ -65,27 +65,27 @@ struct api__conn {
     struct api__conn *prev, *next; // server's list of open (not closing) connections
     int n_open_handles;            // 2 until the close callbacks have run
 
-    unsigned rejected : 1;  // over max_conns: answer 503 and close
-    unsigned closing : 1;   // uv_close called
+    unsigned rejected : 1;   // over max_conns: answer 503 and close
+    unsigned closing : 1;    // uv_close called
     unsigned want_close : 1; // a closing response is queued: parse nothing more
-    unsigned discard : 1;   // reads go to the server's discard buffer
-    unsigned eof : 1;       // client finished sending
-    unsigned busy : 1;      // an async handler owns the current request
-    unsigned reading : 1;   // uv_read_start active
-    unsigned wq_full : 1;   // write queue above API__WQ_HIGH: reading paused
+    unsigned discard : 1;    // reads go to the server's discard buffer
+    unsigned eof : 1;        // client finished sending
+    unsigned busy : 1;       // an async handler owns the current request
+    unsigned reading : 1;    // uv_read_start active
+    unsigned wq_full : 1;    // write queue above API__WQ_HIGH: reading paused
     unsigned in_request : 1; // a request has begun and is not complete
-    unsigned head_done : 1; // the current request's head is complete
+    unsigned head_done : 1;  // the current request's head is complete
     unsigned in_process : 1; // conn_process is on the stack (guards re-entrance)
     unsigned keep_alive : 1; // http_should_keep_alive for the current request
-    unsigned is_head : 1;   // current request is HEAD: send no body
-    unsigned http10 : 1;    // current request is HTTP/1.0
-    unsigned counted : 1;   // counted in stats.conns_current
+    unsigned is_head : 1;    // current request is HEAD: send no body
+    unsigned http10 : 1;     // current request is HTTP/1.0
+    unsigned counted : 1;    // counted in stats.conns_current
     unsigned timer_inited : 1;
-    unsigned shut : 1;      // uv_shutdown issued
-    unsigned in_handler : 1; // a handler is running for this connection
-    unsigned async_inline : 1; // the handler's deferred response completed before it returned
+    unsigned shut : 1;          // uv_shutdown issued
+    unsigned in_handler : 1;    // a handler is running for this connection
+    unsigned async_inline : 1;  // the handler's deferred response completed before it returned
     unsigned pending_close : 1; // close after the deferred response
-    unsigned streaming : 1; // the response is a stream: nothing more is parsed
+    unsigned streaming : 1;     // the response is a stream: nothing more is parsed
 
     char *rbuf; // [API__RBUF_SIZE] bytes received, [rpos, rlen) not yet parsed
     size_t rpos, rlen;
@@ -97,11 +97,11 @@ struct api__conn {
     size_t url_off, url_len;
     char *body; // [body_cap] the current request's body
     size_t body_len, body_cap;
-    size_t head_bytes; // raw bytes of the current head seen so far
-    int err_status;    // status to answer when a callback aborts the parser
-    char errmsg[128];  // and its message
-    int paused_at;     // 1 headers complete, 2 message complete
-    size_t n_writes;   // write requests in flight
+    size_t head_bytes;         // raw bytes of the current head seen so far
+    int err_status;            // status to answer when a callback aborts the parser
+    char errmsg[128];          // and its message
+    int paused_at;             // 1 headers complete, 2 message complete
+    size_t n_writes;           // write requests in flight
     struct api_async *pending; // set while busy
     struct api_stream *stream; // set from api_resp_stream until the connection is freed
     struct api_resp resp;

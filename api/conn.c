@@ -264,7 +264,7 @@ void api__conn_close(struct api__conn *c)
     else if (c->counted)
         srv->stats.conns_current--;
     if (c->stream) c->stream->conn = NULL; // writes fail from now on; on_close comes later
-    if (c->pending) { // the daemon still holds the handle: make it an orphan
+    if (c->pending) {                      // the daemon still holds the handle: make it an orphan
         c->pending->conn = NULL;
         c->pending = NULL;
     }
@@ -857,8 +857,8 @@ int api_async_complete(struct api_async *h, int status)
     if (status < 100 || status > 599) {
         api__resp_free(&h->resp);
         api__resp_init(&h->resp);
-        status = api_resp_error(&h->resp, 500, NULL, "async handler completed with status %d",
-                                status);
+        status =
+            api_resp_error(&h->resp, 500, NULL, "async handler completed with status %d", status);
     }
     int close = c->in_handler ? (!c->keep_alive || c->parser.upgrade || c->srv->stopping)
                               : c->pending_close;

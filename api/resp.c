@@ -57,7 +57,7 @@ int api_resp_json(struct api_resp *resp, cJSON *obj)
 
 static int ctype_ok(const char *ct)
 {
-    return strlen(ct) < sizeof ((struct api_resp *)0)->ctype && !strpbrk(ct, "\r\n");
+    return strlen(ct) < sizeof((struct api_resp *)0)->ctype && !strpbrk(ct, "\r\n");
 }
 
 int api_resp_text(struct api_resp *resp, const char *ctype, const char *s, size_t n)

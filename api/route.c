@@ -12,9 +12,8 @@
 // ---- methods -----------------------------------------------------------------------------
 
 static const char *const METHOD_NAMES[] = {
-    [API_GET] = "GET",     [API_HEAD] = "HEAD",     [API_POST] = "POST",
-    [API_PUT] = "PUT",     [API_PATCH] = "PATCH",   [API_DELETE] = "DELETE",
-    [API_OPTIONS] = "OPTIONS",
+    [API_GET] = "GET",     [API_HEAD] = "HEAD",     [API_POST] = "POST",       [API_PUT] = "PUT",
+    [API_PATCH] = "PATCH", [API_DELETE] = "DELETE", [API_OPTIONS] = "OPTIONS",
 };
 
 const char *api__method_name(enum api_method m)
@@ -178,7 +177,6 @@ int api__parse_listen(const char *s, struct sockaddr_storage *ss, int *loopback,
     *ss = tmp;
     return 0;
 bad:
-    snprintf(err, errlen, "bad listen address '%s' (want host:port or [v6]:port, numeric host)",
-             s);
+    snprintf(err, errlen, "bad listen address '%s' (want host:port or [v6]:port, numeric host)", s);
     return -EINVAL;
 }

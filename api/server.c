@@ -163,8 +163,7 @@ int api_server_start(struct api_server **out, uv_loop_t *loop, const struct api_
     srv->n_live = 1;
     // From here a failure must close the handle; its callback frees the server.
     if ((rc = uv_tcp_bind(&srv->listener, (const struct sockaddr *)&addr, 0)) < 0) goto fail;
-    if ((rc = uv_listen((uv_stream_t *)&srv->listener, API__BACKLOG, on_connection)) < 0)
-        goto fail;
+    if ((rc = uv_listen((uv_stream_t *)&srv->listener, API__BACKLOG, on_connection)) < 0) goto fail;
     struct sockaddr_storage bound;
     int blen = sizeof bound;
     if ((rc = uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &blen)) < 0) goto fail;

@@ -37,11 +37,11 @@ int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
     if (reps < 1) reps = 1;
-    static const size_t shapes[][4] = {{1, 32, 28, 28}, {32, 32, 28, 28}, {32, 32, 14, 14},
-                                       {32, 64, 14, 14}, {64, 64, 7, 7}};
+    static const size_t shapes[][4] = {
+        {1, 32, 28, 28}, {32, 32, 28, 28}, {32, 32, 14, 14}, {32, 64, 14, 14}, {64, 64, 7, 7}};
     const size_t B = getenv("CK_B") ? (size_t)atoi(getenv("CK_B")) : 64;
-    printf("%-18s %-7s %9s %9s %9s %9s %9s %9s\n", "C->OC HxW (B 64)", "path", "fwd ms",
-           "fwd GF/s", "bwd ms", "bwd GF/s", "dW ms", "dW GF/s");
+    printf("%-18s %-7s %9s %9s %9s %9s %9s %9s\n", "C->OC HxW (B 64)", "path", "fwd ms", "fwd GF/s",
+           "bwd ms", "bwd GF/s", "dW ms", "dW GF/s");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         struct net__conv g;
         net__conv_geom(&g, shapes[s][0], shapes[s][2], shapes[s][3], shapes[s][1], 3, 1, 1);
@@ -60,14 +60,21 @@ int main(int argc, char **argv)
             double bf = 1e30, bb = 1e30, bw = 1e30;
             for (int r = 0; r <= reps; r++) {
                 double t0 = now();
-                if (path < 2) net__conv_direct_fwd(out, c1, inp, w, b, &g, B, NULL);
-                else net__conv_fwd_im2col(out, c1, inp, w, b, &g, B);
+                if (path < 2)
+                    net__conv_direct_fwd(out, c1, inp, w, b, &g, B, NULL);
+                else
+                    net__conv_fwd_im2col(out, c1, inp, w, b, &g, B);
                 double t1 = now();
-                if (path < 2) net__conv_bwd(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);
-                else net__conv_bwd_im2col(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);
+                if (path < 2)
+                    net__conv_bwd(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g, B);
+                else
+                    net__conv_bwd_im2col(g.C > 1 ? dinp : NULL, dw, db, c1, c2, dout, inp, w, &g,
+                                         B);
                 double t2 = now();
-                if (path < 2) net__conv_bwd(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
-                else net__conv_bwd_im2col(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
+                if (path < 2)
+                    net__conv_bwd(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
+                else
+                    net__conv_bwd_im2col(NULL, dw, NULL, c1, c2, dout, inp, w, &g, B);
                 double t3 = now();
                 if (r > 0 && t1 - t0 < bf) bf = t1 - t0;
                 if (r > 0 && t2 - t1 < bb) bb = t2 - t1;
@@ -78,9 +85,12 @@ int main(int argc, char **argv)
             snprintf(name, sizeof name, "%zu->%zu %zux%zu", g.C, g.OC, g.H, g.W);
             net__conv_direct_force(2);
             printf("%-18s %-7s %9.3f %9.1f %9.3f %9.1f %9.3f %9.1f\n", name,
-                   path == 2 ? "im2col" : path == 1 ? "avx2" : best == 2 ? "avx512" : "avx2",
-                   bf * 1e3, 2 * macs / bf * 1e-9, bb * 1e3,
-                   2 * bmacs / bb * 1e-9, bw * 1e3, 2 * macs / bw * 1e-9);
+                   path == 2   ? "im2col"
+                   : path == 1 ? "avx2"
+                   : best == 2 ? "avx512"
+                               : "avx2",
+                   bf * 1e3, 2 * macs / bf * 1e-9, bb * 1e3, 2 * bmacs / bb * 1e-9, bw * 1e3,
+                   2 * macs / bw * 1e-9);
         }
         free(inp), free(out), free(dout), free(dinp), free(w), free(dw), free(db), free(b);
         free(c1), free(c2);

@@ -76,8 +76,8 @@ static size_t cli_write_cb(char *p, size_t size, size_t n, void *ud)
  * status; or -ECONNREFUSED (nothing listening), -ETIMEDOUT, -EIO (another transport error),
  * -ENOMEM, with the reason in err and the outputs untouched. */
 static int cli_http(const struct cli_opts *o, const char *method, const char *path,
-                    const char *body, long timeout_ms, long *status, struct cli_buf *out,
-                    char *err, size_t errlen)
+                    const char *body, long timeout_ms, long *status, struct cli_buf *out, char *err,
+                    size_t errlen)
 {
     CURL *h = NULL;
     struct curl_slist *hl = NULL, *tmp;
@@ -125,10 +125,10 @@ static int cli_http(const struct cli_opts *o, const char *method, const char *pa
     CURLcode cc = curl_easy_perform(h);
     if (cc != CURLE_OK) {
         snprintf(err, errlen, "%s", cerr[0] ? cerr : curl_easy_strerror(cc));
-        rc = cc == CURLE_COULDNT_CONNECT ? -ECONNREFUSED
+        rc = cc == CURLE_COULDNT_CONNECT      ? -ECONNREFUSED
              : cc == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT
-             : cc == CURLE_OUT_OF_MEMORY ? -ENOMEM
-             : -EIO;
+             : cc == CURLE_OUT_OF_MEMORY      ? -ENOMEM
+                                              : -EIO;
         goto fail;
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
@@ -222,7 +222,8 @@ static void show_status(const cJSON *o)
     printf("%-14s", "widths");
     const cJSON *w, *ws = cJSON_GetObjectItemCaseSensitive(o, "widths");
     int first = 1;
-    cJSON_ArrayForEach(w, ws) {
+    cJSON_ArrayForEach(w, ws)
+    {
         printf("%s %s %.0f", first ? "" : ",", w->string, w->valuedouble);
         first = 0;
     }
@@ -231,7 +232,7 @@ static void show_status(const cJSON *o)
     if (pol)
         printf("%-14s %s, mode %s, rule %s, shrink %.4g, expand %.4g\n", "policy",
                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(pol, "enabled")) ? "enabled"
-                                                                               : "disabled",
+                                                                              : "disabled",
                cli_str(pol, "mode"), cli_str(pol, "rule"), cli_num(pol, "shrink_threshold"),
                cli_num(pol, "expand_threshold"));
     const char *ck = cli_str(o, "last_checkpoint");
@@ -246,7 +247,8 @@ static void show_layers(const cJSON *o)
     const cJSON *l, *ls = cJSON_GetObjectItemCaseSensitive(o, "layers");
     printf("%-12s %-8s %7s %7s %5s %10s %12s  %s\n", "layer", "kind", "width", "out", "rank",
            "params", "MACs", "top singular values");
-    cJSON_ArrayForEach(l, ls) {
+    cJSON_ArrayForEach(l, ls)
+    {
         char rank[16] = "-";
         double r = cli_num(l, "rank");
         if (isfinite(r)) snprintf(rank, sizeof(rank), "%.0f", r);
@@ -255,7 +257,8 @@ static void show_layers(const cJSON *o)
                cli_num(l, "macs"));
         const cJSON *v, *top = cJSON_GetObjectItemCaseSensitive(l, "top_singular_values");
         int k = 0;
-        cJSON_ArrayForEach(v, top) {
+        cJSON_ArrayForEach(v, top)
+        {
             if (k++ == 5) {
                 printf(" ...");
                 break;
@@ -274,13 +277,15 @@ static void show_history(const cJSON *o)
     printf("%9s %9s %9s %8s %10s %9s %9s %9s %10s\n", "time_s", "step", "loss", "acc%", "val_loss",
            "val_acc%", "lr", "params", "samples/s");
     double t0 = NAN;
-    cJSON_ArrayForEach(e, h) {
+    cJSON_ArrayForEach(e, h)
+    {
         if (isnan(t0)) t0 = cli_num(e, "time");
         int ev = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "eval"));
-        printf("%9.1f %9.0f %9.4g %8.2f %9.4g%c %9.2f %9.4g %9.0f %10.0f\n", cli_num(e, "time") - t0,
-               cli_num(e, "step"), cli_num(e, "loss"), 100.0 * cli_num(e, "accuracy"),
-               cli_num(e, "val_loss"), ev ? '*' : ' ', 100.0 * cli_num(e, "val_accuracy"),
-               cli_num(e, "lr"), cli_num(e, "params"), cli_num(e, "samples_per_second"));
+        printf("%9.1f %9.0f %9.4g %8.2f %9.4g%c %9.2f %9.4g %9.0f %10.0f\n",
+               cli_num(e, "time") - t0, cli_num(e, "step"), cli_num(e, "loss"),
+               100.0 * cli_num(e, "accuracy"), cli_num(e, "val_loss"), ev ? '*' : ' ',
+               100.0 * cli_num(e, "val_accuracy"), cli_num(e, "lr"), cli_num(e, "params"),
+               cli_num(e, "samples_per_second"));
     }
     printf("(%d of %.0f points; * = a validation pass ended there)\n", cJSON_GetArraySize(h),
            cli_num(o, "points_total"));
@@ -335,7 +340,8 @@ static void show_adapt(const cJSON *o)
     printf(", parameters %.0f -> %.0f (%s mode, %.2f s)\n", cli_num(ev, "params_before"),
            cli_num(ev, "params_after"), cli_str(ev, "mode"), cli_num(ev, "seconds"));
     const cJSON *c, *ch = cJSON_GetObjectItemCaseSensitive(ev, "changes");
-    cJSON_ArrayForEach(c, ch) {
+    cJSON_ArrayForEach(c, ch)
+    {
         const char *act = cli_str(c, "action"), *err = cli_str(c, "error");
         char cut[48] = "";
         double k = cli_num(c, "kept");
@@ -344,9 +350,8 @@ static void show_adapt(const cJSON *o)
                                ? " (rolled back: validation loss rose)"
                                : "";
         printf("  %-12s %5.0f -> %-5.0f %-11s %s%s%s%s%s\n", cli_str(c, "group"),
-               cli_num(c, "from"), cli_num(c, "to"), act,
-               cli_reason_text(cli_str(c, "reason")), cut, note, strcmp(err, "-") ? ": " : "",
-               strcmp(err, "-") ? err : "");
+               cli_num(c, "from"), cli_num(c, "to"), act, cli_reason_text(cli_str(c, "reason")),
+               cut, note, strcmp(err, "-") ? ": " : "", strcmp(err, "-") ? err : "");
     }
 }
 
@@ -556,8 +561,7 @@ static int cli_run(const struct cli_cmd *c, struct cli_opts *o, int n_pos, char 
 {
     char path[128], err[256];
     switch (c->kind) {
-    case CLI_PLAIN:
-        break;
+    case CLI_PLAIN: break;
     case CLI_HISTORY:
         snprintf(path, sizeof(path), "%s?points=%ld", c->path, o->points);
         return cli_call(o, c->method, path, NULL, c->show);
@@ -614,16 +618,16 @@ int dmn_cmd_client(int argc, char **argv)
         const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
         size_t an = eq ? (size_t)(eq - a) : strlen(a);
 #define CLI_OPT(name) (an == strlen(name) && strncmp(a, name, an) == 0)
-#define CLI_VAL()                                                                          \
-    do {                                                                                   \
-        if (eq)                                                                            \
-            val = eq + 1;                                                                  \
-        else if (i + 1 < argc)                                                             \
-            val = argv[++i];                                                               \
-        else {                                                                             \
-            fprintf(stderr, "evowidth %s: %s needs a value\n", c->name, a);                \
-            goto out;                                                                      \
-        }                                                                                  \
+#define CLI_VAL()                                                                                  \
+    do {                                                                                           \
+        if (eq)                                                                                    \
+            val = eq + 1;                                                                          \
+        else if (i + 1 < argc)                                                                     \
+            val = argv[++i];                                                                       \
+        else {                                                                                     \
+            fprintf(stderr, "evowidth %s: %s needs a value\n", c->name, a);                        \
+            goto out;                                                                              \
+        }                                                                                          \
     } while (0)
         if (CLI_OPT("--help") || CLI_OPT("-h")) {
             cli_usage(stdout, c->name);
@@ -691,8 +695,8 @@ int dmn_cmd_layers_any(int argc, char **argv)
     // `evowidth layers MODEL` reads a saved model; without a file it asks the daemon.
     for (int i = 1; i < argc; i++) {
         if (argv[i][0] != '-') {
-            if (i > 1 && (strcmp(argv[i - 1], "--url") == 0 ||
-                          strcmp(argv[i - 1], "--token-file") == 0))
+            if (i > 1 &&
+                (strcmp(argv[i - 1], "--url") == 0 || strcmp(argv[i - 1], "--token-file") == 0))
                 continue;
             return dmn_cmd_layers(argc, argv);
         }

@@ -64,7 +64,8 @@ static cJSON *dmn__eval_json(const struct net_eval *ev)
     for (size_t i = 0; i < ev->n_classes; i++) {
         cJSON *row = cJSON_CreateArray();
         for (size_t j = 0; j < ev->n_classes; j++)
-            cJSON_AddItemToArray(row, cJSON_CreateNumber((double)ev->confusion[i * ev->n_classes + j]));
+            cJSON_AddItemToArray(row,
+                                 cJSON_CreateNumber((double)ev->confusion[i * ev->n_classes + j]));
         cJSON_AddItemToArray(cm, row);
     }
     return o;
@@ -92,14 +93,15 @@ static int dmn__write_json(const char *path, cJSON *o)
 
 static void dmn__usage_train(FILE *f)
 {
-    fprintf(f, "usage: evowidth train CONFIG [--epochs N] [--threads T] [--report FILE]\n"
-               "                      [-o MODEL] [--set section.key=value ...] [--resume] [--quiet]\n"
-               "Trains in the foreground, prints progress, the test summary, and saves MODEL\n"
-               "(default: model.evow) as a full checkpoint that eval/layers/evowidthd read,\n"
-               "also every daemon.checkpoint_every_steps steps. SIGTERM / Ctrl-C finish the step,\n"
-               "save MODEL and exit 0 (a second signal exits at once); --resume continues the\n"
-               "run saved in MODEL (a new run when there is none). Every config knob with its\n"
-               "default and range: evowidth train --help-config (or evowidthd --help-config).\n");
+    fprintf(f,
+            "usage: evowidth train CONFIG [--epochs N] [--threads T] [--report FILE]\n"
+            "                      [-o MODEL] [--set section.key=value ...] [--resume] [--quiet]\n"
+            "Trains in the foreground, prints progress, the test summary, and saves MODEL\n"
+            "(default: model.evow) as a full checkpoint that eval/layers/evowidthd read,\n"
+            "also every daemon.checkpoint_every_steps steps. SIGTERM / Ctrl-C finish the step,\n"
+            "save MODEL and exit 0 (a second signal exits at once); --resume continues the\n"
+            "run saved in MODEL (a new run when there is none). Every config knob with its\n"
+            "default and range: evowidth train --help-config (or evowidthd --help-config).\n");
 }
 
 struct dmn_train_opts {
@@ -130,7 +132,8 @@ static int dmn__train_args(int argc, char **argv, struct dmn_train_opts *o)
         case 'e':
             o->epochs = strtol(optarg, &end, 10);
             if (*end || o->epochs < 1) {
-                fprintf(stderr, "evowidth train: --epochs: \"%s\" is not a positive integer\n", optarg);
+                fprintf(stderr, "evowidth train: --epochs: \"%s\" is not a positive integer\n",
+                        optarg);
                 return 2;
             }
             break;
@@ -205,18 +208,22 @@ static int dmn__train_resume(struct dmn_trainer **out, const char *path,
     *chk = t->cfg;
     rc = cfg_copy_runtime(chk, cfg, err, errlen);
     if (rc == 0 && !cfg_equal(chk, cfg)) {
-        size_t n = (size_t)snprintf(err, errlen, "%s was trained with other settings than "
-                                    "these (they differ in", path);
+        size_t n = (size_t)snprintf(err, errlen,
+                                    "%s was trained with other settings than "
+                                    "these (they differ in",
+                                    path);
         for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++) {
-            cJSON *a = cfg_section_to_json(chk, sections[i]), *b = cfg_section_to_json(cfg, sections[i]);
+            cJSON *a = cfg_section_to_json(chk, sections[i]),
+                  *b = cfg_section_to_json(cfg, sections[i]);
             if (!cJSON_Compare(a, b, 1) && n < errlen)
                 n += (size_t)snprintf(err + n, errlen - n, " %s", sections[i]);
             cJSON_Delete(a);
             cJSON_Delete(b);
         }
         if (n < errlen)
-            snprintf(err + n, errlen - n, "): pass the same CONFIG and --set options, or start "
-                                          "over without --resume");
+            snprintf(err + n, errlen - n,
+                     "): pass the same CONFIG and --set options, or start "
+                     "over without --resume");
         rc = -EINVAL;
     }
     if (rc == 0) rc = dmn_trainer_set_runtime(t, cfg, err, errlen);
@@ -239,7 +246,8 @@ static void dmn__train_on_signal(int sig)
 {
     if (atomic_exchange(&dmn__train_signal, sig)) {
         static const char msg[] = "evowidth train: second signal, exiting now\n";
-        if (write(2, msg, sizeof(msg) - 1) < 0) { /* nothing more to do */ }
+        if (write(2, msg, sizeof(msg) - 1) < 0) { /* nothing more to do */
+        }
         _exit(128 + sig);
     }
 }
@@ -282,7 +290,8 @@ static int dmn__train_interrupted(struct dmn_trainer *t, const struct dmn_train_
     const char *sig = atomic_load(&dmn__train_signal) == SIGINT ? "SIGINT" : "SIGTERM";
     dmn_trainer_progress(t, 1);
     if (!o->model_out[0]) {
-        fprintf(stderr, "evowidth train: %s at step %zu; no -o MODEL, nothing saved\n", sig, t->step);
+        fprintf(stderr, "evowidth train: %s at step %zu; no -o MODEL, nothing saved\n", sig,
+                t->step);
         return 1;
     }
     if (dmn_trainer_save(t, o->model_out, err, sizeof(err)) < 0) {
@@ -290,8 +299,9 @@ static int dmn__train_interrupted(struct dmn_trainer *t, const struct dmn_train_
                 t->step, err);
         return 1;
     }
-    fprintf(stderr, "evowidth train: %s at step %zu of %zu; checkpoint %s (continue with --resume)\n",
-            sig, t->step, t->total_steps, o->model_out);
+    fprintf(stderr,
+            "evowidth train: %s at step %zu of %zu; checkpoint %s (continue with --resume)\n", sig,
+            t->step, t->total_steps, o->model_out);
     return 0;
 }
 
@@ -305,7 +315,8 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
         fprintf(stderr, "evowidth train: evaluation failed (out of memory)\n");
         return 1;
     }
-    double sps = t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0;
+    double sps =
+        t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0;
     if (!o->quiet) {
         dmn_print_eval(stdout, "test", &ev);
         dmn_print_layers(stdout, t->net);
@@ -379,12 +390,13 @@ int dmn_cmd_train(int argc, char **argv)
     t->log = o.quiet ? NULL : stdout;
     if (t->log) {
         if (resumed)
-            fprintf(t->log, "evowidth train: resumed %s at step %zu of %zu\n", o.model_out,
-                    t->step, t->total_steps);
+            fprintf(t->log, "evowidth train: resumed %s at step %zu of %zu\n", o.model_out, t->step,
+                    t->total_steps);
         else if (o.resume)
             fprintf(t->log, "evowidth train: no %s yet, starting a new run\n", o.model_out);
-        fprintf(t->log, "evowidth train: %zu training / %zu validation / %zu test samples, "
-                        "%zu parameters, %zu steps (%zu epochs of %zu)\n",
+        fprintf(t->log,
+                "evowidth train: %zu training / %zu validation / %zu test samples, "
+                "%zu parameters, %zu steps (%zu epochs of %zu)\n",
                 t->train.n, t->val.n, t->test.n, t->net->n_params, t->total_steps,
                 t->cfg.train.epochs, t->steps_per_epoch);
         dmn_print_layers(t->log, t->net);
@@ -421,7 +433,8 @@ static int dmn__load_for_eval(const char *path, const char *config_path, struct 
     } else if (conf) {
         rc = cfg_load_json(cfg, conf->data, conf->len, err, errlen);
     } else {
-        snprintf(err, errlen, "%s has no stored config: pass --config CONFIG to name the data", path);
+        snprintf(err, errlen, "%s has no stored config: pass --config CONFIG to name the data",
+                 path);
         rc = -EINVAL;
     }
     if (rc < 0) goto out;
@@ -444,8 +457,8 @@ static int dmn__load_for_eval(const char *path, const char *config_path, struct 
     if (test->shape.c != (*n)->in_shape.c || test->shape.h != (*n)->in_shape.h ||
         test->shape.w != (*n)->in_shape.w) {
         snprintf(err, errlen, "%s expects %zux%zux%zu inputs but the data are %zux%zux%zu", path,
-                 (*n)->in_shape.c, (*n)->in_shape.h, (*n)->in_shape.w, test->shape.c,
-                 test->shape.h, test->shape.w);
+                 (*n)->in_shape.c, (*n)->in_shape.h, (*n)->in_shape.w, test->shape.c, test->shape.h,
+                 test->shape.w);
         net_data_free(test);
         rc = -EINVAL;
     }
@@ -470,8 +483,10 @@ int dmn_cmd_eval(int argc, char **argv)
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c == 'r') report = optarg;
-        else if (c == 'c') config = optarg;
+        if (c == 'r')
+            report = optarg;
+        else if (c == 'c')
+            config = optarg;
         else {
             fprintf(c == 'h' ? stdout : stderr,
                     "usage: evowidth eval MODEL [--config CONFIG] [--report FILE]\n");

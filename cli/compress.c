@@ -42,9 +42,9 @@
 // ---- opening and saving a model ---------------------------------------------------------
 
 struct cmp_ctx {
-    struct dmn_trainer *t;    // owns the data and the current net
-    struct dmn_config cfg;    // the model's own config, restored before saving
-    int from_run;             // opened as a run checkpoint
+    struct dmn_trainer *t; // owns the data and the current net
+    struct dmn_config cfg; // the model's own config, restored before saving
+    int from_run;          // opened as a run checkpoint
 };
 
 /* Re-normalises d from the statistics of net a to those of net b (in place). */
@@ -90,10 +90,11 @@ static int cmp__open_model(struct cmp_ctx *c, const char *path, const char *conf
     struct dmn_trainer *t = c->t;
     if (n->in_shape.c != t->net->in_shape.c || n->in_shape.h != t->net->in_shape.h ||
         n->in_shape.w != t->net->in_shape.w || n->n_classes != t->net->n_classes) {
-        snprintf(err, errlen, "%s expects %zux%zux%zu inputs and %zu classes but its data are "
-                 "%zux%zux%zu with %zu classes", path, n->in_shape.c, n->in_shape.h,
-                 n->in_shape.w, n->n_classes, t->net->in_shape.c, t->net->in_shape.h,
-                 t->net->in_shape.w, t->net->n_classes);
+        snprintf(err, errlen,
+                 "%s expects %zux%zux%zu inputs and %zu classes but its data are "
+                 "%zux%zux%zu with %zu classes",
+                 path, n->in_shape.c, n->in_shape.h, n->in_shape.w, n->n_classes,
+                 t->net->in_shape.c, t->net->in_shape.h, t->net->in_shape.w, t->net->n_classes);
         rc = -EINVAL;
         goto out;
     }
@@ -388,7 +389,7 @@ static int cmp__parse_dbl(const char *cmd, const char *opt, const char *s, doubl
 struct cmp_common {
     const char *out, *config;
     size_t ft_steps, calib;
-    double lr;             // 0: a tenth of the model's optimizer.lr
+    double lr; // 0: a tenth of the model's optimizer.lr
     long threads;
 };
 
@@ -401,7 +402,7 @@ static int cmp__common_opt(const char *cmd, int c, struct cmp_common *o)
     case 'C': o->config = optarg; return 1;
     case 'F':
         return cmp__parse_size(cmd, "--finetune-steps", optarg, 0, 10000000, &o->ft_steps) < 0 ? -1
-                                                                                             : 1;
+                                                                                               : 1;
     case 'K': return cmp__parse_size(cmd, "--calib", optarg, 16, 65536, &o->calib) < 0 ? -1 : 1;
     case 'L': return cmp__parse_dbl(cmd, "--lr", optarg, 0, 10, 1, &o->lr) < 0 ? -1 : 1;
     case 'T':
@@ -412,17 +413,19 @@ static int cmp__common_opt(const char *cmd, int c, struct cmp_common *o)
     }
 }
 
-#define CMP_COMMON_OPTS                                                                        \
-    {"output", required_argument, 0, 'o'}, {"config", required_argument, 0, 'C'},             \
-        {"finetune-steps", required_argument, 0, 'F'}, {"calib", required_argument, 0, 'K'},   \
-        {"lr", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'T'},             \
-        {"help", no_argument, 0, 'h'}
+#define CMP_COMMON_OPTS                                                                            \
+    {"output", required_argument, 0, 'o'}, {"config", required_argument, 0, 'C'},                  \
+        {"finetune-steps", required_argument, 0, 'F'}, {"calib", required_argument, 0, 'K'},       \
+        {"lr", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'T'},                 \
+    {                                                                                              \
+        "help", no_argument, 0, 'h'                                                                \
+    }
 
-#define CMP_COMMON_HELP                                                                        \
-    "  --finetune-steps N  SGD steps on the training data afterwards (default 0)\n"            \
-    "  --lr LR             fine-tuning learning rate (default: the model's optimizer.lr / 50)\n" \
-    "  --calib N           calibration samples from the training set (default 1024)\n"         \
-    "  --threads T         OpenMP / BLAS threads (default: the model's train.threads)\n"       \
+#define CMP_COMMON_HELP                                                                            \
+    "  --finetune-steps N  SGD steps on the training data afterwards (default 0)\n"                \
+    "  --lr LR             fine-tuning learning rate (default: the model's optimizer.lr / 50)\n"   \
+    "  --calib N           calibration samples from the training set (default 1024)\n"             \
+    "  --threads T         OpenMP / BLAS threads (default: the model's train.threads)\n"           \
     "  --config CONFIG     the data and settings to use instead of the model's stored config\n"
 
 static double cmp__lr(const struct cmp_ctx *c, const struct cmp_common *o)
@@ -595,8 +598,8 @@ int dmn_cmd_compress(int argc, char **argv)
     pol.gap_threshold = gap;
     pol.energy_eps = 1.0 - energy;
     size_t changed = 0;
-    printf("  %-12s %12s %6s %6s %9s %10s %10s\n", "layer", "m x fan-in", "full", "rank",
-           "energy", "params", "->");
+    printf("  %-12s %12s %6s %6s %9s %10s %10s\n", "layer", "m x fan-in", "full", "rank", "energy",
+           "params", "->");
     for (size_t k = 0; k < n_layers; k++) {
         const size_t li = layers[k];
         size_t m, L;
@@ -627,8 +630,9 @@ int dmn_cmd_compress(int argc, char **argv)
         // Unnamed layers are only factorized where the rank saves parameters: m r + r L < m L.
         if (!n_names && m * r + r * L >= m * L) {
             printf("  %-12s %5zu x %-5zu %6zu %6zu %8.2f%% %10zu  kept plain (rank %zu does not "
-                   "save)%s\n", t->net->layers[li].spec.name, m, L, full, r,
-                   100.0 * kept / (tot > 0 ? tot : 1), before, r, how);
+                   "save)%s\n",
+                   t->net->layers[li].spec.name, m, L, full, r, 100.0 * kept / (tot > 0 ? tot : 1),
+                   before, r, how);
             continue;
         }
         if (cmp__factorize(t, li, r, x, (size_t)nb, bias_fix, err, sizeof(err)) < 0) {
@@ -690,8 +694,10 @@ static int cmp__parse_ranks(const char *spec, size_t full, size_t *out, size_t *
                 p = end;
             }
         }
-        if (*p == ',') p++;
-        else if (*p) return -EINVAL;
+        if (*p == ',')
+            p++;
+        else if (*p)
+            return -EINVAL;
         if (a == 0 || b < a || b > CMP_MAX_RANKS) return -EINVAL;
         for (unsigned long r = a; r <= b; r += st)
             if (r <= full) flag[r] = 1;
@@ -739,8 +745,7 @@ static void cmp__csv_row(FILE *f, const struct cmp_row *r, int ft)
     fprintf(f, "%s,%zu,%.6f,%.6f,%.6f,%.6f,%zu,%zu,%zu,%zu,%.6f", r->label, r->rank, r->m.acc,
             r->m.prec, r->m.rec, r->m.f1, r->layer_macs, r->layer_params, r->net_params,
             r->net_macs, r->rate);
-    if (ft)
-        fprintf(f, ",%.6f,%.6f,%.6f,%.6f", r->ft.acc, r->ft.prec, r->ft.rec, r->ft.f1);
+    if (ft) fprintf(f, ",%.6f,%.6f,%.6f,%.6f", r->ft.acc, r->ft.prec, r->ft.rec, r->ft.f1);
     fputc('\n', f);
 }
 
@@ -795,7 +800,8 @@ int dmn_cmd_sweep(int argc, char **argv)
     cmp__dims(t->net, li, &m, &L);
     const size_t full = m < L ? m : L;
     if (cmp__parse_ranks(ranks_s, full, ranks, &n_ranks) < 0) {
-        fprintf(stderr, "evowidth sweep: --ranks %s: expected A..B[:STEP] or R items, comma-"
+        fprintf(stderr,
+                "evowidth sweep: --ranks %s: expected A..B[:STEP] or R items, comma-"
                 "separated, with 1 <= A <= B <= %d and some rank <= %zu (min(%zu, %zu))\n",
                 ranks_s, CMP_MAX_RANKS, full, m, L);
         goto out;
@@ -811,16 +817,19 @@ int dmn_cmd_sweep(int argc, char **argv)
         goto oom;
     const double lr = cmp__lr(&cx, &co);
     printf("evowidth sweep %s: layer %s (%zu x %zu, full rank %zu, break-even rank %.1f), %zu "
-           "test samples%s\n", argv[optind], layer, m, L, full, (double)(m * L) / (double)(m + L),
-           t->test.n, ft ? "" : ", no fine-tuning");
-    if (ft) printf("fine-tuning: %zu steps at lr %g from the same batches for every row\n",
-                   co.ft_steps, lr);
+           "test samples%s\n",
+           argv[optind], layer, m, L, full, (double)(m * L) / (double)(m + L), t->test.n,
+           ft ? "" : ", no fine-tuning");
+    if (ft)
+        printf("fine-tuning: %zu steps at lr %g from the same batches for every row\n", co.ft_steps,
+               lr);
     printf("%-14s %8s %8s %8s %8s %10s %10s %9s %10s %8s%s\n", "rank", "accuracy", "mean_P",
            "mean_R", "mean_F1", "layer_MACs", "layer_par", "net_par", "net_MACs", "rate",
            ft ? " | acc_ft   P_ft     R_ft     F1_ft" : "");
     if (fc)
-        fprintf(fc, "rank,rank_value,accuracy,mean_precision,mean_recall,mean_f1,layer_macs,"
-                    "layer_params,net_params,net_macs,compression_rate%s\n",
+        fprintf(fc,
+                "rank,rank_value,accuracy,mean_precision,mean_recall,mean_f1,layer_macs,"
+                "layer_params,net_params,net_macs,compression_rate%s\n",
                 ft ? ",accuracy_ft,mean_precision_ft,mean_recall_ft,mean_f1_ft" : "");
     const double w0 = (double)(m * L);
     for (size_t i = 0; i <= n_ranks; i++) {
@@ -955,7 +964,7 @@ int dmn_cmd_thin(int argc, char **argv)
     }
     if (optind != argc - 1 || (ratio > 0) == (widths != NULL) || !co.out) {
         fprintf(stderr, "evowidth thin: %s\n",
-                optind != argc - 1            ? "expected one MODEL"
+                optind != argc - 1                ? "expected one MODEL"
                 : (ratio > 0) == (widths != NULL) ? "give exactly one of --ratio and --widths"
                                                   : "-o OUT is required");
         cmp__usage_thin(stderr);
@@ -1008,8 +1017,8 @@ int dmn_cmd_thin(int argc, char **argv)
             continue;
         }
         struct net *nn = NULL;
-        if (svd_shrink(&nn, t->net, &g[i], k, SVD_MODE_SELECT, x, (size_t)nb, err,
-                       sizeof(err)) < 0) {
+        if (svd_shrink(&nn, t->net, &g[i], k, SVD_MODE_SELECT, x, (size_t)nb, err, sizeof(err)) <
+            0) {
             fprintf(stderr, "evowidth thin: %s: %s\n", name, err);
             goto out;
         }
@@ -1185,8 +1194,10 @@ int dmn_cmd_export(int argc, char **argv)
         for (size_t i = 0; i < tt->n; i++) nz += w[i] != 0.0f;
         const size_t K = tt->nd == 4 && xo.kmeans_conv ? xo.kmeans_conv : xo.kmeans;
         char vals[32] = "f32";
-        if (K && nz > K) snprintf(vals, sizeof(vals), "k=%zu%s", K, xo.fp16 ? ",f16" : "");
-        else if (xo.fp16) snprintf(vals, sizeof(vals), "f16");
+        if (K && nz > K)
+            snprintf(vals, sizeof(vals), "k=%zu%s", K, xo.fp16 ? ",f16" : "");
+        else if (xo.fp16)
+            snprintf(vals, sizeof(vals), "f16");
         printf("  %-14s %9zu %7.2f%% %9s\n", tt->name, tt->n, 100.0 * (double)nz / (double)tt->n,
                vals);
     }
@@ -1197,9 +1208,12 @@ int dmn_cmd_export(int argc, char **argv)
         fprintf(stderr, "evowidth export: %s\n", err);
         goto out;
     }
-    static const char *const part_names[NET_XPART_COUNT] = {
-        "architecture, config, headers", "raw weights", "codebooks", "codes (packed)",
-        "pruning bitmaps", "biases, batch norm (f32)"};
+    static const char *const part_names[NET_XPART_COUNT] = {"architecture, config, headers",
+                                                            "raw weights",
+                                                            "codebooks",
+                                                            "codes (packed)",
+                                                            "pruning bitmaps",
+                                                            "biases, batch norm (f32)"};
     printf("  %-30s %12s %16s\n", "part", "bytes", "deflated alone");
     for (int i = 0; i < NET_XPART_COUNT; i++)
         if (sz.part[i]) printf("  %-30s %12zu %16zu\n", part_names[i], sz.part[i], sz.part_z[i]);

@@ -42,7 +42,6 @@ static void ew_usage(FILE *f)
 }
 
 
-
 int main(int argc, char **argv)
 {
     dmn_omp_passive(argv);

@@ -16,7 +16,7 @@
 
 struct dmn_adapt {
     struct svd_state *st;
-    char **events;  // JSON texts, owned
+    char **events; // JSON texts, owned
     size_t n_events, cap_events;
 };
 
@@ -120,7 +120,9 @@ static void dmn__print_event(struct dmn_trainer *t, const struct svd_event *e)
         if (c->action == SVD_ACT_KEEP || c->action == SVD_ACT_SKIP) continue;
         if (!any++) fprintf(t->log, "adapt step %zu:", t->step);
         fprintf(t->log, " %s %zu->%zu%s", c->group, c->from, c->to,
-                c->error[0] ? " (failed)" : c->rolled_back ? " (rolled back)" : "");
+                c->error[0]      ? " (failed)"
+                : c->rolled_back ? " (rolled back)"
+                                 : "");
     }
     if (!any) return;
     fprintf(t->log, "; params %zu -> %zu\n", e->params_before, e->params_after);

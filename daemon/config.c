@@ -51,23 +51,37 @@ struct cfg_row {
 
 /* Offsets that fail to compile when the field's type does not match the row's type. */
 #define FLD(f) (((struct dmn_config *)0)->f)
-#define OFFT(f, T) (offsetof(struct dmn_config, f) + 0 * sizeof(_Generic(FLD(f), T: 1)))
+#define OFFT(f, T) (offsetof(struct dmn_config, f) + 0 * sizeof(_Generic(FLD(f), T : 1)))
 
-#define R_BOOL(s, k, f, d, fl, h) \
-    {s, k, T_BOOL, OFFT(f, int), sizeof(int), 0, 1, d, NULL, NULL, fl, NULL, h}
-#define R_INT(s, k, f, lo, hi, d, fl, h) \
-    {s, k, T_INT, OFFT(f, int), sizeof(int), lo, hi, d, NULL, NULL, fl, NULL, h}
-#define R_SIZE(s, k, f, lo, hi, d, fl, h) \
-    {s, k, T_SIZE, OFFT(f, size_t), sizeof(size_t), lo, hi, d, NULL, NULL, fl, NULL, h}
-#define R_U64(s, k, f, lo, hi, d, fl, h) \
-    {s, k, T_U64, OFFT(f, uint64_t), sizeof(uint64_t), lo, hi, d, NULL, NULL, fl, NULL, h}
-#define R_DBL(s, k, f, lo, hi, d, fl, h) \
-    {s, k, T_DOUBLE, OFFT(f, double), sizeof(double), lo, hi, d, NULL, NULL, fl, NULL, h}
-#define R_STR(s, k, f, d, chk, fl, h) \
-    {s, k, T_STRING, OFFT(f, char *), sizeof(FLD(f)), 0, 0, 0, d, NULL, fl, chk, h}
-#define R_ENUM(s, k, f, names, d, fl, h) \
-    {s, k, T_ENUM, offsetof(struct dmn_config, f), sizeof(FLD(f)), 0, 0, d, NULL, names, fl, \
-     NULL, h}
+#define R_BOOL(s, k, f, d, fl, h)                                                                  \
+    {                                                                                              \
+        s, k, T_BOOL, OFFT(f, int), sizeof(int), 0, 1, d, NULL, NULL, fl, NULL, h                  \
+    }
+#define R_INT(s, k, f, lo, hi, d, fl, h)                                                           \
+    {                                                                                              \
+        s, k, T_INT, OFFT(f, int), sizeof(int), lo, hi, d, NULL, NULL, fl, NULL, h                 \
+    }
+#define R_SIZE(s, k, f, lo, hi, d, fl, h)                                                          \
+    {                                                                                              \
+        s, k, T_SIZE, OFFT(f, size_t), sizeof(size_t), lo, hi, d, NULL, NULL, fl, NULL, h          \
+    }
+#define R_U64(s, k, f, lo, hi, d, fl, h)                                                           \
+    {                                                                                              \
+        s, k, T_U64, OFFT(f, uint64_t), sizeof(uint64_t), lo, hi, d, NULL, NULL, fl, NULL, h       \
+    }
+#define R_DBL(s, k, f, lo, hi, d, fl, h)                                                           \
+    {                                                                                              \
+        s, k, T_DOUBLE, OFFT(f, double), sizeof(double), lo, hi, d, NULL, NULL, fl, NULL, h        \
+    }
+#define R_STR(s, k, f, d, chk, fl, h)                                                              \
+    {                                                                                              \
+        s, k, T_STRING, OFFT(f, char *), sizeof(FLD(f)), 0, 0, 0, d, NULL, fl, chk, h              \
+    }
+#define R_ENUM(s, k, f, names, d, fl, h)                                                           \
+    {                                                                                              \
+        s, k, T_ENUM, offsetof(struct dmn_config, f), sizeof(FLD(f)), 0, 0, d, NULL, names, fl,    \
+            NULL, h                                                                                \
+    }
 
 /* ENUM knobs are read and written as int. */
 static_assert(sizeof(enum cfg_dataset) == sizeof(int), "enum size");
@@ -80,8 +94,7 @@ static_assert(sizeof(enum svd_grow) == sizeof(int), "enum size");
 
 // ---- enum names (index = enum value) ----------------------------------------------------
 
-static const char *const DATASET_NAMES[] = {"fashion-mnist", "mnist", "cifar10", "synthetic",
-                                            NULL};
+static const char *const DATASET_NAMES[] = {"fashion-mnist", "mnist", "cifar10", "synthetic", NULL};
 static const char *const OPT_NAMES[] = {"sgd", "adamw", NULL};
 static const char *const NORM_NAMES[] = {"standard", "unit", NULL};
 static const char *const INIT_NAMES[] = {"he", "torch", NULL};
@@ -105,7 +118,8 @@ static const char *check_listen(const char *s)
     if (!colon || colon == s || !colon[1]) return "is not HOST:PORT (e.g. 127.0.0.1:7070)";
     long port = 0;
     for (const char *p = colon + 1; *p; p++) {
-        if (*p < '0' || *p > '9' || port > 65535) return "has a port that is not 0..65535 (0 = any free port)";
+        if (*p < '0' || *p > '9' || port > 65535)
+            return "has a port that is not 0..65535 (0 = any free port)";
         port = port * 10 + (*p - '0');
     }
     return port <= 65535 ? NULL : "has a port that is not 0..65535 (0 = any free port)";
@@ -224,8 +238,8 @@ static const struct cfg_row CFG_ROWS[] = {
           "HTTP address; off loopback a token_file is required"),
     R_STR("daemon", "state_dir", daemon.state_dir, "state", check_nonempty, IMM,
           "checkpoints, logs and history live here"),
-    R_SIZE("daemon", "checkpoint_every_steps", daemon.checkpoint_every_steps, 0, NOMAX, 1000,
-           RT, "periodic checkpoint interval (0 = only on demand and at exit)"),
+    R_SIZE("daemon", "checkpoint_every_steps", daemon.checkpoint_every_steps, 0, NOMAX, 1000, RT,
+           "periodic checkpoint interval (0 = only on demand and at exit)"),
     R_STR("daemon", "token_file", daemon.token_file, "", NULL, IMM,
           "file holding the bearer token for mutating routes (\"\" = none)"),
     R_SIZE("daemon", "history_points", daemon.history_points, 10, 1e6, 1000, IMM,
@@ -236,8 +250,8 @@ static const struct cfg_row CFG_ROWS[] = {
            "an idle keep-alive connection is closed after this"),
     R_SIZE("daemon", "max_connections", daemon.max_connections, 1, 100000, 256, IMM,
            "connections served at once (more get 503)"),
-    R_SIZE("daemon", "stream_queue_bytes", daemon.stream_queue_bytes, 1024, 64 << 20, 262144,
-           IMM, "bytes waiting for one GET /v1/stream client before its events are dropped"),
+    R_SIZE("daemon", "stream_queue_bytes", daemon.stream_queue_bytes, 1024, 64 << 20, 262144, IMM,
+           "bytes waiting for one GET /v1/stream client before its events are dropped"),
 };
 #define N_ROWS (sizeof CFG_ROWS / sizeof CFG_ROWS[0])
 
@@ -268,19 +282,19 @@ static const struct {
 
 struct cfg_lkey {
     const char *name;
-    enum cfg_type type;  // T_SIZE, T_BOOL or T_STRING
-    size_t off;          // offsetof(struct net_layer_spec, ...)
-    unsigned kinds;      // bit (1 << kind) set: the key is valid for that kind
-    unsigned required;   // bit set: the key must be given for that kind
+    enum cfg_type type; // T_SIZE, T_BOOL or T_STRING
+    size_t off;         // offsetof(struct net_layer_spec, ...)
+    unsigned kinds;     // bit (1 << kind) set: the key is valid for that kind
+    unsigned required;  // bit set: the key must be given for that kind
     double min, max, def;
     const char *help;
 };
 
 #define KB(k) (1u << (k))
 #define ALL_KINDS ((1u << NET_KIND_COUNT) - 1u)
-#define LOFF(f, T)                                 \
-    (offsetof(struct net_layer_spec, f) +          \
-     0 * sizeof(_Generic(((struct net_layer_spec *)0)->f, T: 1)))
+#define LOFF(f, T)                                                                                 \
+    (offsetof(struct net_layer_spec, f) +                                                          \
+     0 * sizeof(_Generic(((struct net_layer_spec *)0)->f, T : 1)))
 
 static const struct cfg_lkey CFG_LKEYS[] = {
     {"out", T_SIZE, LOFF(out, size_t), KB(NET_DENSE) | KB(NET_CONV) | KB(NET_RES),
@@ -289,8 +303,8 @@ static const struct cfg_lkey CFG_LKEYS[] = {
      "inner width (channels of the first conv)"},
     {"k", T_SIZE, LOFF(k, size_t), KB(NET_CONV) | KB(NET_MAXPOOL), KB(NET_CONV), 1, 31, 2,
      "kernel size"},
-    {"stride", T_SIZE, LOFF(stride, size_t), KB(NET_CONV) | KB(NET_MAXPOOL) | KB(NET_RES), 0,
-     1, 31, 1, "stride (maxpool: defaults to k)"},
+    {"stride", T_SIZE, LOFF(stride, size_t), KB(NET_CONV) | KB(NET_MAXPOOL) | KB(NET_RES), 0, 1, 31,
+     1, "stride (maxpool: defaults to k)"},
     {"pad", T_SIZE, LOFF(pad, size_t), KB(NET_CONV), 0, 0, 31, 0, "zero padding"},
     {"bias", T_BOOL, LOFF(bias, int), KB(NET_DENSE) | KB(NET_CONV), 0, 0, 1, 1, "learned bias"},
     {"rank", T_SIZE, LOFF(rank, size_t), KB(NET_DENSE) | KB(NET_CONV), 0, 0, 1 << 20, 0,
@@ -317,9 +331,12 @@ static void seterr(char *err, size_t errlen, const char *fmt, ...)
 /* Shortest text that reads back as v: integers plainly, else %.15g or %.17g. */
 static const char *fmt_num(char *buf, size_t n, double v)
 {
-    if (isinf(v)) snprintf(buf, n, v > 0 ? "inf" : "-inf");
-    else if (isnan(v)) snprintf(buf, n, "nan");
-    else if (v == floor(v) && fabs(v) < 1e18) snprintf(buf, n, "%.0f", v);
+    if (isinf(v))
+        snprintf(buf, n, v > 0 ? "inf" : "-inf");
+    else if (isnan(v))
+        snprintf(buf, n, "nan");
+    else if (v == floor(v) && fabs(v) < 1e18)
+        snprintf(buf, n, "%.0f", v);
     else {
         snprintf(buf, n, "%.15g", v);
         if (strtod(buf, NULL) != v) snprintf(buf, n, "%.17g", v);
@@ -355,13 +372,20 @@ static const char *describe(char *buf, size_t n, const cJSON *j)
         const char *s = j->valuestring;
         size_t len = strlen(s);
         snprintf(buf, n, "string \"%.40s%s\"", s, len > 40 ? "..." : "");
-    } else if (cJSON_IsNumber(j)) fmt_num(buf, n, j->valuedouble);
-    else if (cJSON_IsTrue(j)) snprintf(buf, n, "true");
-    else if (cJSON_IsFalse(j)) snprintf(buf, n, "false");
-    else if (cJSON_IsNull(j)) snprintf(buf, n, "null");
-    else if (cJSON_IsArray(j)) snprintf(buf, n, "an array");
-    else if (cJSON_IsObject(j)) snprintf(buf, n, "an object");
-    else snprintf(buf, n, "an invalid value");
+    } else if (cJSON_IsNumber(j))
+        fmt_num(buf, n, j->valuedouble);
+    else if (cJSON_IsTrue(j))
+        snprintf(buf, n, "true");
+    else if (cJSON_IsFalse(j))
+        snprintf(buf, n, "false");
+    else if (cJSON_IsNull(j))
+        snprintf(buf, n, "null");
+    else if (cJSON_IsArray(j))
+        snprintf(buf, n, "an array");
+    else if (cJSON_IsObject(j))
+        snprintf(buf, n, "an object");
+    else
+        snprintf(buf, n, "an invalid value");
     return buf;
 }
 
@@ -423,8 +447,7 @@ static const struct cfg_row *find_row(const char *section, const char *name)
 static const struct cfg_row *find_alias(const char *section, const char *name)
 {
     for (size_t i = 0; i < N_ALIASES; i++)
-        if (strcmp(CFG_ALIASES[i].section, section) == 0 &&
-            strcmp(CFG_ALIASES[i].name, name) == 0)
+        if (strcmp(CFG_ALIASES[i].section, section) == 0 && strcmp(CFG_ALIASES[i].name, name) == 0)
             return find_row(CFG_ALIASES[i].target_section, CFG_ALIASES[i].target_name);
     return NULL;
 }
@@ -484,8 +507,7 @@ static void set_str(char *dst, size_t cap, const char *s)
 }
 
 /* Range check of a numeric value for key (already formatted "section.name"). */
-static int check_range(const struct cfg_row *r, const char *key, double v, char *err,
-                       size_t errlen)
+static int check_range(const struct cfg_row *r, const char *key, double v, char *err, size_t errlen)
 {
     char vb[32], rb[80];
     if (!isfinite(v)) {
@@ -497,8 +519,8 @@ static int check_range(const struct cfg_row *r, const char *key, double v, char 
         return -EINVAL;
     }
     if (is_integer_type(r->type) && v > CFG_INT_LIMIT) {
-        seterr(err, errlen, "%s: %s is too large (integers stop at 2^53 = 9007199254740992)",
-               key, fmt_num(vb, sizeof vb, v));
+        seterr(err, errlen, "%s: %s is too large (integers stop at 2^53 = 9007199254740992)", key,
+               fmt_num(vb, sizeof vb, v));
         return -EINVAL;
     }
     int low = (r->flags & CFG_MIN_OPEN) ? v <= r->min : v < r->min;
@@ -648,8 +670,10 @@ static const char *kind_list(char *buf, size_t n)
 /* "model[3] (conv \"c2\")" or "model[3] (conv)". */
 static const char *layer_label(char *buf, size_t n, size_t i, const struct net_layer_spec *s)
 {
-    if (s->name[0]) snprintf(buf, n, "model[%zu] (%s \"%s\")", i, kind_name(s->kind), s->name);
-    else snprintf(buf, n, "model[%zu] (%s)", i, kind_name(s->kind));
+    if (s->name[0])
+        snprintf(buf, n, "model[%zu] (%s \"%s\")", i, kind_name(s->kind), s->name);
+    else
+        snprintf(buf, n, "model[%zu] (%s)", i, kind_name(s->kind));
     return buf;
 }
 
@@ -667,14 +691,16 @@ static const char *name_problem(const char *s)
 static size_t lkey_get(const struct net_layer_spec *s, const struct cfg_lkey *k)
 {
     const char *p = (const char *)s + k->off;
-    return k->type == T_BOOL ? (size_t)*(const int *)p : *(const size_t *)p;
+    return k->type == T_BOOL ? (size_t) * (const int *)p : *(const size_t *)p;
 }
 
 static void lkey_set(struct net_layer_spec *s, const struct cfg_lkey *k, size_t v)
 {
     char *p = (char *)s + k->off;
-    if (k->type == T_BOOL) *(int *)p = (int)v;
-    else *(size_t *)p = v;
+    if (k->type == T_BOOL)
+        *(int *)p = (int)v;
+    else
+        *(size_t *)p = v;
 }
 
 static const char *valid_keys(char *buf, size_t n, enum net_kind kind)
@@ -728,14 +754,14 @@ static int parse_layer(struct net_layer_spec *s, size_t i, const cJSON *el, char
         while (k < N_LKEYS && strcmp(CFG_LKEYS[k].name, it->string) != 0) k++;
         const struct cfg_lkey *lk = k < N_LKEYS ? &CFG_LKEYS[k] : NULL;
         if (!lk || !(lk->kinds & KB(kind))) {
-            seterr(err, errlen, "model[%zu]: key \"%s\" is not valid for a %s layer (valid: %s)",
-                   i, it->string, kind_name(s->kind), valid_keys(kb, sizeof kb, s->kind));
+            seterr(err, errlen, "model[%zu]: key \"%s\" is not valid for a %s layer (valid: %s)", i,
+                   it->string, kind_name(s->kind), valid_keys(kb, sizeof kb, s->kind));
             return -EINVAL;
         }
         seen |= 1u << k;
         if (lk->type == T_STRING) {
-            const char *why = cJSON_IsString(it) ? name_problem(it->valuestring)
-                                                 : "must be a string";
+            const char *why =
+                cJSON_IsString(it) ? name_problem(it->valuestring) : "must be a string";
             if (why) {
                 seterr(err, errlen, "model[%zu] (%s): name %s %s", i, kind_name(s->kind),
                        describe(vb, sizeof vb, it), why);
@@ -763,8 +789,8 @@ static int parse_layer(struct net_layer_spec *s, size_t i, const cJSON *el, char
     }
     for (size_t k = 0; k < N_LKEYS; k++)
         if ((CFG_LKEYS[k].required & KB(kind)) && !(seen & (1u << k))) {
-            seterr(err, errlen, "%s: missing required key \"%s\"",
-                   layer_label(lb, sizeof lb, i, s), CFG_LKEYS[k].name);
+            seterr(err, errlen, "%s: missing required key \"%s\"", layer_label(lb, sizeof lb, i, s),
+                   CFG_LKEYS[k].name);
             return -EINVAL;
         }
     // A maxpool's stride defaults to its window; store it explicitly so it round-trips.
@@ -851,8 +877,10 @@ void cfg_defaults(struct dmn_config *c)
     memset(c, 0, sizeof *c);
     for (size_t i = 0; i < N_ROWS; i++) {
         const struct cfg_row *r = &CFG_ROWS[i];
-        if (r->type == T_STRING) set_str(field(c, r), r->size, r->def_s);
-        else set_num(c, r, r->def);
+        if (r->type == T_STRING)
+            set_str(field(c, r), r->size, r->def_s);
+        else
+            set_num(c, r, r->def);
     }
 }
 
@@ -870,8 +898,8 @@ int cfg_load_json(struct dmn_config *c, const char *text, size_t len, char *err,
     root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     // cJSON stops after the first value; anything but white space after it is an error too.
     if (root && end) {
-        while (end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' ||
-                                    *end == '\r' || *end == '\0'))
+        while (end < text + len &&
+               (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r' || *end == '\0'))
             end++;
     }
     if (!root || (end && end < text + len)) {
@@ -880,15 +908,17 @@ int cfg_load_json(struct dmn_config *c, const char *text, size_t len, char *err,
         char near[24];
         size_t k = 0;
         for (size_t i = 0; i < off; i++) {
-            if (text[i] == '\n') line++, col = 1;
-            else col++;
+            if (text[i] == '\n')
+                line++, col = 1;
+            else
+                col++;
         }
         for (size_t i = off; i < len && k + 1 < sizeof near && text[i] != '\n'; i++)
             near[k++] = (text[i] >= 32 && text[i] < 127) ? text[i] : ' ';
         near[k] = 0;
-        seterr(err, errlen, "JSON syntax error at line %zu, column %zu (offset %zu)%s%s%s",
-               line, col, off, root ? ": unexpected text after the document" : "",
-               k ? " near: " : "", near);
+        seterr(err, errlen, "JSON syntax error at line %zu, column %zu (offset %zu)%s%s%s", line,
+               col, off, root ? ": unexpected text after the document" : "", k ? " near: " : "",
+               near);
         goto fail;
     }
     cfg_defaults(&tmp);
@@ -1037,8 +1067,7 @@ static int validate_model(const struct dmn_config *c, char *err, size_t errlen)
 {
     char lb[96], vb[32], mn[32], mx[32];
     if (c->n_layers == 0 || c->n_layers > CFG_MAX_LAYERS) {
-        seterr(err, errlen, "model: %zu layers; a model has 1 to %d", c->n_layers,
-               CFG_MAX_LAYERS);
+        seterr(err, errlen, "model: %zu layers; a model has 1 to %d", c->n_layers, CFG_MAX_LAYERS);
         return -EINVAL;
     }
     for (size_t i = 0; i < c->n_layers; i++) {
@@ -1070,8 +1099,8 @@ static int validate_model(const struct dmn_config *c, char *err, size_t errlen)
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(c->model[j].name, s->name) == 0) {
-                seterr(err, errlen, "model[%zu]: duplicate layer name \"%s\" (also model[%zu])",
-                       i, s->name, j);
+                seterr(err, errlen, "model[%zu]: duplicate layer name \"%s\" (also model[%zu])", i,
+                       s->name, j);
                 return -EINVAL;
             }
     }
@@ -1301,13 +1330,16 @@ void cfg_help(FILE *out)
                 for (size_t i = 0; i < N_LKEYS; i++) {
                     const struct cfg_lkey *lk = &CFG_LKEYS[i];
                     if (!(lk->kinds & KB(k))) continue;
-                    if (lk->required & KB(k)) fprintf(out, ", %s (required)", lk->name);
-                    else if (lk->type == T_STRING) fprintf(out, ", %s", lk->name);
-                    else if (lk->type == T_BOOL) fprintf(out, ", %s (%s)", lk->name,
-                                                         lk->def ? "true" : "false");
+                    if (lk->required & KB(k))
+                        fprintf(out, ", %s (required)", lk->name);
+                    else if (lk->type == T_STRING)
+                        fprintf(out, ", %s", lk->name);
+                    else if (lk->type == T_BOOL)
+                        fprintf(out, ", %s (%s)", lk->name, lk->def ? "true" : "false");
                     else if (k == NET_MAXPOOL && strcmp(lk->name, "stride") == 0)
                         fprintf(out, ", %s (= k)", lk->name);
-                    else fprintf(out, ", %s (%s)", lk->name, fmt_num(db, sizeof db, lk->def));
+                    else
+                        fprintf(out, ", %s (%s)", lk->name, fmt_num(db, sizeof db, lk->def));
                 }
                 fprintf(out, "}\n");
             }
@@ -1316,24 +1348,32 @@ void cfg_help(FILE *out)
                 if (lk->type == T_SIZE)
                     fprintf(out, "    %-8s integer in [%s, %s]: %s\n", lk->name,
                             fmt_num(buf, 32, lk->min), fmt_num(db, 32, lk->max), lk->help);
-                else fprintf(out, "    %-8s %s: %s\n", lk->name,
-                             lk->type == T_BOOL ? "bool" : "string", lk->help);
+                else
+                    fprintf(out, "    %-8s %s: %s\n", lk->name,
+                            lk->type == T_BOOL ? "bool" : "string", lk->help);
             }
             continue;
         }
         for (size_t i = 0; i < N_ROWS; i++) {
             const struct cfg_row *r = &CFG_ROWS[i];
             if (strcmp(r->section, sec) != 0) continue;
-            if (r->type == T_ENUM) join_names(buf, sizeof buf, r->names);
-            else if (r->type == T_BOOL || r->type == T_STRING) buf[0] = 0;
-            else range_str(buf, sizeof buf, r);
-            if (r->type == T_STRING) snprintf(db, sizeof db, "\"%s\"", r->def_s);
-            else if (r->type == T_ENUM) snprintf(db, sizeof db, "%s", r->names[(size_t)r->def]);
-            else if (r->type == T_BOOL) snprintf(db, sizeof db, r->def ? "true" : "false");
-            else fmt_num(db, sizeof db, r->def);
-            fprintf(out, "  %s.%s: %s%s%s, default %s%s\n      %s\n", sec, r->name,
-                    type_name(r), buf[0] ? " " : "", buf, db,
-                    (r->flags & CFG_RUNTIME) ? ", runtime" : "", r->help);
+            if (r->type == T_ENUM)
+                join_names(buf, sizeof buf, r->names);
+            else if (r->type == T_BOOL || r->type == T_STRING)
+                buf[0] = 0;
+            else
+                range_str(buf, sizeof buf, r);
+            if (r->type == T_STRING)
+                snprintf(db, sizeof db, "\"%s\"", r->def_s);
+            else if (r->type == T_ENUM)
+                snprintf(db, sizeof db, "%s", r->names[(size_t)r->def]);
+            else if (r->type == T_BOOL)
+                snprintf(db, sizeof db, r->def ? "true" : "false");
+            else
+                fmt_num(db, sizeof db, r->def);
+            fprintf(out, "  %s.%s: %s%s%s, default %s%s\n      %s\n", sec, r->name, type_name(r),
+                    buf[0] ? " " : "", buf, db, (r->flags & CFG_RUNTIME) ? ", runtime" : "",
+                    r->help);
         }
     }
 }
@@ -1369,8 +1409,7 @@ void cfg_net_sched(const struct dmn_config *c, size_t total_steps, struct net_sc
 
 // ---- runtime reload ---------------------------------------------------------------------
 
-int cfg_copy_runtime(struct dmn_config *dst, const struct dmn_config *src, char *err,
-                     size_t errlen)
+int cfg_copy_runtime(struct dmn_config *dst, const struct dmn_config *src, char *err, size_t errlen)
 {
     struct dmn_config tmp = *dst;
     for (size_t i = 0; i < N_ROWS; i++) {

@@ -43,13 +43,13 @@ enum cfg_normalize { CFG_NORM_STANDARD, CFG_NORM_UNIT };
 struct dmn_config {
     struct cfg_data {
         enum cfg_dataset dataset;
-        char dir[CFG_PATH_MAX];    // IDX files (plain or .gz) or CIFAR-10 batches
-        size_t val_split;          // training samples held out for validation
-        size_t crop_pad;           // random crop after zero padding (0 = off)
-        int flip;                  // random horizontal flip
-        int normalize;             // CFG_NORM_*: how pixel values in [0, 1] are scaled
+        char dir[CFG_PATH_MAX]; // IDX files (plain or .gz) or CIFAR-10 batches
+        size_t val_split;       // training samples held out for validation
+        size_t crop_pad;        // random crop after zero padding (0 = off)
+        int flip;               // random horizontal flip
+        int normalize;          // CFG_NORM_*: how pixel values in [0, 1] are scaled
     } data;
-    struct cfg_synthetic {         // used when data.dataset is "synthetic"
+    struct cfg_synthetic { // used when data.dataset is "synthetic"
         size_t n_train, n_test, channels, height, width, classes;
         double noise;
     } synthetic;
@@ -60,7 +60,7 @@ struct dmn_config {
         double lr, momentum;
         int nesterov;
         double weight_decay, beta1, beta2, eps;
-        double group_lasso;        // group-lasso penalty coefficient (the trainer applies it)
+        double group_lasso; // group-lasso penalty coefficient (the trainer applies it)
     } optimizer;
     struct cfg_schedule {
         enum net_sched_kind type;
@@ -73,9 +73,9 @@ struct dmn_config {
         size_t epochs, batch_size;
         int threads;
         uint64_t seed;
-        size_t eval_every_steps;   // 0 = once per epoch
+        size_t eval_every_steps; // 0 = once per epoch
         double log_every_seconds;
-        enum net_init init;        // initialisation scheme
+        enum net_init init; // initialisation scheme
     } train;
     struct svd_policy adapt;
     struct cfg_daemon {

@@ -29,22 +29,22 @@ struct dmn_trainer {
     struct net_optim opt;
     struct net_sched sched;
     size_t step, total_steps, steps_per_epoch;
-    uint64_t rng;             // the run's own stream (init, adaptation)
-    float *xb;                // (batch, C, H, W), owned
-    uint8_t *yb;              // (batch), owned
-    double lr;                // learning rate of the last step
-    double run_loss;          // sums since the last progress line
+    uint64_t rng;    // the run's own stream (init, adaptation)
+    float *xb;       // (batch, C, H, W), owned
+    uint8_t *yb;     // (batch), owned
+    double lr;       // learning rate of the last step
+    double run_loss; // sums since the last progress line
     size_t run_correct, run_n;
-    double last_loss, last_acc;         // of the last progress window
-    double val_loss, val_acc;           // last validation (NAN before the first)
-    double train_seconds;               // time inside steps (excludes evaluation)
-    double adapt_seconds;               // time inside adaptation
-    double last_log_time;               // dmn_now() of the last progress line
-    uint64_t change_seq;                // runtime config changes included (daemon change log)
+    double last_loss, last_acc; // of the last progress window
+    double val_loss, val_acc;   // last validation (NAN before the first)
+    double train_seconds;       // time inside steps (excludes evaluation)
+    double adapt_seconds;       // time inside adaptation
+    double last_log_time;       // dmn_now() of the last progress line
+    uint64_t change_seq;        // runtime config changes included (daemon change log)
     size_t initial_params;
-    struct dmn_adapt *adapt;            // adaptation state and event log, owned
-    FILE *events;                       // JSON-lines event log (borrowed), may be NULL
-    FILE *log;                          // progress lines; NULL = quiet (borrowed)
+    struct dmn_adapt *adapt; // adaptation state and event log, owned
+    FILE *events;            // JSON-lines event log (borrowed), may be NULL
+    FILE *log;               // progress lines; NULL = quiet (borrowed)
 };
 
 /* Loads data, builds and initialises the net from cfg (copied). */
@@ -93,11 +93,11 @@ void dmn_trainer_progress(struct dmn_trainer *t, int force);
 // ---- the daemon (daemon/server.c) ---------------------------------------------------
 
 struct dmn_server_opts {
-    const char *config_path;  // config file (also re-read on SIGHUP)
-    const char *listen;       // NULL: the config's daemon.listen
-    const char *state_dir;    // NULL: the config's daemon.state_dir
-    const char *token_file;   // NULL: the config's daemon.token_file ("" = no token)
-    int quiet;                // no log lines on stderr
+    const char *config_path; // config file (also re-read on SIGHUP)
+    const char *listen;      // NULL: the config's daemon.listen
+    const char *state_dir;   // NULL: the config's daemon.state_dir
+    const char *token_file;  // NULL: the config's daemon.token_file ("" = no token)
+    int quiet;               // no log lines on stderr
 };
 /* Runs evowidthd until it is stopped (POST /v1/stop, SIGTERM, SIGINT) and returns the process
  * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr). */

@@ -79,8 +79,7 @@ size_t dmn__hist_layer_names(const struct dmn_snapshot *sn, char names[][NET_NAM
     size_t k = 0;
     for (size_t i = 0; i < sn->n_layers && k < DMN_HIST_WIDTHS; i++) {
         const struct dmn_layer_info *l = &sn->layers[i];
-        if (strcmp(l->kind, "dense") && strcmp(l->kind, "conv") && strcmp(l->kind, "res"))
-            continue;
+        if (strcmp(l->kind, "dense") && strcmp(l->kind, "conv") && strcmp(l->kind, "res")) continue;
         if (names) snprintf(names[k], NET_NAME_MAX, "%s", l->name);
         if (widths) widths[k] = (uint32_t)l->width;
         k++;
@@ -182,9 +181,11 @@ int dmn__hist_load(struct dmn_server *s, size_t max_step)
             const cJSON *ls = cJSON_GetObjectItemCaseSensitive(o, "layers"), *v;
             size_t k = 0;
             header_ok = cJSON_IsArray(ls) && (size_t)cJSON_GetArraySize(ls) == h->n_layers;
-            cJSON_ArrayForEach(v, ls) {
+            cJSON_ArrayForEach(v, ls)
+            {
                 if (!header_ok) break;
-                header_ok = cJSON_IsString(v) && k < h->n_layers && !strcmp(v->valuestring, h->names[k]);
+                header_ok =
+                    cJSON_IsString(v) && k < h->n_layers && !strcmp(v->valuestring, h->names[k]);
                 k++;
             }
             cJSON_Delete(o);
@@ -211,7 +212,8 @@ int dmn__hist_load(struct dmn_server *s, size_t max_step)
             p.val_acc = dmn__get_num(o, "val_acc");
             p.eval = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(o, "eval"));
             size_t k = 0;
-            cJSON_ArrayForEach(v, w) p.widths[k++] = cJSON_IsNumber(v) ? (uint32_t)v->valuedouble : 0;
+            cJSON_ArrayForEach(v, w) p.widths[k++] =
+                cJSON_IsNumber(v) ? (uint32_t)v->valuedouble : 0;
         }
         cJSON_Delete(o);
         if (!good) break;

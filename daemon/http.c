@@ -84,9 +84,7 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
     } else {
         cJSON_AddNumberToObject(o, "step", (double)c->step);
         switch (c->kind) {
-        case DMN_CMD_CHECKPOINT:
-            cJSON_AddStringToObject(o, "path", c->path);
-            break;
+        case DMN_CMD_CHECKPOINT: cJSON_AddStringToObject(o, "path", c->path); break;
         case DMN_CMD_ADAPT: {
             cJSON_AddNumberToObject(o, "surgeries_kept", c->kept);
             pthread_mutex_lock(&s->mu);
@@ -110,9 +108,7 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
                 cJSON_AddItemToArray(sv, cJSON_CreateNumber(c->spectrum[i]));
             break;
         }
-        case DMN_CMD_STOP:
-            cJSON_AddStringToObject(o, "state", "stopped");
-            break;
+        case DMN_CMD_STOP: cJSON_AddStringToObject(o, "state", "stopped"); break;
         case DMN_CMD_PAUSE:
         case DMN_CMD_RESUME: {
             char st[16];
@@ -122,8 +118,7 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
             cJSON_AddStringToObject(o, "state", st);
             break;
         }
-        default:
-            break;
+        default: break;
         }
         api_resp_json(r, o);
         o = NULL;
@@ -260,7 +255,8 @@ static int h_history(struct api_req *q, struct api_resp *r, void *ctx)
     struct dmn_server *s = ctx;
     long points = dmn__query_long(q, "points", (long)s->cfg.daemon.history_points, 100000);
     long since = dmn__query_long(q, "since", -1, LONG_MAX);
-    if (points < 1) return api_resp_error(r, 400, NULL, "points: expected an integer in [1, 100000]");
+    if (points < 1)
+        return api_resp_error(r, 400, NULL, "points: expected an integer in [1, 100000]");
     if (since < -1)
         return api_resp_error(r, 400, NULL, "since: expected a step (a non-negative integer)");
     pthread_mutex_lock(&s->mu);
@@ -286,13 +282,15 @@ static int h_history(struct api_req *q, struct api_resp *r, void *ctx)
     // validation points, evenly spaced among those.
     size_t want = n < (size_t)points ? n : (size_t)points, n_ev = 0;
     for (size_t k = 0; k < want; k++)
-        pick[want == 1 ? n - 1 : (size_t)((double)k * (double)(n - 1) / (double)(want - 1) + 0.5)] = 1;
+        pick[want == 1 ? n - 1 : (size_t)((double)k * (double)(n - 1) / (double)(want - 1) + 0.5)] =
+            1;
     for (size_t i = 0; i < n; i++) n_ev += h[i].eval != 0;
     size_t want_ev = n_ev < (size_t)points ? n_ev : (size_t)points;
     for (size_t i = 0, j = 0, k = 0; i < n && k < want_ev; i++) {
         if (!h[i].eval) continue;
-        size_t target = want_ev == 1 ? n_ev - 1
-                                     : (size_t)((double)k * (double)(n_ev - 1) / (double)(want_ev - 1) + 0.5);
+        size_t target =
+            want_ev == 1 ? n_ev - 1
+                         : (size_t)((double)k * (double)(n_ev - 1) / (double)(want_ev - 1) + 0.5);
         if (j++ == target) {
             pick[i] = 1;
             k++;
@@ -359,7 +357,8 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
     if (rc) return rc;
     if (!cJSON_IsObject(body)) {
         cJSON_Delete(body);
-        return api_resp_error(r, 422, NULL, "the body must be a JSON object of %s settings", section);
+        return api_resp_error(r, 422, NULL, "the body must be a JSON object of %s settings",
+                              section);
     }
     if (s->stopping) {
         cJSON_Delete(body);
@@ -575,8 +574,8 @@ static int h_metrics(struct api_req *q, struct api_resp *r, void *ctx)
     dmn__pm_one(&m, "evowidth_macs_per_sample", "gauge",
                 "Multiply-accumulates (MACs) of one forward pass for one sample.",
                 (double)sn->macs);
-    dmn__pm_one(&m, "evowidth_training_seconds_total", "counter",
-                "Time spent in optimizer steps.", sn->train_seconds);
+    dmn__pm_one(&m, "evowidth_training_seconds_total", "counter", "Time spent in optimizer steps.",
+                sn->train_seconds);
     dmn__pm_one(&m, "evowidth_adaptation_seconds_total", "counter",
                 "Time spent in width adaptation passes.", sn->adapt_seconds);
     dmn__pm_one(&m, "evowidth_adaptations_total", "counter",
@@ -637,8 +636,8 @@ static int h_metrics(struct api_req *q, struct api_resp *r, void *ctx)
     dmn__pm_one(&m, "evowidth_stream_events_dropped_total", "counter",
                 "Stream events not sent because a client's queue was full.",
                 (double)s->stream_dropped);
-    int rc = m.oom ? -ENOMEM
-                   : api_resp_text(r, "text/plain; version=0.0.4; charset=utf-8", m.buf, m.n);
+    int rc =
+        m.oom ? -ENOMEM : api_resp_text(r, "text/plain; version=0.0.4; charset=utf-8", m.buf, m.n);
     free(sn);
     free(st);
     free(m.buf);

@@ -16,16 +16,18 @@ static void usage(FILE *f)
 }
 
 
-
 int main(int argc, char **argv)
 {
     dmn_omp_passive(argv);
-    static const struct option opts[] = {
-        {"config", required_argument, 0, 'c'},   {"listen", required_argument, 0, 'l'},
-        {"state-dir", required_argument, 0, 's'}, {"token-file", required_argument, 0, 't'},
-        {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
-        {"help-config", no_argument, 0, 'H'},     {"version", no_argument, 0, 'V'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"listen", required_argument, 0, 'l'},
+                                         {"state-dir", required_argument, 0, 's'},
+                                         {"token-file", required_argument, 0, 't'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {"help-config", no_argument, 0, 'H'},
+                                         {"version", no_argument, 0, 'V'},
+                                         {0, 0, 0, 0}};
     struct dmn_server_opts o = {0};
     int c;
     while ((c = getopt_long(argc, argv, "c:l:s:t:qh", opts, NULL)) != -1) {

@@ -70,12 +70,15 @@ void dmn__publish(struct dmn_server *s, int add_history)
     if (!sn) return;
     memset(sn, 0, sizeof(*sn));
     snprintf(sn->state, sizeof(sn->state), "%s",
-             dmn_trainer_done(t) ? "done" : s->paused ? "paused" : "training");
+             dmn_trainer_done(t) ? "done"
+             : s->paused         ? "paused"
+                                 : "training");
     sn->step = t->step;
     sn->total_steps = t->total_steps;
     sn->steps_per_epoch = t->steps_per_epoch;
     // 1-based and counting the epoch in progress, as the progress lines do.
-    sn->epoch = (t->steps_per_epoch ? t->step / t->steps_per_epoch : 0) + (t->step < t->total_steps);
+    sn->epoch =
+        (t->steps_per_epoch ? t->step / t->steps_per_epoch : 0) + (t->step < t->total_steps);
     sn->epochs = t->cfg.train.epochs;
     if (t->run_n) {
         t->last_loss = t->run_loss / (double)t->run_n;
@@ -88,9 +91,11 @@ void dmn__publish(struct dmn_server *s, int add_history)
     sn->loss = s->have_window ? t->last_loss : NAN;
     sn->acc = s->have_window ? t->last_acc : NAN;
     sn->lr = net_sched_lr(&t->sched, t->step); // in effect now, so PATCH /v1/train shows at once
-    sn->sps = t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0;
+    sn->sps =
+        t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0;
     sn->eta = sn->sps > 0 ? (double)((t->total_steps > t->step ? t->total_steps - t->step : 0) *
-                                     t->cfg.train.batch_size) / sn->sps
+                                     t->cfg.train.batch_size) /
+                                sn->sps
                           : 0;
     sn->val_loss = t->val_loss;
     sn->val_acc = t->val_acc;
@@ -114,8 +119,8 @@ void dmn__publish(struct dmn_server *s, int add_history)
         s->n_evals++;
     }
     if (add_history || eval) {
-        struct dmn_hist p = {dmn__unix_now(), sn->step, sn->params, sn->loss, sn->acc,
-                             sn->lr, sn->val_loss, sn->val_acc, sn->sps, {0}, eval};
+        struct dmn_hist p = {dmn__unix_now(), sn->step,    sn->params, sn->loss, sn->acc, sn->lr,
+                             sn->val_loss,    sn->val_acc, sn->sps,    {0},      eval};
         size_t nl = dmn__hist_layer_names(sn, NULL, p.widths);
         struct dmn_history *h = &s->hist;
         // A width change always makes a point, so the widths chart shows every step it took.
@@ -162,12 +167,8 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
     struct dmn_trainer *t = s->t;
     c->step = t->step;
     switch (c->kind) {
-    case DMN_CMD_PAUSE:
-        s->paused = 1;
-        break;
-    case DMN_CMD_RESUME:
-        s->paused = 0;
-        break;
+    case DMN_CMD_PAUSE: s->paused = 1; break;
+    case DMN_CMD_RESUME: s->paused = 0; break;
     case DMN_CMD_ADAPT:
         c->n_spec = dmn__adapt_n_events(t); // events before this pass
         c->kept = dmn_trainer_adapt_now(t);
@@ -191,8 +192,7 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
         }
         break;
     }
-    case DMN_CMD_STOP:
-        return 1;
+    case DMN_CMD_STOP: return 1;
     case DMN_CMD_CONFIG:
         // Validated on the loop thread already; the table copies every runtime knob.
         c->rc = dmn_trainer_set_runtime(t, &c->cfg, c->err, sizeof(c->err));
@@ -374,4 +374,3 @@ int dmn__push_config(struct dmn_server *s)
     dmn__enqueue(s, c);
     return 0;
 }
-

@@ -101,7 +101,8 @@ static void dmn__signal_cb(uv_signal_t *h, int signum)
     if (++s->n_signals > 1) {
         // Second SIGINT / SIGTERM: leave at once, as promised to the operator.
         static const char msg[] = "evowidthd: second signal, exiting now\n";
-        if (write(2, msg, sizeof(msg) - 1) < 0) { /* nothing more to do */ }
+        if (write(2, msg, sizeof(msg) - 1) < 0) { /* nothing more to do */
+        }
         _exit(128 + signum);
     }
     dmn__request_stop(s, signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -127,7 +128,8 @@ int dmn_server_run(const struct dmn_server_opts *o)
     }
     snprintf(s->state_dir, sizeof(s->state_dir), "%s",
              s->opts.state_dir ? s->opts.state_dir : s->cfg.daemon.state_dir);
-    snprintf(s->listen, sizeof(s->listen), "%s", s->opts.listen ? s->opts.listen : s->cfg.daemon.listen);
+    snprintf(s->listen, sizeof(s->listen), "%s",
+             s->opts.listen ? s->opts.listen : s->cfg.daemon.listen);
     snprintf(s->token_file, sizeof(s->token_file), "%s",
              s->opts.token_file ? s->opts.token_file : s->cfg.daemon.token_file);
     s->opts.state_dir = s->state_dir;
@@ -206,7 +208,8 @@ int dmn_server_run(const struct dmn_server_opts *o)
            strncmp(s->opts.listen, "[::1]", 5) == 0 ? "[::1]" : "127.0.0.1",
            api_server_port(s->api));
     printf("evowidthd: the dashboard: http://%s:%d/\n",
-           strncmp(s->opts.listen, "[::1]", 5) == 0 ? "[::1]" : "127.0.0.1", api_server_port(s->api));
+           strncmp(s->opts.listen, "[::1]", 5) == 0 ? "[::1]" : "127.0.0.1",
+           api_server_port(s->api));
     fflush(stdout);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     pthread_join(s->thread, NULL);

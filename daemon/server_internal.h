@@ -48,22 +48,29 @@
 #include "api/api.h"
 #include "daemon/daemon_internal.h"
 
-#define DMN_HIST_CAP 8192     // history points kept (thinned when full: daemon/history.c)
-#define DMN_HIST_WIDTHS 32    // layers whose width a history point records
-#define DMN_HIST_MIN_DT 0.5   // seconds between two ordinary points, until the first thinning
-#define DMN_EVAL_RING 64      // evaluations the loop can fall behind by (stream events)
+#define DMN_HIST_CAP 8192   // history points kept (thinned when full: daemon/history.c)
+#define DMN_HIST_WIDTHS 32  // layers whose width a history point records
+#define DMN_HIST_MIN_DT 0.5 // seconds between two ordinary points, until the first thinning
+#define DMN_EVAL_RING 64    // evaluations the loop can fall behind by (stream events)
 #define DMN_STREAM_MAX_CLIENTS 32
 #define DMN_STREAM_STATUS_S 1.0 // a status event this often
 #define DMN_STREAM_STALL_S 30.0 // a client that took nothing for this long is closed
 #define DMN_TICK_MS 200         // the loop's stream / event poll
-#define dmn__container_of(p, T, f) ((T *)((char *)(p) - offsetof(T, f)))
+#define dmn__container_of(p, T, f) ((T *)((char *)(p)-offsetof(T, f)))
 #define DMN_KEEP_CKPTS 3
 
 // ---- commands -----------------------------------------------------------------------------
 
 enum dmn_cmd_kind {
-    DMN_CMD_PAUSE, DMN_CMD_RESUME, DMN_CMD_ADAPT, DMN_CMD_CHECKPOINT, DMN_CMD_EVAL,
-    DMN_CMD_STOP, DMN_CMD_CONFIG, DMN_CMD_LAYERS, DMN_CMD_SPECTRUM,
+    DMN_CMD_PAUSE,
+    DMN_CMD_RESUME,
+    DMN_CMD_ADAPT,
+    DMN_CMD_CHECKPOINT,
+    DMN_CMD_EVAL,
+    DMN_CMD_STOP,
+    DMN_CMD_CONFIG,
+    DMN_CMD_LAYERS,
+    DMN_CMD_SPECTRUM,
 };
 
 struct dmn_layer_info {
@@ -76,10 +83,10 @@ struct dmn_layer_info {
 
 struct dmn_cmd {
     enum dmn_cmd_kind kind;
-    struct dmn_config cfg;      // DMN_CMD_CONFIG: the new effective config ...
-    uint64_t seq;               // ... which includes the changes up to this sequence number
-    char name[NET_NAME_MAX + 8];// DMN_CMD_SPECTRUM: layer name
-    struct api_async *reply;    // loop-owned; NULL for fire-and-forget
+    struct dmn_config cfg;       // DMN_CMD_CONFIG: the new effective config ...
+    uint64_t seq;                // ... which includes the changes up to this sequence number
+    char name[NET_NAME_MAX + 8]; // DMN_CMD_SPECTRUM: layer name
+    struct api_async *reply;     // loop-owned; NULL for fire-and-forget
     // results, written by the trainer
     int rc;
     char err[256];
@@ -96,18 +103,18 @@ struct dmn_cmd {
 
 /* One point of the metric history. */
 struct dmn_hist {
-    double time;                       // seconds since the Unix epoch
+    double time; // seconds since the Unix epoch
     size_t step, params;
     double loss, acc, lr, val_loss, val_acc, sps; // val_*: the latest validation (NAN before)
-    uint32_t widths[DMN_HIST_WIDTHS];  // (n_layers of the history), in its names' order
-    int eval;                          // a validation pass ended here: val_* are its results
+    uint32_t widths[DMN_HIST_WIDTHS];             // (n_layers of the history), in its names' order
+    int eval; // a validation pass ended here: val_* are its results
 };
 
 /* The series (daemon/history.c): pts[0..n) oldest first, at most DMN_HIST_CAP. */
 struct dmn_history {
     struct dmn_hist *pts;
     size_t n;
-    double min_dt, last_time;          // spacing of ordinary points; time of the newest
+    double min_dt, last_time; // spacing of ordinary points; time of the newest
     size_t n_layers;
     char names[DMN_HIST_WIDTHS][NET_NAME_MAX];
 };
@@ -120,10 +127,10 @@ struct dmn_evalrec {
 
 /* What the loop learned from the adaptation events (daemon/stream.c), for /metrics. */
 struct dmn_event_stats {
-    size_t n_seen;                     // events taken in so far
+    size_t n_seen;                                     // events taken in so far
     uint64_t shrinks, grows, rank_shrinks, rank_grows; // surgeries kept
-    uint64_t rolled_back, failed;      // surgeries undone (validation loss) or failed
-    size_t n_ranks;                    // per group: the rank rule's cut at its last pass
+    uint64_t rolled_back, failed; // surgeries undone (validation loss) or failed
+    size_t n_ranks;               // per group: the rank rule's cut at its last pass
     char rank_names[DMN_HIST_WIDTHS][SVD_EV_NAME];
     size_t ranks[DMN_HIST_WIDTHS];
 };
@@ -145,8 +152,8 @@ struct dmn_snapshot {
 
 struct dmn_server {
     struct dmn_server_opts opts;
-    struct dmn_config cfg;     // loop thread: the effective config (PATCH edits this)
-    uint64_t change_seq;       // loop thread: changes accepted so far
+    struct dmn_config cfg; // loop thread: the effective config (PATCH edits this)
+    uint64_t change_seq;   // loop thread: changes accepted so far
     char token[256];
     // Own copies of the start-up paths: s->cfg is rewritten by PATCH on the loop thread while
     // the trainer thread reads the state dir (a data race ThreadSanitizer caught).
@@ -156,13 +163,13 @@ struct dmn_server {
     uv_signal_t sig[3];
     struct api_server *api;
     int n_signals;
-    int stopping;              // loop thread: the trainer was asked to stop
-    int trainer_exited;        // loop thread: the trainer's final notice arrived
+    int stopping;       // loop thread: the trainer was asked to stop
+    int trainer_exited; // loop thread: the trainer's final notice arrived
     pthread_t thread;
     int thread_started;
     int exit_code;
     double start_time;
-    double start_unix;         // time(2) at start-up, for /metrics
+    double start_unix; // time(2) at start-up, for /metrics
     // loop thread: the stream and the event statistics (daemon/stream.c)
     uv_timer_t tick;
     struct dmn_client *clients;
@@ -174,21 +181,21 @@ struct dmn_server {
     // ---- shared, under mu ----
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct dmn_cmd *q_head, *q_tail;   // loop -> trainer
-    struct dmn_cmd *done;              // trainer -> loop (LIFO; order does not matter)
-    int trainer_done;                  // the trainer thread has ended
+    struct dmn_cmd *q_head, *q_tail; // loop -> trainer
+    struct dmn_cmd *done;            // trainer -> loop (LIFO; order does not matter)
+    int trainer_done;                // the trainer thread has ended
     struct dmn_snapshot snap;
     struct dmn_history hist;
     struct dmn_evalrec evals[DMN_EVAL_RING]; // ring: evaluation i is at i % DMN_EVAL_RING
     uint64_t n_evals;
-    char **events;                     // adaptation event texts (copied in)
+    char **events; // adaptation event texts (copied in)
     size_t n_events, cap_events;
 
     // ---- trainer thread only ----
     struct dmn_trainer *t;
     int paused;
-    int eval_new;              // a validation pass ran since the last publish
-    int have_window;           // a training window has been measured since start-up
+    int eval_new;    // a validation pass ran since the last publish
+    int have_window; // a training window has been measured since start-up
     FILE *events_file;
 };
 
@@ -244,8 +251,7 @@ void dmn__log_change(struct dmn_server *s, const char *route, const cJSON *body)
 FILE *dmn__open_events(const struct dmn_server *s);
 /* Writes a checkpoint of s->t into the state dir, records it in the snapshot, and prunes all
  * but the newest DMN_KEEP_CKPTS (trainer thread). path receives the file's name. */
-int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err,
-                    size_t errlen);
+int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err, size_t errlen);
 
 // ---- daemon/history.c: the metric history -------------------------------------------------
 

@@ -86,7 +86,9 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     const struct ckpt_blob *trb = ckpt_blob_find(bl, nbl, "TRNR");
     if (!conf || !trb || !has_opt) {
         snprintf(err, errlen, "%s: a model file, not a run checkpoint (no %s)", path,
-                 !conf ? "CONF" : !trb ? "TRNR" : "OPTM");
+                 !conf  ? "CONF"
+                 : !trb ? "TRNR"
+                        : "OPTM");
         goto fail;
     }
     char why[512];
@@ -97,8 +99,7 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     struct trnr_head h;
     if (trb->len < sizeof(h)) goto bad_trnr;
     memcpy(&h, trb->data, sizeof(h));
-    if (h.version != TRNR_VERSION || trb->len != sizeof(h) + h.b_n * 4 + h.extra_len)
-        goto bad_trnr;
+    if (h.version != TRNR_VERSION || trb->len != sizeof(h) + h.b_n * 4 + h.extra_len) goto bad_trnr;
     if ((rc = dmn_trainer_create(&t, cfg, err, errlen)) < 0) goto fail;
     rc = -EINVAL;
     if (h.b_n != t->batcher.n || n->in_shape.c != t->net->in_shape.c ||

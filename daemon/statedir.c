@@ -34,7 +34,9 @@ static int dmn__is_ckpt_name(const char *nm)
 
 static int dmn__ckpt_path(const struct dmn_server *s, size_t step, char *out, size_t n)
 {
-    return snprintf(out, n, "%s/ckpt-%012zu.evow", s->opts.state_dir, step) >= (int)n ? -ENAMETOOLONG : 0;
+    return snprintf(out, n, "%s/ckpt-%012zu.evow", s->opts.state_dir, step) >= (int)n
+               ? -ENAMETOOLONG
+               : 0;
 }
 
 // ---- checkpoints (trainer thread) ------------------------------------------------------------
@@ -57,8 +59,7 @@ static void dmn__rotate(const char *dir, int keep)
     free(list);
 }
 
-int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err,
-                    size_t errlen)
+int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err, size_t errlen)
 {
     int rc = dmn__ckpt_path(s, s->t->step, path, pathlen);
     if (rc < 0) {
@@ -119,8 +120,7 @@ static int dmn__resume_from(struct dmn_server *s, const char *p)
         dmn__log(s, "skipping unusable checkpoint: %s", why);
         return -EINVAL;
     }
-    dmn__log(s, "resumed from %s at step %zu (%zu parameters)", p, s->t->step,
-             s->t->net->n_params);
+    dmn__log(s, "resumed from %s at step %zu (%zu parameters)", p, s->t->step, s->t->net->n_params);
     snprintf(s->snap.last_ckpt, sizeof(s->snap.last_ckpt), "%s", p);
     s->snap.last_ckpt_step = s->t->step;
     return 0;

@@ -29,9 +29,9 @@ struct dmn_client {
     struct dmn_server *s;
     struct api_stream *st;
     struct dmn_client *prev, *next;
-    uint64_t missed;    // events not sent since the last "dropped" note
-    double stalled;     // dmn_now() of the first refused write since the last accepted one
-    int fresh;          // connected since the last tick: greet it with the status
+    uint64_t missed; // events not sent since the last "dropped" note
+    double stalled;  // dmn_now() of the first refused write since the last accepted one
+    int fresh;       // connected since the last tick: greet it with the status
 };
 
 /* The first bytes a client gets: the reconnection delay and the status. */
@@ -114,7 +114,8 @@ void dmn__stream_change(struct dmn_server *s, const char *route, const cJSON *bo
 static void dmn__count_event(struct dmn_event_stats *e, const cJSON *ev)
 {
     const cJSON *c, *ch = cJSON_GetObjectItemCaseSensitive(ev, "changes");
-    cJSON_ArrayForEach(c, ch) {
+    cJSON_ArrayForEach(c, ch)
+    {
         const char *group = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "group"));
         const char *act = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(c, "action"));
         const cJSON *kept = cJSON_GetObjectItemCaseSensitive(c, "kept");

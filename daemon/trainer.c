@@ -46,8 +46,7 @@ static void dmn__data_path(char *out, size_t n, const char *dir, const char *nam
     snprintf(out, n, "%s/%s", dir, name); // neither: report the plain name
 }
 
-static int dmn__load_data(struct dmn_trainer *t, struct net_dataset *all, char *err,
-                          size_t errlen)
+static int dmn__load_data(struct dmn_trainer *t, struct net_dataset *all, char *err, size_t errlen)
 {
     const struct dmn_config *c = &t->cfg;
     char a[CFG_PATH_MAX + 64], b[CFG_PATH_MAX + 64];
@@ -143,8 +142,10 @@ int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, c
     if ((rc = dmn__load_data(t, &all, err, errlen)) < 0) goto fail;
     if (cfg->data.val_split > 0) {
         if (cfg->data.val_split + cfg->train.batch_size > all.n) {
-            snprintf(err, errlen, "data.val_split: %zu leaves less than one batch of the %zu "
-                     "training samples", cfg->data.val_split, all.n);
+            snprintf(err, errlen,
+                     "data.val_split: %zu leaves less than one batch of the %zu "
+                     "training samples",
+                     cfg->data.val_split, all.n);
             rc = -EINVAL;
             goto fail;
         }
@@ -182,8 +183,8 @@ int dmn_trainer_create(struct dmn_trainer **out, const struct dmn_config *cfg, c
     net_init_params_with(t->net, &t->rng, cfg->train.init);
     t->initial_params = t->net->n_params;
 
-    const size_t B = cfg->train.batch_size, D = t->train.shape.c * t->train.shape.h *
-                                                 t->train.shape.w;
+    const size_t B = cfg->train.batch_size,
+                 D = t->train.shape.c * t->train.shape.h * t->train.shape.w;
     t->xb = malloc(B * D * sizeof(float));
     t->yb = malloc(B);
     if (!t->xb || !t->yb || net_reserve(t->net, B) < 0) {
@@ -298,9 +299,8 @@ void dmn_trainer_progress(struct dmn_trainer *t, int force)
         t->last_loss = t->run_loss / (double)t->run_n;
         t->last_acc = (double)t->run_correct / (double)t->run_n;
     }
-    double sps = t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) /
-                                            t->train_seconds
-                                      : 0.0;
+    double sps =
+        t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0.0;
     char eta[32];
     dmn__fmt_eta(eta, sizeof(eta),
                  sps > 0 ? (double)((t->total_steps - t->step) * t->cfg.train.batch_size) / sps

@@ -332,8 +332,8 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
     struct net__rd r = {buf, len - 4, 4, 0};
     uint32_t ver = net__rd_u32(&r), fsz = net__rd_u32(&r), probe = net__rd_u32(&r);
     if (ver != CKPT_VERSION) {
-        snprintf(err, errlen, "%s: unsupported format version %u (this build reads %u)", path,
-                 ver, CKPT_VERSION);
+        snprintf(err, errlen, "%s: unsupported format version %u (this build reads %u)", path, ver,
+                 CKPT_VERSION);
         goto fail;
     }
     if (fsz != sizeof(float) || probe != CKPT_PROBE) {

@@ -22,8 +22,8 @@
 #include "net/net.h"
 #include "net/net_internal.h"
 
-#define XZ_ITERS 100                // Lloyd iterations at most
-#define XZ_MOMENTUM 0.9f            // codebook fine-tuning
+#define XZ_ITERS 100     // Lloyd iterations at most
+#define XZ_MOMENTUM 0.9f // codebook fine-tuning
 
 // ---- float16 (IEEE binary16), round to nearest even --------------------------------------
 
@@ -35,7 +35,7 @@ uint16_t net_f16_from_f32(float f)
     if (ax >= 0x7f800000u) // inf, or nan keeping its top payload bits (and staying a nan)
         return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0));
     if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); // >= 65520 rounds to inf
-    if (ax >= 0x38800000u) {                                   // normal half: |f| >= 2^-14
+    if (ax >= 0x38800000u) {                                  // normal half: |f| >= 2^-14
         uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax & 0x7fffffu) >> 13));
         uint32_t rem = ax & 0x1fffu;
         if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; // a carry moves the exponent
@@ -166,9 +166,11 @@ int net_xplan_create(struct net_xplan **out, struct net *n, const struct net_exp
         snprintf(err, errlen, "prune fraction %g is not in [0, 1)", o->prune);
         return -EINVAL;
     }
-    if (o->kmeans == 1 || o->kmeans > NET__XZ_KMAX || o->kmeans_conv == 1 || o->kmeans_conv > NET__XZ_KMAX) {
+    if (o->kmeans == 1 || o->kmeans > NET__XZ_KMAX || o->kmeans_conv == 1 ||
+        o->kmeans_conv > NET__XZ_KMAX) {
         snprintf(err, errlen, "k-means with %zu centroids: use 0 (off) or 2..%d",
-                 o->kmeans == 1 || o->kmeans > NET__XZ_KMAX ? o->kmeans : o->kmeans_conv, NET__XZ_KMAX);
+                 o->kmeans == 1 || o->kmeans > NET__XZ_KMAX ? o->kmeans : o->kmeans_conv,
+                 NET__XZ_KMAX);
         return -EINVAL;
     }
     struct net_xplan *p = calloc(1, sizeof(*p));

@@ -34,10 +34,10 @@
 #define NET__DIRECT 0
 #endif
 
-#define NET__DMAXK 7       // largest kernel the direct path takes
-#define NET__DPB 1024      // pixels per block of the weight-gradient reduction (L1-sized)
-#define NET__DTILE 48      // output pixels per forward tile: 3 vectors of 16
-#define NET__DMR 8         // output channels per forward tile
+#define NET__DMAXK 7  // largest kernel the direct path takes
+#define NET__DPB 1024 // pixels per block of the weight-gradient reduction (L1-sized)
+#define NET__DTILE 48 // output pixels per forward tile: 3 vectors of 16
+#define NET__DMR 8    // output channels per forward tile
 
 static size_t gcd_size(size_t a, size_t b)
 {
@@ -128,8 +128,8 @@ int net__conv_direct_ok(const struct net__conv *g)
 
 int net__conv_direct_shape(const struct net__conv *g)
 {
-    return g->S == 1 && g->K > 1 && g->K <= NET__DMAXK && 2 * g->P == g->K - 1 &&
-           g->OH == g->H && g->OW == g->W;
+    return g->S == 1 && g->K > 1 && g->K <= NET__DMAXK && 2 * g->P == g->K - 1 && g->OH == g->H &&
+           g->OW == g->W;
 }
 
 static size_t direct_period(const struct net__conv *g)
@@ -223,16 +223,15 @@ static uint16_t tail_mask(size_t p0, size_t N)
  * Channel-outer order: all taps of one input channel run while its few cache lines are hot
  * (the planes are N floats apart, often a multiple of 4 KiB, so the lines of many channels
  * would fight over the same L1 sets). */
-NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp,
-                                    const float *bias, size_t Cin, size_t o0, size_t rows,
-                                    size_t p0, const __mmask16 *km, const struct dconv *d,
+NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp, const float *bias,
+                                    size_t Cin, size_t o0, size_t rows, size_t p0,
+                                    const __mmask16 *km, const struct dconv *d,
                                     const struct net__epi *e)
 {
     const size_t N = d->N, KK = d->KK;
     __m512 acc[NET__DMR][3];
 #pragma GCC unroll 8
-    for (int m = 0; m < NET__DMR; m++)
-        acc[m][0] = acc[m][1] = acc[m][2] = _mm512_setzero_ps();
+    for (int m = 0; m < NET__DMR; m++) acc[m][0] = acc[m][1] = acc[m][2] = _mm512_setzero_ps();
     const float *base = in + p0, *w = wp;
     for (size_t c = 0; c < Cin; c++, base += N) {
         for (size_t t = 0; t < KK; t++, w += NET__DMR) {
@@ -262,8 +261,7 @@ NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp
             if (e->add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tm[j], e->add + at + 16 * j));
             if (e->gate) {
                 const __m512 gv = _mm512_maskz_loadu_ps(tm[j], e->gate + at + 16 * j);
-                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_GT_OQ),
-                                        v);
+                v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(gv, _mm512_setzero_ps(), _CMP_GT_OQ), v);
             }
             if (e->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
             _mm512_mask_storeu_ps(dst + 16 * j, tm[j], v);
@@ -273,9 +271,8 @@ NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp
 
 /* out (Cout, N) (+)= direct conv of in (Cin, N) with packed weights wp [ob][Cin][KK][8].
  * (No target attribute here: GCC's outlined OpenMP body would not inherit it.) */
-static void direct_run(float *out, const float *in, const float *wp, const float *bias,
-                       size_t Cin, size_t Cout, const struct dconv *d,
-                       const struct net__epi *e)
+static void direct_run(float *out, const float *in, const float *wp, const float *bias, size_t Cin,
+                       size_t Cout, const struct dconv *d, const struct net__epi *e)
 {
     const size_t N = d->N, KK = d->KK;
     const size_t tiles = (N + NET__DTILE - 1) / NET__DTILE, nob = (Cout + 7) / 8;
@@ -321,8 +318,10 @@ NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dbuf, con
 #pragma GCC unroll 7
         for (int t = 0; t < K; t++)
             a[t] = _mm512_maskz_loadu_ps(_load_mask16((__mmask16 *)(mk + t)), src + p + t);
-        if (++row == d->period) row = 0, mk = d->mask + t0;
-        else mk += KK;
+        if (++row == d->period)
+            row = 0, mk = d->mask + t0;
+        else
+            mk += KK;
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
             const __m512 dv = _mm512_load_ps(dbuf + m * 16);
@@ -354,8 +353,8 @@ NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dbuf, con
 /* One item with mr (<= dw_rows(K)) rows; K is 3, 5 or 7 (same-size convolutions have odd
  * kernels). Each (mr, K) pair is its own unrolled kernel. */
 NET__AVX512 static void dw_item(float *part, const float *dbuf, const float *in, size_t c,
-                                size_t ki, size_t mr, size_t pb, size_t pe,
-                                const struct dconv *d, size_t K)
+                                size_t ki, size_t mr, size_t pb, size_t pe, const struct dconv *d,
+                                size_t K)
 {
     if (K == 3) {
         switch (mr) {
@@ -386,8 +385,8 @@ NET__AVX512 static void dw_item(float *part, const float *dbuf, const float *in,
 #undef NET__DW
 
 /* dbuf[v][m][16] = dout[o0 + m][pb + 16 v + l] for m < rows, zero past N. */
-NET__AVX512 static void dw_pack(float *dbuf, const float *dout, size_t o0, size_t rows,
-                                size_t pb, size_t pe, size_t N)
+NET__AVX512 static void dw_pack(float *dbuf, const float *dout, size_t o0, size_t rows, size_t pb,
+                                size_t pe, size_t N)
 {
     for (size_t p = pb; p < pe; p += 16) {
         const __mmask16 tm = (__mmask16)tail_mask(p, N);
@@ -413,10 +412,10 @@ NET__AVX2 static void tail_vec2(__m256i *lo, __m256i *hi, size_t p0, size_t N)
 /* Forward tile, AVX2: rows [o0 + m0, o0 + m0 + 4) of an 8-row packed block at the 16 pixels
  * of unit p0; km: [KK][2] mask vectors (tail included). 8 accumulators; per tap and input
  * channel 2 masked loads and 4 broadcasts for 8 FMAs. */
-NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp,
-                                   const float *bias, size_t Cin, size_t o0, size_t m0,
-                                   size_t rows, size_t p0, const __m256i *km,
-                                   const struct dconv *d, const struct net__epi *e)
+NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp, const float *bias,
+                                   size_t Cin, size_t o0, size_t m0, size_t rows, size_t p0,
+                                   const __m256i *km, const struct dconv *d,
+                                   const struct net__epi *e)
 {
     const size_t N = d->N, KK = d->KK;
     __m256 acc[4][2];
@@ -458,9 +457,9 @@ NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp,
     }
 }
 
-NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp,
-                                   const float *bias, size_t Cin, size_t Cout, size_t p0,
-                                   const struct dconv *d, const struct net__epi *e)
+NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp, const float *bias,
+                                   size_t Cin, size_t Cout, size_t p0, const struct dconv *d,
+                                   const struct net__epi *e)
 {
     const size_t N = d->N, KK = d->KK, nob = (Cout + 7) / 8, blk = KK * Cin * NET__DMR;
     __m256i km[NET__DMAXK * NET__DMAXK * 2];
@@ -479,8 +478,8 @@ NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp,
     }
 }
 
-static void direct_run2(float *out, const float *in, const float *wp, const float *bias,
-                        size_t Cin, size_t Cout, const struct dconv *d, const struct net__epi *e)
+static void direct_run2(float *out, const float *in, const float *wp, const float *bias, size_t Cin,
+                        size_t Cout, const struct dconv *d, const struct net__epi *e)
 {
     const size_t units = (d->N + 15) / 16;
 #pragma omp parallel for schedule(static) if (units * Cout * Cin * d->KK > 200000)
@@ -537,9 +536,8 @@ static int dw_rows2(size_t K)
 }
 
 #define NET__DW2(mr, k) dw_block2(part, dbuf, in, c, ki, mr, k, pb, pe, d)
-NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, size_t c,
-                               size_t ki, size_t mr, size_t pb, size_t pe,
-                               const struct dconv *d, size_t K)
+NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, size_t c, size_t ki,
+                               size_t mr, size_t pb, size_t pe, const struct dconv *d, size_t K)
 {
     if (K == 3) {
         switch (mr) {
@@ -549,16 +547,18 @@ NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, 
         default: NET__DW2(1, 3); break;
         }
     } else if (K == 5) {
-        if (mr == 2) NET__DW2(2, 5);
-        else NET__DW2(1, 5);
+        if (mr == 2)
+            NET__DW2(2, 5);
+        else
+            NET__DW2(1, 5);
     } else {
         NET__DW2(1, 7);
     }
 }
 #undef NET__DW2
 
-NET__AVX2 static void dw_pack2(float *dbuf, const float *dout, size_t o0, size_t rows,
-                               size_t pb, size_t pe, size_t N)
+NET__AVX2 static void dw_pack2(float *dbuf, const float *dout, size_t o0, size_t rows, size_t pb,
+                               size_t pe, size_t N)
 {
     for (size_t p = pb; p < pe; p += 16) {
         __m256i tl, th;
@@ -595,12 +595,16 @@ static void direct_dw(float *dw, float *part, const float *dout, const float *in
                 size_t ki = it % K, c = (it / K) % C, ob = it / (K * C), o0 = ob * mr;
                 size_t rows = OC - o0 < mr ? OC - o0 : mr;
                 if (ob != packed) {
-                    if (avx2) dw_pack2(dbuf, dout, o0, rows, pb, pe, N);
-                    else dw_pack(dbuf, dout, o0, rows, pb, pe, N);
+                    if (avx2)
+                        dw_pack2(dbuf, dout, o0, rows, pb, pe, N);
+                    else
+                        dw_pack(dbuf, dout, o0, rows, pb, pe, N);
                     packed = ob;
                 }
-                if (avx2) dw_item2(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
-                else dw_item(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
+                if (avx2)
+                    dw_item2(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
+                else
+                    dw_item(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
             }
         }
 #pragma omp for schedule(static)
@@ -646,8 +650,10 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
     pack_weights(wp, w, g->C, g->OC, d.KK, 0);
-    if (d.mvec) direct_run2(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
-    else direct_run(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
+    if (d.mvec)
+        direct_run2(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
+    else
+        direct_run(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
 #else
     (void)out, (void)scratch, (void)inp, (void)w, (void)b, (void)g, (void)B, (void)e;
 #endif
@@ -664,8 +670,10 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
     direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
     if (dinp) {
         pack_weights(wp, w, g->C, g->OC, d.KK, 1);
-        if (d.mvec) direct_run2(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
-        else direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
+        if (d.mvec)
+            direct_run2(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
+        else
+            direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
     }
 #else
     (void)dinp, (void)dw, (void)scratch, (void)dout, (void)inp, (void)w, (void)g, (void)B;

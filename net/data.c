@@ -34,7 +34,7 @@
 #define IDX_MAGIC_LABELS 0x00000801u // unsigned bytes, 1 dim (n)
 #define CIFAR_PIXELS 3072u           // 3 x 32 x 32, planes R, G, B
 #define CIFAR_RECORD (1u + CIFAR_PIXELS)
-#define BATCHER_MAX_PAD 65536u       // keeps 2 * pad + 1 and the offsets far from overflow
+#define BATCHER_MAX_PAD 65536u // keeps 2 * pad + 1 and the offsets far from overflow
 
 // ---- small helpers ---------------------------------------------------------------------
 
@@ -127,8 +127,8 @@ static int data_gzread(gzFile gz, const char *path, uint8_t *dst, size_t len, si
 /* Reads up to `max` bytes into a new buffer that grows with the data actually delivered
  * (so a header that lies about its size cannot make us allocate more than the file holds).
  * On success *out (owned by the caller, may be NULL when nothing was read) and *got. */
-static int data_read(gzFile gz, const char *path, size_t max, uint8_t **out, size_t *got,
-                     char *err, size_t errlen)
+static int data_read(gzFile gz, const char *path, size_t max, uint8_t **out, size_t *got, char *err,
+                     size_t errlen)
 {
     uint8_t *buf = NULL;
     size_t cap = 0, len = 0;
@@ -212,8 +212,8 @@ static int idx_header(gzFile gz, const char *path, uint32_t want_magic, uint32_t
     return 0;
 }
 
-int net_data_load_idx(struct net_dataset *d, const char *images, const char *labels,
-                      char *err, size_t errlen)
+int net_data_load_idx(struct net_dataset *d, const char *images, const char *labels, char *err,
+                      size_t errlen)
 {
     gzFile gi = NULL, gl = NULL;
     uint8_t *pix = NULL, *lab = NULL; // raw bytes: (n, h, w) and (n)
@@ -232,16 +232,16 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
     h = idim[1];
     w = idim[2];
     if (n == 0 || h == 0 || w == 0) {
-        data_err(err, errlen, "%s: zero dimension in header (%zu images of %zu x %zu)", images,
-                 n, h, w);
+        data_err(err, errlen, "%s: zero dimension in header (%zu images of %zu x %zu)", images, n,
+                 h, w);
         rc = -EINVAL;
         goto fail;
     }
     // Pixel count, its float size and the full file size must all fit in size_t.
     if (!mul_ok(h, w, &per) || !mul_ok(per, n, &n_pix) || n_pix > SIZE_MAX / sizeof(float) ||
         n_pix > SIZE_MAX - 16) {
-        data_err(err, errlen, "%s: image size overflows (%zu images of %zu x %zu)", images, n,
-                 h, w);
+        data_err(err, errlen, "%s: image size overflows (%zu images of %zu x %zu)", images, n, h,
+                 w);
         rc = -EOVERFLOW;
         goto fail;
     }
@@ -262,8 +262,7 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
         rc = -EIO;
         goto fail;
     }
-    if ((rc = data_expect_eof(gi, images, 16 + n_pix, !gzdirect(gi), err, errlen)) < 0)
-        goto fail;
+    if ((rc = data_expect_eof(gi, images, 16 + n_pix, !gzdirect(gi), err, errlen)) < 0) goto fail;
     if ((rc = data_read(gl, labels, n, &lab, &got, err, errlen)) < 0) goto fail;
     if (got < n) {
         data_err(err, errlen, "%s: truncated: expected %zu bytes, got %zu%s", labels, 8 + n,
@@ -307,8 +306,8 @@ fail:
 
 // ---- CIFAR-10 --------------------------------------------------------------------------
 
-int net_data_load_cifar(struct net_dataset *d, const char *const *files, size_t n_files,
-                        char *err, size_t errlen)
+int net_data_load_cifar(struct net_dataset *d, const char *const *files, size_t n_files, char *err,
+                        size_t errlen)
 {
     gzFile gz = NULL;
     uint8_t *buf = NULL; // one file's records
@@ -344,15 +343,14 @@ int net_data_load_cifar(struct net_dataset *d, const char *const *files, size_t 
         size_t m = len / CIFAR_RECORD, total, n_pix;
         for (size_t r = 0; r < m; r++) {
             if (buf[r * CIFAR_RECORD] >= 10) {
-                data_err(err, errlen, "%s: record %zu has label %u; CIFAR-10 labels are 0..9",
-                         path, r, (unsigned)buf[r * CIFAR_RECORD]);
+                data_err(err, errlen, "%s: record %zu has label %u; CIFAR-10 labels are 0..9", path,
+                         r, (unsigned)buf[r * CIFAR_RECORD]);
                 rc = -EINVAL;
                 goto fail;
             }
         }
         total = n + m;
-        if (total < n || !mul_ok(total, CIFAR_PIXELS, &n_pix) ||
-            n_pix > SIZE_MAX / sizeof(float)) {
+        if (total < n || !mul_ok(total, CIFAR_PIXELS, &n_pix) || n_pix > SIZE_MAX / sizeof(float)) {
             data_err(err, errlen, "%s: total sample count overflows", path);
             rc = -EOVERFLOW;
             goto fail;
@@ -486,8 +484,7 @@ int net_data_split(struct net_dataset *all, struct net_dataset *train, struct ne
     uint64_t r;
     int rc;
 
-    if (!all || !train || !val || train == val || !rng || !all->x || !all->y ||
-        n_val >= all->n)
+    if (!all || !train || !val || train == val || !rng || !all->x || !all->y || n_val >= all->n)
         return -EINVAL;
     if (!mul_ok(all->shape.h, all->shape.w, &hw) || !mul_ok(hw, all->shape.c, &per))
         return -EOVERFLOW;
@@ -608,8 +605,8 @@ int net_batcher_init(struct net_batcher *b, size_t n, uint64_t seed, size_t crop
     uint64_t rng = seed;
     for (size_t i = 0; i < n; i++) perm[i] = (uint32_t)i;
     batcher_shuffle(perm, n, &rng);
-    *b = (struct net_batcher){.n = n, .perm = perm, .rng = rng, .crop_pad = crop_pad,
-                              .flip = flip != 0};
+    *b = (struct net_batcher){
+        .n = n, .perm = perm, .rng = rng, .crop_pad = crop_pad, .flip = flip != 0};
     return 0;
 }
 
@@ -623,8 +620,8 @@ void net_batcher_free(struct net_batcher *b)
 /* out (C, H, W) = src (C, H, W) shifted by (dy, dx) with zeros outside, then mirrored:
  *   out[c][i][j] = src[c][i + dy][j' + dx],  j' = flip ? W-1-j : j.
  * A crop window at offset (oy, ox) in [0, 2 pad] of the zero-padded image is dy = oy - pad. */
-static void augment_copy(float *out, const float *src, size_t C, size_t H, size_t W,
-                         ptrdiff_t dy, ptrdiff_t dx, int flip)
+static void augment_copy(float *out, const float *src, size_t C, size_t H, size_t W, ptrdiff_t dy,
+                         ptrdiff_t dx, int flip)
 {
     if (dy == 0 && dx == 0 && !flip) {
         memcpy(out, src, C * H * W * sizeof *out);

@@ -39,8 +39,8 @@
 
 #define XZ_VERSION 1u
 #define XZ_PROBE 0x01020304u
-#define XZ_HEAD 32                  // magic .. deflated length
-#define XZ_MAX_RAW (1ull << 31)     // payloads above 2 GiB are refused
+#define XZ_HEAD 32              // magic .. deflated length
+#define XZ_MAX_RAW (1ull << 31) // payloads above 2 GiB are refused
 #define XZ_MAX_LAYERS 256
 #define XZ_KMAX NET__XZ_KMAX
 
@@ -51,7 +51,7 @@ enum xz_enc { XZ_F32 = 0, XZ_F16 = 1, XZ_KM_F32 = 2, XZ_KM_F16 = 3 };
 /* The payload, plus a copy of each part's bytes so that sizes can be reported per part. */
 struct xz_writer {
     struct net__buf all, part[NET_XPART_COUNT];
-    unsigned bits_acc_n;  // packed codes: pending bits
+    unsigned bits_acc_n; // packed codes: pending bits
     uint64_t bits_acc;
 };
 
@@ -240,8 +240,7 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
     xw_u32(&w, NET_XPART_META, (uint32_t)n_par);
     for (size_t ti = 0; ti < n->n_tensors; ti++) {
         const struct net_tensor *t = &n->tensors[ti];
-        if (t->arena == NET_ARENA_PARAM)
-            xw_tensor(&w, t, n->params + t->off, p ? &p->t[ti] : NULL);
+        if (t->arena == NET_ARENA_PARAM) xw_tensor(&w, t, n->params + t->off, p ? &p->t[ti] : NULL);
     }
     xw_end(&w, at);
     at = xw_begin(&w, "STAT");
@@ -405,8 +404,8 @@ out:
 }
 
 /* One TENS record into w (t->n floats). */
-static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_tensor *t,
-                          float *w, float *cb, char *err, size_t errlen)
+static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_tensor *t, float *w,
+                          float *cb, char *err, size_t errlen)
 {
     const unsigned enc = rd_u8(r), sparse = rd_u8(r), bits = rd_u8(r), zero = rd_u8(r);
     const uint32_t k = net__rd_u32(r);
@@ -414,9 +413,10 @@ static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_
     if (r->bad) goto trunc;
     if (enc > XZ_KM_F16 || sparse > 1 || zero != 0 || N != t->n || nnz > N ||
         (!sparse && nnz != N)) {
-        snprintf(err, errlen, "%s: tensor %s: bad record header (encoding %u, %llu of %llu "
-                 "elements, expected %zu)", path, t->name, enc, (unsigned long long)nnz,
-                 (unsigned long long)N, t->n);
+        snprintf(err, errlen,
+                 "%s: tensor %s: bad record header (encoding %u, %llu of %llu "
+                 "elements, expected %zu)",
+                 path, t->name, enc, (unsigned long long)nnz, (unsigned long long)N, t->n);
         return -EINVAL;
     }
     const int km = enc >= XZ_KM_F32;
@@ -463,8 +463,10 @@ static int xz_read_tensor(struct net__rd *r, const char *path, const struct net_
             acc >>= bits;
             have -= bits;
             if (code >= k) {
-                snprintf(err, errlen, "%s: tensor %s: code %u out of range (codebook has %u "
-                         "entries)", path, t->name, code, k);
+                snprintf(err, errlen,
+                         "%s: tensor %s: code %u out of range (codebook has %u "
+                         "entries)",
+                         path, t->name, code, k);
                 return -EINVAL;
             }
             w[i] = cb[code];
@@ -523,8 +525,10 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
         goto fail;
     }
     if (zlen > len - XZ_HEAD - 4) {
-        snprintf(err, errlen, "%s: truncated (header promises %llu bytes of data, the file has "
-                 "%zu)", path, (unsigned long long)zlen, len - XZ_HEAD - 4);
+        snprintf(err, errlen,
+                 "%s: truncated (header promises %llu bytes of data, the file has "
+                 "%zu)",
+                 path, (unsigned long long)zlen, len - XZ_HEAD - 4);
         goto fail;
     }
     if (zlen < len - XZ_HEAD - 4) {
@@ -554,8 +558,9 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
     int zrc = uncompress(raw, &got, buf + XZ_HEAD, (uLong)zlen);
     if (zrc != Z_OK || got != raw_len) {
         snprintf(err, errlen, "%s: deflated data is corrupt (%s)", path,
-                 zrc == Z_OK ? "short payload" : zrc == Z_BUF_ERROR ? "payload longer than stated"
-                                                                   : "bad stream");
+                 zrc == Z_OK          ? "short payload"
+                 : zrc == Z_BUF_ERROR ? "payload longer than stated"
+                                      : "bad stream");
         goto fail;
     }
     struct net__rd r = {raw, (size_t)raw_len, 0, 0};

@@ -15,8 +15,8 @@
 #include "net/net_internal.h"
 
 void net__sgemm_split(int split_rows, int transa, int transb, size_t M, size_t N, size_t K,
-                      const float *A, size_t lda, const float *Bm, size_t ldb, float beta,
-                      float *C, size_t ldc)
+                      const float *A, size_t lda, const float *Bm, size_t ldb, float beta, float *C,
+                      size_t ldc)
 {
     const enum CBLAS_TRANSPOSE ta = transa ? CblasTrans : CblasNoTrans;
     const enum CBLAS_TRANSPOSE tb = transb ? CblasTrans : CblasNoTrans;
@@ -28,8 +28,8 @@ void net__sgemm_split(int split_rows, int transa, int transb, size_t M, size_t N
     size_t per = (D + (size_t)T - 1) / (size_t)T;
     per = (per + 15) / 16 * 16; // whole cache lines of C per thread
     if (T <= 1 || per >= D) {
-        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, Bm,
-                    (int)ldb, beta, C, (int)ldc);
+        cblas_sgemm(CblasRowMajor, ta, tb, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, Bm, (int)ldb,
+                    beta, C, (int)ldc);
         return;
     }
     /* One block of C per thread, each a serial sgemm (OpenBLAS does not thread inside a
@@ -203,8 +203,8 @@ void net__conv_fwd(float *out, float *col, const float *inp, const float *w, con
     net__conv_fwd_epi(out, col, inp, w, b, g, B, NULL);
 }
 
-void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w,
-                          const float *b, const struct net__conv *g, size_t B)
+void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w, const float *b,
+                          const struct net__conv *g, size_t B)
 {
     // out (OC, N) = w (OC, CKK) . col (CKK, N), computed chunk by chunk of samples.
     const size_t OHW = g->OH * g->OW, N = B * OHW, CKK = g->C * g->K * g->K;
@@ -281,8 +281,8 @@ void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->OC, (int)CKK, (int)N, 1.0f,
                     dout, (int)N, inp, (int)N, 1.0f, dw, (int)CKK);
         if (dinp)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)N, (int)g->OC,
-                        1.0f, w, (int)CKK, dout, (int)N, 1.0f, dinp, (int)N);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)N, (int)g->OC, 1.0f,
+                        w, (int)CKK, dout, (int)N, 1.0f, dinp, (int)N);
         return;
     }
     // Chunk by chunk of samples: col recomputed (cheaper than keeping it per layer), then
@@ -295,8 +295,8 @@ void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)g->OC, (int)CKK, (int)Nc, 1.0f,
                     dchunk, (int)N, col, (int)Nc, 1.0f, dw, (int)CKK);
         if (!dinp) continue;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)Nc, (int)g->OC, 1.0f,
-                    w, (int)CKK, dchunk, (int)N, 0.0f, dcol, (int)Nc);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)CKK, (int)Nc, (int)g->OC, 1.0f, w,
+                    (int)CKK, dchunk, (int)N, 0.0f, dcol, (int)Nc);
         net__col2im_add(dinp, dcol, g, B, b0, b1);
     }
 }
@@ -307,8 +307,7 @@ void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *
  * (is == 1, a conv's channel plane) 16 independent partial sums, which the compiler turns
  * into two vectors of doubles: a single running double would serialise the loop on the
  * add latency (BN was a quarter of the main job's step with it). */
-static void bn_sums(const float *a, const float *b, size_t n, size_t is, double *sa,
-                    double *sab)
+static void bn_sums(const float *a, const float *b, size_t n, size_t is, double *sa, double *sab)
 {
     double s = 0.0, s2 = 0.0;
     size_t i = 0;

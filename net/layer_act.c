@@ -20,8 +20,8 @@ static size_t relu_zero(const struct net_layer *l, size_t B)
     return 0;
 }
 
-static void relu_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
-                         size_t B, int training)
+static void relu_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                         int training)
 {
     const size_t N = B * l->in.c * l->in.h * l->in.w;
 #pragma omp parallel for schedule(static) if (N > 65536)

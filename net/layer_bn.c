@@ -77,5 +77,5 @@ static size_t bn_macs(const struct net_layer *l)
     return 0;
 }
 
-const struct net__ops net__bn_ops = {bn_shape,   bn_tensors, bn_ws,      bn_scratch,
-                                     bn_init,    bn_forward, bn_backward, bn_macs};
+const struct net__ops net__bn_ops = {bn_shape, bn_tensors, bn_ws,       bn_scratch,
+                                     bn_init,  bn_forward, bn_backward, bn_macs};

@@ -76,13 +76,13 @@ static void conv_init(struct net *n, struct net_layer *l, uint64_t *rng)
         float *u = net__p(n, l, 0);
         for (size_t i = 0; i < OUT * R; i++) u[i] *= 0.70710678f;
     } else {
-        net__init_fill(n, net__p(n, l, 0), l->spec.bias ? net__p(n, l, 1) : NULL,
-                       OUT * C * K * K, OUT, C * K * K, rng);
+        net__init_fill(n, net__p(n, l, 0), l->spec.bias ? net__p(n, l, 1) : NULL, OUT * C * K * K,
+                       OUT, C * K * K, rng);
     }
 }
 
-static void conv_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
-                         size_t B, int training)
+static void conv_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                         int training)
 {
     struct net__conv g, g1;
     conv_geoms(l, &g, &g1);
@@ -107,13 +107,13 @@ static void conv_backward(struct net *n, struct net_layer *l, float *dinp, const
     const struct net__epi set = {0}; // dinp and dt are overwritten
     if (R) {
         float *dt = n->scratch + 2 * colsz;
-        net__conv_bwd_epi(dt, net__g(n, l, 0), db, NULL, NULL, dout, l->ws, net__p(n, l, 0),
-                          &g1, B, &set);
-        net__conv_bwd_epi(dinp, net__g(n, l, 1), NULL, col, dcol, dt, inp, net__p(n, l, 1), &g,
-                          B, &set);
+        net__conv_bwd_epi(dt, net__g(n, l, 0), db, NULL, NULL, dout, l->ws, net__p(n, l, 0), &g1, B,
+                          &set);
+        net__conv_bwd_epi(dinp, net__g(n, l, 1), NULL, col, dcol, dt, inp, net__p(n, l, 1), &g, B,
+                          &set);
     } else {
-        net__conv_bwd_epi(dinp, net__g(n, l, 0), db, col, dcol, dout, inp, net__p(n, l, 0), &g,
-                          B, &set);
+        net__conv_bwd_epi(dinp, net__g(n, l, 0), db, col, dcol, dout, inp, net__p(n, l, 0), &g, B,
+                          &set);
     }
 }
 
@@ -123,6 +123,5 @@ static size_t conv_macs(const struct net_layer *l)
     return HW * (R ? R * (CKK + l->spec.out) : CKK * l->spec.out);
 }
 
-const struct net__ops net__conv_ops = {conv_shape,   conv_tensors, conv_ws,
-                                       conv_scratch, conv_init,    conv_forward,
-                                       conv_backward, conv_macs};
+const struct net__ops net__conv_ops = {conv_shape, conv_tensors, conv_ws,       conv_scratch,
+                                       conv_init,  conv_forward, conv_backward, conv_macs};

@@ -65,8 +65,8 @@ static void dense_init(struct net *n, struct net_layer *l, uint64_t *rng)
         float *u = net__p(n, l, 0);
         for (size_t i = 0; i < OUT * R; i++) u[i] *= 0.70710678f;
     } else {
-        net__init_fill(n, net__p(n, l, 0), l->spec.bias ? net__p(n, l, 1) : NULL, OUT * IN, OUT,
-                       IN, rng);
+        net__init_fill(n, net__p(n, l, 0), l->spec.bias ? net__p(n, l, 1) : NULL, OUT * IN, OUT, IN,
+                       rng);
     }
 }
 
@@ -127,6 +127,5 @@ static size_t dense_macs(const struct net_layer *l)
     return R ? R * (IN + OUT) : IN * OUT;
 }
 
-const struct net__ops net__dense_ops = {dense_shape,   dense_tensors, dense_ws,
-                                        dense_scratch, dense_init,    dense_forward,
-                                        dense_backward, dense_macs};
+const struct net__ops net__dense_ops = {dense_shape, dense_tensors, dense_ws,       dense_scratch,
+                                        dense_init,  dense_forward, dense_backward, dense_macs};

@@ -64,13 +64,13 @@ static size_t mp_ws(const struct net_layer *l, size_t B)
 /* 2x2 / stride 2 on one plane, 16 outputs per step: the 32 inputs of each row are split
  * into even and odd columns with one permute each, then the first-maximum rule of the scalar
  * code (top-left, top-right, bottom-left, bottom-right) runs on masks. */
-MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, size_t W,
-                                    size_t OH, size_t OW)
+MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, size_t W, size_t OH,
+                                    size_t OW)
 {
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-    const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                                              11, 12, 13, 14, 15), 1);
+    const __m512i lane2 = _mm512_slli_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
     for (size_t oh = 0; oh < OH; oh++) {
         const float *r0 = src + 2 * oh * W, *r1 = r0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
@@ -79,11 +79,16 @@ MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, s
             const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
             const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
             const float *p0 = r0 + 2 * ow, *p1 = r1 + 2 * ow;
-            const __m512 l0 = _mm512_maskz_loadu_ps(ml, p0), h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
-            const __m512 l1 = _mm512_maskz_loadu_ps(ml, p1), h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
-            const __m512 v0 = _mm512_permutex2var_ps(l0, ev, h0), v1 = _mm512_permutex2var_ps(l0, od, h0);
-            const __m512 v2 = _mm512_permutex2var_ps(l1, ev, h1), v3 = _mm512_permutex2var_ps(l1, od, h1);
-            const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
+            const __m512 l0 = _mm512_maskz_loadu_ps(ml, p0),
+                         h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
+            const __m512 l1 = _mm512_maskz_loadu_ps(ml, p1),
+                         h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
+            const __m512 v0 = _mm512_permutex2var_ps(l0, ev, h0),
+                         v1 = _mm512_permutex2var_ps(l0, od, h0);
+            const __m512 v2 = _mm512_permutex2var_ps(l1, ev, h1),
+                         v3 = _mm512_permutex2var_ps(l1, od, h1);
+            const __m512i i0 =
+                _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
             __m512 m = v0;
             __m512i at = i0;
             __mmask16 k = _mm512_cmp_ps_mask(v1, m, _CMP_GT_OQ);
@@ -108,8 +113,8 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
 {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-    const __m512i lane2 = _mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
-                                                              11, 12, 13, 14, 15), 1);
+    const __m512i lane2 = _mm512_slli_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
     for (size_t oh = 0; oh < OH; oh++) {
         float *d0 = d + 2 * oh * W, *d1 = d0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
@@ -119,21 +124,29 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
             const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
             const __m512 gv = _mm512_maskz_loadu_ps(mo, g + oh * OW + ow);
             const __m512i at = _mm512_maskz_loadu_epi32(mo, a + oh * OW + ow);
-            const __m512i i0 = _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
-            const __m512i iw = _mm512_add_epi32(i0, _mm512_set1_epi32((int)W)), one = _mm512_set1_epi32(1);
+            const __m512i i0 =
+                _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
+            const __m512i iw = _mm512_add_epi32(i0, _mm512_set1_epi32((int)W)),
+                          one = _mm512_set1_epi32(1);
             const __m512 t0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, i0), gv);
-            const __m512 t1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(i0, one)), gv);
+            const __m512 t1 =
+                _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(i0, one)), gv);
             const __m512 b0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, iw), gv);
-            const __m512 b1 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(iw, one)), gv);
+            const __m512 b1 =
+                _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(iw, one)), gv);
             __m512 s0 = _mm512_permutex2var_ps(t0, lo, t1), s1 = _mm512_permutex2var_ps(t0, hi, t1);
             __m512 s2 = _mm512_permutex2var_ps(b0, lo, b1), s3 = _mm512_permutex2var_ps(b0, hi, b1);
             if (z) { // a ReLU before the pool: zero where its input z < 0
                 const float *z0 = z + 2 * oh * W + 2 * ow, *z1 = z0 + W;
                 const __m512 zero = _mm512_setzero_ps();
-                s0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z0), zero, _CMP_GE_OQ), s0);
-                s1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z0 + 16), zero, _CMP_GE_OQ), s1);
-                s2 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z1), zero, _CMP_GE_OQ), s2);
-                s3 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z1 + 16), zero, _CMP_GE_OQ), s3);
+                s0 = _mm512_maskz_mov_ps(
+                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z0), zero, _CMP_GE_OQ), s0);
+                s1 = _mm512_maskz_mov_ps(
+                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z0 + 16), zero, _CMP_GE_OQ), s1);
+                s2 = _mm512_maskz_mov_ps(
+                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z1), zero, _CMP_GE_OQ), s2);
+                s3 = _mm512_maskz_mov_ps(
+                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z1 + 16), zero, _CMP_GE_OQ), s3);
             }
             _mm512_mask_storeu_ps(d0 + 2 * ow, ml, s0);
             _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, s1);
@@ -268,8 +281,8 @@ void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, co
         mp_backward_plane(l, dz + p * HW, arg + p * OHW, dout + p * OHW, z + p * HW);
 }
 
-const struct net__ops net__maxpool_ops = {mp_shape,  pool_no_tensors, mp_ws,       pool_none,
-                                          NULL,      mp_forward,      mp_backward, pool_no_macs};
+const struct net__ops net__maxpool_ops = {mp_shape, pool_no_tensors, mp_ws,       pool_none,
+                                          NULL,     mp_forward,      mp_backward, pool_no_macs};
 
 // ---- global average pool ---------------------------------------------------------------
 
@@ -283,8 +296,8 @@ static int gap_shape(struct net_layer *l, char *err, size_t errlen)
     return 0;
 }
 
-static void gap_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
-                        size_t B, int training)
+static void gap_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                        int training)
 {
     const size_t C = l->in.c, HW = l->in.h * l->in.w;
     for (size_t c = 0; c < C; c++) {

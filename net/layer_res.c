@@ -87,12 +87,12 @@ static size_t res_tensors(const struct net_layer *l, struct net__tdesc *t)
 {
     size_t k = 0, C = l->in.c, m = l->spec.width, O = l->spec.out;
     int bn = l->spec.bn;
-#define RES_BN(pfx, n)                                                                          \
-    do {                                                                                        \
-        t[k++] = (struct net__tdesc){pfx ".gamma", {n}, 1, 0, NET_ARENA_PARAM};                 \
-        t[k++] = (struct net__tdesc){pfx ".beta", {n}, 1, 0, NET_ARENA_PARAM};                  \
-        t[k++] = (struct net__tdesc){pfx ".mean", {n}, 1, 0, NET_ARENA_STATE};                  \
-        t[k++] = (struct net__tdesc){pfx ".var", {n}, 1, 0, NET_ARENA_STATE};                   \
+#define RES_BN(pfx, n)                                                                             \
+    do {                                                                                           \
+        t[k++] = (struct net__tdesc){pfx ".gamma", {n}, 1, 0, NET_ARENA_PARAM};                    \
+        t[k++] = (struct net__tdesc){pfx ".beta", {n}, 1, 0, NET_ARENA_PARAM};                     \
+        t[k++] = (struct net__tdesc){pfx ".mean", {n}, 1, 0, NET_ARENA_STATE};                     \
+        t[k++] = (struct net__tdesc){pfx ".var", {n}, 1, 0, NET_ARENA_STATE};                      \
     } while (0)
     t[k++] = (struct net__tdesc){"c1.w", {m, C, 3, 3}, 4, 1, NET_ARENA_PARAM};
     if (bn)
@@ -209,8 +209,8 @@ static float *res_g(struct net *n, struct net_layer *l, int k)
     return k < 0 ? NULL : net__g(n, l, (size_t)k);
 }
 
-static void res_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
-                        size_t B, int training)
+static void res_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                        int training)
 {
     struct res_ix x = res_index(l);
     struct res_ws w = res_views(l, B);
@@ -288,16 +288,16 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
     // Main branch.
     const float *dz2 = G;
     if (bn) {
-        net__bn_bwd(D, res_g(n, l, x.g2), res_g(n, l, x.b2), G, w.xh2, w.inv2, res_p(n, l, x.g2),
-                    O, N1, N1, 1, n->training);
+        net__bn_bwd(D, res_g(n, l, x.g2), res_g(n, l, x.b2), G, w.xh2, w.inv2, res_p(n, l, x.g2), O,
+                    N1, N1, 1, n->training);
         dz2 = D;
     }
     // E = conv2's data gradient through h1's ReLU (zero where h1 is), in one store.
     net__conv_bwd_epi(E, res_g(n, l, x.c2w), res_g(n, l, x.c2b), col, dcol, dz2, w.h1,
                       res_p(n, l, x.c2w), &g2, B, &(struct net__epi){.gate = w.h1});
     if (bn)
-        net__bn_bwd(E, res_g(n, l, x.g1), res_g(n, l, x.b1), E, w.xh1, w.inv1, res_p(n, l, x.g1),
-                    m, N1, N1, 1, n->training);
+        net__bn_bwd(E, res_g(n, l, x.g1), res_g(n, l, x.b1), E, w.xh1, w.inv1, res_p(n, l, x.g1), m,
+                    N1, N1, 1, n->training);
     net__conv_bwd(dinp, res_g(n, l, x.c1w), res_g(n, l, x.c1b), col, dcol, E, inp,
                   res_p(n, l, x.c1w), &g1, B);
 }
@@ -310,5 +310,5 @@ static size_t res_macs(const struct net_layer *l)
     return f;
 }
 
-const struct net__ops net__res_ops = {res_shape,   res_tensors, res_ws,       res_scratch,
-                                      res_init,    res_forward, res_backward, res_macs};
+const struct net__ops net__res_ops = {res_shape, res_tensors, res_ws,       res_scratch,
+                                      res_init,  res_forward, res_backward, res_macs};

@@ -25,13 +25,13 @@
 #include "net/net_internal.h"
 
 static const struct net__ops *const NET__OPS[NET_KIND_COUNT] = {
-    [NET_DENSE] = &net__dense_ops, [NET_CONV] = &net__conv_ops,       [NET_BN] = &net__bn_ops,
-    [NET_RELU] = &net__relu_ops,   [NET_MAXPOOL] = &net__maxpool_ops, [NET_GAP] = &net__gap_ops,
+    [NET_DENSE] = &net__dense_ops,     [NET_CONV] = &net__conv_ops,       [NET_BN] = &net__bn_ops,
+    [NET_RELU] = &net__relu_ops,       [NET_MAXPOOL] = &net__maxpool_ops, [NET_GAP] = &net__gap_ops,
     [NET_FLATTEN] = &net__flatten_ops, [NET_RES] = &net__res_ops,
 };
 static const char *const NET__KIND_NAME[NET_KIND_COUNT] = {
-    [NET_DENSE] = "dense", [NET_CONV] = "conv", [NET_BN] = "bn",           [NET_RELU] = "relu",
-    [NET_MAXPOOL] = "maxpool", [NET_GAP] = "gap", [NET_FLATTEN] = "flatten", [NET_RES] = "res",
+    [NET_DENSE] = "dense",     [NET_CONV] = "conv", [NET_BN] = "bn",           [NET_RELU] = "relu",
+    [NET_MAXPOOL] = "maxpool", [NET_GAP] = "gap",   [NET_FLATTEN] = "flatten", [NET_RES] = "res",
 };
 
 const char *net_kind_name(enum net_kind k)
@@ -159,7 +159,8 @@ int net_create(struct net **out, const struct net_shape *in, size_t n_classes,
     struct net *n = calloc(1, sizeof(*n));
     if (!n) return -ENOMEM;
     if (n_specs == 0 || !in->c || !in->h || !in->w || in->c > 4 || n_classes < 2) {
-        snprintf(err, errlen, "model: need at least one layer, 1-4 input channels and >= 2 classes");
+        snprintf(err, errlen,
+                 "model: need at least one layer, 1-4 input channels and >= 2 classes");
         goto fail;
     }
     n->in_shape = *in;

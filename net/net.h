@@ -26,9 +26,9 @@
 // ---- layers ---------------------------------------------------------------------------
 
 enum net_kind {
-    NET_DENSE,   // z = W x + b, or z = A (B x) + b when rank > 0 (factorized)
-    NET_CONV,    // 2-D convolution, any k/stride/pad; factorized: k x k to rank, 1 x 1 to out
-    NET_BN,      // batch norm over channels (spatial) or features (flat)
+    NET_DENSE, // z = W x + b, or z = A (B x) + b when rank > 0 (factorized)
+    NET_CONV,  // 2-D convolution, any k/stride/pad; factorized: k x k to rank, 1 x 1 to out
+    NET_BN,    // batch norm over channels (spatial) or features (flat)
     NET_RELU,
     NET_MAXPOOL, // k x k window, stride
     NET_GAP,     // global average pool: spatial (C,B,H,W) -> flat (B,C)
@@ -62,18 +62,18 @@ enum net_arena { NET_ARENA_PARAM, NET_ARENA_STATE };
 struct net_tensor {
     char name[NET_NAME_MAX + 16];
     enum net_arena arena;
-    size_t off, n;     // offset and element count in that arena
-    size_t dims[4];    // unused trailing dims are 1
+    size_t off, n;  // offset and element count in that arena
+    size_t dims[4]; // unused trailing dims are 1
     int nd;
-    int decay;         // 1 = weight decay applies (weights, not biases / BN)
-    size_t layer;      // owning layer index
+    int decay;    // 1 = weight decay applies (weights, not biases / BN)
+    size_t layer; // owning layer index
 };
 
 struct net_layer {
     struct net_layer_spec spec;
     struct net_shape in, out;
-    size_t t0, n_t;    // this layer's tensors: net->tensors[t0 .. t0+n_t-1]
-    float *ws;         // private saved activations (size from the kind's ws_size), borrowed
+    size_t t0, n_t; // this layer's tensors: net->tensors[t0 .. t0+n_t-1]
+    float *ws;      // private saved activations (size from the kind's ws_size), borrowed
 };
 
 /* Initialisation schemes (net_init_params_with). */
@@ -82,24 +82,24 @@ enum net_init { NET_INIT_HE, NET_INIT_TORCH };
 struct net {
     struct net_shape in_shape;
     size_t n_classes;
-    float norm_mean[4], norm_std[4];   // input normalisation the model was trained with
+    float norm_mean[4], norm_std[4]; // input normalisation the model was trained with
     size_t n_layers;
-    struct net_layer *layers;          // (n_layers)
+    struct net_layer *layers; // (n_layers)
     size_t n_tensors;
-    struct net_tensor *tensors;        // (n_tensors)
+    struct net_tensor *tensors; // (n_tensors)
     size_t n_params, n_state;
-    float *params, *grads, *m, *v;     // (n_params) each, identical layout
-    float *state;                      // (n_state) BN running mean / var
+    float *params, *grads, *m, *v; // (n_params) each, identical layout
+    float *state;                  // (n_state) BN running mean / var
     /* workspace, sized for ws_batch samples; acts[i] is the input of layer i, acts[n_layers]
      * the logits; dacts likewise for gradients. */
     size_t ws_batch;
     float **acts, **dacts;
     float *ws_pool, *scratch;
     size_t scratch_n;
-    float *probs;                      // (ws_batch, n_classes) softmax of the last forward
-    int training;                      // 1 after a training forward (BN used batch stats)
-    int grads_zero;                    // 1 while the gradient arena is known to be all zero
-    enum net_init init;                // the scheme of the running net_init_params_with
+    float *probs;       // (ws_batch, n_classes) softmax of the last forward
+    int training;       // 1 after a training forward (BN used batch stats)
+    int grads_zero;     // 1 while the gradient arena is known to be all zero
+    enum net_init init; // the scheme of the running net_init_params_with
 };
 
 /* Builds a net (no parameter values yet: all zero). Validates every spec against its input
@@ -162,11 +162,11 @@ void net_zero_grad(struct net *n);
 enum net_opt_kind { NET_SGD, NET_ADAMW };
 struct net_optim {
     enum net_opt_kind kind;
-    float momentum;      // SGD
-    int nesterov;        // SGD
-    float weight_decay;  // SGD: L2 added to the gradient; AdamW: decoupled
+    float momentum;     // SGD
+    int nesterov;       // SGD
+    float weight_decay; // SGD: L2 added to the gradient; AdamW: decoupled
     float beta1, beta2, eps;
-    uint64_t t;          // steps taken (Adam bias correction)
+    uint64_t t; // steps taken (Adam bias correction)
 };
 /* One update with learning rate lr, using n->grads and the m/v arenas; each gradient is
  * zeroed as it is read (grads_zero = 1 after). */
@@ -181,19 +181,19 @@ double net_group_lasso(struct net *n, float lambda);
 enum net_sched_kind { NET_SCHED_CONST, NET_SCHED_STEP, NET_SCHED_COSINE };
 struct net_sched {
     enum net_sched_kind kind;
-    float lr, min_lr;     // base and floor (cosine end)
-    size_t warmup_steps;  // linear ramp from 0 (cosine and step)
-    size_t step_size;     // step: multiply by gamma every step_size steps
+    float lr, min_lr;    // base and floor (cosine end)
+    size_t warmup_steps; // linear ramp from 0 (cosine and step)
+    size_t step_size;    // step: multiply by gamma every step_size steps
     float gamma;
-    size_t total_steps;   // cosine horizon
+    size_t total_steps; // cosine horizon
 };
 float net_sched_lr(const struct net_sched *s, size_t step);
 
 // ---- random numbers (state is the caller's) -------------------------------------------
 
 uint64_t net_rand_u64(uint64_t *s);
-float net_rand_uniform(uint64_t *s);  // [0, 1)
-float net_rand_normal(uint64_t *s);   // N(0, 1)
+float net_rand_uniform(uint64_t *s); // [0, 1)
+float net_rand_normal(uint64_t *s);  // N(0, 1)
 /* Uniform integer in [0, n). */
 size_t net_rand_below(uint64_t *s, size_t n);
 
@@ -203,16 +203,16 @@ size_t net_rand_below(uint64_t *s, size_t n);
 struct net_dataset {
     size_t n, n_classes;
     struct net_shape shape;
-    float *x;     // (n, C, H, W), owned
-    uint8_t *y;   // (n), owned
+    float *x;   // (n, C, H, W), owned
+    uint8_t *y; // (n), owned
 };
 /* IDX image + label files, plain or gzip (detected by magic bytes, not the name). Errors name
  * the file and what is wrong (missing, truncated, bad magic, count mismatch, bad label). */
-int net_data_load_idx(struct net_dataset *d, const char *images, const char *labels,
-                      char *err, size_t errlen);
+int net_data_load_idx(struct net_dataset *d, const char *images, const char *labels, char *err,
+                      size_t errlen);
 /* CIFAR-10 binary batches (each record: 1 label byte + 3072 pixel bytes). */
-int net_data_load_cifar(struct net_dataset *d, const char *const *files, size_t n_files,
-                        char *err, size_t errlen);
+int net_data_load_cifar(struct net_dataset *d, const char *const *files, size_t n_files, char *err,
+                        size_t errlen);
 /* Synthetic, learnable classes: each class is a fixed random template plus noise. */
 int net_data_synthetic(struct net_dataset *d, size_t n, const struct net_shape *shape,
                        size_t n_classes, float noise, uint64_t seed);
@@ -229,10 +229,10 @@ void net_data_free(struct net_dataset *d);
  * so a checkpoint can store and restore it. */
 struct net_batcher {
     size_t n, pos, epoch;
-    uint32_t *perm;       // (n), owned
-    uint64_t rng;         // shuffle and augmentation stream
-    size_t crop_pad;      // random crop after zero padding by this many pixels (0 = off)
-    int flip;             // random horizontal flip
+    uint32_t *perm;  // (n), owned
+    uint64_t rng;    // shuffle and augmentation stream
+    size_t crop_pad; // random crop after zero padding by this many pixels (0 = off)
+    int flip;        // random horizontal flip
 };
 int net_batcher_init(struct net_batcher *b, size_t n, uint64_t seed, size_t crop_pad, int flip);
 void net_batcher_free(struct net_batcher *b);
@@ -246,7 +246,7 @@ size_t net_batcher_next(struct net_batcher *b, const struct net_dataset *d, size
 struct net_eval {
     size_t n, n_classes;
     double loss, accuracy;
-    size_t *confusion;              // (n_classes, n_classes): [true][pred], owned
+    size_t *confusion;               // (n_classes, n_classes): [true][pred], owned
     double *precision, *recall, *f1; // (n_classes), owned
 };
 int net_evaluate(struct net *n, const struct net_dataset *d, size_t batch, struct net_eval *ev);
@@ -282,10 +282,10 @@ const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, cons
  * bitmap), the BN statistics and caller blobs. Weights only are compressed: biases and batch
  * norm stay float32. No optimizer state: it is a model for evaluation. */
 struct net_export_opts {
-    int fp16;       // raw weights and codebooks as IEEE half (round to nearest even)
-    size_t kmeans;  // 0 = off, else 2..4096 shared values per weight tensor
+    int fp16;           // raw weights and codebooks as IEEE half (round to nearest even)
+    size_t kmeans;      // 0 = off, else 2..4096 shared values per weight tensor
     size_t kmeans_conv; // the same for 4-D (conv) weights; 0 = as kmeans
-    double prune;   // fraction of all weights, smallest |w| over the net, set to 0, [0, 1)
+    double prune;       // fraction of all weights, smallest |w| over the net, set to 0, [0, 1)
 };
 /* A plan (net/compress.c: Deep Compression's pruning, k-means and codebook tuning) binds
  * masks, codebooks and codes to one net's layout (opaque). Every plan call leaves the net's
@@ -295,7 +295,7 @@ struct net_xplan;
  * of net_xplan_tune). -EINVAL with a reason for bad options, -ENOMEM. */
 int net_xplan_create(struct net_xplan **out, struct net *n, const struct net_export_opts *o,
                      char *err, size_t errlen);
-void net_xplan_destroy(struct net_xplan *p);   // NULL is a no-op
+void net_xplan_destroy(struct net_xplan *p); // NULL is a no-op
 /* Per-layer 1-D k-means of the surviving weights (linear init over [min, max], Lloyd);
  * tensors with at most K survivors stay raw. 0, -EINVAL (other layout) or -ENOMEM. */
 int net_xplan_cluster(struct net_xplan *p, struct net *n);
@@ -305,10 +305,17 @@ int net_xplan_cluster(struct net_xplan *p, struct net *n);
 void net_xplan_tune(struct net_xplan *p, struct net *n, float lr);
 
 /* Byte counts of one save: parts alone before and after deflate, the payload, the file. */
-enum { NET_XPART_META, NET_XPART_WEIGHTS, NET_XPART_CODEBOOKS, NET_XPART_CODES,
-       NET_XPART_MASKS, NET_XPART_OTHER, NET_XPART_COUNT };
+enum {
+    NET_XPART_META,
+    NET_XPART_WEIGHTS,
+    NET_XPART_CODEBOOKS,
+    NET_XPART_CODES,
+    NET_XPART_MASKS,
+    NET_XPART_OTHER,
+    NET_XPART_COUNT
+};
 struct net_export_sizes {
-    size_t f32_bytes;                 // (n_params + n_state) * 4: the float32 model
+    size_t f32_bytes; // (n_params + n_state) * 4: the float32 model
     size_t part[NET_XPART_COUNT], part_z[NET_XPART_COUNT];
     size_t payload, file;
 };
@@ -319,8 +326,8 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
                     char *err, size_t errlen);
 /* Loads an EVWZ file; corrupt or truncated files fail with -EINVAL and a reason naming the
  * file. Blobs as in ckpt_load (blobs may be NULL). */
-int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs,
-                    size_t *n_blobs, char *err, size_t errlen);
+int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs, size_t *n_blobs,
+                    char *err, size_t errlen);
 /* ckpt_load or net_export_load by the file's magic; an EVWZ file sets *has_opt = 0. */
 int net_load_any(const char *path, struct net **out, struct net_optim *opt, int *has_opt,
                  struct ckpt_blob **blobs, size_t *n_blobs, char *err, size_t errlen);

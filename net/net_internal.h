@@ -71,8 +71,8 @@ void net__init_fill(const struct net *n, float *w, float *b, size_t count, size_
  * the weight gradient (K = 64) 209 -> 142 us cut by rows; the forward 212 -> 201 us by
  * columns. */
 void net__sgemm_split(int split_rows, int transa, int transb, size_t M, size_t N, size_t K,
-                      const float *A, size_t lda, const float *Bm, size_t ldb, float beta,
-                      float *C, size_t ldc);
+                      const float *A, size_t lda, const float *Bm, size_t ldb, float beta, float *C,
+                      size_t ldc);
 
 // ---- convolution on (C, B, H, W) activations -----------------------------------------
 
@@ -134,8 +134,8 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
                           const float *inp, const float *w, const struct net__conv *g, size_t B,
                           const struct net__epi *e);
 /* The im2col + sgemm path whatever the CPU (tests compare the two); plain epilogues. */
-void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w,
-                          const float *b, const struct net__conv *g, size_t B);
+void net__conv_fwd_im2col(float *out, float *col, const float *inp, const float *w, const float *b,
+                          const struct net__conv *g, size_t B);
 void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *dcol,
                           const float *dout, const float *inp, const float *w,
                           const struct net__conv *g, size_t B);
@@ -194,16 +194,16 @@ float net__rd_f32(struct net__rd *r);
 
 /* One tensor of a Deep Compression plan. */
 struct net__xtensor {
-    int weight;        // 1: compressed (a weight tensor); 0: stays f32
-    int f16;           // raw values / codebook stored as float16
-    size_t kmeans;     // centroids wanted (0: raw values)
-    uint8_t *mask;     // (n) 1 = kept; NULL = nothing pruned
-    size_t nnz;        // kept entries
-    size_t k;          // centroids; 0 = not clustered (raw values)
-    float *cent;       // (k) codebook, ascending after clustering
-    float *vel;        // (k) momentum of the centroids
-    double *acc;       // (k) gradient sums, scratch of the tuning step
-    uint16_t *codes;   // (n) centroid of each kept entry (pruned: 0, unused)
+    int weight;      // 1: compressed (a weight tensor); 0: stays f32
+    int f16;         // raw values / codebook stored as float16
+    size_t kmeans;   // centroids wanted (0: raw values)
+    uint8_t *mask;   // (n) 1 = kept; NULL = nothing pruned
+    size_t nnz;      // kept entries
+    size_t k;        // centroids; 0 = not clustered (raw values)
+    float *cent;     // (k) codebook, ascending after clustering
+    float *vel;      // (k) momentum of the centroids
+    double *acc;     // (k) gradient sums, scratch of the tuning step
+    uint16_t *codes; // (n) centroid of each kept entry (pruned: 0, unused)
 };
 
 struct net_xplan {

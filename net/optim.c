@@ -62,8 +62,7 @@ float net_sched_lr(const struct net_sched *s, size_t step)
         return s->min_lr + (s->lr - s->min_lr) * 0.5f * (1.0f + (float)cos(M_PI * p));
     }
     case NET_SCHED_CONST:
-    default:
-        return s->lr;
+    default: return s->lr;
     }
 }
 
@@ -109,7 +108,8 @@ double net_group_lasso(struct net *n, float lambda)
             if (nrm == 0.0) continue;
             float kf = (float)(lambda / nrm);
             for (size_t o = 0; o < OUT; o++)
-                for (size_t k = 0; k < KK; k++) g[(o * IN + c) * KK + k] += kf * w[(o * IN + c) * KK + k];
+                for (size_t k = 0; k < KK; k++)
+                    g[(o * IN + c) * KK + k] += kf * w[(o * IN + c) * KK + k];
         }
     }
     return (double)lambda * pen;

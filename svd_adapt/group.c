@@ -107,8 +107,7 @@ static int svd__walk(const struct net *n, struct svd__group *g, size_t i, int st
             if ((rc = svd__add_bn(n, g, i, "")) < 0) return rc;
             break;
         case NET_RELU:
-        case NET_MAXPOOL:
-            break;
+        case NET_MAXPOOL: break;
         case NET_FLATTEN:
         case NET_GAP:
             if (!l->in.spatial) return -EINVAL;
@@ -146,8 +145,7 @@ static int svd__walk(const struct net *n, struct svd__group *g, size_t i, int st
             if ((rc = svd__spec(g, i, 0)) < 0) return rc;
             break;
         }
-        default:
-            return -EINVAL;
+        default: return -EINVAL;
         }
     }
     return -EINVAL; // no consumer: the classifier, whose width is fixed
@@ -266,8 +264,7 @@ static int svd__reader_src(const struct net *n, const struct svd__group *g, size
 }
 
 int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const size_t *r,
-                         size_t ng, const float *x, size_t B, size_t max_rows, float **h,
-                         size_t *N)
+                         size_t ng, const float *x, size_t B, size_t max_rows, float **h, size_t *N)
 {
     const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
     size_t chunk = n->ws_batch ? n->ws_batch : 64;
@@ -375,9 +372,9 @@ static void svd__cols_map(float *dst, const float *src, const float *Q, size_t D
     }
 }
 
-int svd__group_apply(struct net **out, const struct net *n, const struct svd__group *g,
-                     size_t m2, const float *P, const float *Q, const float *c,
-                     const float *new_w, const float *const *new_cols, char *err, size_t errlen)
+int svd__group_apply(struct net **out, const struct net *n, const struct svd__group *g, size_t m2,
+                     const float *P, const float *Q, const float *c, const float *new_w,
+                     const float *const *new_cols, char *err, size_t errlen)
 {
     const size_t m = g->m;
     struct net_layer_spec *specs = malloc(n->n_layers * sizeof(*specs));

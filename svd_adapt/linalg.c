@@ -51,8 +51,8 @@ static double *svd__gram(const float *h, size_t N, size_t m)
         free(d);
         return NULL;
     }
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)m, (int)N, 1.0f / (float)N, h,
-                (int)m, 0.0f, g, (int)m);
+    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)m, (int)N, 1.0f / (float)N, h, (int)m,
+                0.0f, g, (int)m);
     for (size_t i = 0; i < m; i++)
         for (size_t j = i; j < m; j++) d[i * m + j] = d[j * m + i] = g[i * m + j];
     free(g);
@@ -68,7 +68,8 @@ int svd__gram_svals(const float *h, size_t N, size_t m, float *s)
         free(w);
         return -ENOMEM;
     }
-    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', (lapack_int)m, g, (lapack_int)m, w);
+    lapack_int info =
+        LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', (lapack_int)m, g, (lapack_int)m, w);
     const size_t r = m < N ? m : N;
     for (size_t i = 0; info == 0 && i < r; i++) {
         double e = w[m - 1 - i]; // ascending from LAPACK
@@ -88,7 +89,8 @@ int svd__gram_eig(const float *h, size_t N, size_t m, float *ev, float *vt)
         free(w);
         return -ENOMEM;
     }
-    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, g, (lapack_int)m, w);
+    lapack_int info =
+        LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, g, (lapack_int)m, w);
     for (size_t i = 0; info == 0 && i < m; i++) {
         const size_t c = m - 1 - i; // column c of g is the eigenvector of w[c]
         ev[i] = (float)w[c];

@@ -134,16 +134,16 @@ size_t svd_event_kept(const struct svd_event *e)
 
 const char *svd_action_name(enum svd_action a)
 {
-    static const char *const names[] = {"keep", "shrink", "grow", "shrink_rank", "grow_rank",
-                                        "skip"};
+    static const char *const names[] = {"keep",        "shrink",    "grow",
+                                        "shrink_rank", "grow_rank", "skip"};
     return (unsigned)a < sizeof(names) / sizeof(names[0]) ? names[a] : "?";
 }
 
 const char *svd_reason_name(enum svd_reason r)
 {
-    static const char *const names[] = {"rank_rule", "saturated",  "target",     "fits",
-                                        "patience",  "cooldown",   "min_width",  "max_width",
-                                        "budget",    "target_met", "disabled",   "error"};
+    static const char *const names[] = {"rank_rule", "saturated",  "target",    "fits",
+                                        "patience",  "cooldown",   "min_width", "max_width",
+                                        "budget",    "target_met", "disabled",  "error"};
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "?";
 }
 
@@ -223,7 +223,7 @@ struct svd__pass {
     const struct svd_policy *p;
     const struct svd_ctx *ctx;
     struct net **n;
-    double val;        // validation loss of *n (NAN until needed)
+    double val; // validation loss of *n (NAN until needed)
     int kept;
     struct svd_event *ev;
 };
@@ -330,12 +330,12 @@ static void svd__rank_step(struct svd__pass *ps, struct svd_state *st, size_t la
 struct svd__gi {
     struct svd_gref ref;
     char name[SVD_EV_NAME];
-    size_t m;          // width
-    long r;            // spectrum length (<= 0: none)
-    float *s;          // r values, descending
+    size_t m; // width
+    long r;   // spectrum length (<= 0: none)
+    float *s; // r values, descending
     size_t kept, strict;
-    double cost;       // parameters one unit of this group costs
-    double mean_e;     // mean of s_i^2
+    double cost;   // parameters one unit of this group costs
+    double mean_e; // mean of s_i^2
     int cooling;
     struct svd_gstate *gs;
     struct svd_change *ch;
@@ -436,8 +436,7 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
         ch->to = target;
     }
     if (target < gi->m) {
-        rc = svd_shrink(&c, n, &gi->ref, target, p->mode, ps->ctx->x, ps->ctx->B, err,
-                        sizeof(err));
+        rc = svd_shrink(&c, n, &gi->ref, target, p->mode, ps->ctx->x, ps->ctx->B, err, sizeof(err));
     } else {
         rc = svd_grow(&c, n, &gi->ref, target - gi->m, p->grow_mode, ps->ctx->x, ps->ctx->y,
                       ps->ctx->B, ps->ctx->rng, err, sizeof(err));
@@ -470,8 +469,8 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     if (gi->r <= 0) return;
     gi->cost = svd__unit_cost(*ps->n, &gi->ref);
     size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
-    const int saturated = (size_t)gi->r == gi->m &&
-                          (double)gi->strict >= p->expand_threshold * (double)gi->m;
+    const int saturated =
+        (size_t)gi->r == gi->m && (double)gi->strict >= p->expand_threshold * (double)gi->m;
     if (ch) ch->reason = SVD_WHY_FITS;
     if (k < gi->m) {
         if (!p->enable_shrink) {
@@ -500,8 +499,8 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     }
     size_t target = gi->m + (size_t)ceil(p->growth * (double)gi->m);
     if (target > p->max_width) target = p->max_width;
-    if (p->param_budget &&
-        (double)(*ps->n)->n_params + (double)(target - gi->m) * gi->cost > (double)p->param_budget) {
+    if (p->param_budget && (double)(*ps->n)->n_params + (double)(target - gi->m) * gi->cost >
+                               (double)p->param_budget) {
         // Grow what still fits under the budget, or nothing.
         double room = ((double)p->param_budget - (double)(*ps->n)->n_params) / gi->cost;
         size_t fit = room > 0 ? (size_t)room : 0;
@@ -561,8 +560,7 @@ static void svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi,
         if (P - cost < lo) {
             // This cut would land under 0.95 T: take a cheaper one if there is any.
             int cheaper = 0;
-            for (size_t q2 = q + 1; q2 < nc && !cheaper; q2++)
-                cheaper = P - gi[c[q2].g].cost >= lo;
+            for (size_t q2 = q + 1; q2 < nc && !cheaper; q2++) cheaper = P - gi[c[q2].g].cost >= lo;
             if (cheaper) continue;
         }
         cut[c[q].g]++;
@@ -699,7 +697,8 @@ static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t s
         else if (!up && p->enable_shrink)
             svd__target_shrink(ps, gi, ng, step);
         for (size_t i = 0; i < ng; i++)
-            if (gi[i].ch && gi[i].ch->action == SVD_ACT_KEEP && gi[i].ch->reason == SVD_WHY_RANK_RULE)
+            if (gi[i].ch && gi[i].ch->action == SVD_ACT_KEEP &&
+                gi[i].ch->reason == SVD_WHY_RANK_RULE)
                 gi[i].ch->reason = (up ? p->enable_grow : p->enable_shrink) ? SVD_WHY_TARGET_MET
                                                                             : SVD_WHY_DISABLED;
     } else if (!target) {

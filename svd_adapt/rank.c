@@ -30,7 +30,8 @@ static int svd__eff_weight(const struct net *n, size_t layer, float **w, size_t 
         memcpy(*w, net_tensor_data(n, t), t->n * sizeof(float));
         return 0;
     }
-    const struct net_tensor *tu = net_tensor_get(n, layer, "u"), *tv = net_tensor_get(n, layer, "v");
+    const struct net_tensor *tu = net_tensor_get(n, layer, "u"),
+                            *tv = net_tensor_get(n, layer, "v");
     const size_t r = l->spec.rank;
     *L = tv->n / r;
     if (!(*w = malloc(*m * *L * sizeof(float)))) return -ENOMEM;

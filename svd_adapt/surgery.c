@@ -156,9 +156,9 @@ static long svd__row_t(const struct svd__group *g, enum svd__rk kind)
  * y = P W_f x and its calibration mean m and variance v, gamma' = sqrt(v + eps),
  * beta' = m + P b_f, running mean = m (+ P b_f when the producer keeps a bias), running
  * var = v. In eval mode that BN is then exactly the identity on P (W_f x + b_f). */
-static int svd__rotate_build(struct net **out, struct net *n, const struct svd__group *g,
-                             size_t k, const float *Pin, const float *Qin, const float *cin,
-                             const float *x, size_t Bc, char *err, size_t errlen)
+static int svd__rotate_build(struct net **out, struct net *n, const struct svd__group *g, size_t k,
+                             const float *Pin, const float *Qin, const float *cin, const float *x,
+                             size_t Bc, char *err, size_t errlen)
 {
     const struct net_tensor *t = svd__main_w(n, g);
     const size_t m = g->m, L = t->n / m, r = m < L ? m : L;
@@ -378,8 +378,8 @@ out:
     return rc;
 }
 
-static int svd__shrink_select(struct net **out, struct net *n, const struct svd__group *g,
-                              size_t k, const float *x, size_t B, char *err, size_t errlen)
+static int svd__shrink_select(struct net **out, struct net *n, const struct svd__group *g, size_t k,
+                              const float *x, size_t B, char *err, size_t errlen)
 {
     const size_t m = g->m, nr = g->n_readers;
     float **H = calloc(nr, sizeof(float *)), *mu = malloc(nr * m * sizeof(float));
@@ -588,8 +588,8 @@ static int svd__gradmax_cols(float *cols, struct net *n, const struct svd__group
         net_backward(n, y + b0, Bc);
         // The loss is a mean over the chunk: weigh each chunk by its share of the batch.
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nc, (int)L, (int)Bc,
-                    (float)Bc / (float)B, n->dacts[cons + 1], (int)nc, n->acts[p], (int)L, 1.0f,
-                    M, (int)L);
+                    (float)Bc / (float)B, n->dacts[cons + 1], (int)nc, n->acts[p], (int)L, 1.0f, M,
+                    (int)L);
     }
     net_zero_grad(n);
     size_t r = nc < L ? nc : L;
@@ -721,8 +721,7 @@ int svd_grow(struct net **out, const struct net *n, const struct svd_gref *ref, 
         snprintf(err, errlen, "orthogonal growth: SVD failed");
         goto out;
     }
-    rc = svd__group_apply(out, n, &g, m2, P, Q, NULL, nw, (const float *const *)gcols, err,
-                          errlen);
+    rc = svd__group_apply(out, n, &g, m2, P, Q, NULL, nw, (const float *const *)gcols, err, errlen);
 out:
     free(P);
     free(Q);

@@ -27,27 +27,27 @@ enum svd_rule { SVD_RULE_RELATIVE, SVD_RULE_ENERGY, SVD_RULE_GAP };
 enum svd_grow { SVD_GROW_ORTHOGONAL, SVD_GROW_GRADMAX, SVD_GROW_MIRROR };
 
 struct svd_policy {
-    int enabled;              // master switch for periodic adaptation
+    int enabled; // master switch for periodic adaptation
     enum svd_mode mode;
     enum svd_source source;
     enum svd_rule rule;
     enum svd_grow grow_mode;
-    double shrink_threshold;  // relative rule: keep s_i >= shrink_threshold * s_1
-    double energy_eps;        // energy rule: keep 1 - eps of sum s_i^2
-    double gap_threshold;     // gap rule: cut at the first s_k / s_{k+1} > gap
-    double expand_threshold;  // saturated when kept / width >= expand_threshold, where kept
-                              // counts directions above twice the shrink cut (see policy.c)
-    double growth;            // grow by ceil(growth * width)
-    size_t interval_steps;    // adapt every this many steps ...
-    size_t warmup_steps;      // ... after this many
-    size_t cooldown_steps;    // a grown layer is not re-examined for this long
-    size_t grow_patience;     // consecutive flat checks needed before growing
+    double shrink_threshold; // relative rule: keep s_i >= shrink_threshold * s_1
+    double energy_eps;       // energy rule: keep 1 - eps of sum s_i^2
+    double gap_threshold;    // gap rule: cut at the first s_k / s_{k+1} > gap
+    double expand_threshold; // saturated when kept / width >= expand_threshold, where kept
+                             // counts directions above twice the shrink cut (see policy.c)
+    double growth;           // grow by ceil(growth * width)
+    size_t interval_steps;   // adapt every this many steps ...
+    size_t warmup_steps;     // ... after this many
+    size_t cooldown_steps;   // a grown layer is not re-examined for this long
+    size_t grow_patience;    // consecutive flat checks needed before growing
     size_t calibration_samples;
     size_t min_width, max_width;
-    size_t param_budget;      // growth stops at this many parameters (0 = no cap)
-    size_t target_params;     // steer the whole net to [0.95, 1] x this (0 = off)
-    double target_step;       // a target pass moves at most this fraction of the parameters
-    double max_loss_jump;     // roll back a surgery whose val loss rises more than this
+    size_t param_budget;  // growth stops at this many parameters (0 = no cap)
+    size_t target_params; // steer the whole net to [0.95, 1] x this (0 = off)
+    double target_step;   // a target pass moves at most this fraction of the parameters
+    double max_loss_jump; // roll back a surgery whose val loss rises more than this
     int enable_shrink, enable_grow;
 };
 
@@ -62,7 +62,7 @@ struct svd_policy {
 enum svd_gkind { SVD_G_UNITS, SVD_G_RES_INNER, SVD_G_STREAM };
 struct svd_gref {
     enum svd_gkind kind;
-    size_t layer;   // the producing layer
+    size_t layer; // the producing layer
 };
 
 /* Lists the adaptable groups of a net (the classifier's outputs and the input never change).
@@ -127,8 +127,8 @@ void svd_state_destroy(struct svd_state *s);
 
 /* What the policy needs from the trainer: a calibration batch and the validation loss. */
 struct svd_ctx {
-    const float *x;        // (B, C, H, W) normalised calibration inputs
-    const uint8_t *y;      // (B) labels
+    const float *x;   // (B, C, H, W) normalised calibration inputs
+    const uint8_t *y; // (B) labels
     size_t B;
     double (*val_loss)(void *user, struct net *n); // validation loss of a candidate net
     void *user;
@@ -138,26 +138,26 @@ struct svd_ctx {
 // ---- events: what a pass did, as data (JSON is made where it is served or logged) ----------
 
 enum svd_action {
-    SVD_ACT_KEEP,        // looked at, unchanged (reason says why)
+    SVD_ACT_KEEP, // looked at, unchanged (reason says why)
     SVD_ACT_SHRINK,
     SVD_ACT_GROW,
     SVD_ACT_SHRINK_RANK, // factorize mode
     SVD_ACT_GROW_RANK,
-    SVD_ACT_SKIP,        // not looked at, or the spectrum failed (error)
+    SVD_ACT_SKIP, // not looked at, or the spectrum failed (error)
 };
 enum svd_reason {
-    SVD_WHY_RANK_RULE,   // shrink: the rank rule keeps fewer directions than the width
-    SVD_WHY_SATURATED,   // grow: saturated on grow_patience consecutive checks
-    SVD_WHY_TARGET,      // moved by target_params (value per parameter across groups)
-    SVD_WHY_FITS,        // keep: neither redundant nor saturated
-    SVD_WHY_PATIENCE,    // keep: saturated, waiting for grow_patience checks
-    SVD_WHY_COOLDOWN,    // skip: changed recently
-    SVD_WHY_MIN_WIDTH,   // keep: redundant but at min_width
-    SVD_WHY_MAX_WIDTH,   // keep: saturated but at max_width
-    SVD_WHY_BUDGET,      // keep: saturated but growth would pass param_budget / target
-    SVD_WHY_TARGET_MET,  // keep: target_params reached, or this group not chosen
-    SVD_WHY_DISABLED,    // keep: enable_shrink / enable_grow off
-    SVD_WHY_ERROR,       // the decomposition or the surgery failed (error says which)
+    SVD_WHY_RANK_RULE,  // shrink: the rank rule keeps fewer directions than the width
+    SVD_WHY_SATURATED,  // grow: saturated on grow_patience consecutive checks
+    SVD_WHY_TARGET,     // moved by target_params (value per parameter across groups)
+    SVD_WHY_FITS,       // keep: neither redundant nor saturated
+    SVD_WHY_PATIENCE,   // keep: saturated, waiting for grow_patience checks
+    SVD_WHY_COOLDOWN,   // skip: changed recently
+    SVD_WHY_MIN_WIDTH,  // keep: redundant but at min_width
+    SVD_WHY_MAX_WIDTH,  // keep: saturated but at max_width
+    SVD_WHY_BUDGET,     // keep: saturated but growth would pass param_budget / target
+    SVD_WHY_TARGET_MET, // keep: target_params reached, or this group not chosen
+    SVD_WHY_DISABLED,   // keep: enable_shrink / enable_grow off
+    SVD_WHY_ERROR,      // the decomposition or the surgery failed (error says which)
 };
 #define SVD_EV_NAME 48
 #define SVD_EV_TOP 8
@@ -165,14 +165,14 @@ struct svd_change {
     char group[SVD_EV_NAME];
     enum svd_action action;
     enum svd_reason reason;
-    size_t from, to;     // width (or rank) before and after (to == from when kept)
-    size_t kept;         // directions the rank rule keeps (0 if no spectrum)
-    size_t n_top;        // spectrum summary: s_max, s_min and the top values
+    size_t from, to; // width (or rank) before and after (to == from when kept)
+    size_t kept;     // directions the rank rule keeps (0 if no spectrum)
+    size_t n_top;    // spectrum summary: s_max, s_min and the top values
     float s_max, s_min, top[SVD_EV_TOP];
-    int judged;          // a surgery was tried and judged on the validation loss
+    int judged; // a surgery was tried and judged on the validation loss
     double val_before, val_after;
     int rolled_back;
-    int factorized;      // rank actions: the layer is held as two factors afterwards
+    int factorized; // rank actions: the layer is held as two factors afterwards
     char error[256];
 };
 struct svd_width {
@@ -181,8 +181,8 @@ struct svd_width {
 };
 struct svd_event {
     size_t step;
-    double time;         // seconds since the epoch, when the pass began
-    double seconds;      // how long the pass took
+    double time;    // seconds since the epoch, when the pass began
+    double seconds; // how long the pass took
     enum svd_mode mode;
     size_t params_before, params_after, target_params;
     struct svd_change *changes;

@@ -37,7 +37,7 @@ enum svd__rk {
 };
 
 struct svd__row {
-    size_t t;            // tensor index
+    size_t t; // tensor index
     enum svd__rk kind;
 };
 
@@ -54,8 +54,8 @@ struct svd__col {
 
 /* Where the activations a consumer reads live after a forward pass. */
 struct svd__reader {
-    size_t act;   // n->acts[act] ...
-    long ws_res;  // ... or, if >= 0, the h1 workspace of this res layer
+    size_t act;  // n->acts[act] ...
+    long ws_res; // ... or, if >= 0, the h1 workspace of this res layer
 };
 
 #define SVD__MAX_ENT 64
@@ -68,13 +68,13 @@ struct svd__group {
     size_t n_cols;
     struct {
         size_t layer;
-        int width;   // 1: spec.width, 0: spec.out
+        int width; // 1: spec.width, 0: spec.out
     } specs[SVD__MAX_ENT];
     size_t n_specs;
     struct svd__reader readers[SVD__MAX_ENT];
     size_t n_readers;
-    int has_bn;          // some row is a BN tensor
-    long gradmax_ok;     // consumer layer index when producer and consumer are plain dense
+    int has_bn;      // some row is a BN tensor
+    long gradmax_ok; // consumer layer index when producer and consumer are plain dense
 };
 
 /* Builds the description of group g of net n. -EINVAL if g is not adaptable. */
@@ -98,9 +98,9 @@ int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const
  * new_w (m2 - m rows of the main weight) / new_cols (per consumer column entry ci, laid out
  * (D0 x (m2 - m) x block) like the tensor's own columns; an entry or the array may be NULL)
  * fill the new parts. */
-int svd__group_apply(struct net **out, const struct net *n, const struct svd__group *g,
-                     size_t m2, const float *P, const float *Q, const float *c,
-                     const float *new_w, const float *const *new_cols, char *err, size_t errlen);
+int svd__group_apply(struct net **out, const struct net *n, const struct svd__group *g, size_t m2,
+                     const float *P, const float *Q, const float *c, const float *new_w,
+                     const float *const *new_cols, char *err, size_t errlen);
 
 /* extra rows (extra x L) orthogonal to the row space of w (m x L, through its SVD) and to
  * each other, each of norm `norm` (<= 0: the median row norm of w). When the rows of w

@@ -227,16 +227,14 @@ static int h_stats(struct api_req *req, struct api_resp *resp, void *ctx)
     struct api_stats st;
     api_server_stats(fx->srv, &st);
     char buf[512];
-    int n = snprintf(buf, sizeof buf,
-                     "requests_total %llu\nclass_2xx %llu\nclass_4xx %llu\nclass_5xx %llu\n"
-                     "conns_current %llu\nconns_accepted %llu\nconns_rejected %llu\n",
-                     (unsigned long long)st.requests_total,
-                     (unsigned long long)st.requests_by_class[2],
-                     (unsigned long long)st.requests_by_class[4],
-                     (unsigned long long)st.requests_by_class[5],
-                     (unsigned long long)st.conns_current,
-                     (unsigned long long)st.conns_accepted_total,
-                     (unsigned long long)st.conns_rejected_total);
+    int n = snprintf(
+        buf, sizeof buf,
+        "requests_total %llu\nclass_2xx %llu\nclass_4xx %llu\nclass_5xx %llu\n"
+        "conns_current %llu\nconns_accepted %llu\nconns_rejected %llu\n",
+        (unsigned long long)st.requests_total, (unsigned long long)st.requests_by_class[2],
+        (unsigned long long)st.requests_by_class[4], (unsigned long long)st.requests_by_class[5],
+        (unsigned long long)st.conns_current, (unsigned long long)st.conns_accepted_total,
+        (unsigned long long)st.conns_rejected_total);
     api_resp_text(resp, "text/plain; version=0.0.4", buf, (size_t)n);
     return 200;
 }
@@ -375,15 +373,15 @@ static void cl_close(struct cl *c)
 /* The fixture of most cases: a server with opts_test's options on its own loop thread (fx)
  * and one client connected to it (c). FX_END closes the client, stops the server and checks
  * that its loop closed cleanly. */
-#define FX_BEGIN(fx, c)                                                                    \
-    struct fx *fx = fx_open();                                                             \
-    ASSERT(fx);                                                                            \
-    struct cl *c = cl_open(fx->port);                                                      \
+#define FX_BEGIN(fx, c)                                                                            \
+    struct fx *fx = fx_open();                                                                     \
+    ASSERT(fx);                                                                                    \
+    struct cl *c = cl_open(fx->port);                                                              \
     ASSERT(c)
-#define FX_END(fx, c)                                                                      \
-    do {                                                                                   \
-        cl_close(c);                                                                       \
-        ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);                                           \
+#define FX_END(fx, c)                                                                              \
+    do {                                                                                           \
+        cl_close(c);                                                                               \
+        ASSERT_EQ(fx_stop(fx).loop_close_rc, 0);                                                   \
     } while (0)
 
 static int cl_send(struct cl *c, const char *s, size_t n)
@@ -524,8 +522,13 @@ TEST(small_helpers_table)
         const char *ct;
         int ok;
     } CT[] = {
-        {"application/json", 1}, {"Application/JSON", 1}, {"application/json; charset=utf-8", 1},
-        {" application/json ;x=y", 1}, {"application/jsonx", 0}, {"text/plain", 0}, {"", 0},
+        {"application/json", 1},
+        {"Application/JSON", 1},
+        {"application/json; charset=utf-8", 1},
+        {" application/json ;x=y", 1},
+        {"application/jsonx", 0},
+        {"text/plain", 0},
+        {"", 0},
     };
     for (size_t i = 0; i < sizeof CT / sizeof CT[0]; i++)
         if (api__ctype_is_json(CT[i].ct) != CT[i].ok) TEST_FAIL_("ctype row %zu '%s'", i, CT[i].ct);
@@ -598,8 +601,10 @@ TEST(start_errors_port_in_use_and_bad_routes)
     ASSERT(b == NULL);
 
     static const struct api_route BAD[][1] = {
-        {{API_GET, "v1/x", h_echo, 0}},   {{API_GET, "/v1/{x}", h_echo, 0}},
-        {{API_GET, "/v1/a{}", h_echo, 0}}, {{API_GET, "/v1/x", NULL, 0}},
+        {{API_GET, "v1/x", h_echo, 0}},
+        {{API_GET, "/v1/{x}", h_echo, 0}},
+        {{API_GET, "/v1/a{}", h_echo, 0}},
+        {{API_GET, "/v1/x", NULL, 0}},
         {{(enum api_method)0, "/v1/x", h_echo, 0}},
     };
     opts_test(&o);
@@ -625,8 +630,8 @@ TEST(get_keepalive_two_requests)
     struct reply r;
     char h[128];
     for (int i = 0; i < 2; i++) {
-        ASSERT_EQ(roundtrip(c, "GET /v1/echo?i=7 HTTP/1.1\r\nHost: t\r\nUser-Agent: tst\r\n\r\n",
-                            &r), 0);
+        ASSERT_EQ(
+            roundtrip(c, "GET /v1/echo?i=7 HTTP/1.1\r\nHost: t\r\nUser-Agent: tst\r\n\r\n", &r), 0);
         ASSERT_EQ(r.status, 200);
         ASSERT(strncmp(r.head, "HTTP/1.1 200 OK\r\n", 17) == 0);
         ASSERT_STR_EQ(reply_header(&r, "Content-Type", h, sizeof h), "application/json");
@@ -642,8 +647,11 @@ TEST(query_and_path_params)
 {
     FX_BEGIN(fx, c);
     struct reply r;
-    ASSERT_EQ(roundtrip(c, "GET /v1/layers/conv%201/spectrum?points=100&x=a%20b+c#frag HTTP/1.1"
-                           "\r\n\r\n", &r), 0);
+    ASSERT_EQ(roundtrip(c,
+                        "GET /v1/layers/conv%201/spectrum?points=100&x=a%20b+c#frag HTTP/1.1"
+                        "\r\n\r\n",
+                        &r),
+              0);
     ASSERT_EQ(r.status, 200);
     ASSERT_CONTAINS(r.body, "\"path\":\"/v1/layers/conv%201/spectrum\"");
     ASSERT_CONTAINS(r.body, "\"query\":\"points=100&x=a%20b+c\"");
@@ -797,7 +805,8 @@ TEST(body_limit_content_length)
         char head[256];
         snprintf(head, sizeof head,
                  "PATCH /v1/thing HTTP/1.1\r\nContent-Type: application/json\r\n"
-                 "Content-Length: %zu\r\n\r\n", T[i].len);
+                 "Content-Length: %zu\r\n\r\n",
+                 T[i].len);
         ASSERT_EQ(cl_sends(c, head), 0);
         struct reply r;
         if (T[i].status == 413) { // refused from the head alone: no body is sent
@@ -819,8 +828,9 @@ TEST(body_limit_content_length)
     ASSERT(c);
     char *b = json_of_len(100000);
     char head[256];
-    snprintf(head, sizeof head, "PATCH /v1/thing HTTP/1.1\r\nContent-Type: application/json\r\n"
-                                "Content-Length: 100000\r\n\r\n");
+    snprintf(head, sizeof head,
+             "PATCH /v1/thing HTTP/1.1\r\nContent-Type: application/json\r\n"
+             "Content-Length: 100000\r\n\r\n");
     ASSERT_EQ(cl_sends(c, head), 0);
     cl_send(c, b, 100000); // may fail part-way once the server has closed
     free(b);
@@ -881,7 +891,8 @@ TEST(expect_100_continue)
 {
     FX_BEGIN(fx, c);
     ASSERT_EQ(cl_sends(c, "PATCH /v1/thing HTTP/1.1\r\nContent-Type: application/json\r\n"
-                          "Expect: 100-continue\r\nContent-Length: 7\r\n\r\n"), 0);
+                          "Expect: 100-continue\r\nContent-Length: 7\r\n\r\n"),
+              0);
     struct reply r;
     ASSERT_EQ(cl_recv(c, &r), 0);
     ASSERT_STR_EQ(r.head, "HTTP/1.1 100 Continue\r\n\r\n");
@@ -979,7 +990,8 @@ TEST(pipelining_in_order_with_async)
                           "GET /v1/echo?i=3 HTTP/1.1\r\n\r\n"
                           "POST /v1/inline HTTP/1.1\r\n\r\n"
                           "GET /v1/echo?i=5 HTTP/1.1\r\nConnection: close\r\n\r\n"
-                          "GET /v1/echo?i=6 HTTP/1.1\r\n\r\n"), 0);
+                          "GET /v1/echo?i=6 HTTP/1.1\r\n\r\n"),
+              0);
     struct reply r;
     ASSERT_EQ(cl_recv(c, &r), 0);
     ASSERT_CONTAINS(r.body, "\"i\":\"1\"");
@@ -1269,8 +1281,10 @@ TEST(auth_bearer_token)
     ASSERT(c);
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++) {
         char req[512];
-        snprintf(req, sizeof req, "PATCH /v1/thing HTTP/1.1\r\n%sContent-Type: application/json\r\n"
-                                  "Content-Length: 7\r\n\r\n{\"n\":1}", T[i].auth);
+        snprintf(req, sizeof req,
+                 "PATCH /v1/thing HTTP/1.1\r\n%sContent-Type: application/json\r\n"
+                 "Content-Length: 7\r\n\r\n{\"n\":1}",
+                 T[i].auth);
         struct reply r;
         ASSERT_EQ(roundtrip(c, req, &r), 0);
         if (r.status != T[i].status) TEST_FAIL_("row %zu: %d %s", i, r.status, r.body);

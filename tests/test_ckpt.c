@@ -40,8 +40,11 @@ static void fix_crc(unsigned char *b, size_t len)
 
 // ---- a small trained net -------------------------------------------------------------------
 
-#define S_CONVR(o, r, k_, s, p, b)                                                             \
-    {.kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
+#define S_CONVR(o, r, k_, s, p, b)                                                                 \
+    {                                                                                              \
+        .kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p),           \
+        .bias = (b)                                                                                \
+    }
 
 static const struct net_layer_spec SPECS[] = {
     {.kind = NET_CONV, .name = "stem", .out = 4, .k = 3, .stride = 1, .pad = 1, .bias = 0},
@@ -82,10 +85,10 @@ static void train_step(struct net *n, struct net_optim *o, uint64_t seed)
 static struct net_optim opt_of(int adam)
 {
     if (adam)
-        return (struct net_optim){.kind = NET_ADAMW, .weight_decay = 0.05f, .beta1 = 0.9f,
-                                  .beta2 = 0.99f, .eps = 1e-7f};
-    return (struct net_optim){.kind = NET_SGD, .momentum = 0.9f, .nesterov = 1,
-                              .weight_decay = 5e-4f};
+        return (struct net_optim){
+            .kind = NET_ADAMW, .weight_decay = 0.05f, .beta1 = 0.9f, .beta2 = 0.99f, .eps = 1e-7f};
+    return (struct net_optim){
+        .kind = NET_SGD, .momentum = 0.9f, .nesterov = 1, .weight_decay = 5e-4f};
 }
 
 /* A net after three training steps: params, m, v and BN statistics all non-trivial. */
@@ -133,8 +136,8 @@ static int same_net(const struct net *a, const struct net *b)
         printf("    normalisation differs\n");
         return 0;
     }
-    if (a->n_layers != b->n_layers || a->n_tensors != b->n_tensors ||
-        a->n_params != b->n_params || a->n_state != b->n_state) {
+    if (a->n_layers != b->n_layers || a->n_tensors != b->n_tensors || a->n_params != b->n_params ||
+        a->n_state != b->n_state) {
         printf("    counts differ\n");
         return 0;
     }
@@ -148,9 +151,9 @@ static int same_net(const struct net *a, const struct net *b)
     }
     for (size_t i = 0; i < a->n_tensors; i++) {
         const struct net_tensor *x = &a->tensors[i], *y = &b->tensors[i];
-        if (strcmp(x->name, y->name) || x->arena != y->arena || x->off != y->off ||
-            x->n != y->n || memcmp(x->dims, y->dims, sizeof x->dims) || x->nd != y->nd ||
-            x->decay != y->decay || x->layer != y->layer) {
+        if (strcmp(x->name, y->name) || x->arena != y->arena || x->off != y->off || x->n != y->n ||
+            memcmp(x->dims, y->dims, sizeof x->dims) || x->nd != y->nd || x->decay != y->decay ||
+            x->layer != y->layer) {
             printf("    tensor %zu (%s) differs\n", i, x->name);
             return 0;
         }
@@ -200,8 +203,8 @@ static void body_round_trip(const struct tmpd *t, int *test__failed)
     unsigned char bin[300];
     for (size_t i = 0; i < sizeof bin; i++) bin[i] = (unsigned char)(i * 7 + 3); // includes 0s
     char empty[1] = {0};
-    struct ckpt_blob bl[3] = {{"TRNR", bin, sizeof bin}, {"PLCY", "{\"mode\":\"rotate\"}", 17},
-                              {"EMPT", empty, 0}};
+    struct ckpt_blob bl[3] = {
+        {"TRNR", bin, sizeof bin}, {"PLCY", "{\"mode\":\"rotate\"}", 17}, {"EMPT", empty, 0}};
     char err[256] = "";
     int rc = ckpt_save(path, n, &o, bl, 3, err, sizeof err);
     if (rc) net_destroy(n);
@@ -456,8 +459,8 @@ static void body_truncate(const struct tmpd *t, int *test__failed)
     ASSERT(b && len > 200);
     // Header is 16 bytes, then ARCH's tag and length, ...; a file under 20 bytes cannot even
     // hold a header and a CRC.
-    const size_t cuts[] = {0, 1, 3, 4, 10, 15, 16, 19, 20, 24, 28, 40, 100, len / 2, len - 5,
-                           len - 4, len - 1};
+    const size_t cuts[] = {0,  1,  3,  4,   10,      15,      16,      19,     20,
+                           24, 28, 40, 100, len / 2, len - 5, len - 4, len - 1};
     int bad = 0;
     for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
         char name[64];
@@ -731,8 +734,8 @@ static void body_fuzz(const struct tmpd *t, int *test__failed)
             if (rc == 0) {
                 accepted++;
                 // A forward on whatever loaded (if it is not huge) must run cleanly.
-                if (m->in_shape.c == IN_C && m->in_shape.h == IN_HW &&
-                    m->in_shape.w == IN_HW && net_macs(m) < 2000000) {
+                if (m->in_shape.c == IN_C && m->in_shape.h == IN_HW && m->in_shape.w == IN_HW &&
+                    net_macs(m) < 2000000) {
                     float L = net_forward(m, x, NULL, 2, 0);
                     (void)L;
                 }
@@ -746,8 +749,8 @@ static void body_fuzz(const struct tmpd *t, int *test__failed)
     }
     fix_crc(b, len);
     free(b);
-    printf("  fuzz: %zu header/ARCH bytes, %zu variants accepted, %zu rejected\n", end,
-           accepted, rejected);
+    printf("  fuzz: %zu header/ARCH bytes, %zu variants accepted, %zu rejected\n", end, accepted,
+           rejected);
     ASSERT_EQ(broken, 0);
     ASSERT_GT(rejected, 0);
 }

@@ -41,8 +41,8 @@
 
 // ---- helpers -------------------------------------------------------------------------------
 
-static struct net *mk(size_t c, size_t h, size_t w, size_t classes,
-                      const struct net_layer_spec *s, size_t ns, uint64_t seed)
+static struct net *mk(size_t c, size_t h, size_t w, size_t classes, const struct net_layer_spec *s,
+                      size_t ns, uint64_t seed)
 {
     struct net *n = NULL;
     struct net_shape in = {c, h, w, 1};
@@ -152,9 +152,9 @@ static void full_rank_case(int *test__failed, struct net *n, size_t li, const fl
 TEST(full_rank_reproduces_outputs)
 {
     net_set_threads(1);
-    const struct net_layer_spec s[] = {S_CONV(6, 3, 1, 1, 1), S_BN(),         S_RELU(),
-                                       S_POOL(2, 2),          S_FLAT(),       S_DENSE(12, 1),
-                                       S_RELU(),              S_DENSE(5, 1)};
+    const struct net_layer_spec s[] = {
+        S_CONV(6, 3, 1, 1, 1), S_BN(),   S_RELU(),     S_POOL(2, 2), S_FLAT(),
+        S_DENSE(12, 1),        S_RELU(), S_DENSE(5, 1)};
     struct net *n = mk(2, 8, 8, 5, s, N_OF(s), 11);
     ASSERT(n);
     const size_t B = 16;
@@ -283,8 +283,8 @@ TEST(somp_selects_known_subset)
 TEST(group_lasso_gradient_matches_finite_differences)
 {
     net_set_threads(1);
-    const struct net_layer_spec sp[] = {S_CONV(4, 3, 1, 1, 1), S_RELU(), S_FLAT(), S_DENSE(6, 1),
-                                        S_RELU(), S_DENSE(3, 1)};
+    const struct net_layer_spec sp[] = {S_CONV(4, 3, 1, 1, 1), S_RELU(), S_FLAT(),
+                                        S_DENSE(6, 1),         S_RELU(), S_DENSE(3, 1)};
     struct net *n = mk(2, 4, 4, 3, sp, N_OF(sp), 31);
     ASSERT(n);
     // One dense row entirely zero: its row group has no gradient (0 is the subgradient taken).
@@ -411,8 +411,9 @@ TEST(group_lasso_trainer_shrinks_units)
         t->log = NULL;
         for (int s = 0; s < 40; s++) ASSERT_EQ(dmn_trainer_step(t), 0);
         // Switched on at runtime, as PATCH /v1/train {"group_lasso": ...} does.
-        if (with) ASSERT_EQ(cfg_set(&t->cfg, "train.group_lasso", "0.02", CFG_RUNTIME, err,
-                                    sizeof(err)), 0);
+        if (with)
+            ASSERT_EQ(cfg_set(&t->cfg, "train.group_lasso", "0.02", CFG_RUNTIME, err, sizeof(err)),
+                      0);
         ASSERT_NEAR(t->cfg.optimizer.group_lasso, with ? 0.02 : 0.0, 1e-12);
         for (int s = 0; s < 60; s++) ASSERT_EQ(dmn_trainer_step(t), 0);
         norms[with] = sum_row_norms(t->net);
@@ -435,8 +436,10 @@ static uint16_t ref_f16(float f, const double *pos, size_t npos)
     size_t lo = 0, hi = npos - 1; // pos[i] is the value of half bits i, ascending
     while (hi - lo > 1) {
         size_t mid = (lo + hi) / 2;
-        if (pos[mid] <= a) lo = mid;
-        else hi = mid;
+        if (pos[mid] <= a)
+            lo = mid;
+        else
+            hi = mid;
     }
     double dl = a - pos[lo], dh = pos[hi] - a;
     size_t pick = dl < dh ? lo : dh < dl ? hi : (lo & 1 ? hi : lo);
@@ -457,14 +460,15 @@ TEST(f16_round_to_nearest_even)
     }
     double *pos = malloc(0x7c00 * sizeof(double));
     for (uint32_t h = 0; h < 0x7c00; h++) pos[h] = (double)net_f32_from_f16((uint16_t)h);
-    ASSERT_NEAR(pos[1], ldexp(1.0, -24), 0);        // smallest subnormal
-    ASSERT_NEAR(pos[0x7bff], 65504.0, 0);           // largest finite
+    ASSERT_NEAR(pos[1], ldexp(1.0, -24), 0); // smallest subnormal
+    ASSERT_NEAR(pos[0x7bff], 65504.0, 0);    // largest finite
     ASSERT_NEAR(pos[0x3c00], 1.0, 0);
     uint64_t rng = 5;
-    const float edge[] = {0.0f, -0.0f, 1.0f, 65504.0f, 65519.99f, 65520.0f, 1e9f, -1e9f,
-                          5.9604645e-8f, 2.9802322e-8f, 2.9802326e-8f, 6.1035156e-5f,
-                          6.1035152e-5f, 1.0009766f, 1.00048828125f, 1.00146484375f, -3.14159f,
-                          INFINITY, -INFINITY, 1e-30f};
+    const float edge[] = {0.0f,          -0.0f,         1.0f,           65504.0f,
+                          65519.99f,     65520.0f,      1e9f,           -1e9f,
+                          5.9604645e-8f, 2.9802322e-8f, 2.9802326e-8f,  6.1035156e-5f,
+                          6.1035152e-5f, 1.0009766f,    1.00048828125f, 1.00146484375f,
+                          -3.14159f,     INFINITY,      -INFINITY,      1e-30f};
     for (size_t i = 0; i < N_OF(edge); i++) {
         uint16_t got = net_f16_from_f32(edge[i]);
         if (isinf(edge[i])) {
@@ -494,9 +498,9 @@ TEST(f16_round_to_nearest_even)
     free(pos);
 }
 
-static const struct net_layer_spec XNET[] = {S_CONV(8, 3, 1, 1, 1), S_BN(),       S_RELU(),
-                                             S_POOL(2, 2),          S_FLAT(),     S_DENSE(40, 1),
-                                             S_RELU(),           S_DENSE(4, 1)};
+static const struct net_layer_spec XNET[] = {
+    S_CONV(8, 3, 1, 1, 1), S_BN(),   S_RELU(),     S_POOL(2, 2), S_FLAT(),
+    S_DENSE(40, 1),        S_RELU(), S_DENSE(4, 1)};
 
 /* Distinct non-zero values of a tensor (up to cap). */
 static size_t n_distinct(const float *w, size_t n, size_t cap)
@@ -582,12 +586,12 @@ TEST(kmeans_export_reimport_equals_quantized)
 {
     net_set_threads(1);
     const struct net_export_opts cases[] = {
-        {.kmeans = 8},                                      // dense codes, no pruning
-        {.kmeans = 16, .kmeans_conv = 4, .prune = 0.6},     // pruned: sparse or zero-code
-        {.kmeans = 5, .prune = 0.2, .fp16 = 1},             // f16 codebooks, 3-bit codes
-        {.kmeans = 2, .prune = 0.95},                       // 1-bit codes and a bitmap
-        {.fp16 = 1, .prune = 0.5},                          // raw f16 values, pruned
-        {0},                                                // plain float32
+        {.kmeans = 8},                                  // dense codes, no pruning
+        {.kmeans = 16, .kmeans_conv = 4, .prune = 0.6}, // pruned: sparse or zero-code
+        {.kmeans = 5, .prune = 0.2, .fp16 = 1},         // f16 codebooks, 3-bit codes
+        {.kmeans = 2, .prune = 0.95},                   // 1-bit codes and a bitmap
+        {.fp16 = 1, .prune = 0.5},                      // raw f16 values, pruned
+        {0},                                            // plain float32
     };
     for (size_t i = 0; i < N_OF(cases) && !*test__failed; i++) {
         kmeans_roundtrip_case(test__failed, &cases[i]);
@@ -755,7 +759,7 @@ TEST(export_rejects_corrupt_and_truncated)
     while (at + 4 < rl && memcmp(raw + at, "TENS", 4) != 0) at++;
     ASSERT_LT(at + 4, rl);
     unsigned char *rec = raw + at + 12 + 4; // tag, u64 length, u32 count
-    ASSERT_EQ(rec[0], 2);                    // k-means, f32 codebook
+    ASSERT_EQ(rec[0], 2);                   // k-means, f32 codebook
     uint32_t k0;
     memcpy(&k0, rec + 4, 4);
     ASSERT_GE(k0, 3);
@@ -848,8 +852,8 @@ TEST(slow_subcommands_on_a_tiny_model)
     dmn_trainer_destroy(t);
 
     // compress: dense1 (16 x 64) to rank 4, fine-tuned; the result is a run checkpoint.
-    const char *a1[] = {"compress", model, "--layer", "dense1", "--rank", "4",
-                        "--finetune-steps", "5", "--threads", "1", "-o", out};
+    const char *a1[] = {"compress",         model, "--layer",   "dense1", "--rank", "4",
+                        "--finetune-steps", "5",   "--threads", "1",      "-o",     out};
     ASSERT_EQ(run(dmn_cmd_compress, a1, (int)N_OF(a1)), 0);
     struct dmn_trainer *r = NULL;
     ASSERT_EQ(dmn_trainer_load(&r, out, err, sizeof(err)), 0);
@@ -859,8 +863,8 @@ TEST(slow_subcommands_on_a_tiny_model)
     ASSERT_LT(r->net->n_params, p0);
     ASSERT_EQ(r->cfg.adapt.enabled, cfg.adapt.enabled); // the model's own config is kept
     dmn_trainer_destroy(r);
-    const char *a1b[] = {"compress", model, "--rank", "auto", "--gap", "1.5", "--energy",
-                         "0.9", "-o", out};
+    const char *a1b[] = {"compress", model,      "--rank", "auto", "--gap",
+                         "1.5",      "--energy", "0.9",    "-o",   out};
     ASSERT_EQ(run(dmn_cmd_compress, a1b, (int)N_OF(a1b)), 0);
     const char *a1c[] = {"compress", model, "--layer", "nosuch", "--rank", "2", "-o", out};
     ASSERT_EQ(run(dmn_cmd_compress, a1c, (int)N_OF(a1c)), 1);
@@ -868,8 +872,9 @@ TEST(slow_subcommands_on_a_tiny_model)
     ASSERT_EQ(run(dmn_cmd_compress, a1d, (int)N_OF(a1d)), 2);
 
     // sweep: a CSV with a header, the uncompressed row and one row per rank.
-    const char *a2[] = {"sweep", model, "--layer", "dense1", "--ranks", "2..16:7",
-                        "--finetune-steps", "3", "--csv", csv};
+    const char *a2[] = {"sweep",   model,     "--layer",          "dense1",
+                        "--ranks", "2..16:7", "--finetune-steps", "3",
+                        "--csv",   csv};
     ASSERT_EQ(run(dmn_cmd_sweep, a2, (int)N_OF(a2)), 0);
     size_t clen;
     unsigned char *c = read_all(csv, &clen);
@@ -888,7 +893,7 @@ TEST(slow_subcommands_on_a_tiny_model)
     const char *a3[] = {"thin", model, "--ratio", "0.5", "--finetune-steps", "5", "-o", out};
     ASSERT_EQ(run(dmn_cmd_thin, a3, (int)N_OF(a3)), 0);
     ASSERT_EQ(dmn_trainer_load(&r, out, err, sizeof(err)), 0);
-    ASSERT_EQ(r->net->layers[0].spec.out, 2);                // conv1 4 -> 2
+    ASSERT_EQ(r->net->layers[0].spec.out, 2); // conv1 4 -> 2
     ASSERT_EQ(r->net->layers[net_layer_find(r->net, "dense1")].spec.out, 8);
     dmn_trainer_destroy(r);
     const char *a3b[] = {"thin", model, "--widths", "dense1=5", "-o", out};
@@ -897,8 +902,8 @@ TEST(slow_subcommands_on_a_tiny_model)
     ASSERT_EQ(run(dmn_cmd_thin, a3c, (int)N_OF(a3c)), 1);
 
     // export, then eval reads the compressed file directly.
-    const char *a4[] = {"export", model, "--kmeans", "8", "--prune", "0.3", "--fp16",
-                        "--finetune-steps", "5", "-o", xz};
+    const char *a4[] = {"export",           model, "--kmeans", "8", "--prune", "0.3", "--fp16",
+                        "--finetune-steps", "5",   "-o",       xz};
     ASSERT_EQ(run(dmn_cmd_export, a4, (int)N_OF(a4)), 0);
     const char *a5[] = {"eval", xz};
     ASSERT_EQ(run(dmn_cmd_eval, a5, (int)N_OF(a5)), 0);

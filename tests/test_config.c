@@ -35,15 +35,16 @@ static int expect_load_error(const char *text, const char *frag1, const char *fr
     int rc = load(&c, text, err, sizeof err);
     int ok = rc == -EINVAL && strstr(err, frag1) && (!frag2 || strstr(err, frag2)) &&
              memcmp(&c, &copy, sizeof c) == 0;
-    if (!ok) fprintf(stderr, "rc %d, err \"%s\", want \"%s\" and \"%s\"\n", rc, err, frag1,
-                     frag2 ? frag2 : "");
+    if (!ok)
+        fprintf(stderr, "rc %d, err \"%s\", want \"%s\" and \"%s\"\n", rc, err, frag1,
+                frag2 ? frag2 : "");
     return ok;
 }
 
 TEST(shipped_configs_load)
 {
-    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                        "tiny"};
+    static const char *const files[] = {"default", "compact",    "ref_mlp",
+                                        "ref_cnn", "ref_resnet", "tiny"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[512], err[512] = "";
         struct dmn_config c;
@@ -157,7 +158,8 @@ TEST(unknown_key_named)
                              "optimizer: unknown key \"lerning_rate\"", NULL));
     // A near miss gets a hint.
     ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"shrink_treshold\": 0.1}}",
-                             "unknown key \"shrink_treshold\"", "did you mean \"shrink_threshold\""));
+                             "unknown key \"shrink_treshold\"",
+                             "did you mean \"shrink_threshold\""));
 }
 
 TEST(unknown_section_named)
@@ -198,9 +200,9 @@ TEST(out_of_range_named)
 
 TEST(bad_enum_lists_choices)
 {
-    ASSERT(expect_load_error("{" MODEL ", \"adapt\": {\"mode\": \"prune\"}}",
-                             "adapt.mode: string \"prune\" is not one of: rotate, select, factorize",
-                             NULL));
+    ASSERT(expect_load_error(
+        "{" MODEL ", \"adapt\": {\"mode\": \"prune\"}}",
+        "adapt.mode: string \"prune\" is not one of: rotate, select, factorize", NULL));
     ASSERT(expect_load_error("{" MODEL ", \"data\": {\"dataset\": \"imagenet\"}}",
                              "fashion-mnist, mnist, cifar10, synthetic", NULL));
 }
@@ -210,8 +212,8 @@ TEST(malformed_json_reports_position)
     // The missing comma sits on line 3; cJSON stops there.
     ASSERT(expect_load_error("{\n  \"train\": {\"epochs\": 1}\n  \"adapt\": {}\n}",
                              "JSON syntax error at line 3", "column"));
-    ASSERT(expect_load_error("{" MODEL "} trailing", "unexpected text after the document",
-                             "offset"));
+    ASSERT(
+        expect_load_error("{" MODEL "} trailing", "unexpected text after the document", "offset"));
     ASSERT(expect_load_error("", "empty document", NULL));
     // Not NUL-terminated: only the first len bytes count.
     struct dmn_config c;
@@ -403,8 +405,8 @@ static int round_trip(const struct dmn_config *c)
 
 TEST(round_trip_identical)
 {
-    static const char *const files[] = {"default", "compact", "ref_mlp", "ref_cnn", "ref_resnet",
-                                        "tiny"};
+    static const char *const files[] = {"default", "compact",    "ref_mlp",
+                                        "ref_cnn", "ref_resnet", "tiny"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char path[512], err[512] = "";
         struct dmn_config c;

@@ -46,8 +46,7 @@ static size_t idx_images(uint8_t *buf, uint32_t magic, uint32_t n, uint32_t h, u
     return 16 + n_pix;
 }
 
-static size_t idx_labels(uint8_t *buf, uint32_t magic, uint32_t n, const uint8_t *lab,
-                         size_t n_lab)
+static size_t idx_labels(uint8_t *buf, uint32_t magic, uint32_t n, const uint8_t *lab, size_t n_lab)
 {
     put_be32(buf, magic);
     put_be32(buf + 4, n);
@@ -62,8 +61,8 @@ static int is_zeroed(const struct net_dataset *d)
 }
 
 /* Three 2 x 3 images with known bytes, and labels 0, 12, 3 (so 13 classes). */
-static const uint8_t PIX3[18] = {0, 255, 51, 102, 204, 1, 10, 20, 30, 40, 50, 60,
-                                 255, 254, 253, 0, 0, 128};
+static const uint8_t PIX3[18] = {0,  255, 51, 102, 204, 1,   10, 20, 30,
+                                 40, 50,  60, 255, 254, 253, 0,  0,  128};
 static const uint8_t LAB3[3] = {0, 12, 3};
 
 /* Writes images and labels (plain or gzip) and checks the loaded set against them. */
@@ -99,8 +98,8 @@ static void check_roundtrip(int *test__failed, const struct tmpd *t, int gz)
 
 /* Writes the given image bytes and valid labels for `n_lab` samples, loads, expects failure
  * with rc and a message containing the images path and `needle`; d must stay zeroed. */
-static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8_t *ib,
-                            size_t ni, size_t n_lab, int want_rc, const char *needle)
+static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8_t *ib, size_t ni,
+                            size_t n_lab, int want_rc, const char *needle)
 {
     uint8_t lb[64] = {0};
     char ip[256], lp[256], err[512] = "";
@@ -118,12 +117,12 @@ static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8
 }
 
 /* Runs body(test__failed, &tmpdir) and removes the directory whatever the outcome. */
-#define WITH_TMP(body)                                                                 \
-    do {                                                                               \
-        struct tmpd t_;                                                                \
-        ASSERT_EQ(tmp_make(&t_, "test_data"), 0);                                      \
-        body(test__failed, &t_);                                                       \
-        tmp_remove(&t_);                                                               \
+#define WITH_TMP(body)                                                                             \
+    do {                                                                                           \
+        struct tmpd t_;                                                                            \
+        ASSERT_EQ(tmp_make(&t_, "test_data"), 0);                                                  \
+        body(test__failed, &t_);                                                                   \
+        tmp_remove(&t_);                                                                           \
     } while (0)
 
 // ---- IDX -------------------------------------------------------------------------------

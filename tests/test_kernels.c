@@ -108,17 +108,17 @@ static int set_level(int want)
 
 /* Runs BODY once per instruction set this CPU has (AVX-512, AVX2), printing which; a CPU with
  * neither skips (printed), never fakes. Restores the best level after. */
-#define FOR_EACH_LEVEL(BODY)                                                           \
-    do {                                                                               \
-        int ran_ = 0;                                                                  \
-        for (int lv_ = 2; lv_ >= 1; lv_--) {                                           \
-            if (set_level(lv_) != lv_) continue;                                       \
-            printf("  (direct kernels: %s)\n", lv_ == 2 ? "AVX-512" : "AVX2");        \
-            ran_ = 1;                                                                  \
-            BODY;                                                                      \
-        }                                                                              \
-        set_level(2);                                                                  \
-        if (!ran_) printf("  (skipped: neither AVX-512 nor AVX2 on this CPU)\n");    \
+#define FOR_EACH_LEVEL(BODY)                                                                       \
+    do {                                                                                           \
+        int ran_ = 0;                                                                              \
+        for (int lv_ = 2; lv_ >= 1; lv_--) {                                                       \
+            if (set_level(lv_) != lv_) continue;                                                   \
+            printf("  (direct kernels: %s)\n", lv_ == 2 ? "AVX-512" : "AVX2");                     \
+            ran_ = 1;                                                                              \
+            BODY;                                                                                  \
+        }                                                                                          \
+        set_level(2);                                                                              \
+        if (!ran_) printf("  (skipped: neither AVX-512 nor AVX2 on this CPU)\n");                  \
     } while (0)
 
 TEST(conv_direct_matches_im2col_3x3)

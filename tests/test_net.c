@@ -231,8 +231,8 @@ static int gradcheck(struct net *n, const float *x, const uint8_t *y, size_t B, 
                n_kink, n_chk);
         bad = 1;
     }
-    printf("  grad %-32s %5zu params %3zu/%-4zu kinks  net rel %.2e  worst %.2e (%s)%s\n",
-           label, P, n_kink, n_chk, rel_all, worst, worst_name, bad ? "  FAILED" : "");
+    printf("  grad %-32s %5zu params %3zu/%-4zu kinks  net rel %.2e  worst %.2e (%s)%s\n", label, P,
+           n_kink, n_chk, rel_all, worst, worst_name, bad ? "  FAILED" : "");
     free(an), free(num), free(chk);
     return bad ? -1 : 0;
 }
@@ -261,10 +261,10 @@ static int gc_run(const char *label, struct net_shape in, size_t K,
     return rc;
 }
 
-#define GC(label, in, K, B, seed, ...)                                                          \
-    do {                                                                                        \
-        const struct net_layer_spec gc__s[] = {__VA_ARGS__};                                    \
-        ASSERT_EQ(gc_run(label, in, K, gc__s, N_OF(gc__s), B, seed), 0);                       \
+#define GC(label, in, K, B, seed, ...)                                                             \
+    do {                                                                                           \
+        const struct net_layer_spec gc__s[] = {__VA_ARGS__};                                       \
+        ASSERT_EQ(gc_run(label, in, K, gc__s, N_OF(gc__s), B, seed), 0);                           \
     } while (0)
 
 // ---- gradient checks, layer by layer --------------------------------------------------------
@@ -274,8 +274,7 @@ TEST(grad_dense)
     net_set_threads(T_THREADS);
     // The second dense's dinp reaches the first dense's weights.
     GC("dense+bias", shp(1, 2, 3), 3, 3, 11, S_FLAT(), S_DENSE(5, 1), S_DENSE(3, 1));
-    GC("dense no bias", shp(2, 2, 2), 4, 3, 12, S_FLAT(), S_DENSE(6, 0), S_RELU(),
-       S_DENSE(4, 0));
+    GC("dense no bias", shp(2, 2, 2), 4, 3, 12, S_FLAT(), S_DENSE(6, 0), S_RELU(), S_DENSE(4, 0));
 }
 
 TEST(grad_dense_factorized)
@@ -306,8 +305,8 @@ TEST(grad_conv)
 TEST(grad_conv_factorized)
 {
     net_set_threads(T_THREADS);
-    GC("conv factorized", shp(2, 6, 6), 3, 2, 21, S_CONV(3, 3, 1, 1, 1),
-       S_CONVR(4, 2, 3, 1, 1, 1), S_RELU(), S_CONVR(3, 2, 3, 2, 1, 0), S_FLAT(), S_DENSE(3, 1));
+    GC("conv factorized", shp(2, 6, 6), 3, 2, 21, S_CONV(3, 3, 1, 1, 1), S_CONVR(4, 2, 3, 1, 1, 1),
+       S_RELU(), S_CONVR(3, 2, 3, 2, 1, 0), S_FLAT(), S_DENSE(3, 1));
 }
 
 TEST(grad_bn)
@@ -315,8 +314,7 @@ TEST(grad_bn)
     net_set_threads(T_THREADS);
     GC("bn spatial", shp(2, 4, 4), 3, 3, 31, S_CONV(3, 3, 1, 1, 0), S_BN(), S_RELU(), S_FLAT(),
        S_DENSE(3, 1));
-    GC("bn flat", shp(1, 2, 3), 3, 5, 32, S_FLAT(), S_DENSE(6, 1), S_BN(), S_RELU(),
-       S_DENSE(3, 1));
+    GC("bn flat", shp(1, 2, 3), 3, 5, 32, S_FLAT(), S_DENSE(6, 1), S_BN(), S_RELU(), S_DENSE(3, 1));
 }
 
 TEST(grad_relu)
@@ -340,8 +338,8 @@ TEST(grad_maxpool)
        S_DENSE(3, 1));
     // ReLU -> max pool: net.c fuses the ReLU's backward into the pool's (net_internal.h);
     // the second pair has an odd 3x3 input, so its last row and column are uncovered.
-    GC("relu then maxpool", shp(2, 6, 6), 3, 2, 55, S_CONV(3, 3, 1, 1, 1), S_RELU(),
-       S_POOL(2, 0), S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_FLAT(), S_DENSE(3, 1));
+    GC("relu then maxpool", shp(2, 6, 6), 3, 2, 55, S_CONV(3, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
+       S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_FLAT(), S_DENSE(3, 1));
     // Overlapping windows: one input can be the max of several outputs.
     GC("maxpool k3 s2", shp(2, 7, 7), 3, 2, 52, S_CONV(3, 3, 1, 1, 1), S_POOL(3, 2), S_FLAT(),
        S_DENSE(3, 1));
@@ -356,16 +354,15 @@ TEST(grad_gap)
 TEST(grad_flatten)
 {
     net_set_threads(T_THREADS);
-    GC("flatten spatial", shp(2, 3, 4), 3, 3, 71, S_CONV(3, 3, 1, 1, 1), S_FLAT(),
-       S_DENSE(3, 1));
+    GC("flatten spatial", shp(2, 3, 4), 3, 3, 71, S_CONV(3, 3, 1, 1, 1), S_FLAT(), S_DENSE(3, 1));
     GC("flatten flat", shp(1, 2, 3), 3, 3, 72, S_FLAT(), S_DENSE(5, 1), S_FLAT(), S_DENSE(3, 1));
 }
 
 TEST(grad_res_identity)
 {
     net_set_threads(T_THREADS);
-    GC("res identity", shp(2, 5, 5), 3, 2, 81, S_CONV(3, 3, 1, 1, 1), S_RES(2, 3, 1, 0),
-       S_FLAT(), S_DENSE(3, 1));
+    GC("res identity", shp(2, 5, 5), 3, 2, 81, S_CONV(3, 3, 1, 1, 1), S_RES(2, 3, 1, 0), S_FLAT(),
+       S_DENSE(3, 1));
     GC("res identity bn", shp(2, 5, 5), 3, 2, 82, S_CONV(3, 3, 1, 1, 1), S_RES(2, 3, 1, 1),
        S_FLAT(), S_DENSE(3, 1));
 }
@@ -375,12 +372,12 @@ TEST(grad_res_projection)
     net_set_threads(T_THREADS);
     GC("res proj channels", shp(2, 5, 5), 3, 2, 91, S_CONV(3, 3, 1, 1, 1), S_RES(3, 4, 1, 0),
        S_FLAT(), S_DENSE(3, 1));
-    GC("res proj channels bn", shp(2, 5, 5), 3, 2, 92, S_CONV(3, 3, 1, 1, 1),
-       S_RES(3, 4, 1, 1), S_FLAT(), S_DENSE(3, 1));
+    GC("res proj channels bn", shp(2, 5, 5), 3, 2, 92, S_CONV(3, 3, 1, 1, 1), S_RES(3, 4, 1, 1),
+       S_FLAT(), S_DENSE(3, 1));
     GC("res proj stride 2", shp(2, 6, 6), 3, 2, 93, S_CONV(3, 3, 1, 1, 1), S_RES(2, 3, 2, 0),
        S_FLAT(), S_DENSE(3, 1));
-    GC("res proj stride 2 bn", shp(2, 6, 6), 3, 2, 94, S_CONV(3, 3, 1, 1, 1),
-       S_RES(2, 3, 2, 1), S_FLAT(), S_DENSE(3, 1));
+    GC("res proj stride 2 bn", shp(2, 6, 6), 3, 2, 94, S_CONV(3, 3, 1, 1, 1), S_RES(2, 3, 2, 1),
+       S_FLAT(), S_DENSE(3, 1));
     GC("res proj stride 2 + channels bn", shp(2, 7, 7), 3, 2, 95, S_CONV(3, 3, 1, 1, 1),
        S_RES(2, 5, 2, 1), S_FLAT(), S_DENSE(3, 1));
 }
@@ -443,8 +440,8 @@ TEST(grad_check_detects_errors)
 TEST(backward_accumulates)
 {
     net_set_threads(T_THREADS);
-    const struct net_layer_spec s[] = {S_CONV(3, 3, 1, 1, 0), S_BN(), S_RELU(),
-                                       S_RES(3, 3, 1, 1), S_FLAT(), S_DENSE(3, 1)};
+    const struct net_layer_spec s[] = {S_CONV(3, 3, 1, 1, 0), S_BN(),   S_RELU(),
+                                       S_RES(3, 3, 1, 1),     S_FLAT(), S_DENSE(3, 1)};
     struct net_shape in = shp(1, 5, 5);
     struct net *n = mk(&in, 3, s, N_OF(s));
     ASSERT(n);
@@ -558,7 +555,12 @@ static const struct golden_case GOLDEN[] = {
     {"conv_k3s2p1", {2, 5, 5, 1}, 2, 2, 0, 3, {S_CONV(3, 3, 2, 1, 1), S_FLAT(), S_DENSE(2, 1)}},
     {"conv_k5s1p2", {2, 5, 5, 1}, 2, 2, 0, 3, {S_CONV(2, 5, 1, 2, 1), S_FLAT(), S_DENSE(2, 1)}},
     {"conv_k1", {3, 4, 4, 1}, 2, 2, 0, 3, {S_CONV(2, 1, 1, 0, 0), S_FLAT(), S_DENSE(2, 1)}},
-    {"conv_factorized", {2, 4, 4, 1}, 2, 2, 0, 3,
+    {"conv_factorized",
+     {2, 4, 4, 1},
+     2,
+     2,
+     0,
+     3,
      {S_CONVR(3, 2, 3, 1, 1, 1), S_FLAT(), S_DENSE(2, 1)}},
     {"maxpool_k2", {2, 4, 4, 1}, 2, 2, 0, 3, {S_POOL(2, 0), S_FLAT(), S_DENSE(2, 1)}},
     {"maxpool_k3s2", {2, 7, 7, 1}, 2, 2, 0, 3, {S_POOL(3, 2), S_FLAT(), S_DENSE(2, 1)}},
@@ -737,8 +739,8 @@ static int bn_eval_case(int flat)
             const float *o = n->acts[li + 1];
             for (size_t b = 0; b < B; b++)
                 for (size_t i = 0; i < HW; i++) {
-                    double want = gamma[c] * (x[(b * C + c) * HW + i] - mu) / sqrt(var_b + 1e-5) +
-                                  beta[c];
+                    double want =
+                        gamma[c] * (x[(b * C + c) * HW + i] - mu) / sqrt(var_b + 1e-5) + beta[c];
                     double got = flat ? o[b * C + c] : o[(c * B + b) * HW + i];
                     if (fabs(got - want) > 1e-4 * (1.0 + fabs(want))) {
                         if (bad++ < 5)
@@ -790,9 +792,8 @@ TEST(bn_running_stats_and_eval)
 // ---- net_create validation -----------------------------------------------------------------
 
 /* Expects rejection with -EINVAL, *out untouched and a message containing each needle. */
-static int expect_reject(const struct net_shape *in, size_t classes,
-                         const struct net_layer_spec *s, size_t ns, const char *need1,
-                         const char *need2)
+static int expect_reject(const struct net_shape *in, size_t classes, const struct net_layer_spec *s,
+                         size_t ns, const char *need1, const char *need2)
 {
     static struct net dummy;
     struct net *sentinel = &dummy, *n = sentinel;
@@ -864,9 +865,9 @@ TEST(param_and_flop_counts)
     //     4 * (162 + 135 + 30) = 1308 MACs
     //   gap -> 5; dense 5->3 bias: 18 params, 15 MACs
     struct net_shape in = shp(1, 8, 8);
-    const struct net_layer_spec s[] = {S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
-                                       S_CONVR(6, 2, 3, 1, 1, 0), S_RES(3, 5, 2, 1), S_GAP(),
-                                       S_DENSE(3, 1)};
+    const struct net_layer_spec s[] = {
+        S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_CONVR(6, 2, 3, 1, 1, 0),
+        S_RES(3, 5, 2, 1),     S_GAP(),  S_DENSE(3, 1)};
     struct net *n = mk(&in, 3, s, N_OF(s));
     ASSERT(n);
     size_t p = 40 + (72 + 12) + (162 + 6 + 135 + 10 + 30 + 10) + 18;
@@ -898,10 +899,10 @@ TEST(param_and_flop_counts)
 TEST(layer_info_counts)
 {
     struct net_shape in = shp(1, 8, 8);
-    const struct net_layer_spec s[] = {S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
-                                       S_CONVR(6, 2, 3, 1, 1, 0), S_RES(3, 5, 2, 1), S_GAP(),
-                                       S_DENSE(3, 1)};
-    const size_t want[][3] = {{40, 2304, 4}, {0, 0, 4}, {0, 0, 4}, {72 + 12, 1344, 6},
+    const struct net_layer_spec s[] = {
+        S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_CONVR(6, 2, 3, 1, 1, 0),
+        S_RES(3, 5, 2, 1),     S_GAP(),  S_DENSE(3, 1)};
+    const size_t want[][3] = {{40, 2304, 4},  {0, 0, 4}, {0, 0, 4},  {72 + 12, 1344, 6},
                               {353, 1308, 3}, {0, 0, 5}, {18, 15, 3}};
     struct net *n = mk(&in, 3, s, N_OF(s));
     ASSERT(n);
@@ -912,7 +913,8 @@ TEST(layer_info_counts)
         sum_p += li.params;
         sum_f += li.macs;
         if (li.params != want[i][0] || li.macs != want[i][1] || li.width != want[i][2])
-            printf("    layer %zu: params %zu macs %zu width %zu\n", i, li.params, li.macs, li.width);
+            printf("    layer %zu: params %zu macs %zu width %zu\n", i, li.params, li.macs,
+                   li.width);
         ASSERT_EQ(li.params, want[i][0]);
         ASSERT_EQ(li.width, want[i][2]);
         ASSERT_EQ(li.macs, want[i][1]);
@@ -927,8 +929,8 @@ TEST(layer_info_counts)
 TEST(clone_is_deep_and_exact)
 {
     struct net_shape in = shp(2, 6, 6);
-    const struct net_layer_spec s[] = {S_CONV(4, 3, 1, 1, 1), S_BN(), S_RELU(), S_RES(3, 4, 1, 1),
-                                       S_FLAT(), S_DENSE(3, 1)};
+    const struct net_layer_spec s[] = {S_CONV(4, 3, 1, 1, 1), S_BN(),   S_RELU(),
+                                       S_RES(3, 4, 1, 1),     S_FLAT(), S_DENSE(3, 1)};
     struct net *a = mk(&in, 3, s, N_OF(s)), *b = NULL;
     ASSERT(a);
     uint64_t rng = 7;
@@ -944,7 +946,8 @@ TEST(clone_is_deep_and_exact)
     ASSERT_EQ(net_clone(&b, a), 0);
     ASSERT(b && b != a && b->params != a->params);
     ASSERT_EQ(b->n_layers, a->n_layers);
-    for (size_t i = 0; i < a->n_layers; i++) ASSERT_STR_EQ(b->layers[i].spec.name, a->layers[i].spec.name);
+    for (size_t i = 0; i < a->n_layers; i++)
+        ASSERT_STR_EQ(b->layers[i].spec.name, a->layers[i].spec.name);
     ASSERT_EQ(b->n_params, a->n_params);
     ASSERT_EQ(b->n_state, a->n_state);
     ASSERT_EQ(memcmp(b->params, a->params, a->n_params * sizeof(float)), 0);
@@ -974,16 +977,21 @@ TEST(clone_is_deep_and_exact)
 TEST(param_counts_match_torch_ref)
 {
     struct net_shape in = shp(1, 28, 28);
-    const struct net_layer_spec mlp[] = {S_FLAT(),       S_DENSE(512, 1), S_RELU(),
-                                         S_DENSE(256, 1), S_RELU(),       S_DENSE(10, 1)};
-    const struct net_layer_spec cnn[] = {S_CONV(32, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
-                                         S_CONV(64, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
-                                         S_FLAT(),               S_DENSE(128, 1), S_RELU(),
+    const struct net_layer_spec mlp[] = {S_FLAT(),        S_DENSE(512, 1), S_RELU(),
+                                         S_DENSE(256, 1), S_RELU(),        S_DENSE(10, 1)};
+    const struct net_layer_spec cnn[] = {S_CONV(32, 3, 1, 1, 1),
+                                         S_RELU(),
+                                         S_POOL(2, 0),
+                                         S_CONV(64, 3, 1, 1, 1),
+                                         S_RELU(),
+                                         S_POOL(2, 0),
+                                         S_FLAT(),
+                                         S_DENSE(128, 1),
+                                         S_RELU(),
                                          S_DENSE(10, 1)};
-    const struct net_layer_spec res[] = {S_CONV(32, 3, 1, 1, 1), S_RELU(), S_RES(32, 32, 1, 0),
-                                         S_POOL(2, 0),          S_RES(32, 32, 1, 0),
-                                         S_POOL(2, 0),          S_FLAT(), S_DENSE(128, 1),
-                                         S_RELU(),              S_DENSE(10, 1)};
+    const struct net_layer_spec res[] = {
+        S_CONV(32, 3, 1, 1, 1), S_RELU(), S_RES(32, 32, 1, 0), S_POOL(2, 0), S_RES(32, 32, 1, 0),
+        S_POOL(2, 0),           S_FLAT(), S_DENSE(128, 1),     S_RELU(),     S_DENSE(10, 1)};
     struct net *a = mk(&in, 10, mlp, N_OF(mlp)), *b = mk(&in, 10, cnn, N_OF(cnn));
     struct net *c = mk(&in, 10, res, N_OF(res));
     ASSERT(a && b && c);
@@ -1019,8 +1027,8 @@ static struct net *opt_net(void)
 static const float OPT_G[6] = {0.3f, -0.2f, 0.1f, 0.05f, -0.4f, 0.6f};
 
 /* Independent double-precision reference of the same update rules (torch semantics). */
-static void opt_ref(double *w, double g[3][6], int adam, double lr, double mu, int nest,
-                    double wd, double b1, double b2, double eps)
+static void opt_ref(double *w, double g[3][6], int adam, double lr, double mu, int nest, double wd,
+                    double b1, double b2, double eps)
 {
     double m[6] = {0}, v[6] = {0};
     for (int t = 1; t <= 3; t++)
@@ -1111,8 +1119,8 @@ TEST(optim_weight_decay_only_on_weights)
     net_destroy(n);
     n = opt_net();
     ASSERT(n);
-    struct net_optim a = {.kind = NET_ADAMW, .weight_decay = 0.5f, .beta1 = 0.9f, .beta2 = 0.999f,
-                          .eps = 1e-8f};
+    struct net_optim a = {
+        .kind = NET_ADAMW, .weight_decay = 0.5f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
     memset(n->grads, 0, 6 * sizeof(float));
     net_optim_step(n, &a, 0.1f);
     float adam[6];
@@ -1201,8 +1209,8 @@ TEST(optim_adamw)
     double g[3][6], w[6];
     for (int t = 0; t < 3; t++)
         for (int i = 0; i < 6; i++) g[t][i] = OPT_G[i];
-    struct net_optim o = {.kind = NET_ADAMW, .weight_decay = 0.1f, .beta1 = 0.9f,
-                          .beta2 = 0.999f, .eps = 1e-8f};
+    struct net_optim o = {
+        .kind = NET_ADAMW, .weight_decay = 0.1f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
     ASSERT_EQ(opt_case(o, 0.01f, g, w), 0);
     // Constant g: bias-corrected m/sqrt(v) = sign(g), so w -= lr * (1 + wd w) per step:
     // 0.5 -> 0.4895 -> 0.4790105 -> 0.4685314895 (eps shifts the 9th digit).
@@ -1241,12 +1249,15 @@ TEST(schedules)
     ASSERT_NEAR(net_sched_lr(&s, 13), 0.1, 1e-7);
     ASSERT_NEAR(net_sched_lr(&s, 14), 0.05, 1e-7);
 
-    struct net_sched k = {.kind = NET_SCHED_COSINE, .lr = 0.1f, .min_lr = 0.001f,
-                          .warmup_steps = 10, .total_steps = 110};
-    ASSERT_NEAR(net_sched_lr(&k, 0), 0.01, 1e-7);   // first warmup step
+    struct net_sched k = {.kind = NET_SCHED_COSINE,
+                          .lr = 0.1f,
+                          .min_lr = 0.001f,
+                          .warmup_steps = 10,
+                          .total_steps = 110};
+    ASSERT_NEAR(net_sched_lr(&k, 0), 0.01, 1e-7); // first warmup step
     ASSERT_NEAR(net_sched_lr(&k, 4), 0.05, 1e-7);
-    ASSERT_NEAR(net_sched_lr(&k, 9), 0.1, 1e-7);    // warmup end
-    ASSERT_NEAR(net_sched_lr(&k, 10), 0.1, 1e-7);   // cosine start = peak
+    ASSERT_NEAR(net_sched_lr(&k, 9), 0.1, 1e-7);     // warmup end
+    ASSERT_NEAR(net_sched_lr(&k, 10), 0.1, 1e-7);    // cosine start = peak
     ASSERT_NEAR(net_sched_lr(&k, 60), 0.0505, 1e-7); // mid: (lr + min) / 2
     ASSERT_NEAR(net_sched_lr(&k, 35), 0.001 + 0.099 * 0.5 * (1 + cos(T_PI / 4)), 1e-7);
     ASSERT_NEAR(net_sched_lr(&k, 110), 0.001, 1e-7); // end = min_lr
@@ -1299,8 +1310,9 @@ TEST(rng_determinism)
     ASSERT_EQ(tot, (size_t)N);
     // net_init_params: same seed, same parameters; another seed, others.
     struct net_shape in = shp(1, 6, 6);
-    const struct net_layer_spec sp[] = {S_CONV(4, 3, 1, 1, 1), S_BN(), S_RES(3, 4, 1, 1),
-                                        S_FLAT(), S_DENSER(5, 2, 1), S_DENSE(3, 1)};
+    const struct net_layer_spec sp[] = {S_CONV(4, 3, 1, 1, 1), S_BN(),
+                                        S_RES(3, 4, 1, 1),     S_FLAT(),
+                                        S_DENSER(5, 2, 1),     S_DENSE(3, 1)};
     struct net *n1 = mk(&in, 3, sp, N_OF(sp)), *n2 = mk(&in, 3, sp, N_OF(sp));
     ASSERT(n1 && n2);
     uint64_t r1 = 7, r2 = 7;
@@ -1396,8 +1408,9 @@ TEST(train_synthetic)
     net_data_stats(&tr, mean, sd);
     net_data_normalize(&tr, mean, sd);
     net_data_normalize(&va, mean, sd);
-    const struct net_layer_spec s[] = {S_CONV(8, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
-                                       S_CONV(16, 3, 1, 1, 1), S_RELU(), S_GAP(), S_DENSE(4, 1)};
+    const struct net_layer_spec s[] = {S_CONV(8, 3, 1, 1, 1),  S_RELU(), S_POOL(2, 0),
+                                       S_CONV(16, 3, 1, 1, 1), S_RELU(), S_GAP(),
+                                       S_DENSE(4, 1)};
     struct net *n = mk(&in, 4, s, N_OF(s));
     ASSERT(n);
     net_init_params(n, &rng);

@@ -46,37 +46,108 @@ struct ndef {
 };
 
 static const struct ndef NETS[] = {
-    {"mlp", 1, 6, 6, 5, 2, 6,
+    {"mlp",
+     1,
+     6,
+     6,
+     5,
+     2,
+     6,
      {S_FLAT(), S_DENSE(12, 1), S_RELU(), S_DENSE(10, 1), S_RELU(), S_DENSE(5, 1)}},
-    {"mlp_bn", 1, 6, 6, 5, 2, 8,
-     {S_FLAT(), S_DENSE(12, 0), S_BN(), S_RELU(), S_DENSE(8, 0), S_BN(), S_RELU(),
-      S_DENSE(5, 1)}},
-    {"dense_linear", 1, 6, 6, 5, 2, 5,
+    {"mlp_bn",
+     1,
+     6,
+     6,
+     5,
+     2,
+     8,
+     {S_FLAT(), S_DENSE(12, 0), S_BN(), S_RELU(), S_DENSE(8, 0), S_BN(), S_RELU(), S_DENSE(5, 1)}},
+    {"dense_linear",
+     1,
+     6,
+     6,
+     5,
+     2,
+     5,
      {S_FLAT(), S_DENSE(12, 1), S_DENSE(10, 1), S_RELU(), S_DENSE(5, 1)}},
-    {"conv_bn", 3, 8, 8, 5, 2, 8,
+    {"conv_bn",
+     3,
+     8,
+     8,
+     5,
+     2,
+     8,
      {S_CONV(8, 3, 1, 1, 0), S_BN(), S_RELU(), S_CONV(8, 3, 1, 1, 0), S_BN(), S_RELU(), S_GAP(),
       S_DENSE(5, 1)}},
     {"conv_gap", 3, 8, 8, 5, 1, 4, {S_CONV(6, 3, 1, 1, 1), S_RELU(), S_GAP(), S_DENSE(5, 1)}},
-    {"conv_flat", 3, 8, 8, 5, 2, 7,
+    {"conv_flat",
+     3,
+     8,
+     8,
+     5,
+     2,
+     7,
      {S_CONV(6, 3, 1, 1, 1), S_RELU(), S_POOL(2, 2), S_FLAT(), S_DENSE(8, 1), S_RELU(),
       S_DENSE(5, 1)}},
-    {"res_inner", 3, 8, 8, 5, 2, 5,
+    {"res_inner",
+     3,
+     8,
+     8,
+     5,
+     2,
+     5,
      {S_CONV(8, 3, 1, 1, 1), S_RELU(), S_RES(6, 8, 1, 0), S_GAP(), S_DENSE(5, 1)}},
-    {"res_inner_bn", 3, 8, 8, 5, 2, 5,
+    {"res_inner_bn",
+     3,
+     8,
+     8,
+     5,
+     2,
+     5,
      {S_CONV(8, 3, 1, 1, 1), S_RELU(), S_RES(6, 8, 1, 1), S_GAP(), S_DENSE(5, 1)}},
-    {"stream", 3, 8, 8, 5, 5, 7,
+    {"stream",
+     3,
+     8,
+     8,
+     5,
+     5,
+     7,
      {S_CONV(6, 3, 1, 1, 1), S_RELU(), S_RES(4, 6, 1, 0), S_RES(4, 6, 1, 0), S_RES(4, 8, 2, 0),
       S_GAP(), S_DENSE(5, 1)}},
-    {"stream_bn", 3, 8, 8, 5, 5, 8,
+    {"stream_bn",
+     3,
+     8,
+     8,
+     5,
+     5,
+     8,
      {S_CONV(6, 3, 1, 1, 0), S_BN(), S_RELU(), S_RES(4, 6, 1, 1), S_RES(4, 6, 1, 1),
       S_RES(4, 8, 2, 1), S_GAP(), S_DENSE(5, 1)}},
-    {"stream_flat", 3, 6, 6, 5, 3, 6,
+    {"stream_flat",
+     3,
+     6,
+     6,
+     5,
+     3,
+     6,
      {S_CONV(6, 3, 1, 1, 1), S_RELU(), S_RES(4, 6, 1, 0), S_RES(4, 6, 1, 0), S_FLAT(),
       S_DENSE(5, 1)}},
-    {"stream_flat_bn", 3, 6, 6, 5, 3, 6,
+    {"stream_flat_bn",
+     3,
+     6,
+     6,
+     5,
+     3,
+     6,
      {S_CONV(6, 3, 1, 1, 0), S_BN(), S_RES(4, 6, 1, 1), S_RES(4, 6, 1, 1), S_FLAT(),
       S_DENSE(5, 1)}},
-    {"factorized", 3, 6, 6, 5, 3, 8,
+    {"factorized",
+     3,
+     6,
+     6,
+     5,
+     3,
+     8,
      {S_CONVR(8, 3, 3, 1, 1, 1), S_RELU(), S_CONVR(6, 2, 3, 1, 1, 1), S_RELU(), S_GAP(),
       S_DENSER(8, 3, 1), S_RELU(), S_DENSE(5, 1)}},
 };
@@ -197,12 +268,9 @@ static const struct net_tensor *main_w(const struct net *n, const struct svd_gre
 {
     const struct net_layer *l = &n->layers[g->layer];
     switch (g->kind) {
-    case SVD_G_UNITS:
-        return net_tensor_get(n, g->layer, l->spec.rank ? "u" : "w");
-    case SVD_G_RES_INNER:
-        return net_tensor_get(n, g->layer, "c1.w");
-    case SVD_G_STREAM:
-        return net_tensor_get(n, g->layer, l->spec.kind == NET_RES ? "c2.w" : "w");
+    case SVD_G_UNITS: return net_tensor_get(n, g->layer, l->spec.rank ? "u" : "w");
+    case SVD_G_RES_INNER: return net_tensor_get(n, g->layer, "c1.w");
+    case SVD_G_STREAM: return net_tensor_get(n, g->layer, l->spec.kind == NET_RES ? "c2.w" : "w");
     }
     return NULL;
 }
@@ -465,7 +533,8 @@ TEST(grow_gradmax_follows_gradient_correlation)
         uint8_t *y = rand_y(B, n->n_classes, 42 + d);
         const size_t p = 1;                                      // dense1
         const size_t cons = NETS[d].s[2].kind == NET_DENSE ? 2 : // dense_linear
-                                NETS[d].s[3].kind == NET_DENSE ? 3 : 4;
+                                NETS[d].s[3].kind == NET_DENSE ? 3
+                                                               : 4;
         const size_t L = n->layers[p].in.c, nc = n->layers[cons].out.c, m = n->layers[p].spec.out;
         // M from the original net, eval mode (what svd_grow uses), in double.
         net_zero_grad(n);
@@ -501,8 +570,10 @@ TEST(grow_gradmax_follows_gradient_correlation)
             double gnorm = sqrt(dot(ge, ge, L));
             // The second half of a BN'd unit's gradient is the BN backward's, not u^T M: only
             // the nets without BN between have this closed form.
-            if (d != 1) ASSERT_NEAR(gnorm, scale * sv[e], 2e-3 * scale * sv[0]);
-            else ASSERT_FLT_OP(gnorm, >, 0.0);
+            if (d != 1)
+                ASSERT_NEAR(gnorm, scale * sv[e], 2e-3 * scale * sv[0]);
+            else
+                ASSERT_FLT_OP(gnorm, >, 0.0);
         }
         net_destroy(gn);
         net_destroy(n);
@@ -557,8 +628,7 @@ static void check_rank_grow(int *test__failed, const char *label, struct net *n,
     net_backward(gn, y, B);
     double gmax = 0.0;
     for (size_t i = 0; i < m; i++)
-        for (size_t j = R; j < r; j++)
-            gmax = fmax(gmax, fabs(gn->grads[un->off + i * r + j]));
+        for (size_t j = R; j < r; j++) gmax = fmax(gmax, fabs(gn->grads[un->off + i * r + j]));
     net_destroy(gn);
     ASSERT_FLT_OP(gmax, >, 1e-7);
     ASSERT_FLT_OP(worst_cos, <, 1e-4);
@@ -568,9 +638,14 @@ TEST(grow_rank_factorized_dense_and_conv)
 {
     setup();
     static const struct ndef defs[2] = {
-        {"fact_dense", 1, 6, 6, 5, 1, 4,
-         {S_FLAT(), S_DENSER(12, 4, 1), S_RELU(), S_DENSE(5, 1)}},
-        {"fact_conv", 3, 6, 6, 5, 1, 4,
+        {"fact_dense", 1, 6, 6, 5, 1, 4, {S_FLAT(), S_DENSER(12, 4, 1), S_RELU(), S_DENSE(5, 1)}},
+        {"fact_conv",
+         3,
+         6,
+         6,
+         5,
+         1,
+         4,
          {S_CONVR(8, 3, 3, 1, 1, 1), S_RELU(), S_GAP(), S_DENSE(5, 1)}},
     };
     const size_t B = 16, layer[2] = {1, 0};
@@ -638,8 +713,8 @@ static const double LIN_S[LIN_M] = {10.0, 8.0, 6.5, 5.0, 3.5, 2.0, 1.0, 0.5};
 /* flatten -> dense(8, no bias) -> dense(8, no bias) with W1 = U diag(LIN_S) V^T, W2 = I. */
 static struct net *lin_net(void)
 {
-    static const struct ndef d = {"lin", 1, 4, 5, LIN_M, 1, 3,
-                                  {S_FLAT(), S_DENSE(LIN_M, 0), S_DENSE(LIN_M, 0)}};
+    static const struct ndef d = {"lin", 1, 4, 5,
+                                  LIN_M, 1, 3, {S_FLAT(), S_DENSE(LIN_M, 0), S_DENSE(LIN_M, 0)}};
     struct net *n = mk(&d);
     if (!n) return NULL;
     uint64_t rng = 123;
@@ -705,8 +780,8 @@ TEST(rotate_drops_exactly_the_tail_spectrum)
 TEST(rotate_with_bn_folds_and_drops_exactly_the_tail_spectrum)
 {
     setup();
-    static const struct ndef d = {"lin_bn", 1, 4, 5, LIN_M, 1, 4,
-                                  {S_FLAT(), S_DENSE(LIN_M, 1), S_BN(), S_DENSE(LIN_M, 0)}};
+    static const struct ndef d = {
+        "lin_bn", 1, 4, 5, LIN_M, 1, 4, {S_FLAT(), S_DENSE(LIN_M, 1), S_BN(), S_DENSE(LIN_M, 0)}};
     struct net *n = mk(&d);
     ASSERT(n != NULL);
     init_net(n, 17); // random bias, gamma, beta, running mean and var
@@ -726,9 +801,9 @@ TEST(rotate_with_bn_folds_and_drops_exactly_the_tail_spectrum)
     for (size_t i = 0; i < LIN_M; i++)
         for (size_t j = 0; j < LIN_N; j++)
             f[i * LIN_N + j] = (double)gam[i] / sqrt((double)var[i] + 1e-5) * w1[i * LIN_N + j];
-    ASSERT_EQ(LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'N', LIN_M, LIN_N, f, LIN_N, sf, NULL, LIN_M, NULL,
-                             LIN_N),
-              0);
+    ASSERT_EQ(
+        LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'N', LIN_M, LIN_N, f, LIN_N, sf, NULL, LIN_M, NULL, LIN_N),
+        0);
     const size_t Bc = 64;
     float *xc = rand_x(Bc * LIN_N, 18);
     float zero_in[LIN_N] = {0};
@@ -866,8 +941,8 @@ static const float *prod_out(const struct net *n, const struct svd_gref *g, size
 /* Kept channels agree: a (old, C channels) channel idx[i] vs b (new) channel i, each value
  * within a few ulps of the channel's scale. Bit equality is not promised: a BLAS may pick a
  * different kernel (and summation order) for a different matrix width (OPENBLAS_CORETYPE). */
-static int channels_identical(const float *a, size_t Ca, const float *b, size_t Cb,
-                              const long *idx, size_t B, size_t HW, int spatial)
+static int channels_identical(const float *a, size_t Ca, const float *b, size_t Cb, const long *idx,
+                              size_t B, size_t HW, int spatial)
 {
     const size_t per = spatial ? B * HW : B;
     for (size_t i = 0; i < Cb; i++) {
@@ -1177,8 +1252,8 @@ static void check_after(int *test__failed, const char *label, const struct net *
     // GEMM (m with the generic row map): equal to rounding. With a BN layer after a units
     // producer, rotate folds the BN into the weight and rebuilds the BN, so that weight and
     // the BN's gamma / beta have no moment counterpart to compare with.
-    const int folded = op == OP_ROTATE && g->kind == SVD_G_UNITS &&
-                       g->layer + 1 < nn->n_layers && nn->layers[g->layer + 1].spec.kind == NET_BN;
+    const int folded = op == OP_ROTATE && g->kind == SVD_G_UNITS && g->layer + 1 < nn->n_layers &&
+                       nn->layers[g->layer + 1].spec.kind == NET_BN;
     const struct net_tensor *mw = g ? main_w(nn, g) : NULL;
     for (size_t ti = 0; ti < nn->n_tensors; ti++) {
         const struct net_tensor *t = &nn->tensors[ti];
@@ -1187,8 +1262,9 @@ static void check_after(int *test__failed, const char *label, const struct net *
         const char *s = sfx_of(t->name);
         int rank_t = op == OP_RANK && t->layer == layer &&
                      (!strcmp(s, "u") || !strcmp(s, "v") || !strcmp(s, "w"));
-        int fold_t = folded && (t == mw || (t->layer == g->layer + 1 && (!strcmp(s, "gamma") ||
-                                                                          !strcmp(s, "beta"))));
+        int fold_t =
+            folded &&
+            (t == mw || (t->layer == g->layer + 1 && (!strcmp(s, "gamma") || !strcmp(s, "beta"))));
         double tmax = 0.0;
         for (size_t i = 0; i < t->n; i++) tmax = fmax(tmax, fabs(p[i]));
         for (size_t i = 0; i < t->n; i++) {
@@ -1204,8 +1280,8 @@ static void check_after(int *test__failed, const char *label, const struct net *
             else
                 ok = mm[i] == p[i];
             if (!ok) {
-                printf("    %s: moment m of %s[%zu] = %a does not follow the parameter %a\n",
-                       label, t->name, i, mm[i], p[i]);
+                printf("    %s: moment m of %s[%zu] = %a does not follow the parameter %a\n", label,
+                       t->name, i, mm[i], p[i]);
                 ASSERT(ok);
             }
         }
@@ -1308,8 +1384,8 @@ static void surgery_matrix(int *test__failed, const struct ndef *def, size_t B)
             err[0] = 0;
             if (op == OP_GROW || op == OP_GRADMAX)
                 rc = svd_grow(&nn, n, &g[gi], 2,
-                              op == OP_GROW ? SVD_GROW_ORTHOGONAL : SVD_GROW_GRADMAX, x, y, B,
-                              &rng, err, sizeof err);
+                              op == OP_GROW ? SVD_GROW_ORTHOGONAL : SVD_GROW_GRADMAX, x, y, B, &rng,
+                              err, sizeof err);
             else
                 rc = svd_shrink(&nn, n, &g[gi], m - 2,
                                 op == OP_ROTATE ? SVD_MODE_ROTATE : SVD_MODE_SELECT, x, B, err,
@@ -1477,9 +1553,21 @@ TEST(adapt_keep_everything_is_identity)
     setup();
     // Nets whose every group has width <= fan-in (a full spectrum of `width` values).
     static const struct ndef defs[2] = {
-        {"mlp", 1, 6, 6, 5, 2, 6,
+        {"mlp",
+         1,
+         6,
+         6,
+         5,
+         2,
+         6,
          {S_FLAT(), S_DENSE(12, 1), S_RELU(), S_DENSE(10, 1), S_RELU(), S_DENSE(5, 1)}},
-        {"conv", 3, 6, 6, 5, 2, 7,
+        {"conv",
+         3,
+         6,
+         6,
+         5,
+         2,
+         7,
          {S_CONV(8, 3, 1, 1, 1), S_BN(), S_RELU(), S_RES(6, 8, 1, 1), S_GAP(), S_DENSE(6, 1),
           S_DENSE(5, 1)}},
     };
@@ -1619,8 +1707,8 @@ TEST(adapt_shrinks_duplicates_respects_min_width_and_rolls_back)
  * its spectrum is perfectly flat. */
 static struct net *flat_net(uint64_t seed)
 {
-    static const struct ndef d = {"flat", 1, 6, 6, 5, 1, 4,
-                                  {S_FLAT(), S_DENSE(8, 1), S_RELU(), S_DENSE(5, 1)}};
+    static const struct ndef d = {"flat", 1, 6, 6,
+                                  5,      1, 4, {S_FLAT(), S_DENSE(8, 1), S_RELU(), S_DENSE(5, 1)}};
     struct net *n = mk(&d);
     if (!n) return NULL;
     init_net(n, seed);
@@ -1753,8 +1841,8 @@ TEST(adapt_grows_flat_layer_with_patience_cooldown_and_limits)
 TEST(adapt_factorize_mode_sets_and_grows_rank)
 {
     setup();
-    static const struct ndef d = {"lowrank", 1, 6, 6, 5, 1, 4,
-                                  {S_FLAT(), S_DENSE(12, 1), S_RELU(), S_DENSE(5, 1)}};
+    static const struct ndef d = {
+        "lowrank", 1, 6, 6, 5, 1, 4, {S_FLAT(), S_DENSE(12, 1), S_RELU(), S_DENSE(5, 1)}};
     struct net *n = mk(&d);
     ASSERT(n != NULL);
     init_net(n, 90);
@@ -2046,8 +2134,8 @@ static double batch_loss(struct net *n, const float *x, const uint8_t *y, size_t
 TEST(rotate_through_relu_beats_deletion_by_index)
 {
     setup();
-    static const struct ndef d = {"relu", 1, 6, 6, 5, 1, 4,
-                                  {S_FLAT(), S_DENSE(16, 1), S_RELU(), S_DENSE(5, 1)}};
+    static const struct ndef d = {
+        "relu", 1, 6, 6, 5, 1, 4, {S_FLAT(), S_DENSE(16, 1), S_RELU(), S_DENSE(5, 1)}};
     const size_t B = 256, k = 10;
     struct net *n = mk(&d);
     ASSERT(n != NULL);
@@ -2069,8 +2157,8 @@ TEST(rotate_through_relu_beats_deletion_by_index)
     ASSERT_EQ(svd_shrink(&r, n, &g, k, SVD_MODE_ROTATE, x, B, err, sizeof err), 0);
     ASSERT_EQ(r->layers[1].spec.out, k);
     // Deletion by index: keep units 0 .. k-1, drop the others' columns.
-    static struct ndef dk = {"relu_k", 1, 6, 6, 5, 1, 4,
-                             {S_FLAT(), S_DENSE(10, 1), S_RELU(), S_DENSE(5, 1)}};
+    static struct ndef dk = {"relu_k", 1, 6, 6,
+                             5,        1, 4, {S_FLAT(), S_DENSE(10, 1), S_RELU(), S_DENSE(5, 1)}};
     struct net *del = mk(&dk);
     ASSERT(del != NULL);
     const float *w1 = net_tensor_data(n, net_tensor_get(n, 1, "w"));
@@ -2155,10 +2243,16 @@ TEST(rank_rules_on_known_spectra)
 TEST(groups_of_a_residual_net)
 {
     setup();
-    static const struct ndef d = {
-        "resnet", 3, 8, 8, 10, 6, 11,
-        {S_CONV(8, 3, 1, 1, 0), S_BN(), S_RELU(), S_RES(6, 8, 1, 1), S_RES(6, 8, 1, 1),
-         S_POOL(2, 2), S_RES(6, 12, 1, 1), S_GAP(), S_DENSE(16, 1), S_RELU(), S_DENSE(10, 1)}};
+    static const struct ndef d = {"resnet",
+                                  3,
+                                  8,
+                                  8,
+                                  10,
+                                  6,
+                                  11,
+                                  {S_CONV(8, 3, 1, 1, 0), S_BN(), S_RELU(), S_RES(6, 8, 1, 1),
+                                   S_RES(6, 8, 1, 1), S_POOL(2, 2), S_RES(6, 12, 1, 1), S_GAP(),
+                                   S_DENSE(16, 1), S_RELU(), S_DENSE(10, 1)}};
     struct net *n = mk(&d);
     ASSERT(n != NULL);
     struct svd_gref g[16];
@@ -2168,7 +2262,7 @@ TEST(groups_of_a_residual_net)
         size_t layer, width;
         const char *name;
     } want[] = {
-        {SVD_G_STREAM, 0, 8, "conv1.stream"}, {SVD_G_RES_INNER, 3, 6, "res1.inner"},
+        {SVD_G_STREAM, 0, 8, "conv1.stream"},  {SVD_G_RES_INNER, 3, 6, "res1.inner"},
         {SVD_G_RES_INNER, 4, 6, "res2.inner"}, {SVD_G_RES_INNER, 6, 6, "res3.inner"},
         {SVD_G_STREAM, 6, 12, "res3.stream"},  {SVD_G_UNITS, 8, 16, "dense1"},
     };
@@ -2194,12 +2288,12 @@ TEST(groups_of_a_residual_net)
     ASSERT_CONTAINS(err, "not an adaptable group");
     ASSERT_EQ(svd_grow(&o, n, &cls, 1, SVD_GROW_ORTHOGONAL, NULL, NULL, 0, &rng, err, sizeof err),
               -EINVAL);
-    ASSERT_EQ(svd_grow(&o, n, &conv_units, 1, SVD_GROW_ORTHOGONAL, NULL, NULL, 0, &rng, err,
-                       sizeof err),
-              -EINVAL);
-    ASSERT_EQ(svd_grow(&o, n, &id_stream, 1, SVD_GROW_ORTHOGONAL, NULL, NULL, 0, &rng, err,
-                       sizeof err),
-              -EINVAL);
+    ASSERT_EQ(
+        svd_grow(&o, n, &conv_units, 1, SVD_GROW_ORTHOGONAL, NULL, NULL, 0, &rng, err, sizeof err),
+        -EINVAL);
+    ASSERT_EQ(
+        svd_grow(&o, n, &id_stream, 1, SVD_GROW_ORTHOGONAL, NULL, NULL, 0, &rng, err, sizeof err),
+        -EINVAL);
     ASSERT(o == NULL);
     // Bad target widths.
     struct svd_gref d1 = {SVD_G_UNITS, 8};

@@ -166,8 +166,10 @@ TEST(tick_evaluates_and_checkpoints_on_schedule)
         while (!dmn_trainer_done(t)) {
             struct dmn_tick tk;
             ASSERT_EQ(dmn_trainer_tick(t, &tk), 0);
-            if (tk.evaluated) snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %zu", t->step);
-            if (tk.checkpoint_due) snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), " %zu", t->step);
+            if (tk.evaluated)
+                snprintf(evals + strlen(evals), sizeof evals - strlen(evals), " %zu", t->step);
+            if (tk.checkpoint_due)
+                snprintf(ckpts + strlen(ckpts), sizeof ckpts - strlen(ckpts), " %zu", t->step);
         }
         ASSERT_STR_EQ(evals, every ? " 5 10 15 20 25" : " 14 28");
         ASSERT_STR_EQ(ckpts, " 10 20 28");

@@ -15,18 +15,47 @@
 
 // ---- layer spec shorthands ---------------------------------------------------------------
 
-#define S_CONV(o, k_, s, p, b)                                                                 \
-    {.kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_CONVR(o, r, k_, s, p, b)                                                             \
-    {.kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p), .bias = (b)}
-#define S_DENSE(o, b) {.kind = NET_DENSE, .out = (o), .bias = (b)}
-#define S_DENSER(o, r, b) {.kind = NET_DENSE, .out = (o), .rank = (r), .bias = (b)}
-#define S_BN() {.kind = NET_BN}
-#define S_RELU() {.kind = NET_RELU}
-#define S_POOL(k_, s) {.kind = NET_MAXPOOL, .k = (k_), .stride = (s)}
-#define S_GAP() {.kind = NET_GAP}
-#define S_FLAT() {.kind = NET_FLATTEN}
-#define S_RES(w, o, s, b) {.kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)}
+#define S_CONV(o, k_, s, p, b)                                                                     \
+    {                                                                                              \
+        .kind = NET_CONV, .out = (o), .k = (k_), .stride = (s), .pad = (p), .bias = (b)            \
+    }
+#define S_CONVR(o, r, k_, s, p, b)                                                                 \
+    {                                                                                              \
+        .kind = NET_CONV, .out = (o), .rank = (r), .k = (k_), .stride = (s), .pad = (p),           \
+        .bias = (b)                                                                                \
+    }
+#define S_DENSE(o, b)                                                                              \
+    {                                                                                              \
+        .kind = NET_DENSE, .out = (o), .bias = (b)                                                 \
+    }
+#define S_DENSER(o, r, b)                                                                          \
+    {                                                                                              \
+        .kind = NET_DENSE, .out = (o), .rank = (r), .bias = (b)                                    \
+    }
+#define S_BN()                                                                                     \
+    {                                                                                              \
+        .kind = NET_BN                                                                             \
+    }
+#define S_RELU()                                                                                   \
+    {                                                                                              \
+        .kind = NET_RELU                                                                           \
+    }
+#define S_POOL(k_, s)                                                                              \
+    {                                                                                              \
+        .kind = NET_MAXPOOL, .k = (k_), .stride = (s)                                              \
+    }
+#define S_GAP()                                                                                    \
+    {                                                                                              \
+        .kind = NET_GAP                                                                            \
+    }
+#define S_FLAT()                                                                                   \
+    {                                                                                              \
+        .kind = NET_FLATTEN                                                                        \
+    }
+#define S_RES(w, o, s, b)                                                                          \
+    {                                                                                              \
+        .kind = NET_RES, .width = (w), .out = (o), .stride = (s), .bn = (b)                        \
+    }
 
 // ---- temp directories ----------------------------------------------------------------------
 
