@@ -9,21 +9,30 @@ all: build
 deps:
 	@scripts/deps.sh
 
+CONFIGURE = cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DWERROR=ON >/dev/null
+
+# --no-print-directory: no "Entering directory" pair around every one of CMake's sub-makes.
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DWERROR=ON >/dev/null
-	@cmake --build $(BUILD) -j$(JOBS)
+	@$(CONFIGURE)
+	@cmake --build $(BUILD) -j$(JOBS) -- --no-print-directory
 
 # The main job: evowidthd trains configs/default.json on Fashion-MNIST and serves the API
 # (it prints the URL to poll; Ctrl-C checkpoints and exits; run again to resume).
-run: build
+# It builds only the daemon (and what it links), so the tests' build lines stay out of the way.
+run: deps
+	@$(CONFIGURE)
+	@cmake --build $(BUILD) -j$(JOBS) --target evowidthd -- --no-print-directory
 	$(BUILD)/evowidthd --config configs/default.json --state-dir $(BUILD)/state
 
 # The same training in the foreground, with the final report.
-train: build
+train: deps
+	@$(CONFIGURE)
+	@cmake --build $(BUILD) -j$(JOBS) --target evowidth -- --no-print-directory
 	$(BUILD)/evowidth train configs/default.json --report $(BUILD)/default-report.json -o $(BUILD)/default.evow
 
-# The whole test suite (unit, slow and end-to-end).
+# The whole test suite (unit, slow and end-to-end); it also needs chromium and promtool.
 test: build
+	@scripts/deps.sh --test
 	cd $(BUILD) && ctest -j$(JOBS) --output-on-failure --timeout 600
 
 # The suite again on the other OpenBLAS core type: unset when the environment forces one
@@ -40,13 +49,15 @@ test-blas: build
 
 # Address + undefined-behaviour sanitizers, and ThreadSanitizer for the daemon's two threads.
 test-asan: deps
+	@scripts/deps.sh --test
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE="address;undefined" >/dev/null
-	@cmake --build build-asan -j$(JOBS)
+	@cmake --build build-asan -j$(JOBS) -- --no-print-directory
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest -j$(JOBS) --output-on-failure --timeout 900 -LE slow
 
 test-tsan: deps
+	@scripts/deps.sh --test
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSANITIZE=thread >/dev/null
-	@cmake --build build-tsan -j$(JOBS)
+	@cmake --build build-tsan -j$(JOBS) -- --no-print-directory
 	cd build-tsan && ctest -j$(JOBS) --output-on-failure --timeout 900 -L e2e
 
 # libFuzzer harnesses (tests/fuzz): clang + ASan + UBSan, each run FUZZ_SECONDS on a scratch

@@ -26,12 +26,14 @@
 struct api_server; // opaque; created by api_server_start, freed by the loop after api_server_stop
 struct api_resp;   // opaque; the response a handler fills through the helpers below
 struct api_async;  // opaque; a deferred response (see api_resp_defer)
+struct api_stream; // opaque; an open-ended response body (see api_resp_stream)
 struct api__conn;  // private
 
 enum api_method { API_GET = 1, API_HEAD, API_POST, API_PUT, API_PATCH, API_DELETE, API_OPTIONS };
 
 #define API_MUTATING 1u  // route flag: needs `Authorization: Bearer <token>` when a token is set
 #define API_ASYNC 1      // handler return value: "I will answer later through api_async_complete"
+#define API_STREAM 2     // handler return value: the response became a stream (api_resp_stream)
 #define API_MAX_PARAMS 4 // most `{}` segments in one route pattern
 
 /* One request, borrowed by the handler: every pointer is valid only during the handler call
@@ -85,10 +87,11 @@ struct api_opts {
  * errors (400, 408, 431, 503 to rejected connections, ...). */
 struct api_stats {
     uint64_t requests_total;
-    uint64_t requests_by_class[6]; // [1..5] = 1xx..5xx; [0] unused
-    uint64_t conns_current;        // served connections open now
-    uint64_t conns_accepted_total; // served connections ever accepted
-    uint64_t conns_rejected_total; // connections refused by max_conns (503 or plain close)
+    uint64_t requests_by_class[6];  // [1..5] = 1xx..5xx; [0] unused
+    uint64_t requests_by_code[600]; // by status code (100..599); a stream counts when it opens
+    uint64_t conns_current;         // served connections open now
+    uint64_t conns_accepted_total;  // served connections ever accepted
+    uint64_t conns_rejected_total;  // connections refused by max_conns (503 or plain close)
 };
 
 // ---- server lifecycle -------------------------------------------------------------------
@@ -174,5 +177,37 @@ int api_async_alive(const struct api_async *h);
  * uv_async callback; exactly once per handle, also after api_server_stop). Returns 0 if the
  * response was queued, -ENOTCONN if the client had gone (the response is discarded). */
 int api_async_complete(struct api_async *h, int status);
+
+// ---- streamed responses (Server-Sent Events) ----------------------------------------------
+
+/* Called once when a stream's connection has gone, for whatever reason (the client closed,
+ * a write failed, api_stream_close, api_server_stop), from a libuv close callback on the
+ * loop thread, never from inside api_stream_write. `st` is freed when it returns. */
+typedef void (*api_stream_close_fn)(struct api_stream *st, void *ud);
+
+/* In a handler: turn the response into an open-ended stream and return API_STREAM. When the
+ * handler returns, the head is sent: 200, Content-Type `ctype` (NULL = text/event-stream),
+ * Cache-Control: no-cache, Connection: close, the headers added so far and no
+ * Content-Length; the body is then whatever api_stream_write sends until either side closes.
+ * The connection reads no further requests (its input is drained, so a client that hangs up
+ * is noticed), has no idle timeout, and its kernel send buffer is kept small, so the bytes a
+ * client that stops reading can hold in this process are bounded by about max_queued plus
+ * that buffer. Returns the handle, owned by the connection and valid until on_close has run,
+ * or NULL (not inside a handler, already deferred or streaming, a HEAD request, OOM, or an
+ * invalid ctype): then answer normally. */
+struct api_stream *api_resp_stream(struct api_resp *resp, const char *ctype, size_t max_queued,
+                                   api_stream_close_fn on_close, void *ud);
+
+/* Queues n bytes (copied) for the client. Returns 0; -EAGAIN when more than max_queued bytes
+ * already wait for this client (nothing was queued: drop it, or send a note later); -ENOMEM;
+ * -ENOTCONN once the stream is closing. */
+int api_stream_write(struct api_stream *st, const char *data, size_t n);
+
+/* Bytes queued for the client that the kernel has not taken yet. */
+size_t api_stream_queued(const struct api_stream *st);
+
+/* Ends the stream: the connection closes once the queued bytes are written (or after a short
+ * linger). on_close runs later, as for any close. */
+void api_stream_close(struct api_stream *st);
 
 #endif

@@ -42,6 +42,17 @@ struct api_async {
     struct api__conn *conn;
 };
 
+/* A streamed response (api_resp_stream). `conn` is NULL once the connection is closing. */
+struct api_stream {
+    struct api__conn *conn;
+    api_stream_close_fn on_close;
+    void *ud;
+    size_t max_queued;
+};
+
+#define API__STREAM_SNDBUF 65536    // SO_SNDBUF of a stream's socket (the kernel may double it)
+#define API__NO_LENGTH ((size_t)-1) // api__resp_head: no Content-Length (a streamed body)
+
 /* One accepted TCP connection. Freed when both of its handles (tcp, timer) have closed.
  * Requests are handled one at a time in arrival order; bytes of later (pipelined) requests
  * wait in rbuf while an async handler is pending. */
@@ -74,6 +85,7 @@ struct api__conn {
     unsigned in_handler : 1;    // a handler is running for this connection
     unsigned async_inline : 1;  // the handler's deferred response completed before it returned
     unsigned pending_close : 1; // close after the deferred response
+    unsigned streaming : 1;     // the response is a stream: nothing more is parsed
 
     char *rbuf; // [API__RBUF_SIZE] bytes received, [rpos, rlen) not yet parsed
     size_t rpos, rlen;
@@ -91,6 +103,7 @@ struct api__conn {
     int paused_at;             // 1 headers complete, 2 message complete
     size_t n_writes;           // write requests in flight
     struct api_async *pending; // set while busy
+    struct api_stream *stream; // set from api_resp_stream until the connection is freed
     struct api_resp resp;
     struct api_req req;
 };

@@ -39,6 +39,17 @@ struct api__wreq {
 };
 
 static void conn_process(struct api__conn *c);
+static void conn_stream_start(struct api__conn *c);
+
+/* One response sent (or a stream opened), for the counters. */
+static void conn_count(struct api__conn *c, int status)
+{
+    c->srv->stats.requests_total++;
+    if (status >= 100 && status <= 599) {
+        c->srv->stats.requests_by_class[status / 100]++;
+        c->srv->stats.requests_by_code[status]++;
+    }
+}
 
 // ---- small helpers ----------------------------------------------------------------------
 
@@ -213,6 +224,10 @@ static void conn_release(struct api__conn *c)
 {
     if (--c->n_open_handles > 0) return;
     struct api_server *srv = c->srv;
+    if (c->stream) { // the embedder forgets the stream here, never during one of its calls
+        c->stream->on_close(c->stream, c->stream->ud);
+        free(c->stream);
+    }
     api__resp_free(&c->resp);
     free(c->body);
     free(c->hdrs);
@@ -248,7 +263,8 @@ void api__conn_close(struct api__conn *c)
         srv->n_rejecting--;
     else if (c->counted)
         srv->stats.conns_current--;
-    if (c->pending) { // the daemon still holds the handle: make it an orphan
+    if (c->stream) c->stream->conn = NULL; // writes fail from now on; on_close comes later
+    if (c->pending) {                      // the daemon still holds the handle: make it an orphan
         c->pending->conn = NULL;
         c->pending = NULL;
     }
@@ -331,7 +347,7 @@ static void on_eof(struct api__conn *c)
 {
     c->eof = 1;
     c->reading = 0; // libuv stops reading at EOF
-    if (c->busy || c->n_writes == 0) {
+    if (c->busy || c->streaming || c->n_writes == 0) {
         api__conn_close(c); // nothing more to answer (an async handle becomes an orphan)
     } else {
         c->want_close = 1; // close once the queued responses are written; a partial
@@ -449,8 +465,7 @@ static void conn_respond(struct api__conn *c, int status, struct api_resp *r, in
         return;
     }
     c->n_writes++;
-    c->srv->stats.requests_total++;
-    if (status >= 100 && status <= 599) c->srv->stats.requests_by_class[status / 100]++;
+    conn_count(c, status);
     if (close) {
         c->want_close = 1;
         c->discard = 1;
@@ -654,6 +669,14 @@ static void conn_dispatch(struct api__conn *c)
             api__resp_init(resp);
             goto done;
         }
+        if (c->stream && st == API_STREAM) {
+            conn_stream_start(c);
+            goto done;
+        }
+        if (c->stream) { // made a stream but answered normally: a handler bug; forget it
+            free(c->stream);
+            c->stream = NULL;
+        }
         if (st == API_ASYNC && c->pending) {
             c->busy = 1;
             c->pending_close = close != 0;
@@ -717,6 +740,98 @@ static void conn_process(struct api__conn *c)
     if (c->rpos == c->rlen) c->rpos = c->rlen = 0;
     c->in_process = 0;
     conn_update_reading(c);
+}
+
+// ---- streams ------------------------------------------------------------------------------
+
+/* The handler returned API_STREAM: send the head, then only what api_stream_write sends.
+ * Input is drained (EOF closes at once) and there is no idle timeout. */
+static void conn_stream_start(struct api__conn *c)
+{
+    struct api_resp *r = &c->resp;
+    api__resp_free(r); // a stream's body is what api_stream_write sends
+    size_t head_len = 0;
+    char *head = api__resp_head(r, 200, API__NO_LENGTH, 1, 0, &head_len);
+    struct api__wreq *wr = head ? malloc(sizeof *wr) : NULL;
+    api__resp_init(r);
+    if (!wr) {
+        free(head);
+        api__conn_close(c);
+        return;
+    }
+    *wr = (struct api__wreq){.c = c, .head = head};
+    uv_buf_t b = uv_buf_init(head, (unsigned)head_len);
+    if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+        free(head);
+        free(wr);
+        api__conn_close(c);
+        return;
+    }
+    c->n_writes++;
+    conn_count(c, 200);
+    c->streaming = 1;
+    c->busy = 1;    // parse nothing more
+    c->discard = 1; // but keep reading, to see the client hang up
+    int sndbuf = API__STREAM_SNDBUF;
+    uv_send_buffer_size((uv_handle_t *)&c->tcp, &sndbuf); // best effort: a bound, not a must
+    conn_timer_stop(c);
+}
+
+struct api_stream *api_resp_stream(struct api_resp *resp, const char *ctype, size_t max_queued,
+                                   api_stream_close_fn on_close, void *ud)
+{
+    struct api__conn *c = container_of(resp, struct api__conn, resp);
+    if (!c->in_handler || c->pending || c->stream || c->is_head || !on_close) return NULL;
+    if (!ctype) ctype = "text/event-stream";
+    if (strlen(ctype) >= sizeof resp->ctype || strpbrk(ctype, "\r\n")) return NULL;
+    struct api_stream *st = malloc(sizeof *st);
+    if (!st) return NULL;
+    *st = (struct api_stream){.conn = c, .on_close = on_close, .ud = ud, .max_queued = max_queued};
+    snprintf(resp->ctype, sizeof resp->ctype, "%s", ctype);
+    c->stream = st;
+    return st;
+}
+
+int api_stream_write(struct api_stream *st, const char *data, size_t n)
+{
+    struct api__conn *c = st->conn;
+    if (!c || c->closing || c->want_close || !c->streaming) return -ENOTCONN;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) > st->max_queued) return -EAGAIN;
+    if (n == 0) return 0;
+    struct api__wreq *wr = malloc(sizeof *wr);
+    char *copy = malloc(n);
+    if (!wr || !copy) {
+        free(wr);
+        free(copy);
+        return -ENOMEM;
+    }
+    memcpy(copy, data, n);
+    *wr = (struct api__wreq){.c = c, .body = copy};
+    uv_buf_t b = uv_buf_init(copy, (unsigned)n);
+    int rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(copy);
+        free(wr);
+        api__conn_close(c); // on_close runs from the close callback, not from here
+        return -ENOTCONN;
+    }
+    c->n_writes++;
+    return 0;
+}
+
+size_t api_stream_queued(const struct api_stream *st)
+{
+    const struct api__conn *c = st->conn;
+    return c && !c->closing ? uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) : 0;
+}
+
+void api_stream_close(struct api_stream *st)
+{
+    struct api__conn *c = st->conn;
+    if (!c || c->closing || c->want_close) return;
+    c->want_close = 1;
+    conn_timer(c, linger_ms(c));
+    if (c->n_writes == 0) conn_finish(c);
 }
 
 // ---- async handles ------------------------------------------------------------------------

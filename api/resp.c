@@ -154,6 +154,9 @@ char *api__resp_head(const struct api_resp *r, int status, size_t body_len, int 
     int n;
     if (status == 204 || status == 304 || status < 200)
         n = snprintf(h, cap, "HTTP/1.1 %d %s\r\n", status, reason);
+    else if (body_len == API__NO_LENGTH) // a stream: the body ends when the connection does
+        n = snprintf(h, cap, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nCache-Control: no-cache\r\n",
+                     status, reason, r->ctype[0] ? r->ctype : "text/event-stream");
     else
         n = snprintf(h, cap, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n",
                      status, reason, r->ctype[0] ? r->ctype : "application/json", body_len);

@@ -66,7 +66,7 @@ def main():
                         with open(path) as g:
                             j = json.load(g)
                         r = dict(sps=j['samples_per_second'], acc=j['test_accuracy'], params=j['params'],
-                                 flops=j.get('flops_per_sample'), secs=j.get('train_seconds'))
+                                 flops=j.get('macs_per_sample', j.get('flops_per_sample')), secs=j.get('train_seconds'))
                     else:
                         j = load_json_line(path)
                         r = dict(sps=j['samples_per_s'], acc=j['test_acc'], params=j['params'],

@@ -201,8 +201,11 @@ static void show_status(const cJSON *o)
     printf("%-14s %.0f / %.0f  (epoch %.0f / %.0f)\n", "step", cli_num(o, "step"),
            cli_num(o, "total_steps"), cli_num(o, "epoch"), cli_num(o, "epochs"));
     double vl = cli_num(o, "val_loss");
-    printf("%-14s %.4g  (accuracy %.2f%%)\n", "loss", cli_num(o, "loss"),
-           100.0 * cli_num(o, "accuracy"));
+    if (isfinite(cli_num(o, "loss")))
+        printf("%-14s %.4g  (accuracy %.2f%%)\n", "loss", cli_num(o, "loss"),
+               100.0 * cli_num(o, "accuracy"));
+    else
+        printf("%-14s not yet measured\n", "loss");
     if (isfinite(vl))
         printf("%-14s %.4g  (accuracy %.2f%%)\n", "validation", vl,
                100.0 * cli_num(o, "val_accuracy"));
@@ -212,8 +215,8 @@ static void show_status(const cJSON *o)
     printf("%-14s %.0f samples/s, ETA %s\n", "speed", cli_num(o, "samples_per_second"),
            cli_duration(cli_num(o, "eta_seconds"), d, sizeof(d)));
     double p = cli_num(o, "params"), p0 = cli_num(o, "initial_params");
-    printf("%-14s %.0f (initially %.0f, %.1f%%), %.0f FLOPs/sample\n", "parameters", p, p0,
-           p0 > 0 ? 100.0 * p / p0 : NAN, cli_num(o, "flops_per_sample"));
+    printf("%-14s %.0f (initially %.0f, %.1f%%), %.0f MACs/sample\n", "parameters", p, p0,
+           p0 > 0 ? 100.0 * p / p0 : NAN, cli_num(o, "macs_per_sample"));
     printf("%-14s %.0f (%.2f s adapting, %.1f s training)\n", "adaptations",
            cli_num(o, "adaptations"), cli_num(o, "adapt_seconds"), cli_num(o, "train_seconds"));
     printf("%-14s", "widths");
@@ -243,7 +246,7 @@ static void show_layers(const cJSON *o)
 {
     const cJSON *l, *ls = cJSON_GetObjectItemCaseSensitive(o, "layers");
     printf("%-12s %-8s %7s %7s %5s %10s %12s  %s\n", "layer", "kind", "width", "out", "rank",
-           "params", "FLOPs", "top singular values");
+           "params", "MACs", "top singular values");
     cJSON_ArrayForEach(l, ls)
     {
         char rank[16] = "-";
@@ -251,7 +254,7 @@ static void show_layers(const cJSON *o)
         if (isfinite(r)) snprintf(rank, sizeof(rank), "%.0f", r);
         printf("%-12s %-8s %7.0f %7.0f %5s %10.0f %12.0f ", cli_str(l, "name"), cli_str(l, "kind"),
                cli_num(l, "width"), cli_num(l, "out"), rank, cli_num(l, "params"),
-               cli_num(l, "flops"));
+               cli_num(l, "macs"));
         const cJSON *v, *top = cJSON_GetObjectItemCaseSensitive(l, "top_singular_values");
         int k = 0;
         cJSON_ArrayForEach(v, top)
@@ -266,19 +269,26 @@ static void show_layers(const cJSON *o)
     }
 }
 
+/* The series: time from its first point, the training window, the last validation (marked
+ * with * on the points where a pass ended), lr, size and speed. */
 static void show_history(const cJSON *o)
 {
     const cJSON *e, *h = cJSON_GetObjectItemCaseSensitive(o, "history");
-    printf("%9s %9s %9s %8s %9s %9s %9s %10s\n", "time_s", "step", "loss", "acc%", "val_loss", "lr",
-           "params", "samples/s");
+    printf("%9s %9s %9s %8s %10s %9s %9s %9s %10s\n", "time_s", "step", "loss", "acc%", "val_loss",
+           "val_acc%", "lr", "params", "samples/s");
+    double t0 = NAN;
     cJSON_ArrayForEach(e, h)
     {
-        printf("%9.1f %9.0f %9.4g %8.2f %9.4g %9.4g %9.0f %10.0f\n", cli_num(e, "time"),
-               cli_num(e, "step"), cli_num(e, "loss"), 100.0 * cli_num(e, "accuracy"),
-               cli_num(e, "val_loss"), cli_num(e, "lr"), cli_num(e, "params"),
+        if (isnan(t0)) t0 = cli_num(e, "time");
+        int ev = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(e, "eval"));
+        printf("%9.1f %9.0f %9.4g %8.2f %9.4g%c %9.2f %9.4g %9.0f %10.0f\n",
+               cli_num(e, "time") - t0, cli_num(e, "step"), cli_num(e, "loss"),
+               100.0 * cli_num(e, "accuracy"), cli_num(e, "val_loss"), ev ? '*' : ' ',
+               100.0 * cli_num(e, "val_accuracy"), cli_num(e, "lr"), cli_num(e, "params"),
                cli_num(e, "samples_per_second"));
     }
-    printf("(%d of %.0f points)\n", cJSON_GetArraySize(h), cli_num(o, "points_total"));
+    printf("(%d of %.0f points; * = a validation pass ended there)\n", cJSON_GetArraySize(h),
+           cli_num(o, "points_total"));
 }
 
 static void show_policy(const cJSON *o)
@@ -293,15 +303,55 @@ static void show_state(const cJSON *o)
     printf("%s\n", cli_str(o, "state"));
 }
 
+/* Why a group kept its width, in words (svd_reason_name's codes). */
+static const char *cli_reason_text(const char *r)
+{
+    static const char *const map[][2] = {
+        {"rank_rule", "the rank rule keeps fewer directions"},
+        {"saturated", "saturated on consecutive checks"},
+        {"target", "moved towards target_params"},
+        {"fits", "neither redundant nor saturated"},
+        {"patience", "saturated, waiting for grow_patience"},
+        {"cooldown", "changed recently (cooldown)"},
+        {"min_width", "redundant but at min_width"},
+        {"max_width", "saturated but at max_width"},
+        {"budget", "growth would pass the parameter budget"},
+        {"target_met", "target_params reached"},
+        {"disabled", "shrink / grow disabled"},
+        {"error", "the decomposition or surgery failed"},
+    };
+    for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
+        if (strcmp(r, map[i][0]) == 0) return map[i][1];
+    return r;
+}
+
+/* POST /v1/adapt: one line for the pass, then one per group: width before -> after, what was
+ * done and why, and the rank rule's cut. */
 static void show_adapt(const cJSON *o)
 {
-    printf("adaptation at step %.0f: %.0f surger%s kept\n", cli_num(o, "step"),
-           cli_num(o, "surgeries_kept"), cli_num(o, "surgeries_kept") == 1 ? "y" : "ies");
+    double kept = cli_num(o, "surgeries_kept");
     const cJSON *ev = cJSON_GetObjectItemCaseSensitive(o, "last_event");
-    if (ev && !cJSON_IsNull(ev)) {
-        char *s = cJSON_PrintUnformatted(ev);
-        if (s) printf("last event: %s\n", s);
-        cJSON_free(s);
+    printf("adaptation at step %.0f: %.0f surger%s kept", cli_num(o, "step"), kept,
+           kept == 1 ? "y" : "ies");
+    if (!ev || cJSON_IsNull(ev)) {
+        printf("\n");
+        return;
+    }
+    printf(", parameters %.0f -> %.0f (%s mode, %.2f s)\n", cli_num(ev, "params_before"),
+           cli_num(ev, "params_after"), cli_str(ev, "mode"), cli_num(ev, "seconds"));
+    const cJSON *c, *ch = cJSON_GetObjectItemCaseSensitive(ev, "changes");
+    cJSON_ArrayForEach(c, ch)
+    {
+        const char *act = cli_str(c, "action"), *err = cli_str(c, "error");
+        char cut[48] = "";
+        double k = cli_num(c, "kept");
+        if (isfinite(k)) snprintf(cut, sizeof(cut), "; rank rule keeps %.0f", k);
+        const char *note = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "rolled_back"))
+                               ? " (rolled back: validation loss rose)"
+                               : "";
+        printf("  %-12s %5.0f -> %-5.0f %-11s %s%s%s%s%s\n", cli_str(c, "group"),
+               cli_num(c, "from"), cli_num(c, "to"), act, cli_reason_text(cli_str(c, "reason")),
+               cut, note, strcmp(err, "-") ? ": " : "", strcmp(err, "-") ? err : "");
     }
 }
 

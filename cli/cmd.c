@@ -100,7 +100,8 @@ static void dmn__usage_train(FILE *f)
             "(default: model.evow) as a full checkpoint that eval/layers/evowidthd read,\n"
             "also every daemon.checkpoint_every_steps steps. SIGTERM / Ctrl-C finish the step,\n"
             "save MODEL and exit 0 (a second signal exits at once); --resume continues the\n"
-            "run saved in MODEL (a new run when there is none).\n");
+            "run saved in MODEL (a new run when there is none). Every config knob with its\n"
+            "default and range: evowidth train --help-config (or evowidthd --help-config).\n");
 }
 
 struct dmn_train_opts {
@@ -114,15 +115,12 @@ struct dmn_train_opts {
 /* Parses argv; returns -1 to go on, else the exit code. */
 static int dmn__train_args(int argc, char **argv, struct dmn_train_opts *o)
 {
-    static const struct option opts[] = {{"epochs", required_argument, 0, 'e'},
-                                         {"threads", required_argument, 0, 't'},
-                                         {"report", required_argument, 0, 'r'},
-                                         {"output", required_argument, 0, 'o'},
-                                         {"set", required_argument, 0, 's'},
-                                         {"quiet", no_argument, 0, 'q'},
-                                         {"resume", no_argument, 0, 'R'},
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"epochs", required_argument, 0, 'e'}, {"threads", required_argument, 0, 't'},
+        {"report", required_argument, 0, 'r'}, {"output", required_argument, 0, 'o'},
+        {"set", required_argument, 0, 's'},    {"quiet", no_argument, 0, 'q'},
+        {"resume", no_argument, 0, 'R'},       {"help", no_argument, 0, 'h'},
+        {"help-config", no_argument, 0, 'H'},  {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof(*o));
     o->model_out = "model.evow";
@@ -154,6 +152,7 @@ static int dmn__train_args(int argc, char **argv, struct dmn_train_opts *o)
         case 'q': o->quiet = 1; break;
         case 'R': o->resume = 1; break;
         case 'h': dmn__usage_train(stdout); return 0;
+        case 'H': cfg_help(stdout); return 0;
         default: dmn__usage_train(stderr); return 2;
         }
     }
@@ -337,7 +336,7 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
         cJSON *r = dmn__eval_json(&ev);
         cJSON_AddNumberToObject(r, "params", (double)t->net->n_params);
         cJSON_AddNumberToObject(r, "initial_params", (double)t->initial_params);
-        cJSON_AddNumberToObject(r, "flops_per_sample", (double)net_flops(t->net));
+        cJSON_AddNumberToObject(r, "macs_per_sample", (double)net_macs(t->net));
         cJSON_AddItemToObject(r, "layers", dmn__layers_json(t->net));
         cJSON_AddNumberToObject(r, "wall_seconds", wall);
         cJSON_AddNumberToObject(r, "train_seconds", t->train_seconds);

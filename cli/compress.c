@@ -580,7 +580,7 @@ int dmn_cmd_compress(int argc, char **argv)
     int status = 1;
     float *x = NULL, *s = NULL;
     size_t layers[CMP_MAX_LAYERS], n_layers = 0;
-    const size_t p0 = t->net->n_params, f0 = net_flops(t->net);
+    const size_t p0 = t->net->n_params, f0 = net_macs(t->net);
     for (size_t i = 0; i < n_names; i++)
         if (cmp__layer_by_name(t->net, cmd, names[i], &layers[n_layers++]) < 0) goto out;
     if (!n_names)
@@ -657,7 +657,7 @@ int dmn_cmd_compress(int argc, char **argv)
     }
     printf("  %zu layer(s) factorized: parameters %zu -> %zu (%.2fx), MACs/sample %zu -> %zu\n",
            changed, p0, t->net->n_params, (double)p0 / (double)t->net->n_params, f0,
-           net_flops(t->net));
+           net_macs(t->net));
     printf("  saved %s (%ld bytes)\n", co.out, cmp__file_size(co.out));
     status = 0;
     goto out;
@@ -852,7 +852,7 @@ int dmn_cmd_sweep(int argc, char **argv)
         r->layer_params = cmp__layer_params(t->net, li);
         r->layer_macs = cmp__layer_macs(t->net, li);
         r->net_params = t->net->n_params;
-        r->net_macs = net_flops(t->net);
+        r->net_macs = net_macs(t->net);
         r->rate = i == 0 ? 1.0 : (double)(m * r->rank + r->rank * L) / w0;
         if (cmp__eval(t, &r->m) < 0) goto oom;
         if (ft) {
@@ -982,7 +982,7 @@ int dmn_cmd_thin(int argc, char **argv)
     struct svd_gref g[CMP_MAX_LAYERS * 2];
     size_t want[CMP_MAX_LAYERS * 2];
     const size_t ng = svd_groups(t->net, g, CMP_MAX_LAYERS * 2), p0 = t->net->n_params;
-    const size_t f0 = net_flops(t->net);
+    const size_t f0 = net_macs(t->net);
     if (widths) {
         int rc = cmp__thin_targets(t->net, g, ng, widths, want);
         if (rc < 0) {
@@ -1038,7 +1038,7 @@ int dmn_cmd_thin(int argc, char **argv)
         goto out;
     }
     printf("  parameters %zu -> %zu (%.2fx), MACs/sample %zu -> %zu; saved %s (%ld bytes)\n", p0,
-           t->net->n_params, (double)p0 / (double)t->net->n_params, f0, net_flops(t->net), co.out,
+           t->net->n_params, (double)p0 / (double)t->net->n_params, f0, net_macs(t->net), co.out,
            cmp__file_size(co.out));
     status = 0;
     goto out;

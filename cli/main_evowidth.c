@@ -37,7 +37,8 @@ static const struct ew_cmd EW_CMDS[] = {
 
 static void ew_usage(FILE *f)
 {
-    fprintf(f, "usage: evowidth COMMAND [ARGS]   (evowidth COMMAND --help for its options)\n");
+    fprintf(f, "usage: evowidth COMMAND [ARGS]   (evowidth COMMAND --help for its options;\n"
+               "       evowidth --version; every config knob: evowidthd --help-config)\n");
     for (size_t i = 0; i < sizeof(EW_CMDS) / sizeof(EW_CMDS[0]); i++)
         fprintf(f, "  %-10s %s\n", EW_CMDS[i].name, EW_CMDS[i].help);
 }
@@ -49,6 +50,10 @@ int main(int argc, char **argv)
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         ew_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "version") == 0) {
+        printf("evowidth %s\n", EW_VERSION);
+        return 0;
     }
     for (size_t i = 0; i < sizeof(EW_CMDS) / sizeof(EW_CMDS[0]); i++)
         if (strcmp(argv[1], EW_CMDS[i].name) == 0) return EW_CMDS[i].fn(argc - 1, argv + 1);

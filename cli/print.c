@@ -40,7 +40,7 @@ void dmn_print_layers(FILE *out, const struct net *n)
         fprintf(out, "  %-12s %-8s %7zu %6zu %10zu %12zu\n", l->spec.name,
                 net_kind_name(l->spec.kind), li.width, l->spec.rank, li.params, li.macs);
     }
-    fprintf(out, "  total parameters %zu, MACs/sample %zu\n", n->n_params, net_flops(n));
+    fprintf(out, "  total parameters %zu, MACs/sample %zu\n", n->n_params, net_macs(n));
 }
 
 void dmn_print_spectra(FILE *out, const struct net *n)

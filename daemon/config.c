@@ -53,7 +53,7 @@ struct cfg_row {
 // The row macros stay as written (clang-format would read them as blocks).
 // clang-format off
 #define FLD(f) (((struct dmn_config *)0)->f)
-#define OFFT(f, T) (offsetof(struct dmn_config, f) + 0 * sizeof(_Generic(FLD(f), T: 1)))
+#define OFFT(f, T) (offsetof(struct dmn_config, f) + 0 * sizeof(_Generic(FLD(f), T : 1)))
 
 #define R_BOOL(s, k, f, d, fl, h) \
     {s, k, T_BOOL, OFFT(f, int), sizeof(int), 0, 1, d, NULL, NULL, fl, NULL, h}
@@ -232,13 +232,15 @@ static const struct cfg_row CFG_ROWS[] = {
     R_STR("daemon", "token_file", daemon.token_file, "", NULL, IMM,
           "file holding the bearer token for mutating routes (\"\" = none)"),
     R_SIZE("daemon", "history_points", daemon.history_points, 10, 1e6, 1000, IMM,
-           "metric series length kept for GET /v1/history"),
+           "points GET /v1/history answers with unless ?points= says otherwise"),
     R_SIZE("daemon", "header_timeout_ms", daemon.header_timeout_ms, 50, 600000, 10000, IMM,
            "a request must arrive whole within this (else 408)"),
     R_SIZE("daemon", "idle_timeout_ms", daemon.idle_timeout_ms, 50, 3600000, 30000, IMM,
            "an idle keep-alive connection is closed after this"),
     R_SIZE("daemon", "max_connections", daemon.max_connections, 1, 100000, 256, IMM,
            "connections served at once (more get 503)"),
+    R_SIZE("daemon", "stream_queue_bytes", daemon.stream_queue_bytes, 1024, 64 << 20, 262144, IMM,
+           "bytes waiting for one GET /v1/stream client before its events are dropped"),
 };
 #define N_ROWS (sizeof CFG_ROWS / sizeof CFG_ROWS[0])
 

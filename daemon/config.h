@@ -8,7 +8,7 @@
  * schema (every section and key optional except "model"):
  *   { "data": {...}, "synthetic": {...}, "model": [ {"type": "conv", ...}, ... ],
  *     "optimizer": {...}, "schedule": {...}, "train": {...}, "adapt": {...}, "daemon": {...} }
- * Run `evowidthd --help` (cfg_help) for every key, type, default and range.
+ * Run `evowidthd --help-config` (cfg_help) for every key, type, default and range.
  *
  * Threads: these functions use cJSON, whose error position is a process global; call them on
  * one thread (the loop thread, or main before threads start). Errors: 0 or -EINVAL / -ENOMEM
@@ -85,6 +85,7 @@ struct dmn_config {
         char token_file[CFG_PATH_MAX]; // "" = no token (loopback only)
         size_t history_points;
         size_t header_timeout_ms, idle_timeout_ms, max_connections; // HTTP limits
+        size_t stream_queue_bytes; // per GET /v1/stream client (daemon/stream.c)
     } daemon;
 };
 

@@ -8,21 +8,26 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: evowidthd --config FILE [--listen ADDR:PORT] [--state-dir DIR]\n"
-               "                 [--token-file F] [--quiet]\n"
+               "                 [--token-file F] [--quiet] [--version]\n"
                "Trains in the background, checkpoints into the state dir (resuming from the\n"
                "newest valid checkpoint there) and serves the HTTP/JSON API on loopback.\n"
-               "Config knobs: evowidthd --help-config.\n");
+               "Every config knob with its default and range: evowidthd --help-config.\n"
+               "The dashboard: http://ADDR:PORT/ (live charts, events, policy).\n");
 }
 
 
 int main(int argc, char **argv)
 {
     dmn_omp_passive(argv);
-    static const struct option opts[] = {
-        {"config", required_argument, 0, 'c'},    {"listen", required_argument, 0, 'l'},
-        {"state-dir", required_argument, 0, 's'}, {"token-file", required_argument, 0, 't'},
-        {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
-        {"help-config", no_argument, 0, 'H'},     {0, 0, 0, 0}};
+    static const struct option opts[] = {{"config", required_argument, 0, 'c'},
+                                         {"listen", required_argument, 0, 'l'},
+                                         {"state-dir", required_argument, 0, 's'},
+                                         {"token-file", required_argument, 0, 't'},
+                                         {"quiet", no_argument, 0, 'q'},
+                                         {"help", no_argument, 0, 'h'},
+                                         {"help-config", no_argument, 0, 'H'},
+                                         {"version", no_argument, 0, 'V'},
+                                         {0, 0, 0, 0}};
     struct dmn_server_opts o = {0};
     int c;
     while ((c = getopt_long(argc, argv, "c:l:s:t:qh", opts, NULL)) != -1) {
@@ -34,6 +39,7 @@ int main(int argc, char **argv)
         case 'q': o.quiet = 1; break;
         case 'h': usage(stdout); return 0;
         case 'H': cfg_help(stdout); return 0;
+        case 'V': printf("evowidthd %s\n", EW_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -6,6 +6,7 @@
  * (daemon/statedir.c) and republishes the status snapshot. See daemon/server_internal.h for
  * what the two threads share. */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,7 @@ static void dmn__layer_infos(const struct net *n, struct dmn_layer_info *out, si
         d->out = l->out.c;
         d->rank = l->spec.rank;
         d->params = li.params;
-        d->flops = li.macs;
+        d->macs = li.macs;
         if (s && (l->spec.kind == NET_DENSE || l->spec.kind == NET_CONV)) {
             long r = svd_layer_spectrum(n, i, s, 4096);
             for (long j = 0; j < r && j < 8; j++) d->top[d->n_top++] = s[j];
@@ -42,6 +43,25 @@ static void dmn__layer_infos(const struct net *n, struct dmn_layer_info *out, si
 }
 
 // ---- trainer thread -------------------------------------------------------------------------
+
+/* Seconds since the Unix epoch (history points and evaluations outlive the process). */
+static double dmn__unix_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* A checkpoint, then the history that goes with it (daemon/history.c). */
+static int dmn__checkpoint_all(struct dmn_server *s, char *path, size_t pathlen, char *err,
+                               size_t errlen)
+{
+    int rc = dmn__checkpoint(s, path, pathlen, err, errlen);
+    char herr[256];
+    if (rc == 0 && dmn__hist_save(s, herr, sizeof(herr)) < 0)
+        dmn__log(s, "history not saved: %s", herr);
+    return rc;
+}
 
 void dmn__publish(struct dmn_server *s, int add_history)
 {
@@ -65,10 +85,12 @@ void dmn__publish(struct dmn_server *s, int add_history)
         t->last_acc = (double)t->run_correct / (double)t->run_n;
         t->run_loss = 0;
         t->run_correct = t->run_n = 0;
+        s->have_window = 1;
     }
-    sn->loss = t->last_loss;
-    sn->acc = t->last_acc;
-    sn->lr = t->lr;
+    // Nothing measured yet (a new run, or just resumed): unknown, not zero.
+    sn->loss = s->have_window ? t->last_loss : NAN;
+    sn->acc = s->have_window ? t->last_acc : NAN;
+    sn->lr = net_sched_lr(&t->sched, t->step); // in effect now, so PATCH /v1/train shows at once
     sn->sps =
         t->train_seconds > 0 ? (double)(t->step * t->cfg.train.batch_size) / t->train_seconds : 0;
     sn->eta = sn->sps > 0 ? (double)((t->total_steps > t->step ? t->total_steps - t->step : 0) *
@@ -79,7 +101,7 @@ void dmn__publish(struct dmn_server *s, int add_history)
     sn->val_acc = t->val_acc;
     sn->params = t->net->n_params;
     sn->initial_params = t->initial_params;
-    sn->flops = net_flops(t->net);
+    sn->macs = net_macs(t->net);
     sn->train_seconds = t->train_seconds;
     sn->adapt_seconds = t->adapt_seconds;
     sn->uptime = dmn_now() - s->start_time;
@@ -89,19 +111,22 @@ void dmn__publish(struct dmn_server *s, int add_history)
     sn->last_ckpt_step = s->snap.last_ckpt_step;
     sn->n_events = s->n_events;
     s->snap = *sn;
-    if (add_history) {
-        struct dmn_hist *h = &s->hist[s->hist_pos];
-        *h = (struct dmn_hist){dmn_now() - s->start_time,
-                               sn->step,
-                               sn->params,
-                               sn->loss,
-                               sn->acc,
-                               sn->lr,
-                               sn->val_loss,
-                               sn->val_acc,
-                               sn->sps};
-        s->hist_pos = (s->hist_pos + 1) % DMN_HIST_CAP;
-        if (s->hist_n < DMN_HIST_CAP) s->hist_n++;
+    int eval = s->eval_new;
+    s->eval_new = 0;
+    if (eval) {
+        s->evals[s->n_evals % DMN_EVAL_RING] =
+            (struct dmn_evalrec){t->step, dmn__unix_now(), t->val_loss, t->val_acc};
+        s->n_evals++;
+    }
+    if (add_history || eval) {
+        struct dmn_hist p = {dmn__unix_now(), sn->step,    sn->params, sn->loss, sn->acc, sn->lr,
+                             sn->val_loss,    sn->val_acc, sn->sps,    {0},      eval};
+        size_t nl = dmn__hist_layer_names(sn, NULL, p.widths);
+        struct dmn_history *h = &s->hist;
+        // A width change always makes a point, so the widths chart shows every step it took.
+        int moved = h->n && nl == h->n_layers &&
+                    memcmp(p.widths, h->pts[h->n - 1].widths, nl * sizeof(p.widths[0])) != 0;
+        dmn__hist_add(h, &p, eval || moved);
     }
     pthread_mutex_unlock(&s->mu);
     free(sn);
@@ -151,7 +176,7 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
         dmn__sync_events(s);
         break;
     case DMN_CMD_CHECKPOINT:
-        c->rc = dmn__checkpoint(s, c->path, sizeof(c->path), c->err, sizeof(c->err));
+        c->rc = dmn__checkpoint_all(s, c->path, sizeof(c->path), c->err, sizeof(c->err));
         break;
     case DMN_CMD_EVAL: {
         struct net_eval ev;
@@ -162,6 +187,7 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
             c->acc = ev.accuracy;
             t->val_loss = ev.loss;
             t->val_acc = ev.accuracy;
+            s->eval_new = 1;
             net_eval_free(&ev);
         }
         break;
@@ -230,30 +256,33 @@ void *dmn__trainer_main(void *arg)
         struct dmn_cmd *q = s->q_head;
         s->q_head = s->q_tail = NULL;
         pthread_mutex_unlock(&s->mu);
+        // Apply the whole batch, republish the snapshot, then answer: a reader who got the
+        // answer sees the command's effect in /v1/status (and commands after a stop are
+        // refused).
+        struct dmn_cmd *fin = NULL, **fin_tail = &fin;
+        int applied = q != NULL;
         while (q) {
             struct dmn_cmd *next = q->next;
-            stop |= dmn__apply(s, q);
-            if (q->kind == DMN_CMD_STOP) {
-                // Answered after the final checkpoint below.
-                q->next = NULL;
-                if (!stop)
-                    dmn__finish(s, q);
-                else {
-                    struct dmn_cmd *rest = next;
-                    while (rest) { // commands after STOP are answered as refused
-                        struct dmn_cmd *nn = rest->next;
-                        rest->rc = -ECANCELED;
-                        snprintf(rest->err, sizeof(rest->err), "the trainer is stopping");
-                        dmn__finish(s, rest);
-                        rest = nn;
-                    }
-                    next = NULL;
-                    dmn__finish(s, q);
-                }
+            q->next = NULL;
+            if (stop) {
+                q->rc = -ECANCELED;
+                snprintf(q->err, sizeof(q->err), "the trainer is stopping");
             } else {
-                dmn__finish(s, q);
+                stop |= dmn__apply(s, q);
             }
+            *fin_tail = q;
+            fin_tail = &q->next;
             q = next;
+        }
+        if (applied) {
+            dmn__publish(s, 0);
+            last_pub_step = t->step;
+            last_pub = dmn_now();
+        }
+        while (fin) {
+            struct dmn_cmd *next = fin->next;
+            dmn__finish(s, fin);
+            fin = next;
         }
         if (stop) break;
         if (s->paused || dmn_trainer_done(t)) {
@@ -286,13 +315,14 @@ void *dmn__trainer_main(void *arg)
         dmn__sync_events(s);
         if (tk.checkpoint_due) {
             char path[1024];
-            if (dmn__checkpoint(s, path, sizeof(path), err, sizeof(err)) < 0)
+            if (dmn__checkpoint_all(s, path, sizeof(path), err, sizeof(err)) < 0)
                 dmn__log(s, "checkpoint failed: %s", err);
             else if (dmn_trainer_done(t))
                 dmn__log(s, "training done at step %zu; final checkpoint %s", t->step, path);
         }
+        if (tk.evaluated) s->eval_new = 1;
         double now = dmn_now();
-        if (now - last_pub > 0.1 || dmn_trainer_done(t)) {
+        if (now - last_pub > 0.1 || dmn_trainer_done(t) || s->eval_new) {
             dmn__publish(s, 1);
             last_pub = now;
             last_pub_step = t->step;
@@ -300,7 +330,7 @@ void *dmn__trainer_main(void *arg)
     }
     // Stop: the step in progress has finished; write the final checkpoint.
     char path[1024];
-    if (dmn__checkpoint(s, path, sizeof(path), err, sizeof(err)) < 0)
+    if (dmn__checkpoint_all(s, path, sizeof(path), err, sizeof(err)) < 0)
         dmn__log(s, "final checkpoint failed: %s", err);
     else
         dmn__log(s, "stopped at step %zu; checkpoint %s", t->step, path);

@@ -82,6 +82,7 @@ static void dmn__reload(struct dmn_server *s)
     cJSON_AddItemToObject(body, "train", cfg_section_to_json(&s->cfg, "train"));
     cJSON_AddNumberToObject(body, "lr", s->cfg.optimizer.lr);
     dmn__log_change(s, "SIGHUP", body);
+    dmn__stream_change(s, "SIGHUP", body);
     cJSON_Delete(body);
     dmn__push_config(s);
     dmn__log(s, "SIGHUP: runtime settings reloaded from %s", s->opts.config_path);
@@ -119,8 +120,8 @@ int dmn_server_run(const struct dmn_server_opts *o)
     s->start_time = dmn_now();
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
-    s->hist = calloc(DMN_HIST_CAP, sizeof(*s->hist));
-    if (!s->hist) goto out;
+    s->start_unix = (double)time(NULL);
+    if (dmn__hist_init(&s->hist) < 0) goto out;
     if ((rc = cfg_load_file(&s->cfg, o->config_path, err, sizeof(err))) < 0) {
         fprintf(stderr, "evowidthd: %s\n", err);
         goto out;
@@ -160,6 +161,10 @@ int dmn_server_run(const struct dmn_server_opts *o)
     s->t->events = s->events_file;
     dmn__sync_events(s);
     dmn__publish(s, 0);
+    // The history of the resumed checkpoint (daemon/history.c); a new run starts a new one.
+    s->hist.n_layers = dmn__hist_layer_names(&s->snap, s->hist.names, NULL);
+    if (resumed) dmn__hist_load(s, s->t->step);
+    dmn__publish(s, 1);
     // Apply replayed settings through the same path as PATCH.
     {
         struct dmn_cmd c = {.kind = DMN_CMD_CONFIG, .cfg = s->cfg, .seq = s->change_seq};
@@ -172,6 +177,7 @@ int dmn_server_run(const struct dmn_server_opts *o)
     }
     loop_ok = 1;
     if ((rc = uv_async_init(&s->loop, &s->wake, dmn__wake_cb)) < 0) goto uverr;
+    if ((rc = dmn__stream_start(s)) < 0) goto uverr;
     static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
     for (int i = 0; i < 3; i++) {
         if ((rc = uv_signal_init(&s->loop, &s->sig[i])) < 0) goto uverr;
@@ -199,6 +205,9 @@ int dmn_server_run(const struct dmn_server_opts *o)
     // The line scripts wait for: the address to poll.
     printf("evowidthd: training %s, state in %s, listening on http://%s:%d/v1/status\n",
            o->config_path, s->opts.state_dir,
+           strncmp(s->opts.listen, "[::1]", 5) == 0 ? "[::1]" : "127.0.0.1",
+           api_server_port(s->api));
+    printf("evowidthd: the dashboard: http://%s:%d/\n",
            strncmp(s->opts.listen, "[::1]", 5) == 0 ? "[::1]" : "127.0.0.1",
            api_server_port(s->api));
     fflush(stdout);
@@ -239,7 +248,7 @@ out:
     free(s->events);
     dmn_trainer_destroy(s->t);
     if (s->events_file) fclose(s->events_file);
-    free(s->hist);
+    dmn__hist_free(&s->hist);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

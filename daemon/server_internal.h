@@ -5,7 +5,11 @@
  *   daemon/http.c      the HTTP handlers, /metrics, and the answers to finished commands;
  *   daemon/server.c    start-up, signals and shutdown (dmn_server_run);
  *   daemon/statedir.c  the state dir: checkpoints and their rotation, resume, the change
- *                      log and its replay, the event log, the token file.
+ *                      log and its replay, the event log, the token file;
+ *   daemon/history.c   the metric history and its file in the state dir;
+ *   daemon/stream.c    GET /v1/stream (Server-Sent Events) and what the loop learns from the
+ *                      adaptation events (for /metrics);
+ *   daemon/web.c       the dashboard page and its assets (GET /, /dashboard, /assets/...).
  *
  * Design: two threads with one owner each:
  *   - the loop thread (the caller of dmn_server_run) owns the libuv loop, the API server,
@@ -17,8 +21,9 @@
  *      command that needs an answer carries a plain-C result the trainer fills; the trainer
  *      moves it to the `done` list and wakes the loop with uv_async_send. Sends coalesce, so
  *      the async callback drains the whole list. The loop turns results into JSON responses.
- *   2. a status snapshot (plain struct, no pointers) the trainer republishes after steps,
- *      plus the metric history ring and the adaptation event texts, which the loop copies.
+ *   2. a status snapshot (plain struct, no pointers) the trainer republishes after steps and
+ *      after every batch of commands (before answering them), plus the metric history, the
+ *      last evaluations and the adaptation event texts, which the loop copies.
  *
  * Checkpoints are full run checkpoints (daemon/state.c) named ckpt-<step>.evow in the state
  * dir, written atomically; on start the newest one that loads is resumed, a corrupt one is
@@ -43,7 +48,14 @@
 #include "api/api.h"
 #include "daemon/daemon_internal.h"
 
-#define DMN_HIST_CAP 65536
+#define DMN_HIST_CAP 8192   // history points kept (thinned when full: daemon/history.c)
+#define DMN_HIST_WIDTHS 32  // layers whose width a history point records
+#define DMN_HIST_MIN_DT 0.5 // seconds between two ordinary points, until the first thinning
+#define DMN_EVAL_RING 64    // evaluations the loop can fall behind by (stream events)
+#define DMN_STREAM_MAX_CLIENTS 32
+#define DMN_STREAM_STATUS_S 1.0 // a status event this often
+#define DMN_STREAM_STALL_S 30.0 // a client that took nothing for this long is closed
+#define DMN_TICK_MS 200         // the loop's stream / event poll
 #define dmn__container_of(p, T, f) ((T *)((char *)(p)-offsetof(T, f)))
 #define DMN_KEEP_CKPTS 3
 
@@ -64,7 +76,7 @@ enum dmn_cmd_kind {
 struct dmn_layer_info {
     char name[NET_NAME_MAX];
     const char *kind;
-    size_t width, out, rank, params, flops;
+    size_t width, out, rank, params, macs;
     size_t n_top;
     float top[8];
 };
@@ -91,16 +103,45 @@ struct dmn_cmd {
 
 /* One point of the metric history. */
 struct dmn_hist {
-    double time;
+    double time; // seconds since the Unix epoch
     size_t step, params;
-    double loss, acc, lr, val_loss, val_acc, sps;
+    double loss, acc, lr, val_loss, val_acc, sps; // val_*: the latest validation (NAN before)
+    uint32_t widths[DMN_HIST_WIDTHS];             // (n_layers of the history), in its names' order
+    int eval; // a validation pass ended here: val_* are its results
 };
+
+/* The series (daemon/history.c): pts[0..n) oldest first, at most DMN_HIST_CAP. */
+struct dmn_history {
+    struct dmn_hist *pts;
+    size_t n;
+    double min_dt, last_time; // spacing of ordinary points; time of the newest
+    size_t n_layers;
+    char names[DMN_HIST_WIDTHS][NET_NAME_MAX];
+};
+
+/* One validation pass, for the stream. */
+struct dmn_evalrec {
+    size_t step;
+    double time, loss, acc;
+};
+
+/* What the loop learned from the adaptation events (daemon/stream.c), for /metrics. */
+struct dmn_event_stats {
+    size_t n_seen;                                     // events taken in so far
+    uint64_t shrinks, grows, rank_shrinks, rank_grows; // surgeries kept
+    uint64_t rolled_back, failed; // surgeries undone (validation loss) or failed
+    size_t n_ranks;               // per group: the rank rule's cut at its last pass
+    char rank_names[DMN_HIST_WIDTHS][SVD_EV_NAME];
+    size_t ranks[DMN_HIST_WIDTHS];
+};
+
+struct dmn_client; // a GET /v1/stream client (daemon/stream.c)
 
 struct dmn_snapshot {
     char state[16];
     size_t step, total_steps, epoch, epochs, steps_per_epoch;
     double loss, acc, lr, sps, eta, val_loss, val_acc;
-    size_t params, initial_params, flops;
+    size_t params, initial_params, macs;
     double train_seconds, adapt_seconds, uptime;
     size_t n_layers;
     struct dmn_layer_info layers[CFG_MAX_LAYERS];
@@ -128,6 +169,14 @@ struct dmn_server {
     int thread_started;
     int exit_code;
     double start_time;
+    double start_unix; // time(2) at start-up, for /metrics
+    // loop thread: the stream and the event statistics (daemon/stream.c)
+    uv_timer_t tick;
+    struct dmn_client *clients;
+    size_t n_clients;
+    uint64_t stream_seq, stream_dropped, n_evals_seen;
+    double next_status;
+    struct dmn_event_stats evs;
 
     // ---- shared, under mu ----
     pthread_mutex_t mu;
@@ -136,14 +185,17 @@ struct dmn_server {
     struct dmn_cmd *done;            // trainer -> loop (LIFO; order does not matter)
     int trainer_done;                // the trainer thread has ended
     struct dmn_snapshot snap;
-    struct dmn_hist *hist; // ring of DMN_HIST_CAP
-    size_t hist_n, hist_pos;
+    struct dmn_history hist;
+    struct dmn_evalrec evals[DMN_EVAL_RING]; // ring: evaluation i is at i % DMN_EVAL_RING
+    uint64_t n_evals;
     char **events; // adaptation event texts (copied in)
     size_t n_events, cap_events;
 
     // ---- trainer thread only ----
     struct dmn_trainer *t;
     int paused;
+    int eval_new;    // a validation pass ran since the last publish
+    int have_window; // a training window has been measured since start-up
     FILE *events_file;
 };
 
@@ -167,7 +219,8 @@ int dmn__push_config(struct dmn_server *s);
 /* Applies one command between steps; returns 1 when the trainer must stop. Trainer thread
  * (or start-up, before the thread exists). */
 int dmn__apply(struct dmn_server *s, struct dmn_cmd *c);
-/* Republishes the status snapshot (and a history point when add_history is set). */
+/* Republishes the status snapshot, and adds a history point when add_history is set or a
+ * validation pass ran (s->eval_new); trainer thread. */
 void dmn__publish(struct dmn_server *s, int add_history);
 /* Copies the adaptation event texts produced since the last call into the shared list. */
 void dmn__sync_events(struct dmn_server *s);
@@ -199,5 +252,50 @@ FILE *dmn__open_events(const struct dmn_server *s);
 /* Writes a checkpoint of s->t into the state dir, records it in the snapshot, and prunes all
  * but the newest DMN_KEEP_CKPTS (trainer thread). path receives the file's name. */
 int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err, size_t errlen);
+
+// ---- daemon/history.c: the metric history -------------------------------------------------
+
+int dmn__hist_init(struct dmn_history *h);
+void dmn__hist_free(struct dmn_history *h);
+/* Adds p (copied) unless it comes sooner than min_dt after the newest (force: always). */
+void dmn__hist_add(struct dmn_history *h, const struct dmn_hist *p, int force);
+/* The layers a history point records (dense, conv, res) of a snapshot: their names into
+ * names and widths into widths (either may be NULL); returns how many (<= DMN_HIST_WIDTHS). */
+size_t dmn__hist_layer_names(const struct dmn_snapshot *sn, char names[][NET_NAME_MAX],
+                             uint32_t *widths);
+/* Writes STATE_DIR/history.jsonl atomically from a copy of s->hist (trainer thread). */
+int dmn__hist_save(struct dmn_server *s, char *err, size_t errlen);
+/* Reads STATE_DIR/history.jsonl into s->hist (whose layer names are set), up to max_step;
+ * start-up only. Returns the points read. */
+int dmn__hist_load(struct dmn_server *s, size_t max_step);
+
+// ---- daemon/stream.c: Server-Sent Events, event statistics (loop thread) -------------------
+
+/* Starts the loop's tick (events, evaluations, status to the stream clients). */
+int dmn__stream_start(struct dmn_server *s);
+/* GET /v1/stream. */
+int dmn__h_stream(struct api_req *q, struct api_resp *r, void *ctx);
+/* Takes in adaptation events not seen yet: statistics, and an "adapt" event to the clients. */
+void dmn__ingest_events(struct dmn_server *s);
+/* Sends one event (data: one line of JSON) to every client. */
+void dmn__stream_send(struct dmn_server *s, const char *event, const char *json);
+/* An accepted change (route and body as logged) as a "change" event. */
+void dmn__stream_change(struct dmn_server *s, const char *route, const cJSON *body);
+
+// ---- daemon/http.c, daemon/web.c -------------------------------------------------------------
+
+/* /v1/status as a new JSON object (caller owns), NULL on OOM. */
+cJSON *dmn__status_json(struct dmn_server *s);
+/* One embedded file of the dashboard (generated web_assets.c, scripts/embed_assets.py). */
+struct dmn_asset {
+    const char *name, *ctype;
+    const unsigned char *data; // (len), NUL-terminated beyond len
+    size_t len;
+};
+extern const struct dmn_asset DMN_ASSETS[];
+extern const size_t DMN_N_ASSETS;
+/* The dashboard's routes (daemon/web.c). */
+int dmn__h_page(struct api_req *q, struct api_resp *r, void *ctx);
+int dmn__h_asset(struct api_req *q, struct api_resp *r, void *ctx);
 
 #endif

@@ -309,9 +309,12 @@ void dmn_trainer_progress(struct dmn_trainer *t, int force)
         size_t epoch = t->steps_per_epoch ? t->step / t->steps_per_epoch : 0;
         fprintf(t->log,
                 "epoch %zu/%zu  step %zu/%zu  loss %.4f  acc %5.2f%%  lr %.4g  %.0f samples/s  "
-                "params %zu  ETA %s\n",
+                "params %zu  ETA %s",
                 epoch + (t->step < t->total_steps), t->cfg.train.epochs, t->step, t->total_steps,
                 t->last_loss, 100.0 * t->last_acc, t->lr, sps, t->net->n_params, eta);
+        if (isfinite(t->val_loss)) // the last validation pass (every epoch end by default)
+            fprintf(t->log, "  val %.4f %5.2f%%", t->val_loss, 100.0 * t->val_acc);
+        fputc('\n', t->log);
         fflush(t->log);
     }
     t->run_loss = 0;

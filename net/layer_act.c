@@ -37,10 +37,10 @@ static void relu_backward(struct net *n, struct net_layer *l, float *dinp, const
     for (size_t i = 0; i < N; i++) dinp[i] = inp[i] >= 0.0f ? dout[i] : 0.0f;
 }
 
-static size_t relu_flops(const struct net_layer *l)
+static size_t relu_macs(const struct net_layer *l)
 {
     return 0;
 }
 
 const struct net__ops net__relu_ops = {relu_shape, relu_tensors, relu_zero,     relu_zero,
-                                       NULL,       relu_forward, relu_backward, relu_flops};
+                                       NULL,       relu_forward, relu_backward, relu_macs};

@@ -72,10 +72,10 @@ static void bn_backward(struct net *n, struct net_layer *l, float *dinp, const f
                 N, cs, is, n->training);
 }
 
-static size_t bn_flops(const struct net_layer *l)
+static size_t bn_macs(const struct net_layer *l)
 {
     return 0;
 }
 
 const struct net__ops net__bn_ops = {bn_shape, bn_tensors, bn_ws,       bn_scratch,
-                                     bn_init,  bn_forward, bn_backward, bn_flops};
+                                     bn_init,  bn_forward, bn_backward, bn_macs};

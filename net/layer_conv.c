@@ -117,11 +117,11 @@ static void conv_backward(struct net *n, struct net_layer *l, float *dinp, const
     }
 }
 
-static size_t conv_flops(const struct net_layer *l)
+static size_t conv_macs(const struct net_layer *l)
 {
     size_t CKK = l->in.c * l->spec.k * l->spec.k, HW = l->out.h * l->out.w, R = l->spec.rank;
     return HW * (R ? R * (CKK + l->spec.out) : CKK * l->spec.out);
 }
 
 const struct net__ops net__conv_ops = {conv_shape, conv_tensors, conv_ws,       conv_scratch,
-                                       conv_init,  conv_forward, conv_backward, conv_flops};
+                                       conv_init,  conv_forward, conv_backward, conv_macs};

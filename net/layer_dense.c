@@ -121,11 +121,11 @@ static void dense_backward(struct net *n, struct net_layer *l, float *dinp, cons
     }
 }
 
-static size_t dense_flops(const struct net_layer *l)
+static size_t dense_macs(const struct net_layer *l)
 {
     size_t IN = dense_in(l), OUT = l->spec.out, R = l->spec.rank;
     return R ? R * (IN + OUT) : IN * OUT;
 }
 
 const struct net__ops net__dense_ops = {dense_shape, dense_tensors, dense_ws,       dense_scratch,
-                                        dense_init,  dense_forward, dense_backward, dense_flops};
+                                        dense_init,  dense_forward, dense_backward, dense_macs};

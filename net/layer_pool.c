@@ -26,7 +26,7 @@ static size_t pool_no_tensors(const struct net_layer *l, struct net__tdesc *t)
     return 0;
 }
 
-static size_t pool_no_flops(const struct net_layer *l)
+static size_t pool_no_macs(const struct net_layer *l)
 {
     return 0;
 }
@@ -282,7 +282,7 @@ void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, co
 }
 
 const struct net__ops net__maxpool_ops = {mp_shape, pool_no_tensors, mp_ws,       pool_none,
-                                          NULL,     mp_forward,      mp_backward, pool_no_flops};
+                                          NULL,     mp_forward,      mp_backward, pool_no_macs};
 
 // ---- global average pool ---------------------------------------------------------------
 
@@ -325,7 +325,7 @@ static void gap_backward(struct net *n, struct net_layer *l, float *dinp, const 
 }
 
 const struct net__ops net__gap_ops = {gap_shape, pool_no_tensors, pool_none,    pool_none,
-                                      NULL,      gap_forward,     gap_backward, pool_no_flops};
+                                      NULL,      gap_forward,     gap_backward, pool_no_macs};
 
 // ---- flatten ---------------------------------------------------------------------------
 
@@ -365,4 +365,4 @@ static void fl_backward(struct net *n, struct net_layer *l, float *dinp, const f
 }
 
 const struct net__ops net__flatten_ops = {fl_shape, pool_no_tensors, pool_none,   pool_none,
-                                          NULL,     fl_forward,      fl_backward, pool_no_flops};
+                                          NULL,     fl_forward,      fl_backward, pool_no_macs};

@@ -302,7 +302,7 @@ static void res_backward(struct net *n, struct net_layer *l, float *dinp, const 
                   res_p(n, l, x.c1w), &g1, B);
 }
 
-static size_t res_flops(const struct net_layer *l)
+static size_t res_macs(const struct net_layer *l)
 {
     size_t HW = l->out.h * l->out.w, C = l->in.c, m = l->spec.width, O = l->spec.out;
     size_t f = HW * (m * C * 9 + O * m * 9);
@@ -311,4 +311,4 @@ static size_t res_flops(const struct net_layer *l)
 }
 
 const struct net__ops net__res_ops = {res_shape, res_tensors, res_ws,       res_scratch,
-                                      res_init,  res_forward, res_backward, res_flops};
+                                      res_init,  res_forward, res_backward, res_macs};

@@ -291,11 +291,11 @@ void net_init_params_with(struct net *n, uint64_t *rng, enum net_init scheme)
     }
 }
 
-size_t net_flops(const struct net *n)
+size_t net_macs(const struct net *n)
 {
     size_t f = 0;
     for (size_t i = 0; i < n->n_layers; i++)
-        f += NET__OPS[n->layers[i].spec.kind]->flops(&n->layers[i]);
+        f += NET__OPS[n->layers[i].spec.kind]->macs(&n->layers[i]);
     return f;
 }
 
@@ -305,7 +305,7 @@ void net_layer_info(const struct net *n, size_t li, struct net_layer_info *out)
     out->params = 0;
     for (size_t t = l->t0; t < l->t0 + l->n_t; t++)
         if (n->tensors[t].arena == NET_ARENA_PARAM) out->params += n->tensors[t].n;
-    out->macs = NET__OPS[l->spec.kind]->flops(l);
+    out->macs = NET__OPS[l->spec.kind]->macs(l);
     out->width = l->spec.kind == NET_RES ? l->spec.width : l->out.c;
 }
 

@@ -123,7 +123,7 @@ float *net_tensor_data(const struct net *n, const struct net_tensor *t);
 /* Layer index by name, or -1. */
 long net_layer_find(const struct net *n, const char *name);
 /* Multiply-adds of one forward pass for one sample. */
-size_t net_flops(const struct net *n);
+size_t net_macs(const struct net *n);
 /* The size of one layer (li < n_layers): trainable parameters, multiply-adds per sample and
  * width (output channels or features; a residual block's inner width). */
 struct net_layer_info {

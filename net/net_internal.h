@@ -40,7 +40,7 @@ struct net__ops {
     void (*backward)(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                      const float *inp, const float *out, size_t B);
     /* Multiply-adds per sample. */
-    size_t (*flops)(const struct net_layer *l);
+    size_t (*macs)(const struct net_layer *l);
 };
 
 /* A cross-layer fusion net.c applies (same results as the separate layers): a max pool

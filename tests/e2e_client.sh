@@ -23,6 +23,12 @@ ew() {
 show() { echo "exit $RC; stdout: $(head -c 300 "$TMP/o"); stderr: $(head -c 300 "$TMP/e")"; }
 
 [ -x "$DAEMON" ] && [ -x "$EW" ] || die "binaries exist" "build $DAEMON and $EW first"
+ew --version
+[ $RC = 0 ] && grep -Eqx 'evowidth [0-9]+\.[0-9]+\.[0-9]+ \(git [^)]+\)' "$TMP/o" &&
+    ok "evowidth --version: $(cat "$TMP/o")" || bad "evowidth --version" "$(show)"
+v=$("$DAEMON" --version 2>&1)
+[[ $v =~ ^evowidthd\ [0-9]+\.[0-9]+\.[0-9]+\ \(git ]] && ok "evowidthd --version: $v" ||
+    bad "evowidthd --version" "$v"
 tiny_config 1000000 500 >"$TMP/cfg.json" || die "make config" # never finishes while the test runs
 printf 'client-test-token\n' >"$TMP/token"
 start_daemon --token-file "$TMP/token"
@@ -45,7 +51,8 @@ ew status --url http://127.0.0.1:1
     ok "unreachable daemon: exit 1, 'cannot reach evowidthd at URL'" || bad "unreachable daemon" "$(show)"
 ew history --points 5 --url "$BASE"
 rows=$(grep -c '^ *[0-9]' "$TMP/o")
-[ $RC = 0 ] && [ "$rows" -ge 1 ] && [ "$rows" -le 5 ] && ok "history --points 5 ($rows rows)" ||
+# 5 of the series and at most 5 of its validation points
+[ $RC = 0 ] && [ "$rows" -ge 1 ] && [ "$rows" -le 10 ] && ok "history --points 5 ($rows rows)" ||
     bad "history" "$(show)"
 ew layers --url "$BASE"
 [ $RC = 0 ] && grep -q '^conv1 ' "$TMP/o" && grep -q '^dense1 ' "$TMP/o" && ok "layers (live)" ||
@@ -82,7 +89,10 @@ ew policy get --json
 
 # ---- actions -------------------------------------------------------------------------------------
 ew adapt
-[ $RC = 0 ] && grep -q '^adaptation at step' "$TMP/o" && ok "adapt" || bad "adapt" "$(show)"
+[ $RC = 0 ] && grep -q '^adaptation at step .*parameters [0-9]* -> [0-9]*' "$TMP/o" &&
+    grep -Eq '^  conv1 +[0-9]+ -> [0-9]+ +(keep|shrink|grow|skip)' "$TMP/o" &&
+    [ "$(awk '{ if (length($0) > m) m = length($0) } END { print m }' "$TMP/o")" -lt 160 ] &&
+    ok "adapt prints a readable summary (one line per group)" || bad "adapt" "$(show)"
 ew pause
 [ $RC = 0 ] && grep -qx paused "$TMP/o" && ok "pause" || bad "pause" "$(show)"
 wait_for 10 is_paused || bad "state becomes paused"

@@ -729,7 +729,7 @@ static void body_fuzz(const struct tmpd *t, int *test__failed)
                 accepted++;
                 // A forward on whatever loaded (if it is not huge) must run cleanly.
                 if (m->in_shape.c == IN_C && m->in_shape.h == IN_HW && m->in_shape.w == IN_HW &&
-                    net_flops(m) < 2000000) {
+                    net_macs(m) < 2000000) {
                     float L = net_forward(m, x, NULL, 2, 0);
                     (void)L;
                 }

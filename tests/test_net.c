@@ -872,7 +872,7 @@ TEST(param_and_flop_counts)
     ASSERT(n);
     size_t p = 40 + (72 + 12) + (162 + 6 + 135 + 10 + 30 + 10) + 18;
     size_t f = 2304 + 16 * 2 * (36 + 6) + 4 * (3 * 6 * 9 + 5 * 3 * 9 + 5 * 6) + 15;
-    size_t np = n->n_params, ns = n->n_state, nf = net_flops(n);
+    size_t np = n->n_params, ns = n->n_state, nf = net_macs(n);
     struct net_tensor *v = net_tensor_get(n, 3, "v"), *u = net_tensor_get(n, 3, "u");
     struct net_tensor *pw = net_tensor_get(n, 4, "p.w"), *bv = net_tensor_get(n, 4, "bnp.var");
     ASSERT(v && u && pw && bv);
@@ -920,7 +920,7 @@ TEST(layer_info_counts)
         ASSERT_EQ(li.macs, want[i][1]);
     }
     ASSERT_EQ(sum_p, n->n_params);
-    ASSERT_EQ(sum_f, net_flops(n));
+    ASSERT_EQ(sum_f, net_macs(n));
     net_destroy(n);
 }
 
@@ -997,7 +997,7 @@ TEST(param_counts_match_torch_ref)
     struct net *c = mk(&in, 10, res, N_OF(res));
     ASSERT(a && b && c);
     size_t pa = a->n_params, pb = b->n_params, pc = c->n_params;
-    size_t fa = net_flops(a), fb = net_flops(b), fc = net_flops(c);
+    size_t fa = net_macs(a), fb = net_macs(b), fc = net_macs(c);
     net_destroy(a);
     net_destroy(b);
     net_destroy(c);

@@ -59,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(t->off + t->n <= (t->arena == NET_ARENA_PARAM ? n->n_params : n->n_state));
     }
     const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
-    if (D <= 4096 && net_flops(n) < 2000000) {
+    if (D <= 4096 && net_macs(n) < 2000000) {
         float *x = calloc(D, sizeof(float));
         FUZZ_CHECK(x);
         net_forward(n, x, NULL, 1, 0);
