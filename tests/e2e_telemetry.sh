@@ -75,7 +75,7 @@ for l in open(sys.argv[1]):
 PY
 
 # ---- slow and vanished clients -----------------------------------------------------------------
-python3 - "$PORT" 30 120 >"$TMP/slow.out" 2>&1 <<'PY' &
+python3 - "$PORT" 30 600 >"$TMP/slow.out" 2>&1 <<'PY' &
 # N clients with 4 KiB receive buffers that never read, for T seconds.
 import socket, sys, time
 port, n, t = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
@@ -92,7 +92,7 @@ PY
 slow=$!
 EXTRA_PIDS="$EXTRA_PIDS $slow"
 wait_for 30 grep -q connected "$TMP/slow.out" || bad "slow clients connect" "$(cat "$TMP/slow.out")"
-curl -sN --max-time 120 "$BASE/v1/stream" >"$TMP/sse2" &
+curl -sN --max-time 600 "$BASE/v1/stream" >"$TMP/sse2" & # killed below
 reader=$!
 EXTRA_PIDS="$EXTRA_PIDS $reader"
 sleep 1
