@@ -8,9 +8,12 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: evowidthd --config FILE [--listen ADDR:PORT] [--state-dir DIR]\n"
-               "                 [--token-file F] [--quiet]\n"
+               "                 [--token-file F] [--quiet] [--resume-anyway | --fresh]\n"
                "Trains in the background, checkpoints into the state dir (resuming from the\n"
                "newest valid checkpoint there) and serves the HTTP/JSON API on loopback.\n"
+               "A state dir whose run has a different config is refused: --resume-anyway\n"
+               "continues the stored run as it was, --fresh moves it to STATE_DIR/archive-*\n"
+               "and starts a new one.\n"
                "Config knobs: evowidthd --help-config.\n");
 }
 
@@ -23,7 +26,8 @@ int main(int argc, char **argv)
         {"config", required_argument, 0, 'c'},   {"listen", required_argument, 0, 'l'},
         {"state-dir", required_argument, 0, 's'}, {"token-file", required_argument, 0, 't'},
         {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
-        {"help-config", no_argument, 0, 'H'},     {0, 0, 0, 0}};
+        {"help-config", no_argument, 0, 'H'},     {"resume-anyway", no_argument, 0, 'R'},
+        {"fresh", no_argument, 0, 'F'},           {0, 0, 0, 0}};
     struct dmn_server_opts o = {0};
     int c;
     while ((c = getopt_long(argc, argv, "c:l:s:t:qh", opts, NULL)) != -1) {
@@ -33,12 +37,14 @@ int main(int argc, char **argv)
         case 's': o.state_dir = optarg; break;
         case 't': o.token_file = optarg; break;
         case 'q': o.quiet = 1; break;
+        case 'R': o.resume_anyway = 1; break;
+        case 'F': o.fresh = 1; break;
         case 'h': usage(stdout); return 0;
         case 'H': cfg_help(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!o.config_path || optind != argc) {
+    if (!o.config_path || optind != argc || (o.resume_anyway && o.fresh)) {
         usage(stderr);
         return 2;
     }

@@ -4,7 +4,12 @@
  *   CONF: the effective config as JSON text (model widths there are the *initial* ones; the
  *         ARCH chunk has the current ones), policy and runtime changes included;
  *   TRNR: the trainer's position: version, step, RNG, batcher (pos, epoch, rng, perm),
- *         timing and last metrics. Fixed little-endian layout, checked on load.
+ *         timing and last metrics. Fixed little-endian layout, checked on load. Its
+ *         adaptation part holds the policy state only: the event history lives in the
+ *         state dir's events.jsonl (older checkpoints carried the texts; they still load);
+ *   LSEQ: u64 version (1) | u64 events: the adaptation events this checkpoint includes,
+ *         the last seq of events.jsonl that belongs to it (absent in older files: the
+ *         number of texts TRNR carried).
  * The same file is what `evowidth eval` and `evowidth layers` read. */
 #include <errno.h>
 #include <math.h>
@@ -61,8 +66,10 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
     memcpy(tr, &h, sizeof(h));
     memcpy(tr + sizeof(h), t->batcher.perm, t->batcher.n * sizeof(uint32_t));
     if (extra_len) memcpy(tr + sizeof(h) + t->batcher.n * sizeof(uint32_t), extra, extra_len);
-    struct ckpt_blob blobs[2] = {{"TRNR", tr, tl}, {"CONF", conf, strlen(conf)}};
-    rc = ckpt_save(path, t->net, &t->opt, blobs, 2, err, errlen);
+    uint64_t lseq[2] = {1, dmn__adapt_n_events(t)};
+    struct ckpt_blob blobs[3] = {
+        {"TRNR", tr, tl}, {"CONF", conf, strlen(conf)}, {"LSEQ", lseq, sizeof(lseq)}};
+    rc = ckpt_save(path, t->net, &t->opt, blobs, 3, err, errlen);
 out:
     free(extra);
     free(tr);
@@ -70,7 +77,59 @@ out:
     return rc;
 }
 
+/* The LSEQ blob's event count, or the legacy count (-1: take it from the TRNR texts). */
+static int64_t dmn__lseq_events(const struct ckpt_blob *bl, size_t nbl)
+{
+    const struct ckpt_blob *b = ckpt_blob_find(bl, nbl, "LSEQ");
+    uint64_t v[2];
+    if (!b || b->len != sizeof(v)) return -1;
+    memcpy(v, b->data, sizeof(v));
+    return v[0] == 1 && v[1] < ((uint64_t)1 << 53) ? (int64_t)v[1] : -1;
+}
+
+int dmn_trainer_peek(const char *path, struct dmn_ckpt_info *info, char *err, size_t errlen)
+{
+    struct net *n = NULL;
+    struct ckpt_blob *bl = NULL;
+    size_t nbl = 0;
+    int has_opt = 0;
+    struct net_optim opt = {0};
+    int rc = ckpt_load(path, &n, &opt, &has_opt, &bl, &nbl, err, errlen);
+    if (rc < 0) return rc;
+    rc = -EINVAL;
+    const struct ckpt_blob *conf = ckpt_blob_find(bl, nbl, "CONF");
+    const struct ckpt_blob *trb = ckpt_blob_find(bl, nbl, "TRNR");
+    struct trnr_head h;
+    char why[512];
+    if (!conf || !trb || !has_opt) {
+        snprintf(err, errlen, "%s: a model file, not a run checkpoint", path);
+    } else if (cfg_load_json(&info->cfg, conf->data, conf->len, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "%s: stored config is invalid: %s", path, why);
+    } else if (trb->len < sizeof(h) || (memcpy(&h, trb->data, sizeof(h)), h.version != TRNR_VERSION) ||
+               h.b_n > trb->len / 4 || h.extra_len > trb->len ||
+               trb->len != sizeof(h) + h.b_n * 4 + h.extra_len) {
+        snprintf(err, errlen, "%s: TRNR chunk is malformed", path);
+    } else {
+        int64_t ev = dmn__lseq_events(bl, nbl);
+        info->step = h.step;
+        info->change_seq = h.change_seq;
+        info->val_loss = h.val_loss;
+        info->params = n->n_params;
+        info->events = ev >= 0 ? (uint64_t)ev : (uint64_t)-1;
+        rc = 0;
+    }
+    net_destroy(n);
+    ckpt_blobs_free(bl, nbl);
+    return rc;
+}
+
 int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen)
+{
+    return dmn_trainer_load_as(out, path, NULL, err, errlen);
+}
+
+int dmn_trainer_load_as(struct dmn_trainer **out, const char *path, const struct dmn_config *as,
+                        char *err, size_t errlen)
 {
     struct net *n = NULL;
     struct ckpt_blob *bl = NULL;
@@ -90,7 +149,9 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
         goto fail;
     }
     char why[512];
-    if (cfg_load_json(cfg, conf->data, conf->len, why, sizeof(why)) < 0) {
+    if (as)
+        *cfg = *as;
+    else if (cfg_load_json(cfg, conf->data, conf->len, why, sizeof(why)) < 0) {
         snprintf(err, errlen, "%s: stored config is invalid: %s", path, why);
         goto fail;
     }
@@ -139,6 +200,8 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
         snprintf(err, errlen, "%s: adaptation state is corrupt", path);
         goto fail;
     }
+    int64_t ev = dmn__lseq_events(bl, nbl);
+    if (ev >= 0) dmn__adapt_renumber(t, (uint64_t)ev);
     ckpt_blobs_free(bl, nbl);
     free(cfg);
     *out = t;

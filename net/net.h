@@ -274,6 +274,24 @@ void ckpt_blobs_free(struct ckpt_blob *b, size_t n);
 /* Finds a blob by tag, NULL if absent (borrowed). */
 const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, const char *tag);
 
+/* The file operations behind every durable write (ckpt_save, the export file, the daemon's
+ * state dir): the system calls unless a test installs others, to inject faults (ENOSPC) or
+ * to record which bytes were fsynced and replay a power loss. A NULL member is the system
+ * call. net_set_io is not thread-safe: call it before any writer runs; NULL restores. */
+struct net_io {
+    int (*open)(const char *path, int flags, unsigned mode);
+    long (*write)(int fd, const void *p, size_t n);
+    int (*fsync)(int fd);
+    int (*close)(int fd);
+    int (*rename)(const char *from, const char *to);
+    int (*unlink)(const char *path);
+    int (*link)(const char *from, const char *to);
+    int (*ftruncate)(int fd, long long len);
+};
+void net_set_io(const struct net_io *io);
+/* The operations in force (never NULL; every member set). */
+const struct net_io *net_io(void);
+
 // ---- compressed export (net/compress.c, net/export.c) ------------------------------
 
 /* A compressed model file ("EVWZ"): versioned, CRC-checked, the payload deflated by zlib. It

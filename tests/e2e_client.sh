@@ -96,6 +96,7 @@ grep -Eq '^state +paused' "$TMP/o" && ok "status shows paused" || bad "status wh
 ew resume
 [ $RC = 0 ] && grep -qx training "$TMP/o" && advances && ok "resume: training advances" ||
     bad "resume" "$(show)"
+ew pause # so that no periodic checkpoint rotates this one away before `layers` reads it
 ew checkpoint
 ck=$(sed -n 's/^checkpoint at step [0-9]*: //p' "$TMP/o")
 [ $RC = 0 ] && [ -n "$ck" ] && [ -s "$ck" ] && ok "checkpoint prints its path ($(basename "$ck"))" ||
