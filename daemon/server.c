@@ -219,7 +219,7 @@ close_loop:
     while (s->done) {
         struct dmn_cmd *d = s->done;
         s->done = d->next;
-        api_async_complete(d->reply, 503);
+        if (d->reply) api_async_complete(d->reply, 503); // (a rollback notice has none)
         free(d->layers);
         free(d->spectrum);
         free(d);
