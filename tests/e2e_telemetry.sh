@@ -106,8 +106,14 @@ sleep 2
 rss1=$(rss)
 dropped=$(metric evowidth_stream_events_dropped_total)
 grow=$(((rss1 - rss0) / 1024))
-[ "$grow" -lt 12 ] && ok "RSS grew by ${grow} MiB (${rss0} -> ${rss1} KiB) while the slow clients' queues were full" ||
-    bad "memory with stalled clients" "RSS ${rss0} -> ${rss1} KiB"
+if ldd "$BUILD/evowidthd" 2>/dev/null | grep -q libtsan; then
+    # ThreadSanitizer's shadow memory and allocator grow RSS with every allocation whatever the
+    # queues hold: the bound is checked by the Release and ASan runs of this script.
+    ok "RSS bound not checked under ThreadSanitizer (${rss0} -> ${rss1} KiB)"
+else
+    [ "$grow" -lt 12 ] && ok "RSS grew by ${grow} MiB (${rss0} -> ${rss1} KiB) while the slow clients' queues were full" ||
+        bad "memory with stalled clients" "RSS ${rss0} -> ${rss1} KiB"
+fi
 [ "${dropped%.*}" -gt 10000 ] && ok "their events were dropped and counted ($dropped)" || bad "dropped events" "$dropped"
 kill $reader 2>/dev/null
 wait $reader 2>/dev/null
