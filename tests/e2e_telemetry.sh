@@ -114,7 +114,7 @@ else
     [ "$grow" -lt 12 ] && ok "RSS grew by ${grow} MiB (${rss0} -> ${rss1} KiB) while the slow clients' queues were full" ||
         bad "memory with stalled clients" "RSS ${rss0} -> ${rss1} KiB"
 fi
-[ "${dropped%.*}" -gt 10000 ] && ok "their events were dropped and counted ($dropped)" || bad "dropped events" "$dropped"
+[ "${dropped%.*}" -gt 1000 ] && ok "their events were dropped and counted ($dropped)" || bad "dropped events" "$dropped"
 kill $reader 2>/dev/null
 wait $reader 2>/dev/null
 n_adapt=$(grep -c '^event: adapt$' "$TMP/sse2")
