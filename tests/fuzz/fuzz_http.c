@@ -9,6 +9,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <unistd.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <string.h>
@@ -96,7 +97,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    FUZZ_CHECK(connect(fd, (struct sockaddr *)&a, sizeof a) == 0); // the backlog accepts it
+    // The backlog accepts it once the server has caught up with its closes: let the loop run.
+    int cr = -1;
+    for (int tries = 0; tries < 1000 && (cr = connect(fd, (struct sockaddr *)&a, sizeof a)) != 0;
+         tries++) {
+        uv_run(&loop, UV_RUN_NOWAIT);
+        close(fd);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        FUZZ_CHECK(fd >= 0);
+        FUZZ_CHECK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+        usleep(1000);
+    }
+    FUZZ_CHECK(cr == 0);
     FUZZ_CHECK(fcntl(fd, F_SETFL, O_NONBLOCK) == 0);
     size_t sent = 0, got = 0;
     int shut = 0, eof = 0;
