@@ -11,7 +11,8 @@ at the end of each run (evowidth train's report). One CSV row per finished run; 
 exists is skipped, so a half-done sweep resumes where it stopped (`--csv` again).
 
 usage: bench/frontier.py [--csv FILE] [--epochs N] [--seeds 1,2,3] [--mults 0.5,1,...]
-                         [--kinds fixed,wide,narrow] [--bin build/evowidth] [--dry-run]
+                         [--kinds fixed,wide,narrow] [--bin build/evowidth] [--threads N]
+                         [--dry-run]
 """
 import argparse
 import copy
@@ -60,6 +61,8 @@ def main():
     ap.add_argument("--wide-mult", type=float, default=1.5)
     ap.add_argument("--kinds", default="fixed,wide,narrow")
     ap.add_argument("--bin", default=os.path.join(TOP, "build", "evowidth"))
+    ap.add_argument("--threads", type=int, default=0,
+                    help="train.threads for every run (0: the config's own)")
     ap.add_argument("--dry-run", action="store_true", help="list the runs still to do")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -108,6 +111,8 @@ def main():
             extra = ["--set", "adapt.target_params=%d" % target]
         print("frontier: %s mult %g seed %d target %s" % (k, m, s, target or "-"),
               file=sys.stderr, flush=True)
+        if a.threads > 0:
+            extra += ["--set", "train.threads=%d" % a.threads]
         rep = run(a.bin, cfg, s, a.epochs, extra, work)
         w.writerow({
             "kind": k, "config": "compact" if k != "narrow" else "narrow", "mult": "%g" % m,
