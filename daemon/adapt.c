@@ -145,7 +145,7 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
         memcpy(x + i * D, t->train.x + k * D, D * sizeof(float));
         y[i] = t->train.y[k];
     }
-    struct svd_ctx ctx = {x, y, B, dmn__val_cb, t, &t->rng};
+    struct svd_ctx ctx = {x, y, B, dmn__val_cb, t, &t->rng, t->total_steps};
     struct svd_event ev;
     rc = svd_adapt(t->adapt->st, p, &t->net, t->step, &ctx, &ev);
     net_reserve(t->net, t->cfg.train.batch_size);
@@ -185,7 +185,8 @@ int dmn__adapt_maybe(struct dmn_trainer *t)
 {
     const struct svd_policy *p = &t->cfg.adapt;
     if (!p->enabled || !p->interval_steps || t->step < p->warmup_steps ||
-        (t->step - p->warmup_steps) % p->interval_steps != 0 || t->step >= t->total_steps)
+        (t->step - p->warmup_steps) % p->interval_steps != 0 || t->step >= t->total_steps ||
+        (double)t->step >= p->stop_fraction * (double)t->total_steps)
         return 0;
     int rc = dmn_trainer_adapt_now(t);
     return rc == -ENOMEM ? rc : 0; // a failed decomposition is logged in the event, not fatal

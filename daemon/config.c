@@ -217,7 +217,14 @@ static const struct cfg_row CFG_ROWS[] = {
            "steer the whole net into [0.95, 1] x this many parameters, from either side "
            "(0 = off: per-layer thresholds decide)"),
     R_DBL("adapt", "target_step", adapt.target_step, 0, 1, 0.5, RT | LO_OPEN,
-          "a target pass changes at most this fraction of the parameters"),
+          "a target pass changes this fraction of the parameters, more when adapt.target_by "
+          "needs it"),
+    R_DBL("adapt", "target_by", adapt.target_by, 0, 1, 0.5, RT,
+          "the target is due by this fraction of the run: passes take the steps that reach it "
+          "(0 = no deadline, steps of target_step)"),
+    R_DBL("adapt", "stop_fraction", adapt.stop_fraction, 0, 1, 0.9, RT | LO_OPEN,
+          "no periodic adaptation after this fraction of the run, so the last stretch trains "
+          "the final widths (POST /v1/adapt still runs)"),
     R_DBL("adapt", "max_loss_jump", adapt.max_loss_jump, 0, 1e6, 0.1, RT,
           "roll back a surgery whose validation loss rises by more than this"),
     R_BOOL("adapt", "enable_shrink", adapt.enable_shrink, 1, RT, "allow shrinking"),

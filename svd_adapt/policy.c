@@ -19,7 +19,8 @@
  *            s_i^2 / mean(s^2) (its share of the layer's energy against an average direction)
  *            divided by what one unit costs (its row, BN entries and every consumer column);
  *            the cheapest value goes first until the net is at most T, skipping cuts that would
- *            land under 0.95 T, at most target_step of the parameters per pass;
+ *            land under 0.95 T, target_step of the parameters per pass, or the larger
+ *            geometric step that reaches T by target_by of the run (svd_ctx.total_steps);
  *   under 0.95 T: groups grow by ceil(growth * width), the most saturated per parameter first
  *            (s_min^2 / mean(s^2) over the unit cost), never past T.
  * A group that changed is not examined again for cooldown_steps (the seed's grow / prune
@@ -617,13 +618,32 @@ static int svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi, 
     return 0;
 }
 
+/* The fraction of the parameters a target pass moves: target_step, or more when the passes
+ * left before the deadline (target_by x the run) need bigger steps to reach T. A group is
+ * examined again after max(interval, cool-down) steps, so that is one pass's period; the
+ * steps are geometric, so each pass moves the same fraction. */
+static double svd__target_frac(const struct svd_policy *p, const struct svd_ctx *ctx, size_t step,
+                               double P, double T)
+{
+    double f = p->target_step;
+    if (!ctx->total_steps || p->target_by <= 0 || P <= 0 || T <= 0) return f;
+    const double due = p->target_by * (double)ctx->total_steps;
+    const double period =
+        (double)(p->interval_steps > p->cooldown_steps ? p->interval_steps : p->cooldown_steps);
+    const double left =
+        (double)step < due ? floor((due - (double)step) / (period > 0 ? period : 1)) + 1 : 1;
+    const double need = T < P ? 1.0 - pow(T / P, 1.0 / left) : pow(T / P, 1.0 / left) - 1.0;
+    return need > f ? need : f;
+}
+
 /* Target above: cut the lowest-value tail directions across groups. Costs are measured
  * afresh before each round, since shrinking a group also shrinks its consumer's columns. */
 static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t ng, size_t step)
 {
     const struct svd_policy *p = ps->p;
     const double T = (double)p->target_params, P0 = (double)(*ps->n)->n_params;
-    const double goal = P0 * (1.0 - p->target_step) > T ? P0 * (1.0 - p->target_step) : T;
+    const double f = svd__target_frac(p, ps->ctx, step, P0, T);
+    const double goal = P0 * (1.0 - f) > T ? P0 * (1.0 - f) : T;
     int *done = calloc(ng + 1, sizeof(int));
     size_t *cut = calloc(ng + 1, sizeof(size_t));
     if (!done || !cut) {
@@ -685,7 +705,8 @@ static void svd__target_grow(struct svd__pass *ps, struct svd__gi *gi, size_t ng
     qsort(c, nc, sizeof(*c), svd__cand_cmp);
     double P = (double)(*ps->n)->n_params;
     const double cap = p->param_budget && (double)p->param_budget < T ? (double)p->param_budget : T;
-    const double goal = P * (1.0 + p->target_step) < cap ? P * (1.0 + p->target_step) : cap;
+    const double f = svd__target_frac(p, ps->ctx, step, P, T);
+    const double goal = P * (1.0 + f) < cap ? P * (1.0 + f) : cap;
     for (size_t q = 0; q < nc; q++) {
         struct svd__gi *g = &gi[c[q].g];
         g->cost = svd__unit_cost(*ps->n, &g->ref); // exact: earlier growth may have changed it

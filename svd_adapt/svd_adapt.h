@@ -46,7 +46,10 @@ struct svd_policy {
     size_t min_width, max_width;
     size_t param_budget;  // growth stops at this many parameters (0 = no cap)
     size_t target_params; // steer the whole net to [0.95, 1] x this (0 = off)
-    double target_step;   // a target pass moves at most this fraction of the parameters
+    double target_step;   // a target pass moves this fraction of the parameters, or more
+                          // when the deadline needs it:
+    double target_by;     // ... the target is due by this fraction of the run (0: no deadline)
+    double stop_fraction; // no periodic pass after this fraction of the run (the caller's rule)
     double max_loss_jump; // roll back a surgery whose val loss rises more than this
     int enable_shrink, enable_grow;
 };
@@ -133,6 +136,7 @@ struct svd_ctx {
     double (*val_loss)(void *user, struct net *n); // validation loss of a candidate net
     void *user;
     uint64_t *rng;
+    size_t total_steps; // the run's length in steps (0: unknown, so no target deadline)
 };
 
 // ---- events: what a pass did, as data (JSON is made where it is served or logged) ----------

@@ -254,7 +254,7 @@ TEST(adapt_pass_survives_every_allocation_failure)
         struct svd_state *st = svd_state_create();
         ASSERT(st);
         uint64_t rng = 7;
-        struct svd_ctx ctx = {f.x, f.y, BATCH, val_cb, &f, &rng};
+        struct svd_ctx ctx = {f.x, f.y, BATCH, val_cb, &f, &rng, 0};
         struct svd_event event;
         oom_calls = 0;
         oom_fail_at = k;

@@ -1569,7 +1569,7 @@ TEST(adapt_keep_everything_is_identity)
             uint8_t *y = rand_y(B, 5, 72);
             struct vctx vc = {x, y, B, 0};
             uint64_t rng = 1;
-            struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+            struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
             struct svd_policy p = base_policy();
             p.mode = cfg[c].mode;
             p.source = cfg[c].src;
@@ -1636,7 +1636,7 @@ TEST(adapt_shrinks_duplicates_respects_min_width_and_rolls_back)
         memcpy(params, n->params, n->n_params * sizeof(float));
         struct vctx vc = {x, y, B, 0};
         uint64_t rng = 1;
-        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
         struct svd_policy p = base_policy();
         p.energy_eps = 1e-6;
         p.min_width = cases[c].min_width;
@@ -1705,7 +1705,7 @@ static int adapt_once(struct svd_state *st, const struct svd_policy *p, struct n
 {
     struct vctx vc = {x, y, B, 0};
     uint64_t rng = step;
-    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
     char *text = NULL;
     int rc = adapt_text(st, p, n, step, &ctx, &text);
     *ev = text ? cJSON_Parse(text) : NULL;
@@ -1793,7 +1793,7 @@ TEST(adapt_grows_flat_layer_with_patience_cooldown_and_limits)
     {
         struct vctx vc = {x, y, B, 0};
         uint64_t rng = 3;
-        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
         struct svd_event e;
         ASSERT_EQ(svd_adapt(st3, &p, &n, 100, &ctx, &e), 0);
         ASSERT(n == before);
@@ -1891,7 +1891,7 @@ TEST(adapt_every_pass_is_an_event_with_reasons)
     uint8_t *y = rand_y(B, 5, 79);
     struct vctx vc = {x, y, B, 0};
     uint64_t rng = 1;
-    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
     struct svd_policy p = base_policy();
     p.energy_eps = 1e-6;
     p.max_loss_jump = 0.05;
@@ -2059,7 +2059,7 @@ TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
         uint8_t *y = rand_y(B, 5, 63);
         struct vctx vc = {x, y, B, 0};
         uint64_t rng = 4;
-        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng};
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
         struct svd_state *st = svd_state_create();
         struct svd_event e;
         ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), redundant ? 1 : 0);

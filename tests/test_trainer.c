@@ -154,6 +154,54 @@ TEST(target_params_reached_from_above_and_below)
     }
 }
 
+/* adapt.target_by: with steps of 5% a target 4x below is far out of reach in the run
+ * (at most 17 passes of 5%, one every 16 steps), so passes take the geometric steps that reach it by the deadline;
+ * with the deadline off the same run ends above its target. adapt.stop_fraction: no
+ * periodic pass in the run's last stretch. */
+TEST(target_reached_by_its_deadline_and_no_pass_after_stop_fraction)
+{
+    static const char cfg[] =
+        "{\"data\": {\"dataset\": \"synthetic\", \"val_split\": 64},"
+        " \"synthetic\": {\"n_train\": 1024, \"n_test\": 256, \"channels\": 1, \"height\": 8,"
+        "   \"width\": 8, \"classes\": 4, \"noise\": 0.3},"
+        " \"model\": [{\"type\": \"flatten\"}, {\"type\": \"dense\", \"out\": 48}, {\"type\": \"relu\"},"
+        "   {\"type\": \"dense\", \"out\": 32}, {\"type\": \"relu\"}, {\"type\": \"dense\", \"out\": 4}],"
+        " \"train\": {\"epochs\": 12, \"batch_size\": 32},"
+        " \"adapt\": {\"interval_steps\": 16, \"warmup_steps\": 8, \"cooldown_steps\": 32,"
+        "   \"calibration_samples\": 64, \"min_width\": 1, \"target_step\": 0.05,"
+        "   \"max_loss_jump\": 1e6, \"stop_fraction\": 0.75}}";
+    for (int deadline = 0; deadline < 2; deadline++) {
+        struct dmn_config c;
+        char err[512];
+        ASSERT_EQ(cfg_load_json(&c, cfg, sizeof cfg - 1, err, sizeof err), 0);
+        c.adapt.target_by = deadline ? 0.3 : 0.0;
+        struct dmn_trainer *t = NULL;
+        ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+        const size_t p0 = t->net->n_params, T = p0 / 4, total = t->total_steps;
+        t->cfg.adapt.target_params = T;
+        size_t reached = 0, last_event = 0;
+        while (!dmn_trainer_done(t)) {
+            const size_t ne = dmn__adapt_n_events(t);
+            ASSERT_EQ(dmn_trainer_step(t), 0);
+            if (dmn__adapt_n_events(t) > ne) last_event = t->step;
+            if (!reached && t->net->n_params <= T) reached = t->step;
+        }
+        printf("    deadline %s: %zu -> %zu (target %zu) reached at step %zu of %zu, last pass "
+               "at %zu\n",
+               deadline ? "0.3" : "off", p0, t->net->n_params, T, reached, total, last_event);
+        ASSERT_LE(last_event, (size_t)(0.75 * (double)total) + 1);
+        if (deadline) {
+            ASSERT(reached > 0);
+            // Due by 0.3 of the run; the pass at the deadline may still be one step late.
+            ASSERT_LE(reached, (size_t)(0.3 * (double)total) + 16 + 1);
+            ASSERT_GE((double)t->net->n_params, 0.95 * (double)T);
+        } else {
+            ASSERT_GT(t->net->n_params, T);
+        }
+        dmn_trainer_destroy(t);
+    }
+}
+
 /* The run loop's tick: validation every train.eval_every_steps (0: at each epoch's end) and a
  * checkpoint due every daemon.checkpoint_every_steps and at the end; tiny.json has 14 steps
  * an epoch and a validation set. */
