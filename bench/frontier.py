@@ -117,7 +117,7 @@ def main():
         w.writerow({
             "kind": k, "config": "compact" if k != "narrow" else "narrow", "mult": "%g" % m,
             "seed": s, "target": target, "params": rep["params"],
-            "macs_per_sample": rep.get("flops_per_sample"),
+            "macs_per_sample": rep.get("macs_per_sample", rep.get("flops_per_sample")),
             "val_accuracy": rep.get("val_accuracy"), "test_accuracy": rep["test_accuracy"],
             "steps": rep["steps"], "wall_seconds": "%.1f" % rep["wall_seconds"],
             "adapt_seconds": "%.2f" % rep["adapt_seconds"],
