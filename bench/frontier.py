@@ -85,13 +85,13 @@ def main():
         w.writeheader()
         out.flush()
 
-    # The fixed nets' sizes are the adaptive runs' targets, so every fixed run of a multiplier
-    # goes before the adaptive ones.
+    # The fixed nets' sizes are the adaptive runs' targets, so the fixed runs of a seed go
+    # before its adaptive ones; seed by seed, so a sweep cut short has whole seeds.
     work = tempfile.mkdtemp(prefix="evowidth-frontier-")
     order = {"fixed": 0, "wide": 1, "narrow": 2}
     plan = sorted(((k, m, s) for m in mults for s in seeds for k in kinds
                    if (k, "%g" % m, str(s)) not in done),
-                  key=lambda p: (order.get(p[0], 3), p[1], p[2]))
+                  key=lambda p: (p[2], order.get(p[0], 3), p[1]))
     if a.dry_run:
         for p in plan:
             print("%s mult %g seed %d" % p)
