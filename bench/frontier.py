@@ -26,7 +26,7 @@ import tempfile
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ["kind", "config", "mult", "seed", "target", "params", "macs_per_sample",
           "val_accuracy", "test_accuracy", "steps", "wall_seconds", "adapt_seconds",
-          "initial_params", "epochs"]
+          "initial_params", "epochs", "cpu_seconds"]
 
 
 def scaled(cfg, mult):
@@ -47,9 +47,16 @@ def run(bin_, cfg, seed, epochs, extra, workdir):
         json.dump(cfg, f)
     cmd = [bin_, "train", path, "--quiet", "--report", rep, "--epochs", str(epochs),
            "--set", "train.seed=%d" % seed] + extra
+    # CPU seconds of the run: on a shared machine its wall time says more about the neighbours
+    # than about the run; with one thread, CPU time is what a quiet machine's wall time would be.
+    c0 = os.times()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    c1 = os.times()
     with open(rep) as f:
-        return json.load(f)
+        r = json.load(f)
+    r["cpu_seconds"] = (c1.children_user - c0.children_user) + (c1.children_system -
+                                                                  c0.children_system)
+    return r
 
 
 def main():
@@ -121,7 +128,8 @@ def main():
             "val_accuracy": rep.get("val_accuracy"), "test_accuracy": rep["test_accuracy"],
             "steps": rep["steps"], "wall_seconds": "%.1f" % rep["wall_seconds"],
             "adapt_seconds": "%.2f" % rep["adapt_seconds"],
-            "initial_params": rep["initial_params"], "epochs": rep["epochs"]})
+            "initial_params": rep["initial_params"], "epochs": rep["epochs"],
+            "cpu_seconds": "%.1f" % rep["cpu_seconds"]})
         out.flush()
     return 0
 

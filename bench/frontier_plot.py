@@ -3,7 +3,8 @@
 
 Left: test accuracy against parameters (log x): fixed-width mean and spread per width, adaptive
 runs from a wide and from a narrow start, each marked apart. Right: the same against training
-wall time. Never retrains: one command re-draws from the CSV.
+time: CPU seconds when every row has them (one-thread runs: what a quiet machine's wall time
+would be), else wall seconds. Never retrains: one command re-draws from the CSV.
 
 usage: bench/frontier_plot.py [--csv docs/frontier.csv] [--out docs/frontier] [--md FILE]
 """
@@ -38,8 +39,9 @@ def main():
         groups.setdefault((r["kind"], float(r["mult"])), []).append(r)
     work = tempfile.mkdtemp(prefix="evowidth-plot-")
     table = ["| kind | width mult | target | runs | parameters (mean) | test accuracy % (mean +- sd) "
-             "| validation % | wall s (mean) | adaptation s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| validation % | wall s (mean) | CPU s (mean) | adaptation s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    cpu = all(r.get("cpu_seconds") for r in rows)
     files = {}
     for k, _ in KINDS:
         path = os.path.join(work, k + ".dat")
@@ -53,10 +55,13 @@ def main():
                 val = [100 * float(r["val_accuracy"]) for r in rs if r["val_accuracy"]]
                 vm = stats(val)[0] if val else float("nan")
                 wall, wsd = stats([float(r["wall_seconds"]) for r in rs])
+                cs = [float(r["cpu_seconds"]) for r in rs if r.get("cpu_seconds")]
+                cm, csd = stats(cs) if cs else (float("nan"), 0.0)
+                tm, tsd = (cm, csd) if cpu else (wall, wsd)
                 ad = stats([float(r["adapt_seconds"]) for r in rs])[0]
-                f.write("%g %g %g %g %g %g\n" % (p, psd, acc, asd, wall, wsd))
-                table.append("| %s | %g | %s | %d | %.0f | %.2f +- %.2f | %.2f | %.0f | %.1f |" % (
-                    k, m, rs[0]["target"] or "-", len(rs), p, acc, asd, vm, wall, ad))
+                f.write("%g %g %g %g %g %g\n" % (p, psd, acc, asd, tm, tsd))
+                table.append("| %s | %g | %s | %d | %.0f | %.2f +- %.2f | %.2f | %.0f | %.0f | %.1f |"
+                             % (k, m, rs[0]["target"] or "-", len(rs), p, acc, asd, vm, wall, cm, ad))
     gp = """set terminal svg size 1100,450 dynamic enhanced font 'sans,11'
 set output '{out}.svg'
 call '{work}/body.gp'
@@ -74,12 +79,13 @@ plot '{f}' u 1:3:2:4 w xyerrorlines lw 2 t 'fixed width', \\
      '{w}' u 1:3:2:4 w xyerrorbars pt 7 ps 1 t 'adaptive, wide start', \\
      '{n}' u 1:3:2:4 w xyerrorbars pt 5 ps 1 t 'adaptive, narrow start'
 unset logscale x
-set xlabel 'training wall time, s'
+set xlabel '{tl}'
 plot '{f}' u 5:3:6:4 w xyerrorlines lw 2 t 'fixed width', \\
      '{w}' u 5:3:6:4 w xyerrorbars pt 7 ps 1 t 'adaptive, wide start', \\
      '{n}' u 5:3:6:4 w xyerrorbars pt 5 ps 1 t 'adaptive, narrow start'
 unset multiplot
-""".format(f=files["fixed"], w=files["wide"], n=files["narrow"])
+""".format(f=files["fixed"], w=files["wide"], n=files["narrow"],
+           tl="training time, CPU s (one thread)" if cpu else "training wall time, s")
     open(os.path.join(work, "body.gp"), "w").write(body)
     open(os.path.join(work, "main.gp"), "w").write(gp)
     subprocess.run(["gnuplot", os.path.join(work, "main.gp")], check=True)
