@@ -205,6 +205,9 @@ static const struct cfg_row CFG_ROWS[] = {
            "no adaptation before this step"),
     R_SIZE("adapt", "cooldown_steps", adapt.cooldown_steps, 0, NOMAX, 1000, RT,
            "a layer that changed is not re-examined for this many steps"),
+    R_SIZE("adapt", "protect_steps", adapt.protect_steps, 0, NOMAX, 3000, RT,
+           "a layer that grew is not shrunk by the rank rule for this many steps (its new "
+           "mirror pairs need time to separate)"),
     R_SIZE("adapt", "grow_patience", adapt.grow_patience, 1, 1e6, 2, RT,
            "consecutive saturated checks needed before growing"),
     R_SIZE("adapt", "calibration_samples", adapt.calibration_samples, 16, 65536, 512, RT,

@@ -47,6 +47,7 @@ struct svd_gstate {
     uint64_t patience;       // consecutive saturated checks
     uint64_t cooldown_until; // step before which the group is left alone
     uint64_t backoff;        // target passes: consecutive rolled-back cuts
+    uint64_t protect_until;  // step before which a grown group is not shrunk
 };
 
 struct svd_state {
@@ -75,13 +76,14 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
     return g;
 }
 
-/* The adaptation state as bytes (net/codec.h), version 3: "SVST" | u32 version | u64 count |
- * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff.
- * Version 2 (read only) had no backoff (read as 0). Version 1 (read
+/* The adaptation state as bytes (net/codec.h), version 4: "SVST" | u32 version | u64 count |
+ * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff |
+ * u64 protect_until. Version 3 (read only) had no protect_until, version 2 no backoff either
+ * (read as 0). Version 1 (read
  * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
  * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
  * cannot start with "SVST". */
-#define SVD_STATE_VERSION 3u // 3: + backoff; 2 (no backoff) and 1 (raw rows) still read
+#define SVD_STATE_VERSION 4u // 4: + protect_until; 3: + backoff; 3, 2 and 1 (raw rows) still read
 #define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
 
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
@@ -95,6 +97,7 @@ int svd_state_save(const struct svd_state *s, void **out, size_t *len)
         net_wr_u64(&w, s->g[i].patience);
         net_wr_u64(&w, s->g[i].cooldown_until);
         net_wr_u64(&w, s->g[i].backoff);
+        net_wr_u64(&w, s->g[i].protect_until);
     }
     if (w.oom) {
         net_wr_free(&w);
@@ -115,12 +118,13 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
     if (!v1) {
         r.pos = 4;
         version = net_rd_u32(&r);
-        if (version != 2 && version != SVD_STATE_VERSION) return -EINVAL;
+        if (version < 2 || version > SVD_STATE_VERSION) return -EINVAL;
     }
     const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS,
                                       v1             ? SVD_STATE_V1_ROW
                                       : version == 2 ? 24
-                                                     : 32);
+                                      : version == 3 ? 32
+                                                     : 40);
     if (r.bad) return -EINVAL;
     for (size_t i = 0; i < cnt; i++) {
         struct svd_gstate *g = &tmp.g[i];
@@ -136,6 +140,7 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         g->patience = net_rd_u64(&r);
         g->cooldown_until = net_rd_u64(&r);
         if (version >= 3) g->backoff = net_rd_u64(&r); // version 3: target-pass backoff
+        if (version >= 4) g->protect_until = net_rd_u64(&r);
         if (r.bad || !g->name[0]) return -EINVAL;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(tmp.g[j].name, g->name)) return -EINVAL;
@@ -177,9 +182,9 @@ const char *svd_action_name(enum svd_action a)
 
 const char *svd_reason_name(enum svd_reason r)
 {
-    static const char *const names[] = {"rank_rule", "saturated",  "target",    "fits",
-                                        "patience",  "cooldown",   "min_width", "max_width",
-                                        "budget",    "target_met", "disabled",  "error"};
+    static const char *const names[] = {
+        "rank_rule", "saturated", "target",     "fits",     "patience", "cooldown", "min_width",
+        "max_width", "budget",    "target_met", "disabled", "error",    "protected"};
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "?";
 }
 
@@ -505,7 +510,9 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
         }
         return 0;
     }
-    return svd__judge(ps, c, ch);
+    const int grew = target > gi->m, kept = svd__judge(ps, c, ch);
+    if (kept && grew) gi->gs->protect_until = step + p->protect_steps;
+    return kept;
 }
 
 /* Per-group thresholds (no target). */
@@ -523,6 +530,11 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     if (k < gi->m) {
         if (!p->enable_shrink) {
             if (ch) ch->reason = SVD_WHY_DISABLED;
+            return;
+        }
+        if (step < gs->protect_until) {
+            if (ch) ch->reason = SVD_WHY_PROTECTED;
+            gs->patience = 0;
             return;
         }
         svd__surgery(ps, gi, k, SVD_WHY_RANK_RULE, step);

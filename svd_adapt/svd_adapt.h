@@ -41,6 +41,8 @@ struct svd_policy {
     size_t interval_steps;   // adapt every this many steps ...
     size_t warmup_steps;     // ... after this many
     size_t cooldown_steps;   // a grown layer is not re-examined for this long
+    size_t protect_steps;    // ... and a grown layer is not shrunk for this long (its new
+                             // mirror pairs start as duplicates in the spectrum)
     size_t grow_patience;    // consecutive flat checks needed before growing
     size_t calibration_samples;
     size_t min_width, max_width;
@@ -162,6 +164,7 @@ enum svd_reason {
     SVD_WHY_TARGET_MET, // keep: target_params reached, or this group not chosen
     SVD_WHY_DISABLED,   // keep: enable_shrink / enable_grow off
     SVD_WHY_ERROR,      // the decomposition or the surgery failed (error says which)
+    SVD_WHY_PROTECTED,  // keep: redundant, but grown less than protect_steps ago
 };
 #define SVD_EV_NAME 48
 #define SVD_EV_TOP 8

@@ -2100,6 +2100,64 @@ TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
     }
 }
 
+/* A grown layer's mirror pairs start as duplicates in the activation spectrum, so the rank
+ * rule would cut them on the next look; protect_steps keeps them (reason "protected") and
+ * lets the rule act again once it has passed. Without it the next pass shrinks. */
+TEST(adapt_grown_layer_is_protected_from_the_rank_rule)
+{
+    setup();
+    const size_t B = 64;
+    struct svd_policy p = base_policy();
+    p.source = SVD_SRC_ACTIVATIONS;
+    p.rule = SVD_RULE_RELATIVE;
+    p.shrink_threshold = 0.05;
+    p.expand_threshold = 0.85;
+    p.enable_grow = 1;
+    p.grow_mode = SVD_GROW_MIRROR;
+    p.grow_patience = 1;
+    p.growth = 0.5;
+    p.cooldown_steps = 0;
+    for (int protect = 0; protect < 2; protect++) {
+        p.protect_steps = protect ? 5 : 0;
+        struct net *n = flat_net(61);
+        ASSERT(n != NULL);
+        const size_t m0 = n->layers[1].spec.out;
+        float *x = rand_x(B * 36, 62);
+        uint8_t *y = rand_y(B, 5, 63);
+        struct vctx vc = {x, y, B, 0};
+        uint64_t rng = 4;
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+        struct svd_state *st = svd_state_create();
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
+        ASSERT_EQ(e.changes[0].action, SVD_ACT_GROW);
+        svd_event_free(&e);
+        const size_t m1 = n->layers[1].spec.out;
+        ASSERT_EQ(m1, m0 + 4);
+        // The pairs are duplicates: the rank rule keeps fewer than the width.
+        ASSERT_EQ(svd_adapt(st, &p, &n, 11, &ctx, &e), protect ? 0 : 1);
+        printf("    protect_steps %zu: step 11 %s (%s), width %zu\n", p.protect_steps,
+               svd_action_name(e.changes[0].action), svd_reason_name(e.changes[0].reason),
+               n->layers[1].spec.out);
+        ASSERT_LT(e.changes[0].kept, m1);
+        if (protect) {
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+            ASSERT_EQ(e.changes[0].reason, SVD_WHY_PROTECTED);
+            ASSERT_EQ(n->layers[1].spec.out, m1);
+            svd_event_free(&e);
+            // Step 15 = 10 + protect_steps: the rule decides again.
+            ASSERT_EQ(svd_adapt(st, &p, &n, 15, &ctx, &e), 1);
+        }
+        ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+        ASSERT_EQ(e.changes[0].reason, SVD_WHY_RANK_RULE);
+        svd_event_free(&e);
+        svd_state_destroy(st);
+        free(x);
+        free(y);
+        net_destroy(n);
+    }
+}
+
 /* Mean cross-entropy of n on (x, y). */
 static double batch_loss(struct net *n, const float *x, const uint8_t *y, size_t B)
 {
