@@ -341,6 +341,10 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
         cJSON_AddNumberToObject(r, "wall_seconds", wall);
         cJSON_AddNumberToObject(r, "train_seconds", t->train_seconds);
         cJSON_AddNumberToObject(r, "adapt_seconds", t->adapt_seconds);
+        // CPU time of this process (since a --resume), its adaptation share: what a loaded
+        // machine does not distort.
+        cJSON_AddNumberToObject(r, "cpu_seconds", dmn_cpu_now());
+        cJSON_AddNumberToObject(r, "adapt_cpu_seconds", t->adapt_cpu_seconds);
         cJSON_AddNumberToObject(r, "samples_per_second", sps);
         cJSON_AddNumberToObject(r, "steps", (double)t->step);
         cJSON_AddNumberToObject(r, "epochs", (double)t->cfg.train.epochs);

@@ -137,7 +137,7 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
     size_t B = p->calibration_samples < t->train.n ? p->calibration_samples : t->train.n;
     float *x = malloc(B * D * sizeof(float));
     uint8_t *y = malloc(B);
-    double t0 = dmn_now();
+    double t0 = dmn_now(), c0 = dmn_cpu_now();
     int rc = -ENOMEM;
     if (!x || !y) goto out;
     for (size_t i = 0; i < B; i++) {
@@ -178,6 +178,7 @@ out:
     free(x);
     free(y);
     t->adapt_seconds += dmn_now() - t0;
+    t->adapt_cpu_seconds += dmn_cpu_now() - c0;
     return rc;
 }
 

@@ -39,6 +39,8 @@ struct dmn_trainer {
     double val_loss, val_acc;   // last validation (NAN before the first)
     double train_seconds;       // time inside steps (excludes evaluation)
     double adapt_seconds;       // time inside adaptation
+    double adapt_cpu_seconds;   // process CPU time inside adaptation, this process only (on a
+                                // shared machine the honest share: wall time counts neighbours)
     double last_log_time;       // dmn_now() of the last progress line
     uint64_t change_seq;        // runtime config changes included (daemon change log)
     size_t initial_params;
@@ -114,5 +116,8 @@ void dmn_omp_passive(char **argv);
 
 /* Seconds from a monotonic clock. */
 double dmn_now(void);
+/* CPU seconds this process has used (every thread), for shares a loaded machine does not
+ * distort. */
+double dmn_cpu_now(void);
 
 #endif

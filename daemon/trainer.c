@@ -26,6 +26,13 @@ double dmn_now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double dmn_cpu_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 void dmn_omp_passive(char **argv)
 {
     if (getenv("OMP_WAIT_POLICY")) return;

@@ -386,10 +386,9 @@ nomem:
 
 // ---- forward / backward ---------------------------------------------------------------
 
-float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int training)
+/* Layers [0, upto) on x (B, C, H, W): the input converted to (C, B, H, W) in acts[0]. */
+static void net__forward_layers(struct net *n, const float *x, size_t B, int training, size_t upto)
 {
-    if (net_reserve(n, B) < 0) return NAN;
-    // (B, C, H, W) -> (C, B, H, W)
     const size_t C = n->in_shape.c, HW = n->in_shape.h * n->in_shape.w;
     float *a0 = n->acts[0];
     if (C == 1) {
@@ -399,11 +398,23 @@ float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int
             for (size_t c = 0; c < C; c++)
                 memcpy(a0 + (c * B + b) * HW, x + (b * C + c) * HW, HW * sizeof(float));
     }
-    for (size_t i = 0; i < n->n_layers; i++) {
+    for (size_t i = 0; i < upto && i < n->n_layers; i++) {
         struct net_layer *l = &n->layers[i];
         NET__OPS[l->spec.kind]->forward(n, l, n->acts[i + 1], n->acts[i], B, training);
     }
     n->training = training;
+}
+
+void net_forward_prefix(struct net *n, const float *x, size_t B, size_t upto)
+{
+    if (net_reserve(n, B) < 0) return;
+    net__forward_layers(n, x, B, 0, upto);
+}
+
+float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int training)
+{
+    if (net_reserve(n, B) < 0) return NAN;
+    net__forward_layers(n, x, B, training, n->n_layers);
 
     // Softmax and mean cross-entropy, computed in double for the sum.
     const size_t K = n->n_classes;

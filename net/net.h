@@ -148,6 +148,9 @@ int net_reserve(struct net *n, size_t batch);
  * in BN and updates running stats. If y is given returns mean cross-entropy, else 0.
  * Logits stay in n->acts[n_layers] (B, n_classes), softmax in n->probs. */
 float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int training);
+/* The first `upto` layers of an eval-mode forward (acts[0..upto] filled exactly as net_forward
+ * fills them; no loss, no softmax): what reads one layer's activations needs no more. */
+void net_forward_prefix(struct net *n, const float *x, size_t B, size_t upto);
 /* Backward of the last forward (which must have had labels): accumulates into grads.
  * dacts[i] is filled for every layer input after the first layer with tensors (the
  * gradients before it feed nothing and are skipped). */

@@ -274,6 +274,12 @@ int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const
     for (size_t k = 0; k < ng; k++) h[k] = NULL, N[k] = 0;
     // net_forward would run on a short workspace if it could not grow it.
     if (!per || !stride || net_reserve(n, chunk) < 0) goto fail;
+    size_t upto = 0; // the layers the readers' inputs need: the forward stops after them
+    for (size_t k = 0; k < ng; k++) {
+        const struct svd__reader *rd = &g[k]->readers[r[k]];
+        const size_t need = rd->ws_res >= 0 ? (size_t)rd->ws_res + 1 : rd->act;
+        if (need > upto) upto = need;
+    }
     for (size_t k = 0; k < ng; k++) {
         const float *src;
         size_t HW;
@@ -288,7 +294,7 @@ int svd__calib_acts_many(struct net *n, const struct svd__group *const *g, const
     }
     for (size_t b0 = 0; b0 < B; b0 += chunk) {
         const size_t Bc = B - b0 < chunk ? B - b0 : chunk;
-        net_forward(n, x + b0 * D, NULL, Bc, 0);
+        net_forward_prefix(n, x + b0 * D, Bc, upto);
         for (size_t k = 0; k < ng; k++) {
             const float *src;
             size_t HW;

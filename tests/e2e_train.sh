@@ -33,7 +33,8 @@ same_result() {
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 for d in (a, b):
-    for k in ("wall_seconds", "train_seconds", "adapt_seconds", "samples_per_second"):
+    for k in ("wall_seconds", "train_seconds", "adapt_seconds", "samples_per_second",
+              "cpu_seconds", "adapt_cpu_seconds"):
         d.pop(k, None)
     for e in d["adaptations"]:
         e.pop("time", None)
@@ -75,6 +76,11 @@ total=$(js 'd["steps"]' <"$TMP/full.json")
 n_adapt=$(js 'len(d["adaptations"])' <"$TMP/full.json")
 [ "$n_adapt" -ge 1 ] && ok "reference run: $total steps, $n_adapt adaptations" ||
     bad "reference run adapts" "$n_adapt adaptations"
+cpu=$(js '"%.3f %.3f %.3f" % (d["adapt_cpu_seconds"], d["cpu_seconds"], d["train_seconds"])' \
+    <"$TMP/full.json")
+python3 -c 'import sys; a, c, t = map(float, sys.argv[1:]); sys.exit(not (0 < a < c and c > 0.5 * t))' \
+    $cpu && ok "CPU seconds in the report: adaptation, process, training wall (s): $cpu" ||
+    bad "the report's CPU seconds: 0 < adapt_cpu_seconds < cpu_seconds" "$cpu"
 
 # ---- SIGTERM half way, then --resume -------------------------------------------------------------
 train_bg -o "$TMP/part.evow" --report "$TMP/part.json"
