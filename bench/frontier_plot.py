@@ -27,6 +27,24 @@ def stats(v):
     return m, sd
 
 
+def front_at(front, p):
+    """The fixed-width front's mean test accuracy at p parameters: linear in log(parameters)
+    between the two fixed widths around p. Under the smallest fixed width (a target run ends in
+    [0.95, 1] x its target, so just under it) the smallest fixed net stands in: it has more
+    parameters, so the comparison can only favour fixed width; marked with a '*'. None above
+    the widths the sweep trained."""
+    pts = sorted(front)
+    if pts and p < pts[0][0]:
+        return pts[0][1], "*"
+    for (p0, a0), (p1, a1) in zip(pts, pts[1:]):
+        if p0 <= p <= p1:
+            w = (math.log(p) - math.log(p0)) / (math.log(p1) - math.log(p0)) if p1 > p0 else 0
+            return a0 + w * (a1 - a0), ""
+    if pts and p == pts[-1][0]:
+        return pts[-1][1], ""
+    return None, ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--csv", default=os.path.join(TOP, "docs", "frontier.csv"))
@@ -39,8 +57,14 @@ def main():
         groups.setdefault((r["kind"], float(r["mult"])), []).append(r)
     work = tempfile.mkdtemp(prefix="evowidth-plot-")
     table = ["| kind | width mult | target | runs | parameters (mean) | test accuracy % (mean +- sd) "
-             "| validation % | wall s (mean) | CPU s (mean) | adaptation s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| fixed front at those parameters % | difference, points | validation % "
+             "| wall s (mean) | CPU s (mean) | adaptation s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    front = []
+    for (kk, m), rs in groups.items():
+        if kk == "fixed":
+            front.append((stats([float(r["params"]) for r in rs])[0],
+                          stats([100 * float(r["test_accuracy"]) for r in rs])[0]))
     cpu = all(r.get("cpu_seconds") for r in rows)
     files = {}
     for k, _ in KINDS:
@@ -60,8 +84,13 @@ def main():
                 tm, tsd = (cm, csd) if cpu else (wall, wsd)
                 ad = stats([float(r["adapt_seconds"]) for r in rs])[0]
                 f.write("%g %g %g %g %g %g\n" % (p, psd, acc, asd, tm, tsd))
-                table.append("| %s | %g | %s | %d | %.0f | %.2f +- %.2f | %.2f | %.0f | %.0f | %.1f |"
-                             % (k, m, rs[0]["target"] or "-", len(rs), p, acc, asd, vm, wall, cm, ad))
+                fa, mark = front_at(front, p) if k != "fixed" else (None, "")
+                fcol = ("%.2f%s" % (fa, mark) if fa is not None
+                        else ("-" if k == "fixed" else "outside"))
+                dcol = "%+.2f" % (acc - fa) if fa is not None else "-"
+                table.append("| %s | %g | %s | %d | %.0f | %.2f +- %.2f | %s | %s | %.2f | %.0f | %.0f "
+                             "| %.1f |" % (k, m, rs[0]["target"] or "-", len(rs), p, acc, asd, fcol,
+                                           dcol, vm, wall, cm, ad))
     gp = """set terminal svg size 1100,450 dynamic enhanced font 'sans,11'
 set output '{out}.svg'
 call '{work}/body.gp'
@@ -90,6 +119,8 @@ unset multiplot
     open(os.path.join(work, "main.gp"), "w").write(gp)
     subprocess.run(["gnuplot", os.path.join(work, "main.gp")], check=True)
     text = "\n".join(table) + "\n"
+    text += ("\n\\* under the smallest fixed width: compared with the smallest fixed net, which "
+             "has more parameters.\n")
     print(text, end="")
     if a.md:
         open(a.md, "w").write(text)
