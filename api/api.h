@@ -3,7 +3,7 @@
  * The embedder owns a uv_loop_t (its own, never uv_default_loop), calls api_server_start with
  * a `static const` route table and a context pointer, and runs the loop on its thread. All
  * functions here, and every handler, run on that loop thread only; cJSON is used there only.
- * Errors are 0 or a negative errno (R5); functions taking `err, errlen` also write a reason.
+ * Errors are 0 or a negative errno; functions taking `err, errlen` also write a reason.
  *
  * Limits and errors: header bytes (431), header count (431), body bytes (413, by
  * Content-Length up front and by streamed size for chunked bodies), a request timeout from a

@@ -903,7 +903,7 @@ static void *xcalloc(size_t n, const char *file, int line)
 
 void api__conn_accept(struct api_server *srv)
 {
-    // A small fixed-size struct: OOM aborts (style R7); the buffers below are checked.
+    // A small fixed-size struct: OOM aborts; the buffers below are checked.
     struct api__conn *c = xcalloc(sizeof *c, __FILE__, __LINE__);
     c->srv = srv;
     if (uv_tcp_init(srv->loop, &c->tcp) < 0) {

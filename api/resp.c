@@ -91,7 +91,7 @@ int api_resp_header(struct api_resp *resp, const char *name, const char *value)
 
 // ---- errors ------------------------------------------------------------------------------
 
-/* The error code string for each status we produce (design.md section 5). */
+/* The error code string for each status we produce (README, "The daemon": one JSON error shape). */
 static const struct {
     int status;
     const char *code;

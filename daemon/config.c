@@ -1,4 +1,4 @@
-/* daemon/config.c: the configuration table and everything it drives (R11).
+/* daemon/config.c: the configuration table and everything it drives.
  *
  * Design. CFG_ROWS below is the only place a knob exists: its section, JSON key, type,
  * offset into struct dmn_config, range, default, flags, optional check hook and help text.
@@ -8,13 +8,13 @@
  *
  * Invariants. A struct dmn_config is a plain value without pointers. Every writer works on a
  * copy and commits with one memcpy only after the whole input parsed and cfg_validate
- * passed, so a failing call changes nothing (R5). cfg_defaults zeroes the struct first and
+ * passed, so a failing call changes nothing. cfg_defaults zeroes the struct first and
  * strings are copied with zero fill, so two equal configs are also equal under memcmp.
  * Integers travel through JSON doubles, so integer knobs are capped at 2^53 and round-trip
  * exactly; doubles round-trip because cJSON prints 17 significant digits when needed.
  *
  * Threads: none of our own; cJSON keeps its last error position in a global, so callers keep
- * all cJSON use on one thread (R9). */
+ * all cJSON use on one thread. */
 #include "daemon/config.h"
 
 #include <assert.h>

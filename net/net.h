@@ -1,8 +1,9 @@
 /* net/net.h: the training engine's public interface (owner: net/).
  *
  * net/ owns the numerics of a network and nothing above them: layers, arenas, forward /
- * backward, optimizers, schedules, data sets, evaluation, model files, checkpoints and the
- * compressed export. No cJSON, no threads of its own beyond OpenMP.
+ * backward, optimizers, schedules, data sets, evaluation, model files, checkpoints, the
+ * compressed export with Deep Compression's prune / k-means (compress.c, export.c) and the
+ * one binary codec every file format uses (codec.h). No cJSON, no threads of its own beyond OpenMP.
  *
  * A `struct net` is a chain of layers described by `struct net_layer_spec` rows. Its
  * trainable tensors live in four float arenas of identical layout (params, grads, Adam m,

@@ -1,6 +1,6 @@
 /* net/optim.c: optimizers and learning-rate schedules.
  *
- * The update is one flat loop over the parameter arena (R4); weight decay applies only where
+ * The update is one flat loop over the parameter arena; weight decay applies only where
  * the tensor table says so (weights, not biases or BN), so the loop walks tensor by tensor.
  * SGD:   g' = g + wd*w; m = mu*m + g'; step = nesterov ? g' + mu*m : m; w -= lr*step.
  * AdamW: m, v moments with bias correction; decoupled decay w -= lr*wd*w. */

@@ -1,7 +1,7 @@
 /* svd_adapt/linalg.c: the few dense decompositions adaptation needs, on LAPACKE.
  *
- * Every routine works on a private copy (LAPACK overwrites its input), maps LAPACK's info as
- * style.md R5 says (info < 0 is a bug: -EINVAL; info > 0 no convergence: SVD_ENOCONV, and the
+ * Every routine works on a private copy (LAPACK overwrites its input), maps LAPACK's info to
+ * a negative errno (info < 0 is a bug: -EINVAL; info > 0 no convergence: SVD_ENOCONV, and the
  * caller skips that adaptation), and frees everything on every path. */
 #include <errno.h>
 #include <math.h>

@@ -1,6 +1,6 @@
 /* tests/test_net.c: numerical tests of the training engine (net/).
  *
- * Gradient checks (R15): every layer kind is placed after a trainable layer (so its input
+ * Gradient checks: every layer kind is placed after a trainable layer (so its input
  * gradient dinp is exercised through that layer's weight gradient) and before a small dense
  * head; net_backward's gradient is compared with central differences of the mean
  * cross-entropy, which the check recomputes in double from the float logits so that the loss
@@ -436,7 +436,7 @@ TEST(grad_check_detects_errors)
 
 // ---- forward behaviour -----------------------------------------------------------------------
 
-/* Backward accumulates into grads (R3) and net_zero_grad clears them. */
+/* Backward accumulates into grads and net_zero_grad clears them. */
 TEST(backward_accumulates)
 {
     net_set_threads(T_THREADS);
