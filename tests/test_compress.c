@@ -44,25 +44,8 @@
 static struct net *mk(size_t c, size_t h, size_t w, size_t classes, const struct net_layer_spec *s,
                       size_t ns, uint64_t seed)
 {
-    struct net *n = NULL;
     struct net_shape in = {c, h, w, 1};
-    char err[256] = "";
-    if (net_create(&n, &in, classes, s, ns, err, sizeof(err)) < 0) {
-        printf("    net_create: %s\n", err);
-        return NULL;
-    }
-    uint64_t rng = seed;
-    net_init_params(n, &rng);
-    // Non-zero biases and BN parameters / statistics, so nothing hides behind a default.
-    for (size_t ti = 0; ti < n->n_tensors; ti++) {
-        const struct net_tensor *t = &n->tensors[ti];
-        if (t->decay) continue;
-        float *p = net_tensor_data(n, t);
-        int one = strstr(t->name, "gamma") || strstr(t->name, "var");
-        for (size_t i = 0; i < t->n; i++)
-            p[i] = one ? 1.0f + 0.2f * fabsf(net_rand_normal(&rng)) : 0.2f * net_rand_normal(&rng);
-    }
-    return n;
+    return mk_jittered(&in, classes, s, ns, seed, 1.0f, 0.2f, 0.2f);
 }
 
 static float *rand_x(size_t n, uint64_t seed)
