@@ -184,6 +184,16 @@ static int save_sample(const struct tmpd *t, const char *name, char *path, size_
     return rc;
 }
 
+/* The fixture of the corruption cases: T_THREADS threads, a scratch directory in *t and
+ * save_sample's good.ckpt there (path: TMP_PATH_MAX bytes); its bytes (malloc'ed) or NULL. */
+static unsigned char *sample_bytes(const struct tmpd **t, char *path, size_t *len)
+{
+    net_set_threads(T_THREADS);
+    *t = tmp_scratch("test_ckpt");
+    if (!*t || save_sample(*t, "good.ckpt", path, TMP_PATH_MAX) < 0) return NULL;
+    return read_all(path, len);
+}
+
 // ---- round trip -------------------------------------------------------------------------------
 
 TEST(round_trip)
@@ -398,13 +408,10 @@ static int reject_bytes(const struct tmpd *t, const char *name, const unsigned c
 
 TEST(rejects_flipped_byte)
 {
-    net_set_threads(T_THREADS);
-    const struct tmpd *t = tmp_scratch("test_ckpt");
-    ASSERT(t);
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 100);
     b[len / 2] ^= 0x55; // inside the parameter arena
     int bad = reject_bytes(t, "flip_mid.ckpt", b, len, "CRC");
@@ -420,13 +427,10 @@ TEST(rejects_flipped_byte)
 
 TEST(rejects_truncated)
 {
-    net_set_threads(T_THREADS);
-    const struct tmpd *t = tmp_scratch("test_ckpt");
-    ASSERT(t);
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     // Header is 16 bytes, then ARCH's tag and length, ...; a file under 20 bytes cannot even
     // hold a header and a CRC.
@@ -446,13 +450,10 @@ TEST(rejects_truncated)
  * checks, not the CRC, must reject it. */
 TEST(rejects_truncated_chunk_with_valid_crc)
 {
-    net_set_threads(T_THREADS);
-    const struct tmpd *t = tmp_scratch("test_ckpt");
-    ASSERT(t);
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     // Chunk layout: walk tags to find the middle of ARCH, PARM, STAT and OPTM.
     size_t pos = 16, mids[8], n_mid = 0;
@@ -483,13 +484,10 @@ TEST(rejects_truncated_chunk_with_valid_crc)
 
 TEST(rejects_bad_header)
 {
-    net_set_threads(T_THREADS);
-    const struct tmpd *t = tmp_scratch("test_ckpt");
-    ASSERT(t);
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 100);
     int bad = 0;
     // Wrong magic.
@@ -549,13 +547,10 @@ TEST(rejects_empty_missing_directory)
 /* Well-formed CRC, inconsistent content: the parser's own checks must hold. */
 TEST(rejects_inconsistent_content)
 {
-    net_set_threads(T_THREADS);
-    const struct tmpd *t = tmp_scratch("test_ckpt");
-    ASSERT(t);
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     unsigned char *c = malloc(len + 64);
     ASSERT(c);
@@ -611,13 +606,10 @@ TEST(rejects_inconsistent_content)
  * would misparse any future ARCH with extra fields instead of refusing it. */
 TEST(rejects_arch_length_mismatch)
 {
-    net_set_threads(T_THREADS);
-    const struct tmpd *t = tmp_scratch("test_ckpt");
-    ASSERT(t);
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     uint64_t u;
     memcpy(&u, b + 20, 8);
