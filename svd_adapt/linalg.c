@@ -59,46 +59,51 @@ static double *svd__gram(const float *h, size_t N, size_t m)
     return d;
 }
 
+/* The eigenvalues (ascending, *w: m) of the Gram matrix h^T h by dsyevd, and with jobz 'V'
+ * its eigenvectors (the columns of *g: m x m). 0 with both malloc'ed (the caller frees them),
+ * or -ENOMEM / LAPACK's failure with nothing left allocated. */
+static int svd__gram_dsyevd(const float *h, size_t N, size_t m, char jobz, double **g, double **w)
+{
+    *g = svd__gram(h, N, m);
+    *w = malloc(m * sizeof(double));
+    int rc = *g && *w ? svd__info(LAPACKE_dsyevd(LAPACK_ROW_MAJOR, jobz, 'U', (lapack_int)m, *g,
+                                                 (lapack_int)m, *w))
+                      : -ENOMEM;
+    if (rc < 0) {
+        free(*g);
+        free(*w);
+    }
+    return rc;
+}
+
 int svd__gram_svals(const float *h, size_t N, size_t m, float *s)
 {
-    if (m == 0) return 0;
-    double *g = svd__gram(h, N, m), *w = malloc(m * sizeof(double));
-    if (!g || !w) {
-        free(g);
-        free(w);
-        return -ENOMEM;
-    }
-    lapack_int info =
-        LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', (lapack_int)m, g, (lapack_int)m, w);
+    double *g, *w;
+    int rc = m ? svd__gram_dsyevd(h, N, m, 'N', &g, &w) : 1;
+    if (rc) return rc < 0 ? rc : 0;
     const size_t r = m < N ? m : N;
-    for (size_t i = 0; info == 0 && i < r; i++) {
+    for (size_t i = 0; i < r; i++) {
         double e = w[m - 1 - i]; // ascending from LAPACK
         s[i] = e > 0.0 ? (float)sqrt(e) : 0.0f;
     }
     free(g);
     free(w);
-    return svd__info(info);
+    return 0;
 }
 
 int svd__gram_eig(const float *h, size_t N, size_t m, float *ev, float *vt)
 {
-    if (m == 0) return 0;
-    double *g = svd__gram(h, N, m), *w = malloc(m * sizeof(double));
-    if (!g || !w) {
-        free(g);
-        free(w);
-        return -ENOMEM;
-    }
-    lapack_int info =
-        LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, g, (lapack_int)m, w);
-    for (size_t i = 0; info == 0 && i < m; i++) {
+    double *g, *w;
+    int rc = m ? svd__gram_dsyevd(h, N, m, 'V', &g, &w) : 1;
+    if (rc) return rc < 0 ? rc : 0;
+    for (size_t i = 0; i < m; i++) {
         const size_t c = m - 1 - i; // column c of g is the eigenvector of w[c]
         ev[i] = (float)w[c];
         for (size_t j = 0; j < m; j++) vt[i * m + j] = (float)g[j * m + c];
     }
     free(g);
     free(w);
-    return svd__info(info);
+    return 0;
 }
 
 int svd__pivot_order(const float *h, size_t N, size_t m, int *order)
