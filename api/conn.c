@@ -394,16 +394,22 @@ static void conn_update_reading(struct api__conn *c)
 
 // ---- writing ------------------------------------------------------------------------------
 
-static void on_write(uv_write_t *w, int status)
+/* Frees a write request with its head and body (the body by the allocator that made it). */
+static void wreq_free(struct api__wreq *wr)
 {
-    struct api__wreq *wr = container_of(w, struct api__wreq, w);
-    struct api__conn *c = wr->c;
     free(wr->head);
     if (wr->body_cjson)
         cJSON_free(wr->body);
     else
         free(wr->body);
     free(wr);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    struct api__wreq *wr = container_of(w, struct api__wreq, w);
+    struct api__conn *c = wr->c;
+    wreq_free(wr);
     c->n_writes--;
     if (c->closing) return;
     if (status < 0) {
@@ -455,12 +461,7 @@ static void conn_respond(struct api__conn *c, int status, struct api_resp *r, in
     api__resp_init(r); // the body now belongs to the write request
     int rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
     if (rc < 0) {
-        free(wr->head);
-        if (wr->body_cjson)
-            cJSON_free(wr->body);
-        else
-            free(wr->body);
-        free(wr);
+        wreq_free(wr);
         api__conn_close(c);
         return;
     }
