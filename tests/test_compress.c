@@ -619,27 +619,11 @@ TEST(kmeans_tuning_sums_member_gradients)
 static int write_container(const char *path, const unsigned char *raw, size_t raw_len,
                            uint32_t version)
 {
-    uLongf zl = compressBound((uLong)raw_len);
-    unsigned char *f = malloc(32 + zl + 4);
-    if (!f || compress2(f + 32, &zl, raw, (uLong)raw_len, 6) != Z_OK) {
-        free(f);
-        return -1;
-    }
-    const uint32_t probe = 0x01020304u, flags = 0;
-    const uint64_t rl = raw_len, zz = zl;
-    memcpy(f, "EVWZ", 4);
-    memcpy(f + 4, &version, 4);
-    memcpy(f + 8, &probe, 4);
-    memcpy(f + 12, &flags, 4);
-    memcpy(f + 16, &rl, 8);
-    memcpy(f + 24, &zz, 8);
-    uint32_t crc = (uint32_t)crc32(0L, f, (uInt)(32 + zl));
-    memcpy(f + 32 + zl, &crc, 4);
-    FILE *fp = fopen(path, "wb");
-    int ok = fp && fwrite(f, 1, 32 + zl + 4, fp) == 32 + zl + 4;
-    if (fp) ok &= fclose(fp) == 0;
+    size_t flen = 0;
+    unsigned char *f = evwz_file(raw, raw_len, version, 6, &flen);
+    int rc = f ? write_all(path, f, flen) : -1;
     free(f);
-    return ok ? 0 : -1;
+    return rc;
 }
 
 /* Loading must fail with -EINVAL and a reason naming the file and containing `why`. */

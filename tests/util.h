@@ -177,6 +177,33 @@ static inline int load_tiny(struct dmn_config *c)
 }
 #endif
 
+#ifdef ZLIB_H // for tests that include <zlib.h> first
+/* An EVWZ container (net/export.c) around any payload, laid out here independently of the
+ * writer: "EVWZ", u32 version, u32 probe 0x01020304, u32 flags 0, u64 raw length, u64
+ * deflated length (deflate level), the deflated raw bytes, CRC-32 of all before it.
+ * malloc'ed, *flen bytes; NULL on error. */
+static inline unsigned char *evwz_file(const void *raw, size_t raw_len, uint32_t version, int level,
+                                       size_t *flen)
+{
+    uLongf zl = compressBound((uLong)raw_len);
+    unsigned char *f = malloc(32 + zl + 4);
+    if (!f ||
+        compress2(f + 32, &zl, raw_len ? raw : (const Bytef *)"", (uLong)raw_len, level) != Z_OK) {
+        free(f);
+        return NULL;
+    }
+    const uint32_t head[3] = {version, 0x01020304u, 0};
+    const uint64_t lens[2] = {raw_len, zl};
+    memcpy(f, "EVWZ", 4);
+    memcpy(f + 4, head, 12);
+    memcpy(f + 16, lens, 16);
+    uint32_t crc = (uint32_t)crc32(0L, f, (uInt)(32 + zl));
+    memcpy(f + 32 + zl, &crc, 4);
+    *flen = 32 + zl + 4;
+    return f;
+}
+#endif
+
 // ---- numbers -------------------------------------------------------------------------------
 
 /* Random orthonormal columns: q (rows x cols, row-major), Gram-Schmidt twice in double. */
