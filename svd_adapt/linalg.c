@@ -18,27 +18,28 @@ static int svd__info(lapack_int info)
     return info == 0 ? 0 : info < 0 ? -EINVAL : SVD_ENOCONV;
 }
 
-int svd__svals(const float *a, size_t m, size_t n, float *s)
+/* sgesdd on a copy of a (m x n): jobz 'N' singular values only (u, vt NULL), 'S' the thin
+ * factors too (u: m x r, vt: r x n, r = min(m, n)). */
+static int svd__sgesdd(char jobz, const float *a, size_t m, size_t n, float *u, float *s, float *vt)
 {
+    const size_t r = m < n ? m : n, ldu = jobz == 'N' ? m : r;
     float *c = malloc(m * n * sizeof(float) + 1);
     if (!c) return -ENOMEM;
     memcpy(c, a, m * n * sizeof(float));
-    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', (lapack_int)m, (lapack_int)n, c,
-                                     (lapack_int)n, s, NULL, (lapack_int)m, NULL, (lapack_int)n);
+    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, jobz, (lapack_int)m, (lapack_int)n, c,
+                                     (lapack_int)n, s, u, (lapack_int)ldu, vt, (lapack_int)n);
     free(c);
     return svd__info(info);
 }
 
+int svd__svals(const float *a, size_t m, size_t n, float *s)
+{
+    return svd__sgesdd('N', a, m, n, NULL, s, NULL);
+}
+
 int svd__svd(const float *a, size_t m, size_t n, float *u, float *s, float *vt)
 {
-    size_t r = m < n ? m : n;
-    float *c = malloc(m * n * sizeof(float) + 1);
-    if (!c) return -ENOMEM;
-    memcpy(c, a, m * n * sizeof(float));
-    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, c,
-                                     (lapack_int)n, s, u, (lapack_int)r, vt, (lapack_int)n);
-    free(c);
-    return svd__info(info);
+    return svd__sgesdd('S', a, m, n, u, s, vt);
 }
 
 /* The Gram matrix h^T h / N in double (m x m, full). */
