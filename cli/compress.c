@@ -433,6 +433,69 @@ static double cmp__lr(const struct cmp_ctx *c, const struct cmp_common *o)
     return o->lr > 0 ? o->lr : c->cfg.optimizer.lr / 50.0;
 }
 
+/* A subcommand's front end: its own options (the shared ones are added to them), its usage
+ * text, how one of its options goes into its argument struct (1 taken, 0 not its option, -1
+ * a bad value, already told), and what it requires once all are read (why not, or NULL). */
+struct cmp_cli {
+    const char *cmd;
+    const struct option *opts; // {0}-terminated
+    void (*usage)(FILE *f);
+    int (*opt)(void *args, const char *cmd, int c);
+    const char *(*check)(const void *args, const struct cmp_common *co);
+    int no_output; // -o / --output is not one of its options
+};
+
+#define CMP_MAX_OPTS 24
+
+/* The command line of cl: its options into *args and *co, then exactly one MODEL
+ * (argv[optind]) and cl->check. Returns the exit code when the command ends here (0 after
+ * --help, 2 on a usage error, told on stderr), or -1 to go on. */
+static int cmp__args(const struct cmp_cli *cl, int argc, char **argv, void *args,
+                     struct cmp_common *co)
+{
+    static const struct option common[] = {CMP_COMMON_OPTS, {0, 0, 0, 0}};
+    struct option opts[CMP_MAX_OPTS];
+    size_t n = 0;
+    for (const struct option *o = cl->opts; o->name && n < CMP_MAX_OPTS - 8; o++) opts[n++] = *o;
+    for (const struct option *o = common; o->name; o++) opts[n++] = *o;
+    opts[n] = (struct option){0, 0, 0, 0};
+    *co = (struct cmp_common){.calib = 1024};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, cl->no_output ? "h" : "o:h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            cl->usage(stdout);
+            return 0;
+        }
+        int rv = c == 'o' && cl->no_output ? 0 : cmp__common_opt(cl->cmd, c, co);
+        if (rv == 0) rv = cl->opt(args, cl->cmd, c);
+        if (rv < 0) return 2;
+        if (rv == 0) {
+            cl->usage(stderr);
+            return 2;
+        }
+    }
+    const char *why = optind != argc - 1 ? "expected one MODEL" : cl->check(args, co);
+    if (why) {
+        fprintf(stderr, "evowidth %s: %s\n", cl->cmd, why);
+        cl->usage(stderr);
+        return 2;
+    }
+    return -1;
+}
+
+/* Opens the command's MODEL into *cx; its trainer, or NULL after telling why. */
+static struct dmn_trainer *cmp__start(const char *cmd, const char *path,
+                                      const struct cmp_common *co, struct cmp_ctx *cx)
+{
+    char err[1024];
+    if (cmp__open(cx, path, co->config, (int)co->threads, err, sizeof(err)) < 0) {
+        fprintf(stderr, "evowidth %s: %s\n", cmd, err);
+        return NULL;
+    }
+    return cx->t;
+}
+
 /* The optional fine-tuning of compress and thin: steps, evaluation into *m, a report line.
  * Returns 0 (also when there is nothing to do), -ENOMEM, or another negative errno after
  * printing why under the command's name. */
@@ -511,59 +574,64 @@ static void cmp__usage_compress(FILE *f)
             "  -o, --output OUT    where to write the model\n" CMP_COMMON_HELP);
 }
 
+struct cmp_compress {
+    const char *names[CMP_MAX_LAYERS];
+    size_t n_names, rank;
+    int autorank, bias_fix; // autorank: -1 until --rank is given
+    double gap, energy;
+};
+
+static int cmp__opt_compress(void *args, const char *cmd, int c)
+{
+    struct cmp_compress *a = args;
+    switch (c) {
+    case 'l':
+        if (a->n_names == CMP_MAX_LAYERS) {
+            fprintf(stderr, "evowidth compress: at most %d --layer options\n", CMP_MAX_LAYERS);
+            return -1;
+        }
+        a->names[a->n_names++] = optarg;
+        return 1;
+    case 'r':
+        a->autorank = strcmp(optarg, "auto") == 0;
+        if (!a->autorank && cmp__parse_size(cmd, "--rank", optarg, 1, 1u << 20, &a->rank) < 0)
+            return -1;
+        return 1;
+    case 'g': return cmp__parse_dbl(cmd, "--gap", optarg, 1, 1e12, 1, &a->gap) < 0 ? -1 : 1;
+    case 'e': return cmp__parse_dbl(cmd, "--energy", optarg, 0, 1, 1, &a->energy) < 0 ? -1 : 1;
+    case 'b': a->bias_fix = 0; return 1;
+    default: return 0;
+    }
+}
+
+static const char *cmp__check_compress(const void *args, const struct cmp_common *co)
+{
+    const struct cmp_compress *a = args;
+    return a->autorank < 0 ? "--rank R or --rank auto is required"
+           : !co->out      ? "-o OUT is required"
+                           : NULL;
+}
+
+static const struct option CMP_COMPRESS_OPTS[] = {{"layer", required_argument, 0, 'l'},
+                                                  {"rank", required_argument, 0, 'r'},
+                                                  {"gap", required_argument, 0, 'g'},
+                                                  {"energy", required_argument, 0, 'e'},
+                                                  {"no-bias-fix", no_argument, 0, 'b'},
+                                                  {0, 0, 0, 0}};
+static const struct cmp_cli CMP_COMPRESS = {"compress", CMP_COMPRESS_OPTS, cmp__usage_compress,
+                                            cmp__opt_compress, cmp__check_compress, 0};
+
 int dmn_cmd_compress(int argc, char **argv)
 {
-    static const struct option opts[] = {{"layer", required_argument, 0, 'l'},
-                                         {"rank", required_argument, 0, 'r'},
-                                         {"gap", required_argument, 0, 'g'},
-                                         {"energy", required_argument, 0, 'e'},
-                                         {"no-bias-fix", no_argument, 0, 'b'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "compress", *names[CMP_MAX_LAYERS];
-    size_t n_names = 0, rank = 0;
-    int autorank = -1, bias_fix = 1, c, rv;
-    double gap = 0, energy = 0;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        if ((rv = cmp__common_opt(cmd, c, &co)) < 0) return 2;
-        if (rv) continue;
-        switch (c) {
-        case 'l':
-            if (n_names == CMP_MAX_LAYERS) {
-                fprintf(stderr, "evowidth compress: at most %d --layer options\n", CMP_MAX_LAYERS);
-                return 2;
-            }
-            names[n_names++] = optarg;
-            break;
-        case 'r':
-            if (strcmp(optarg, "auto") == 0) {
-                autorank = 1;
-            } else {
-                if (cmp__parse_size(cmd, "--rank", optarg, 1, 1u << 20, &rank) < 0) return 2;
-                autorank = 0;
-            }
-            break;
-        case 'g':
-            if (cmp__parse_dbl(cmd, "--gap", optarg, 1, 1e12, 1, &gap) < 0) return 2;
-            break;
-        case 'e':
-            if (cmp__parse_dbl(cmd, "--energy", optarg, 0, 1, 1, &energy) < 0) return 2;
-            break;
-        case 'b': bias_fix = 0; break;
-        case 'h': cmp__usage_compress(stdout); return 0;
-        default: cmp__usage_compress(stderr); return 2;
-        }
-    }
-    if (optind != argc - 1 || autorank < 0 || !co.out) {
-        fprintf(stderr, "evowidth compress: %s\n",
-                optind != argc - 1 ? "expected one MODEL"
-                : autorank < 0     ? "--rank R or --rank auto is required"
-                                   : "-o OUT is required");
-        cmp__usage_compress(stderr);
-        return 2;
-    }
+    struct cmp_compress a = {.autorank = -1, .bias_fix = 1};
+    struct cmp_common co;
+    int ex = cmp__args(&CMP_COMPRESS, argc, argv, &a, &co);
+    if (ex >= 0) return ex;
+    const char *cmd = "compress", *const *names = a.names;
+    const size_t n_names = a.n_names, rank = a.rank;
+    const int autorank = a.autorank, bias_fix = a.bias_fix;
+    const double gap = a.gap;
+    double energy = a.energy;
     if (!autorank && (gap > 0 || energy > 0)) {
         fprintf(stderr, "evowidth compress: --gap / --energy go with --rank auto\n");
         return 2;
@@ -572,11 +640,8 @@ int dmn_cmd_compress(int argc, char **argv)
 
     char err[1024];
     struct cmp_ctx cx = {0};
-    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth compress: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cmp__start(cmd, argv[optind], &co, &cx);
+    if (!t) return 1;
     int status = 1;
     float *x = NULL, *s = NULL;
     size_t layers[CMP_MAX_LAYERS], n_layers = 0;
@@ -749,45 +814,51 @@ static void cmp__csv_row(FILE *f, const struct cmp_row *r, int ft)
     fputc('\n', f);
 }
 
+struct cmp_sweep {
+    const char *layer, *ranks, *csv;
+    int bias_fix;
+};
+
+static int cmp__opt_sweep(void *args, const char *cmd, int c)
+{
+    struct cmp_sweep *a = args;
+    (void)cmd;
+    switch (c) {
+    case 'l': a->layer = optarg; return 1;
+    case 'r': a->ranks = optarg; return 1;
+    case 'c': a->csv = optarg; return 1;
+    case 'b': a->bias_fix = 0; return 1;
+    default: return 0;
+    }
+}
+
+static const char *cmp__check_sweep(const void *args, const struct cmp_common *co)
+{
+    const struct cmp_sweep *a = args;
+    (void)co;
+    return !a->layer || !a->ranks ? "--layer and --ranks are required" : NULL;
+}
+
+static const struct option CMP_SWEEP_OPTS[] = {{"layer", required_argument, 0, 'l'},
+                                               {"ranks", required_argument, 0, 'r'},
+                                               {"csv", required_argument, 0, 'c'},
+                                               {"no-bias-fix", no_argument, 0, 'b'},
+                                               {0, 0, 0, 0}};
+static const struct cmp_cli CMP_SWEEP = {"sweep",        CMP_SWEEP_OPTS,   cmp__usage_sweep,
+                                         cmp__opt_sweep, cmp__check_sweep, 1};
+
 int dmn_cmd_sweep(int argc, char **argv)
 {
-    static const struct option opts[] = {{"layer", required_argument, 0, 'l'},
-                                         {"ranks", required_argument, 0, 'r'},
-                                         {"csv", required_argument, 0, 'c'},
-                                         {"no-bias-fix", no_argument, 0, 'b'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "sweep", *layer = NULL, *ranks_s = NULL, *csv = NULL;
-    int bias_fix = 1, c, rv;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c != 'o' && (rv = cmp__common_opt(cmd, c, &co)) != 0) {
-            if (rv < 0) return 2;
-            continue;
-        }
-        switch (c) {
-        case 'l': layer = optarg; break;
-        case 'r': ranks_s = optarg; break;
-        case 'c': csv = optarg; break;
-        case 'b': bias_fix = 0; break;
-        case 'h': cmp__usage_sweep(stdout); return 0;
-        default: cmp__usage_sweep(stderr); return 2;
-        }
-    }
-    if (optind != argc - 1 || !layer || !ranks_s) {
-        fprintf(stderr, "evowidth sweep: %s\n",
-                optind != argc - 1 ? "expected one MODEL" : "--layer and --ranks are required");
-        cmp__usage_sweep(stderr);
-        return 2;
-    }
+    struct cmp_sweep a = {.bias_fix = 1};
+    struct cmp_common co;
+    int ex = cmp__args(&CMP_SWEEP, argc, argv, &a, &co);
+    if (ex >= 0) return ex;
+    const char *cmd = "sweep", *layer = a.layer, *ranks_s = a.ranks, *csv = a.csv;
+    const int bias_fix = a.bias_fix;
     char err[1024];
     struct cmp_ctx cx = {0};
-    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth sweep: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cmp__start(cmd, argv[optind], &co, &cx);
+    if (!t) return 1;
     int status = 1;
     float *x = NULL;
     struct net *base = NULL;
@@ -939,44 +1010,47 @@ static int cmp__thin_targets(const struct net *n, const struct svd_gref *g, size
     return 0;
 }
 
+struct cmp_thin {
+    const char *widths;
+    double ratio;
+};
+
+static int cmp__opt_thin(void *args, const char *cmd, int c)
+{
+    struct cmp_thin *a = args;
+    switch (c) {
+    case 'p': return cmp__parse_dbl(cmd, "--ratio", optarg, 0, 1, 1, &a->ratio) < 0 ? -1 : 1;
+    case 'w': a->widths = optarg; return 1;
+    default: return 0;
+    }
+}
+
+static const char *cmp__check_thin(const void *args, const struct cmp_common *co)
+{
+    const struct cmp_thin *a = args;
+    return (a->ratio > 0) == (a->widths != NULL) ? "give exactly one of --ratio and --widths"
+           : !co->out                            ? "-o OUT is required"
+                                                 : NULL;
+}
+
+static const struct option CMP_THIN_OPTS[] = {{"ratio", required_argument, 0, 'p'},
+                                              {"widths", required_argument, 0, 'w'},
+                                              {0, 0, 0, 0}};
+static const struct cmp_cli CMP_THIN = {"thin",        CMP_THIN_OPTS,   cmp__usage_thin,
+                                        cmp__opt_thin, cmp__check_thin, 0};
+
 int dmn_cmd_thin(int argc, char **argv)
 {
-    static const struct option opts[] = {{"ratio", required_argument, 0, 'p'},
-                                         {"widths", required_argument, 0, 'w'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "thin", *widths = NULL;
-    double ratio = 0;
-    int c, rv;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        if ((rv = cmp__common_opt(cmd, c, &co)) < 0) return 2;
-        if (rv) continue;
-        switch (c) {
-        case 'p':
-            if (cmp__parse_dbl(cmd, "--ratio", optarg, 0, 1, 1, &ratio) < 0) return 2;
-            break;
-        case 'w': widths = optarg; break;
-        case 'h': cmp__usage_thin(stdout); return 0;
-        default: cmp__usage_thin(stderr); return 2;
-        }
-    }
-    if (optind != argc - 1 || (ratio > 0) == (widths != NULL) || !co.out) {
-        fprintf(stderr, "evowidth thin: %s\n",
-                optind != argc - 1                ? "expected one MODEL"
-                : (ratio > 0) == (widths != NULL) ? "give exactly one of --ratio and --widths"
-                                                  : "-o OUT is required");
-        cmp__usage_thin(stderr);
-        return 2;
-    }
+    struct cmp_thin a = {0};
+    struct cmp_common co;
+    int ex = cmp__args(&CMP_THIN, argc, argv, &a, &co);
+    if (ex >= 0) return ex;
+    const char *cmd = "thin", *widths = a.widths;
+    const double ratio = a.ratio;
     char err[1024];
     struct cmp_ctx cx = {0};
-    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth thin: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cmp__start(cmd, argv[optind], &co, &cx);
+    if (!t) return 1;
     int status = 1;
     float *x = NULL;
     struct svd_gref g[CMP_MAX_LAYERS * 2];
@@ -1086,57 +1160,55 @@ static int cmp__xtune(struct dmn_trainer *t, struct net_xplan *p, size_t steps, 
     return 0;
 }
 
+struct cmp_export {
+    struct net_export_opts xo;
+    double klr;
+};
+
+static int cmp__opt_export(void *args, const char *cmd, int c)
+{
+    struct cmp_export *a = args;
+    struct net_export_opts *xo = &a->xo;
+    switch (c) {
+    case 'f': xo->fp16 = 1; return 1;
+    case 'k': return cmp__parse_size(cmd, "--kmeans", optarg, 2, 4096, &xo->kmeans) < 0 ? -1 : 1;
+    case 'c':
+        return cmp__parse_size(cmd, "--kmeans-conv", optarg, 2, 4096, &xo->kmeans_conv) < 0 ? -1
+                                                                                            : 1;
+    case 'p': return cmp__parse_dbl(cmd, "--prune", optarg, 0, 0.999, 0, &xo->prune) < 0 ? -1 : 1;
+    case 'q': return cmp__parse_dbl(cmd, "--kmeans-lr", optarg, 0, 10, 1, &a->klr) < 0 ? -1 : 1;
+    default: return 0;
+    }
+}
+
+static const char *cmp__check_export(const void *args, const struct cmp_common *co)
+{
+    (void)args;
+    return co->out ? NULL : "-o FILE is required";
+}
+
+static const struct option CMP_EXPORT_OPTS[] = {{"fp16", no_argument, 0, 'f'},
+                                                {"kmeans", required_argument, 0, 'k'},
+                                                {"prune", required_argument, 0, 'p'},
+                                                {"kmeans-lr", required_argument, 0, 'q'},
+                                                {"kmeans-conv", required_argument, 0, 'c'},
+                                                {0, 0, 0, 0}};
+static const struct cmp_cli CMP_EXPORT = {"export",        CMP_EXPORT_OPTS,   cmp__usage_export,
+                                          cmp__opt_export, cmp__check_export, 0};
+
 int dmn_cmd_export(int argc, char **argv)
 {
-    static const struct option opts[] = {{"fp16", no_argument, 0, 'f'},
-                                         {"kmeans", required_argument, 0, 'k'},
-                                         {"prune", required_argument, 0, 'p'},
-                                         {"kmeans-lr", required_argument, 0, 'q'},
-                                         {"kmeans-conv", required_argument, 0, 'c'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "export";
-    struct net_export_opts xo = {0};
-    double klr = 0;
-    int c, rv;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        if ((rv = cmp__common_opt(cmd, c, &co)) < 0) return 2;
-        if (rv) continue;
-        switch (c) {
-        case 'f': xo.fp16 = 1; break;
-        case 'k':
-            if (cmp__parse_size(cmd, "--kmeans", optarg, 2, 4096, &xo.kmeans) < 0) return 2;
-            break;
-        case 'c':
-            if (cmp__parse_size(cmd, "--kmeans-conv", optarg, 2, 4096, &xo.kmeans_conv) < 0)
-                return 2;
-            break;
-        case 'p':
-            if (cmp__parse_dbl(cmd, "--prune", optarg, 0, 0.999, 0, &xo.prune) < 0) return 2;
-            break;
-        case 'q':
-            if (cmp__parse_dbl(cmd, "--kmeans-lr", optarg, 0, 10, 1, &klr) < 0) return 2;
-            break;
-        case 'h': cmp__usage_export(stdout); return 0;
-        default: cmp__usage_export(stderr); return 2;
-        }
-    }
-    if (optind != argc - 1 || !co.out) {
-        fprintf(stderr, "evowidth export: %s\n",
-                optind != argc - 1 ? "expected one MODEL" : "-o FILE is required");
-        cmp__usage_export(stderr);
-        return 2;
-    }
+    struct cmp_export a = {0};
+    struct cmp_common co;
+    int ex = cmp__args(&CMP_EXPORT, argc, argv, &a, &co);
+    if (ex >= 0) return ex;
+    struct net_export_opts xo = a.xo;
+    const double klr = a.klr;
     char err[1024];
     struct cmp_ctx cx = {0};
     const char *in = argv[optind];
-    if (cmp__open(&cx, in, co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth export: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cmp__start("export", in, &co, &cx);
+    if (!t) return 1;
     struct net_xplan *plan = NULL;
     struct net *back = NULL;
     char *conf = NULL;
