@@ -563,16 +563,28 @@ TEST(kmeans_export_reimport_equals_quantized)
     }
 }
 
-TEST(kmeans_tuning_sums_member_gradients)
+/* One thread, XNET from seed, and its plan of k-means K after pruning half the weights,
+ * clustered; NULL (reason printed) on failure. */
+static struct net_xplan *clustered_xnet(struct net **n, uint64_t seed, size_t K)
 {
     net_set_threads(1);
-    struct net *n = mk(1, 8, 8, 4, XNET, N_OF(XNET), 61);
-    ASSERT(n);
-    struct net_export_opts o = {.kmeans = 4, .prune = 0.5};
+    struct net_export_opts o = {.kmeans = K, .prune = 0.5};
     struct net_xplan *p = NULL;
-    char err[256];
-    ASSERT_EQ(net_xplan_create(&p, n, &o, err, sizeof(err)), 0);
-    ASSERT_EQ(net_xplan_cluster(p, n), 0);
+    char err[256] = "";
+    if (!(*n = mk(1, 8, 8, 4, XNET, N_OF(XNET), seed)) ||
+        net_xplan_create(&p, *n, &o, err, sizeof(err)) < 0 || net_xplan_cluster(p, *n) < 0) {
+        printf("    plan: %s\n", err);
+        net_xplan_destroy(p);
+        return NULL;
+    }
+    return p;
+}
+
+TEST(kmeans_tuning_sums_member_gradients)
+{
+    struct net *n = NULL;
+    struct net_xplan *p = clustered_xnet(&n, 61, 4);
+    ASSERT(p);
     const size_t B = 16;
     float *x = rand_x(B * 64, 4);
     uint8_t y[16];
@@ -644,14 +656,10 @@ static void expect_reject(int *test__failed, const char *path, const char *why)
 
 TEST(export_rejects_corrupt_and_truncated)
 {
-    net_set_threads(1);
-    struct net *n = mk(1, 8, 8, 4, XNET, N_OF(XNET), 71);
-    ASSERT(n);
-    struct net_export_opts o = {.kmeans = 16, .prune = 0.5};
-    struct net_xplan *p = NULL;
+    struct net *n = NULL;
+    struct net_xplan *p = clustered_xnet(&n, 71, 16);
+    ASSERT(p);
     char err[512], path[256], bad[256];
-    ASSERT_EQ(net_xplan_create(&p, n, &o, err, sizeof(err)), 0);
-    ASSERT_EQ(net_xplan_cluster(p, n), 0);
     pid_path(path, sizeof(path), "good.evwz");
     pid_path(bad, sizeof(bad), "bad.evwz");
     ASSERT_EQ(net_export_save(path, n, p, NULL, 0, NULL, err, sizeof(err)), 0);

@@ -61,6 +61,19 @@ static Onnx__ModelProto *load_model(const char *path)
     return m;
 }
 
+/* n exported (no folding) as the temp file name (its path in path, 256 bytes) and read back;
+ * NULL (reason printed) on failure. */
+static Onnx__ModelProto *saved_model(const struct net *n, const char *name, char *path)
+{
+    char err[512] = "";
+    tmp_name(path, 256, name);
+    if (cli_onnx_save(path, n, NULL, err, sizeof(err)) < 0) {
+        printf("    cli_onnx_save: %s\n", err);
+        return NULL;
+    }
+    return load_model(path);
+}
+
 static const Onnx__TensorProto *find_init(const Onnx__GraphProto *g, const char *name)
 {
     for (size_t i = 0; i < g->n_initializer; i++)
@@ -146,10 +159,8 @@ TEST(every_kind_image_net)
     const struct net_shape in = {3, 12, 12, 1};
     struct net *n = mk(&in, 5, s, N_OF(s), 7);
     ASSERT(n);
-    char path[256], err[512] = "", ops[2048], why[256] = "";
-    tmp_name(path, sizeof(path), "img.onnx");
-    ASSERT_EQ(cli_onnx_save(path, n, NULL, err, sizeof(err)), 0);
-    Onnx__ModelProto *m = load_model(path);
+    char path[256], ops[2048], why[256] = "";
+    Onnx__ModelProto *m = saved_model(n, "img.onnx", path);
     ASSERT(m);
     ASSERT_EQ(m->ir_version, CLI_ONNX_IR_VERSION);
     ASSERT_EQ(m->n_opset_import, 1);
@@ -219,10 +230,8 @@ TEST(every_kind_feature_net)
     const struct net_shape in = {2, 5, 5, 1};
     struct net *n = mk(&in, 4, s, N_OF(s), 11);
     ASSERT(n);
-    char path[256], err[512] = "", ops[1024], why[256] = "";
-    tmp_name(path, sizeof(path), "flat.onnx");
-    ASSERT_EQ(cli_onnx_save(path, n, NULL, err, sizeof(err)), 0);
-    Onnx__ModelProto *m = load_model(path);
+    char path[256], ops[1024], why[256] = "";
+    Onnx__ModelProto *m = saved_model(n, "flat.onnx", path);
     ASSERT(m);
     op_string(m->graph, ops, sizeof(ops));
     ASSERT_STR_EQ(ops, "Div Sub Div Flatten Gemm Gemm BatchNormalization Relu Gemm Gemm");
@@ -345,10 +354,8 @@ TEST(input_normalisation_is_the_models)
     struct net *n = mk(&in, 2, s, N_OF(s), 1);
     ASSERT(n);
     n->norm_std[1] = 0.0f; // read as 1, as net_data_normalize does
-    char path[256], err[512] = "";
-    tmp_name(path, sizeof(path), "norm.onnx");
-    ASSERT_EQ(cli_onnx_save(path, n, NULL, err, sizeof(err)), 0);
-    Onnx__ModelProto *m = load_model(path);
+    char path[256];
+    Onnx__ModelProto *m = saved_model(n, "norm.onnx", path);
     ASSERT(m);
     const Onnx__GraphProto *g = m->graph;
     const Onnx__TensorProto *k = find_init(g, "input.255"), *mu = find_init(g, "input.mean"),
