@@ -820,12 +820,6 @@ int api_stream_write(struct api_stream *st, const char *data, size_t n)
     return 0;
 }
 
-size_t api_stream_queued(const struct api_stream *st)
-{
-    const struct api__conn *c = st->conn;
-    return c && !c->closing ? uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) : 0;
-}
-
 void api_stream_close(struct api_stream *st)
 {
     struct api__conn *c = st->conn;
@@ -853,11 +847,6 @@ struct api_async *api_resp_defer(struct api_resp *resp)
 struct api_resp *api_async_resp(struct api_async *h)
 {
     return &h->resp;
-}
-
-int api_async_alive(const struct api_async *h)
-{
-    return h->conn && !h->conn->closing;
 }
 
 int api_async_complete(struct api_async *h, int status)
