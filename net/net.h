@@ -121,6 +121,9 @@ void net_init_params(struct net *n, uint64_t *rng);
 struct net_tensor *net_tensor_get(const struct net *n, size_t layer, const char *suffix);
 /* Pointer to a tensor's values in its arena (params or state). */
 float *net_tensor_data(const struct net *n, const struct net_tensor *t);
+/* Sum of squares, in double, of slice j of the middle axis of w laid out (D0, m, B): the
+ * fan-in column j of a dense / conv weight (m inputs, B = k * k taps), all outputs. */
+double net_mid_sqnorm(const float *w, size_t D0, size_t m, size_t B, size_t j);
 /* Layer index by name, or -1. */
 long net_layer_find(const struct net *n, const char *name);
 /* Multiply-adds of one forward pass for one sample. */

@@ -97,13 +97,7 @@ double net_group_lasso(struct net *n, float lambda)
             pen += gl_group(g + o * IN * KK, w + o * IN * KK, IN * KK, 1, lambda);
         // Columns: input channel c owns w[:, c, :, :] (OUT runs of KK values).
         for (size_t c = 0; c < IN; c++) {
-            double s = 0.0;
-            for (size_t o = 0; o < OUT; o++)
-                for (size_t k = 0; k < KK; k++) {
-                    double v = w[(o * IN + c) * KK + k];
-                    s += v * v;
-                }
-            double nrm = sqrt(s);
+            double nrm = sqrt(net_mid_sqnorm(w, OUT, IN, KK, c));
             pen += nrm;
             if (nrm == 0.0) continue;
             float kf = (float)(lambda / nrm);
