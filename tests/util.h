@@ -1,6 +1,8 @@
 /* tests/util.h: what the test files share besides the harness (tests/test.h): layer spec
- * shorthands, temp directories and whole-file helpers. Header-only (static inline), as every
- * test file is its own binary. */
+ * shorthands, temp directories (and tmp_scratch, the fixture of tests that write files),
+ * whole-file helpers, a jittered net (mk_jittered), configs/tiny.json (load_tiny, with
+ * daemon/config.h), a hand-made EVWZ container (evwz_file, with zlib.h) and known-answer
+ * matrices. Header-only (static inline), as every test file is its own binary. */
 #ifndef EW_TEST_UTIL_H
 #define EW_TEST_UTIL_H
 
