@@ -3,7 +3,7 @@
  * The embedder owns a uv_loop_t (its own, never uv_default_loop), calls api_server_start with
  * a `static const` route table and a context pointer, and runs the loop on its thread. All
  * functions here, and every handler, run on that loop thread only; cJSON is used there only.
- * Errors are 0 or a negative errno (R5); functions taking `err, errlen` also write a reason.
+ * Errors are 0 or a negative errno; functions taking `err, errlen` also write a reason.
  *
  * Limits and errors: header bytes (431), header count (431), body bytes (413, by
  * Content-Length up front and by streamed size for chunked bodies), a request timeout from a
@@ -169,10 +169,6 @@ struct api_async *api_resp_defer(struct api_resp *resp);
  * api_async_complete. */
 struct api_resp *api_async_resp(struct api_async *h);
 
-/* 1 while the client is still connected, 0 if the handle is orphaned (it must still be
- * completed). */
-int api_async_alive(const struct api_async *h);
-
 /* Send the response with `status` and free the handle (on the loop thread, e.g. from a
  * uv_async callback; exactly once per handle, also after api_server_stop). Returns 0 if the
  * response was queued, -ENOTCONN if the client had gone (the response is discarded). */
@@ -202,9 +198,6 @@ struct api_stream *api_resp_stream(struct api_resp *resp, const char *ctype, siz
  * already wait for this client (nothing was queued: drop it, or send a note later); -ENOMEM;
  * -ENOTCONN once the stream is closing. */
 int api_stream_write(struct api_stream *st, const char *data, size_t n);
-
-/* Bytes queued for the client that the kernel has not taken yet. */
-size_t api_stream_queued(const struct api_stream *st);
 
 /* Ends the stream: the connection closes once the queued bytes are written (or after a short
  * linger). on_close runs later, as for any close. */

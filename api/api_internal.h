@@ -136,7 +136,6 @@ void api__server_release(struct api_server *srv); // one live handle gone; frees
 // ---- resp.c
 void api__resp_init(struct api_resp *r);
 void api__resp_free(struct api_resp *r); // frees the body; r stays usable
-const char *api__status_code(int status);
 /* Format the status line and headers into a malloc'd buffer. */
 char *api__resp_head(const struct api_resp *r, int status, size_t body_len, int close,
                      int http10_keep_alive, size_t *len);

@@ -394,16 +394,22 @@ static void conn_update_reading(struct api__conn *c)
 
 // ---- writing ------------------------------------------------------------------------------
 
-static void on_write(uv_write_t *w, int status)
+/* Frees a write request with its head and body (the body by the allocator that made it). */
+static void wreq_free(struct api__wreq *wr)
 {
-    struct api__wreq *wr = container_of(w, struct api__wreq, w);
-    struct api__conn *c = wr->c;
     free(wr->head);
     if (wr->body_cjson)
         cJSON_free(wr->body);
     else
         free(wr->body);
     free(wr);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    struct api__wreq *wr = container_of(w, struct api__wreq, w);
+    struct api__conn *c = wr->c;
+    wreq_free(wr);
     c->n_writes--;
     if (c->closing) return;
     if (status < 0) {
@@ -455,12 +461,7 @@ static void conn_respond(struct api__conn *c, int status, struct api_resp *r, in
     api__resp_init(r); // the body now belongs to the write request
     int rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, bufs, nbufs, on_write);
     if (rc < 0) {
-        free(wr->head);
-        if (wr->body_cjson)
-            cJSON_free(wr->body);
-        else
-            free(wr->body);
-        free(wr);
+        wreq_free(wr);
         api__conn_close(c);
         return;
     }
@@ -819,12 +820,6 @@ int api_stream_write(struct api_stream *st, const char *data, size_t n)
     return 0;
 }
 
-size_t api_stream_queued(const struct api_stream *st)
-{
-    const struct api__conn *c = st->conn;
-    return c && !c->closing ? uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) : 0;
-}
-
 void api_stream_close(struct api_stream *st)
 {
     struct api__conn *c = st->conn;
@@ -852,11 +847,6 @@ struct api_async *api_resp_defer(struct api_resp *resp)
 struct api_resp *api_async_resp(struct api_async *h)
 {
     return &h->resp;
-}
-
-int api_async_alive(const struct api_async *h)
-{
-    return h->conn && !h->conn->closing;
 }
 
 int api_async_complete(struct api_async *h, int status)
@@ -903,7 +893,7 @@ static void *xcalloc(size_t n, const char *file, int line)
 
 void api__conn_accept(struct api_server *srv)
 {
-    // A small fixed-size struct: OOM aborts (style R7); the buffers below are checked.
+    // A small fixed-size struct: OOM aborts; the buffers below are checked.
     struct api__conn *c = xcalloc(sizeof *c, __FILE__, __LINE__);
     c->srv = srv;
     if (uv_tcp_init(srv->loop, &c->tcp) < 0) {

@@ -91,7 +91,7 @@ int api_resp_header(struct api_resp *resp, const char *name, const char *value)
 
 // ---- errors ------------------------------------------------------------------------------
 
-/* The error code string for each status we produce (design.md section 5). */
+/* The error code string for each status we produce (README, "The daemon": one JSON error shape). */
 static const struct {
     int status;
     const char *code;
@@ -115,7 +115,7 @@ static const struct {
     {505, "http_version_not_supported"},
 };
 
-const char *api__status_code(int status)
+static const char *api__status_code(int status)
 {
     for (size_t i = 0; i < sizeof STATUS_CODES / sizeof STATUS_CODES[0]; i++)
         if (STATUS_CODES[i].status == status) return STATUS_CODES[i].code;

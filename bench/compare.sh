@@ -25,7 +25,7 @@ ARCHS="mlp cnn resnet"
 BUILD_DIR="build"
 BIN=""
 NO_BUILD=0
-TORCH_REF="/work/shared/bench/torch_ref.py"
+TORCH_REF="${TORCH_REF:-}" # not in this repository: --torch-ref PATH or TORCH_REF=PATH
 PYTHON="/usr/bin/python3" # Debian's python3 with python3-torch, not a pyenv/venv python3 on PATH
 MD_FILE=""
 KEEP=""
@@ -46,7 +46,8 @@ options:
   --no-build        use DIR/evowidth as it is
   --torch-epochs F  epochs for torch_ref only (float; default: --epochs). For quick checks only:
                     the comparison is meant to use the same epochs for both.
-  --torch-ref PATH  the PyTorch reference script (default /work/shared/bench/torch_ref.py)
+  --torch-ref PATH  the PyTorch reference script (required; not in this repository;
+                    the environment's TORCH_REF is the default)
   --python PATH     python with torch (default /usr/bin/python3)
   --md FILE         also write the markdown table to FILE
   --keep DIR        keep run logs and reports in DIR (default: a temporary directory, removed)
@@ -109,6 +110,7 @@ if ! "$PYTHON" -c 'import torch, numpy' >/dev/null 2>&1; then
     sudo apt-get install python3-torch python3-numpy
 (use Debian's /usr/bin/python3; a pyenv/venv python3 on PATH will not see them)"
 fi
+[ -n "$TORCH_REF" ] || die "name the PyTorch reference script torch_ref.py (not in this repository) with --torch-ref PATH or TORCH_REF=PATH"
 [ -f "$TORCH_REF" ] || die "the PyTorch reference $TORCH_REF is missing (see --torch-ref)"
 command -v gcc >/dev/null || die "gcc not found: sudo apt-get install build-essential"
 pkg-config --exists openblas 2>/dev/null || die "OpenBLAS (openmp) not found: sudo apt-get install libopenblas-openmp-dev pkg-config"

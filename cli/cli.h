@@ -4,7 +4,8 @@
  * subcommands (train, eval, layers: cli/cmd.c), the compression tools on saved models
  * (compress, sweep, thin, export: cli/compress.c), the HTTP client of a running evowidthd
  * (status, history, policy, pause, ...: cli/client.c, the only user of libcurl), the
- * printers they share (cli/print.c) and the subcommand table (cli/main_evowidth.c). It
+ * printers they share (cli/print.c), ONNX and safetensors export and `evowidth predict`
+ * (cli/onnx.h) and the subcommand table (cli/main_evowidth.c). It
  * builds into its own library, `cli`, so that evowidthd and the test binaries that do not
  * test these commands link neither libcurl nor the tools. It drives runs through the
  * trainer of daemon/daemon.h and keeps no numerics of its own beyond what a tool needs.

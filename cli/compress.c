@@ -413,13 +413,42 @@ static int cmp__common_opt(const char *cmd, int c, struct cmp_common *o)
     }
 }
 
-#define CMP_COMMON_OPTS                                                                            \
-    {"output", required_argument, 0, 'o'}, {"config", required_argument, 0, 'C'},                  \
-        {"finetune-steps", required_argument, 0, 'F'}, {"calib", required_argument, 0, 'K'},       \
-        {"lr", required_argument, 0, 'L'}, {"threads", required_argument, 0, 'T'},                 \
-    {                                                                                              \
-        "help", no_argument, 0, 'h'                                                                \
-    }
+/* Every option of the four tools, with the tools that take it (getopt_long sees only those). */
+enum {
+    CMP_COMPRESS_BIT = 1,
+    CMP_SWEEP_BIT = 2,
+    CMP_THIN_BIT = 4,
+    CMP_EXPORT_BIT = 8,
+    CMP_ALL = 15
+};
+static const struct {
+    struct option o;
+    unsigned in;
+} CMP_OPTIONS[] = {
+    // shared (cmp__common_opt); sweep has no -o but knows --output, as a usage error
+    {{"output", required_argument, 0, 'o'}, CMP_ALL},
+    {{"config", required_argument, 0, 'C'}, CMP_ALL},
+    {{"finetune-steps", required_argument, 0, 'F'}, CMP_ALL},
+    {{"calib", required_argument, 0, 'K'}, CMP_ALL},
+    {{"lr", required_argument, 0, 'L'}, CMP_ALL},
+    {{"threads", required_argument, 0, 'T'}, CMP_ALL},
+    {{"help", no_argument, 0, 'h'}, CMP_ALL},
+    // each tool's own
+    {{"layer", required_argument, 0, 'l'}, CMP_COMPRESS_BIT | CMP_SWEEP_BIT},
+    {{"no-bias-fix", no_argument, 0, 'b'}, CMP_COMPRESS_BIT | CMP_SWEEP_BIT},
+    {{"rank", required_argument, 0, 'r'}, CMP_COMPRESS_BIT},
+    {{"gap", required_argument, 0, 'g'}, CMP_COMPRESS_BIT},
+    {{"energy", required_argument, 0, 'e'}, CMP_COMPRESS_BIT},
+    {{"ranks", required_argument, 0, 'r'}, CMP_SWEEP_BIT},
+    {{"csv", required_argument, 0, 'c'}, CMP_SWEEP_BIT},
+    {{"ratio", required_argument, 0, 'p'}, CMP_THIN_BIT},
+    {{"widths", required_argument, 0, 'w'}, CMP_THIN_BIT},
+    {{"fp16", no_argument, 0, 'f'}, CMP_EXPORT_BIT},
+    {{"kmeans", required_argument, 0, 'k'}, CMP_EXPORT_BIT},
+    {{"prune", required_argument, 0, 'p'}, CMP_EXPORT_BIT},
+    {{"kmeans-lr", required_argument, 0, 'q'}, CMP_EXPORT_BIT},
+    {{"kmeans-conv", required_argument, 0, 'c'}, CMP_EXPORT_BIT},
+};
 
 #define CMP_COMMON_HELP                                                                            \
     "  --finetune-steps N  SGD steps on the training data afterwards (default 0)\n"                \
@@ -431,6 +460,76 @@ static int cmp__common_opt(const char *cmd, int c, struct cmp_common *o)
 static double cmp__lr(const struct cmp_ctx *c, const struct cmp_common *o)
 {
     return o->lr > 0 ? o->lr : c->cfg.optimizer.lr / 50.0;
+}
+
+/* A subcommand's front end: its own options (the shared ones are added to them), its usage
+ * text, how one of its options goes into its argument struct (1 taken, 0 not its option, -1
+ * a bad value, already told), and what it requires once all are read (why not, or NULL;
+ * *usage = 0: without the usage text after it). */
+struct cmp_cli {
+    const char *cmd;
+    unsigned bit; // its CMP_*_BIT in CMP_OPTIONS
+    const char *usage;
+    int (*opt)(void *args, const char *cmd, int c);
+    const char *(*check)(void *args, const struct cmp_common *co, int *usage);
+    int no_output; // -o / --output is not one of its options
+    // The command on the opened model (closed afterwards); the exit code.
+    int (*run)(void *args, struct cmp_ctx *cx, const struct cmp_common *co, const char *model);
+};
+
+/* The command line of cl: its options into *args and *co, then exactly one MODEL
+ * (argv[optind]) and cl->check. Returns the exit code when the command ends here (0 after
+ * --help, 2 on a usage error, told on stderr), or -1 to go on. */
+static int cmp__args(const struct cmp_cli *cl, int argc, char **argv, void *args,
+                     struct cmp_common *co)
+{
+    struct option opts[sizeof(CMP_OPTIONS) / sizeof(CMP_OPTIONS[0]) + 1];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof(CMP_OPTIONS) / sizeof(CMP_OPTIONS[0]); i++)
+        if (CMP_OPTIONS[i].in & cl->bit) opts[n++] = CMP_OPTIONS[i].o;
+    opts[n] = (struct option){0, 0, 0, 0};
+    *co = (struct cmp_common){.calib = 1024};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, cl->no_output ? "h" : "o:h", opts, NULL)) != -1) {
+        if (c == 'h') {
+            fputs(cl->usage, stdout);
+            return 0;
+        }
+        int rv = c == 'o' && cl->no_output ? 0 : cmp__common_opt(cl->cmd, c, co);
+        if (rv == 0) rv = cl->opt(args, cl->cmd, c);
+        if (rv < 0) return 2;
+        if (rv == 0) {
+            fputs(cl->usage, stderr);
+            return 2;
+        }
+    }
+    int usage = 1;
+    const char *why = optind != argc - 1 ? "expected one MODEL" : cl->check(args, co, &usage);
+    if (why) {
+        fprintf(stderr, "evowidth %s: %s\n", cl->cmd, why);
+        if (usage) fputs(cl->usage, stderr);
+        return 2;
+    }
+    return -1;
+}
+
+/* A tool from its command line to its exit code: the options (into *args), the model opened,
+ * cl->run on it, the model closed. */
+static int cmp__main(const struct cmp_cli *cl, void *args, int argc, char **argv)
+{
+    struct cmp_common co;
+    int ex = cmp__args(cl, argc, argv, args, &co);
+    if (ex >= 0) return ex;
+    char err[1024];
+    struct cmp_ctx cx = {0};
+    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
+        fprintf(stderr, "evowidth %s: %s\n", cl->cmd, err);
+        return 1;
+    }
+    ex = cl->run(args, &cx, &co, argv[optind]);
+    cmp__close(&cx);
+    return ex;
 }
 
 /* The optional fine-tuning of compress and thin: steps, evaluation into *m, a report line.
@@ -455,6 +554,24 @@ static int cmp__finetune_report(const char *cmd, struct dmn_trainer *t, const st
     return 0;
 }
 
+/* The end of compress and thin: the changed model's metrics (labelled what), the optional
+ * fine-tuning and the saved file. 0; -ENOMEM (not yet told); or another negative errno
+ * after telling why. */
+static int cmp__finish(const char *cmd, const char *what, struct cmp_ctx *cx,
+                       const struct cmp_common *co)
+{
+    struct cmp_metrics m, mt;
+    char err[1024];
+    if (cmp__eval(cx->t, &m) < 0) return -ENOMEM;
+    cmp__print_metrics(what, &m);
+    int rc = cmp__finetune_report(cmd, cx->t, cx, co, &mt);
+    if (rc < 0) return rc;
+    if (cmp__save(cx, co->out, err, sizeof(err)) < 0) {
+        fprintf(stderr, "evowidth %s: %s\n", cmd, err);
+        return -EIO;
+    }
+    return 0;
+}
 
 static int cmp__layer_by_name(const struct net *n, const char *cmd, const char *name, size_t *li)
 {
@@ -493,90 +610,73 @@ static int cmp__factorize(struct dmn_trainer *t, size_t li, size_t r, const floa
 
 // ---- compress ---------------------------------------------------------------------------
 
-static void cmp__usage_compress(FILE *f)
+static const char CMP_USAGE_COMPRESS[] =
+    "usage: evowidth compress MODEL [--layer NAME ...] (--rank R | --rank auto [--gap G]\n"
+    "                         [--energy E]) [--finetune-steps N] -o OUT\n"
+    "Factorizes dense / conv layers W (m x fan-in) into U (m x r) V (r x fan-in), the\n"
+    "SVD trick, and saves the smaller model (a run checkpoint: eval, layers and\n"
+    "evowidthd load it).\n"
+    "  --layer NAME        a layer to factorize (repeatable; default: every dense / conv\n"
+    "                      layer whose rank actually saves parameters)\n"
+    "  --rank R | auto     the rank (capped at min(m, fan-in)), or from the spectrum:\n"
+    "  --gap G             auto: cut at the first s_i / s_i+1 > G (CaffeSVD's rule) ...\n"
+    "  --energy E          auto: ... or keep the fewest values holding E of sum s_i^2\n"
+    "                      (default 0.9; with --gap, the fallback when no gap exceeds G)\n"
+    "  --no-bias-fix       do not fold (W - W_r) E[x] into the bias\n"
+    "  -o, --output OUT    where to write the model\n" CMP_COMMON_HELP;
+
+struct cmp_compress {
+    const char *names[CMP_MAX_LAYERS];
+    size_t n_names, rank;
+    int autorank, bias_fix; // autorank: -1 until --rank is given
+    double gap, energy;
+};
+
+static int cmp__opt_compress(void *args, const char *cmd, int c)
 {
-    fprintf(f,
-            "usage: evowidth compress MODEL [--layer NAME ...] (--rank R | --rank auto [--gap G]\n"
-            "                         [--energy E]) [--finetune-steps N] -o OUT\n"
-            "Factorizes dense / conv layers W (m x fan-in) into U (m x r) V (r x fan-in), the\n"
-            "SVD trick, and saves the smaller model (a run checkpoint: eval, layers and\n"
-            "evowidthd load it).\n"
-            "  --layer NAME        a layer to factorize (repeatable; default: every dense / conv\n"
-            "                      layer whose rank actually saves parameters)\n"
-            "  --rank R | auto     the rank (capped at min(m, fan-in)), or from the spectrum:\n"
-            "  --gap G             auto: cut at the first s_i / s_i+1 > G (CaffeSVD's rule) ...\n"
-            "  --energy E          auto: ... or keep the fewest values holding E of sum s_i^2\n"
-            "                      (default 0.9; with --gap, the fallback when no gap exceeds G)\n"
-            "  --no-bias-fix       do not fold (W - W_r) E[x] into the bias\n"
-            "  -o, --output OUT    where to write the model\n" CMP_COMMON_HELP);
+    struct cmp_compress *a = args;
+    switch (c) {
+    case 'l':
+        if (a->n_names == CMP_MAX_LAYERS) {
+            fprintf(stderr, "evowidth compress: at most %d --layer options\n", CMP_MAX_LAYERS);
+            return -1;
+        }
+        a->names[a->n_names++] = optarg;
+        return 1;
+    case 'r':
+        a->autorank = strcmp(optarg, "auto") == 0;
+        if (!a->autorank && cmp__parse_size(cmd, "--rank", optarg, 1, 1u << 20, &a->rank) < 0)
+            return -1;
+        return 1;
+    case 'g': return cmp__parse_dbl(cmd, "--gap", optarg, 1, 1e12, 1, &a->gap) < 0 ? -1 : 1;
+    case 'e': return cmp__parse_dbl(cmd, "--energy", optarg, 0, 1, 1, &a->energy) < 0 ? -1 : 1;
+    case 'b': a->bias_fix = 0; return 1;
+    default: return 0;
+    }
 }
 
-int dmn_cmd_compress(int argc, char **argv)
+static const char *cmp__check_compress(void *args, const struct cmp_common *co, int *usage)
 {
-    static const struct option opts[] = {{"layer", required_argument, 0, 'l'},
-                                         {"rank", required_argument, 0, 'r'},
-                                         {"gap", required_argument, 0, 'g'},
-                                         {"energy", required_argument, 0, 'e'},
-                                         {"no-bias-fix", no_argument, 0, 'b'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "compress", *names[CMP_MAX_LAYERS];
-    size_t n_names = 0, rank = 0;
-    int autorank = -1, bias_fix = 1, c, rv;
-    double gap = 0, energy = 0;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        if ((rv = cmp__common_opt(cmd, c, &co)) < 0) return 2;
-        if (rv) continue;
-        switch (c) {
-        case 'l':
-            if (n_names == CMP_MAX_LAYERS) {
-                fprintf(stderr, "evowidth compress: at most %d --layer options\n", CMP_MAX_LAYERS);
-                return 2;
-            }
-            names[n_names++] = optarg;
-            break;
-        case 'r':
-            if (strcmp(optarg, "auto") == 0) {
-                autorank = 1;
-            } else {
-                if (cmp__parse_size(cmd, "--rank", optarg, 1, 1u << 20, &rank) < 0) return 2;
-                autorank = 0;
-            }
-            break;
-        case 'g':
-            if (cmp__parse_dbl(cmd, "--gap", optarg, 1, 1e12, 1, &gap) < 0) return 2;
-            break;
-        case 'e':
-            if (cmp__parse_dbl(cmd, "--energy", optarg, 0, 1, 1, &energy) < 0) return 2;
-            break;
-        case 'b': bias_fix = 0; break;
-        case 'h': cmp__usage_compress(stdout); return 0;
-        default: cmp__usage_compress(stderr); return 2;
-        }
-    }
-    if (optind != argc - 1 || autorank < 0 || !co.out) {
-        fprintf(stderr, "evowidth compress: %s\n",
-                optind != argc - 1 ? "expected one MODEL"
-                : autorank < 0     ? "--rank R or --rank auto is required"
-                                   : "-o OUT is required");
-        cmp__usage_compress(stderr);
-        return 2;
-    }
-    if (!autorank && (gap > 0 || energy > 0)) {
-        fprintf(stderr, "evowidth compress: --gap / --energy go with --rank auto\n");
-        return 2;
-    }
-    if (autorank && gap == 0 && energy == 0) energy = 0.9;
+    struct cmp_compress *a = args;
+    if (a->autorank < 0) return "--rank R or --rank auto is required";
+    if (!co->out) return "-o OUT is required";
+    *usage = 0;
+    if (!a->autorank && (a->gap > 0 || a->energy > 0))
+        return "--gap / --energy go with --rank auto";
+    if (a->autorank && a->gap == 0 && a->energy == 0) a->energy = 0.9;
+    return NULL;
+}
 
+static int cmp__compress(void *args, struct cmp_ctx *cx, const struct cmp_common *co,
+                         const char *model)
+{
+    const struct cmp_compress a = *(const struct cmp_compress *)args;
+    const char *cmd = "compress", *const *names = a.names;
+    const size_t n_names = a.n_names, rank = a.rank;
+    const int autorank = a.autorank, bias_fix = a.bias_fix;
+    const double gap = a.gap, energy = a.energy;
     char err[1024];
-    struct cmp_ctx cx = {0};
-    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth compress: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cx->t;
     int status = 1;
     float *x = NULL, *s = NULL;
     size_t layers[CMP_MAX_LAYERS], n_layers = 0;
@@ -587,11 +687,11 @@ int dmn_cmd_compress(int argc, char **argv)
         for (size_t i = 0; i < t->net->n_layers && n_layers < CMP_MAX_LAYERS; i++)
             if (t->net->layers[i].spec.kind == NET_DENSE || t->net->layers[i].spec.kind == NET_CONV)
                 layers[n_layers++] = i;
-    struct cmp_metrics m0, m1, m2;
+    struct cmp_metrics m0;
     if (cmp__eval(t, &m0) < 0) goto oom;
-    printf("evowidth compress %s: %zu parameters, %zu MACs/sample\n", argv[optind], p0, f0);
+    printf("evowidth compress %s: %zu parameters, %zu MACs/sample\n", model, p0, f0);
     cmp__print_metrics("original", &m0);
-    int nb = cmp__calib(t, co.calib, &x, NULL);
+    int nb = cmp__calib(t, co->calib, &x, NULL);
     if (nb < 0) goto oom;
     struct svd_policy pol = {0};
     pol.rule = gap > 0 ? SVD_RULE_GAP : SVD_RULE_ENERGY;
@@ -644,21 +744,13 @@ int dmn_cmd_compress(int argc, char **argv)
                t->net->layers[li].spec.name, m, L, full, r, 100.0 * kept / (tot > 0 ? tot : 1),
                before, cmp__layer_params(t->net, li), how);
     }
-    if (cmp__eval(t, &m1) < 0) goto oom;
-    cmp__print_metrics("factorized", &m1);
-    {
-        int frc = cmp__finetune_report("compress", t, &cx, &co, &m2);
-        if (frc == -ENOMEM) goto oom;
-        if (frc < 0) goto out;
-    }
-    if (cmp__save(&cx, co.out, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth compress: %s\n", err);
-        goto out;
-    }
+    int frc = cmp__finish(cmd, "factorized", cx, co);
+    if (frc == -ENOMEM) goto oom;
+    if (frc < 0) goto out;
     printf("  %zu layer(s) factorized: parameters %zu -> %zu (%.2fx), MACs/sample %zu -> %zu\n",
            changed, p0, t->net->n_params, (double)p0 / (double)t->net->n_params, f0,
            net_macs(t->net));
-    printf("  saved %s (%ld bytes)\n", co.out, cmp__file_size(co.out));
+    printf("  saved %s (%ld bytes)\n", co->out, cmp__file_size(co->out));
     status = 0;
     goto out;
 oom:
@@ -666,7 +758,6 @@ oom:
 out:
     free(x);
     free(s);
-    cmp__close(&cx);
     return status;
 }
 
@@ -709,18 +800,15 @@ static int cmp__parse_ranks(const char *spec, size_t full, size_t *out, size_t *
     return *n_out ? 0 : -ERANGE;
 }
 
-static void cmp__usage_sweep(FILE *f)
-{
-    fprintf(f,
-            "usage: evowidth sweep MODEL --layer NAME --ranks A..B[:STEP][,R...]\n"
-            "                      [--finetune-steps N] [--csv FILE]\n"
-            "The CaffeSVD table for one layer: for each rank, test accuracy, mean precision,\n"
-            "recall and F1, the layer's MACs and parameters, the net's, and the compression rate\n"
-            "(m r + r fan-in) / (m fan-in); with --finetune-steps, the same after a short\n"
-            "fine-tune of every factorized model (all start from the same batches).\n"
-            "  --csv FILE          also write the rows as CSV\n"
-            "  --no-bias-fix       do not fold (W - W_r) E[x] into the bias\n" CMP_COMMON_HELP);
-}
+static const char CMP_USAGE_SWEEP[] =
+    "usage: evowidth sweep MODEL --layer NAME --ranks A..B[:STEP][,R...]\n"
+    "                      [--finetune-steps N] [--csv FILE]\n"
+    "The CaffeSVD table for one layer: for each rank, test accuracy, mean precision,\n"
+    "recall and F1, the layer's MACs and parameters, the net's, and the compression rate\n"
+    "(m r + r fan-in) / (m fan-in); with --finetune-steps, the same after a short\n"
+    "fine-tune of every factorized model (all start from the same batches).\n"
+    "  --csv FILE          also write the rows as CSV\n"
+    "  --no-bias-fix       do not fold (W - W_r) E[x] into the bias\n" CMP_COMMON_HELP;
 
 struct cmp_row {
     char label[32];
@@ -749,45 +837,39 @@ static void cmp__csv_row(FILE *f, const struct cmp_row *r, int ft)
     fputc('\n', f);
 }
 
-int dmn_cmd_sweep(int argc, char **argv)
+struct cmp_sweep {
+    const char *layer, *ranks, *csv;
+    int bias_fix;
+};
+
+static int cmp__opt_sweep(void *args, const char *cmd, int c)
 {
-    static const struct option opts[] = {{"layer", required_argument, 0, 'l'},
-                                         {"ranks", required_argument, 0, 'r'},
-                                         {"csv", required_argument, 0, 'c'},
-                                         {"no-bias-fix", no_argument, 0, 'b'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "sweep", *layer = NULL, *ranks_s = NULL, *csv = NULL;
-    int bias_fix = 1, c, rv;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        if (c != 'o' && (rv = cmp__common_opt(cmd, c, &co)) != 0) {
-            if (rv < 0) return 2;
-            continue;
-        }
-        switch (c) {
-        case 'l': layer = optarg; break;
-        case 'r': ranks_s = optarg; break;
-        case 'c': csv = optarg; break;
-        case 'b': bias_fix = 0; break;
-        case 'h': cmp__usage_sweep(stdout); return 0;
-        default: cmp__usage_sweep(stderr); return 2;
-        }
+    struct cmp_sweep *a = args;
+    (void)cmd;
+    switch (c) {
+    case 'l': a->layer = optarg; return 1;
+    case 'r': a->ranks = optarg; return 1;
+    case 'c': a->csv = optarg; return 1;
+    case 'b': a->bias_fix = 0; return 1;
+    default: return 0;
     }
-    if (optind != argc - 1 || !layer || !ranks_s) {
-        fprintf(stderr, "evowidth sweep: %s\n",
-                optind != argc - 1 ? "expected one MODEL" : "--layer and --ranks are required");
-        cmp__usage_sweep(stderr);
-        return 2;
-    }
+}
+
+static const char *cmp__check_sweep(void *args, const struct cmp_common *co, int *usage)
+{
+    const struct cmp_sweep *a = args;
+    (void)co, (void)usage;
+    return !a->layer || !a->ranks ? "--layer and --ranks are required" : NULL;
+}
+
+static int cmp__sweep(void *args, struct cmp_ctx *cx, const struct cmp_common *co,
+                      const char *model)
+{
+    const struct cmp_sweep a = *(const struct cmp_sweep *)args;
+    const char *cmd = "sweep", *layer = a.layer, *ranks_s = a.ranks, *csv = a.csv;
+    const int bias_fix = a.bias_fix;
     char err[1024];
-    struct cmp_ctx cx = {0};
-    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth sweep: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cx->t;
     int status = 1;
     float *x = NULL;
     struct net *base = NULL;
@@ -810,19 +892,19 @@ int dmn_cmd_sweep(int argc, char **argv)
         fprintf(stderr, "evowidth sweep: cannot write %s: %s\n", csv, strerror(errno));
         goto out;
     }
-    const int ft = co.ft_steps > 0;
+    const int ft = co->ft_steps > 0;
     if (!(rows = calloc(n_ranks + 1, sizeof(*rows)))) goto oom;
-    int nb = cmp__calib(t, co.calib, &x, NULL);
+    int nb = cmp__calib(t, co->calib, &x, NULL);
     if (nb < 0 || net_clone(&base, t->net) < 0 || (ft && cmp__bsave(&t->batcher, &bs) < 0))
         goto oom;
-    const double lr = cmp__lr(&cx, &co);
+    const double lr = cmp__lr(cx, co);
     printf("evowidth sweep %s: layer %s (%zu x %zu, full rank %zu, break-even rank %.1f), %zu "
            "test samples%s\n",
-           argv[optind], layer, m, L, full, (double)(m * L) / (double)(m + L), t->test.n,
+           model, layer, m, L, full, (double)(m * L) / (double)(m + L), t->test.n,
            ft ? "" : ", no fine-tuning");
     if (ft)
-        printf("fine-tuning: %zu steps at lr %g from the same batches for every row\n", co.ft_steps,
-               lr);
+        printf("fine-tuning: %zu steps at lr %g from the same batches for every row\n",
+               co->ft_steps, lr);
     printf("%-14s %8s %8s %8s %8s %10s %10s %9s %10s %8s%s\n", "rank", "accuracy", "mean_P",
            "mean_R", "mean_F1", "layer_MACs", "layer_par", "net_par", "net_MACs", "rate",
            ft ? " | acc_ft   P_ft     R_ft     F1_ft" : "");
@@ -857,7 +939,7 @@ int dmn_cmd_sweep(int argc, char **argv)
         if (cmp__eval(t, &r->m) < 0) goto oom;
         if (ft) {
             cmp__brestore(&t->batcher, &bs);
-            int rc = cmp__finetune(t, co.ft_steps, lr);
+            int rc = cmp__finetune(t, co->ft_steps, lr);
             if (rc < 0) {
                 fprintf(stderr, "evowidth sweep: rank %s: fine-tuning failed: %s\n", r->label,
                         rc == -EDOM ? "the loss is not finite (lower --lr)" : strerror(-rc));
@@ -888,25 +970,21 @@ out:
     free(ranks);
     free(x);
     net_destroy(base);
-    cmp__close(&cx);
     return status;
 }
 
 // ---- thin -------------------------------------------------------------------------------
 
-static void cmp__usage_thin(FILE *f)
-{
-    fprintf(f,
-            "usage: evowidth thin MODEL (--ratio P | --widths W1,W2,... | --widths NAME=W,...)\n"
-            "                     [--finetune-steps N] -o OUT\n"
-            "A thin network from a wide one, group by group from the input: the units kept are\n"
-            "the ones pivoted QR picks on calibration activations of all readers at once (the\n"
-            "simultaneous selection of SOMP, the adaptation's select mode); readers are rewired\n"
-            "by least squares, leftovers into their bias.\n"
-            "  --ratio P           keep round(P x width) units of every group, P in (0, 1]\n"
-            "  --widths ...        target widths, in group order or by group name\n"
-            "  -o, --output OUT    where to write the model\n" CMP_COMMON_HELP);
-}
+static const char CMP_USAGE_THIN[] =
+    "usage: evowidth thin MODEL (--ratio P | --widths W1,W2,... | --widths NAME=W,...)\n"
+    "                     [--finetune-steps N] -o OUT\n"
+    "A thin network from a wide one, group by group from the input: the units kept are\n"
+    "the ones pivoted QR picks on calibration activations of all readers at once (the\n"
+    "simultaneous selection of SOMP, the adaptation's select mode); readers are rewired\n"
+    "by least squares, leftovers into their bias.\n"
+    "  --ratio P           keep round(P x width) units of every group, P in (0, 1]\n"
+    "  --widths ...        target widths, in group order or by group name\n"
+    "  -o, --output OUT    where to write the model\n" CMP_COMMON_HELP;
 
 /* --widths: either all positional ("16,32,64") or all NAME=W. */
 static int cmp__thin_targets(const struct net *n, const struct svd_gref *g, size_t ng,
@@ -939,44 +1017,37 @@ static int cmp__thin_targets(const struct net *n, const struct svd_gref *g, size
     return 0;
 }
 
-int dmn_cmd_thin(int argc, char **argv)
+struct cmp_thin {
+    const char *widths;
+    double ratio;
+};
+
+static int cmp__opt_thin(void *args, const char *cmd, int c)
 {
-    static const struct option opts[] = {{"ratio", required_argument, 0, 'p'},
-                                         {"widths", required_argument, 0, 'w'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "thin", *widths = NULL;
-    double ratio = 0;
-    int c, rv;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        if ((rv = cmp__common_opt(cmd, c, &co)) < 0) return 2;
-        if (rv) continue;
-        switch (c) {
-        case 'p':
-            if (cmp__parse_dbl(cmd, "--ratio", optarg, 0, 1, 1, &ratio) < 0) return 2;
-            break;
-        case 'w': widths = optarg; break;
-        case 'h': cmp__usage_thin(stdout); return 0;
-        default: cmp__usage_thin(stderr); return 2;
-        }
+    struct cmp_thin *a = args;
+    switch (c) {
+    case 'p': return cmp__parse_dbl(cmd, "--ratio", optarg, 0, 1, 1, &a->ratio) < 0 ? -1 : 1;
+    case 'w': a->widths = optarg; return 1;
+    default: return 0;
     }
-    if (optind != argc - 1 || (ratio > 0) == (widths != NULL) || !co.out) {
-        fprintf(stderr, "evowidth thin: %s\n",
-                optind != argc - 1                ? "expected one MODEL"
-                : (ratio > 0) == (widths != NULL) ? "give exactly one of --ratio and --widths"
-                                                  : "-o OUT is required");
-        cmp__usage_thin(stderr);
-        return 2;
-    }
+}
+
+static const char *cmp__check_thin(void *args, const struct cmp_common *co, int *usage)
+{
+    const struct cmp_thin *a = args;
+    (void)usage;
+    return (a->ratio > 0) == (a->widths != NULL) ? "give exactly one of --ratio and --widths"
+           : !co->out                            ? "-o OUT is required"
+                                                 : NULL;
+}
+
+static int cmp__thin(void *args, struct cmp_ctx *cx, const struct cmp_common *co, const char *model)
+{
+    const struct cmp_thin a = *(const struct cmp_thin *)args;
+    const char *cmd = "thin", *widths = a.widths;
+    const double ratio = a.ratio;
     char err[1024];
-    struct cmp_ctx cx = {0};
-    if (cmp__open(&cx, argv[optind], co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth thin: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    struct dmn_trainer *t = cx->t;
     int status = 1;
     float *x = NULL;
     struct svd_gref g[CMP_MAX_LAYERS * 2];
@@ -998,12 +1069,12 @@ int dmn_cmd_thin(int argc, char **argv)
             goto out;
         }
     }
-    struct cmp_metrics m0, m1, m2;
+    struct cmp_metrics m0;
     if (cmp__eval(t, &m0) < 0) goto oom;
-    printf("evowidth thin %s: %zu parameters, %zu MACs/sample, %zu width groups\n", argv[optind],
-           p0, f0, ng);
+    printf("evowidth thin %s: %zu parameters, %zu MACs/sample, %zu width groups\n", model, p0, f0,
+           ng);
     cmp__print_metrics("original", &m0);
-    int nb = cmp__calib(t, co.calib, &x, NULL);
+    int nb = cmp__calib(t, co->calib, &x, NULL);
     if (nb < 0) goto oom;
     double t0 = dmn_now();
     for (size_t i = 0; i < ng; i++) {
@@ -1026,50 +1097,38 @@ int dmn_cmd_thin(int argc, char **argv)
         printf("  %-16s %5zu -> %-5zu  parameters %zu\n", name, w, k, t->net->n_params);
     }
     printf("  selection took %.1f s\n", dmn_now() - t0);
-    if (cmp__eval(t, &m1) < 0) goto oom;
-    cmp__print_metrics("thin (selection + LS rewiring)", &m1);
-    {
-        int frc = cmp__finetune_report("thin", t, &cx, &co, &m2);
-        if (frc == -ENOMEM) goto oom;
-        if (frc < 0) goto out;
-    }
-    if (cmp__save(&cx, co.out, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth thin: %s\n", err);
-        goto out;
-    }
+    int frc = cmp__finish(cmd, "thin (selection + LS rewiring)", cx, co);
+    if (frc == -ENOMEM) goto oom;
+    if (frc < 0) goto out;
     printf("  parameters %zu -> %zu (%.2fx), MACs/sample %zu -> %zu; saved %s (%ld bytes)\n", p0,
-           t->net->n_params, (double)p0 / (double)t->net->n_params, f0, net_macs(t->net), co.out,
-           cmp__file_size(co.out));
+           t->net->n_params, (double)p0 / (double)t->net->n_params, f0, net_macs(t->net), co->out,
+           cmp__file_size(co->out));
     status = 0;
     goto out;
 oom:
     fprintf(stderr, "evowidth thin: out of memory\n");
 out:
     free(x);
-    cmp__close(&cx);
     return status;
 }
 
 // ---- export -----------------------------------------------------------------------------
 
-static void cmp__usage_export(FILE *f)
-{
-    fprintf(f,
-            "usage: evowidth export MODEL [--fp16] [--kmeans K] [--prune P] [--finetune-steps N]\n"
-            "                       -o FILE\n"
-            "Deep Compression into a compressed model file that `evowidth eval` reads: magnitude\n"
-            "pruning (then N masked fine-tuning steps), per-layer k-means weight sharing (then N\n"
-            "codebook fine-tuning steps: a centroid moves by the sum of its members' gradients),\n"
-            "float16 storage, deflate. Biases and batch norm stay float32. With neither --prune\n"
-            "nor --kmeans, --finetune-steps retrains the model itself (a control).\n"
-            "  --prune P           zero the fraction P of all weights, smallest |w| over the net\n"
-            "  --kmeans K          K shared values per weight tensor (2..4096), ceil(log2 K)-bit\n"
-            "                      codes\n"
-            "  --kmeans-conv K     the same for convolution weights only (default: --kmeans)\n"
-            "  --fp16              raw weights and codebooks as float16\n"
-            "  --kmeans-lr LR      codebook fine-tuning rate (default: --lr / 10)\n"
-            "  -o, --output FILE   the compressed file\n" CMP_COMMON_HELP);
-}
+static const char CMP_USAGE_EXPORT[] =
+    "usage: evowidth export MODEL [--fp16] [--kmeans K] [--prune P] [--finetune-steps N]\n"
+    "                       -o FILE\n"
+    "Deep Compression into a compressed model file that `evowidth eval` reads: magnitude\n"
+    "pruning (then N masked fine-tuning steps), per-layer k-means weight sharing (then N\n"
+    "codebook fine-tuning steps: a centroid moves by the sum of its members' gradients),\n"
+    "float16 storage, deflate. Biases and batch norm stay float32. With neither --prune\n"
+    "nor --kmeans, --finetune-steps retrains the model itself (a control).\n"
+    "  --prune P           zero the fraction P of all weights, smallest |w| over the net\n"
+    "  --kmeans K          K shared values per weight tensor (2..4096), ceil(log2 K)-bit\n"
+    "                      codes\n"
+    "  --kmeans-conv K     the same for convolution weights only (default: --kmeans)\n"
+    "  --fp16              raw weights and codebooks as float16\n"
+    "  --kmeans-lr LR      codebook fine-tuning rate (default: --lr / 10)\n"
+    "  -o, --output FILE   the compressed file\n" CMP_COMMON_HELP;
 
 /* steps of forward / backward / net_xplan_tune on training batches. */
 static int cmp__xtune(struct dmn_trainer *t, struct net_xplan *p, size_t steps, double lr)
@@ -1086,62 +1145,47 @@ static int cmp__xtune(struct dmn_trainer *t, struct net_xplan *p, size_t steps, 
     return 0;
 }
 
-int dmn_cmd_export(int argc, char **argv)
+struct cmp_export {
+    struct net_export_opts xo;
+    double klr;
+};
+
+static int cmp__opt_export(void *args, const char *cmd, int c)
 {
-    static const struct option opts[] = {{"fp16", no_argument, 0, 'f'},
-                                         {"kmeans", required_argument, 0, 'k'},
-                                         {"prune", required_argument, 0, 'p'},
-                                         {"kmeans-lr", required_argument, 0, 'q'},
-                                         {"kmeans-conv", required_argument, 0, 'c'},
-                                         CMP_COMMON_OPTS,
-                                         {0, 0, 0, 0}};
-    const char *cmd = "export";
-    struct net_export_opts xo = {0};
-    double klr = 0;
-    int c, rv;
-    struct cmp_common co = {.calib = 1024};
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
-        if ((rv = cmp__common_opt(cmd, c, &co)) < 0) return 2;
-        if (rv) continue;
-        switch (c) {
-        case 'f': xo.fp16 = 1; break;
-        case 'k':
-            if (cmp__parse_size(cmd, "--kmeans", optarg, 2, 4096, &xo.kmeans) < 0) return 2;
-            break;
-        case 'c':
-            if (cmp__parse_size(cmd, "--kmeans-conv", optarg, 2, 4096, &xo.kmeans_conv) < 0)
-                return 2;
-            break;
-        case 'p':
-            if (cmp__parse_dbl(cmd, "--prune", optarg, 0, 0.999, 0, &xo.prune) < 0) return 2;
-            break;
-        case 'q':
-            if (cmp__parse_dbl(cmd, "--kmeans-lr", optarg, 0, 10, 1, &klr) < 0) return 2;
-            break;
-        case 'h': cmp__usage_export(stdout); return 0;
-        default: cmp__usage_export(stderr); return 2;
-        }
+    struct cmp_export *a = args;
+    struct net_export_opts *xo = &a->xo;
+    switch (c) {
+    case 'f': xo->fp16 = 1; return 1;
+    case 'k': return cmp__parse_size(cmd, "--kmeans", optarg, 2, 4096, &xo->kmeans) < 0 ? -1 : 1;
+    case 'c':
+        return cmp__parse_size(cmd, "--kmeans-conv", optarg, 2, 4096, &xo->kmeans_conv) < 0 ? -1
+                                                                                            : 1;
+    case 'p': return cmp__parse_dbl(cmd, "--prune", optarg, 0, 0.999, 0, &xo->prune) < 0 ? -1 : 1;
+    case 'q': return cmp__parse_dbl(cmd, "--kmeans-lr", optarg, 0, 10, 1, &a->klr) < 0 ? -1 : 1;
+    default: return 0;
     }
-    if (optind != argc - 1 || !co.out) {
-        fprintf(stderr, "evowidth export: %s\n",
-                optind != argc - 1 ? "expected one MODEL" : "-o FILE is required");
-        cmp__usage_export(stderr);
-        return 2;
-    }
+}
+
+static const char *cmp__check_export(void *args, const struct cmp_common *co, int *usage)
+{
+    (void)args, (void)usage;
+    return co->out ? NULL : "-o FILE is required";
+}
+
+static int cmp__export(void *args, struct cmp_ctx *cx, const struct cmp_common *co,
+                       const char *model)
+{
+    const struct cmp_export a = *(const struct cmp_export *)args;
+    struct net_export_opts xo = a.xo;
+    const double klr = a.klr;
     char err[1024];
-    struct cmp_ctx cx = {0};
-    const char *in = argv[optind];
-    if (cmp__open(&cx, in, co.config, (int)co.threads, err, sizeof(err)) < 0) {
-        fprintf(stderr, "evowidth export: %s\n", err);
-        return 1;
-    }
-    struct dmn_trainer *t = cx.t;
+    const char *in = model;
+    struct dmn_trainer *t = cx->t;
     struct net_xplan *plan = NULL;
     struct net *back = NULL;
     char *conf = NULL;
     int status = 1, rc;
-    const double lr = cmp__lr(&cx, &co), kl = klr > 0 ? klr : lr / 10.0;
+    const double lr = cmp__lr(cx, co), kl = klr > 0 ? klr : lr / 10.0;
     struct cmp_metrics m;
     if (cmp__eval(t, &m) < 0) goto oom;
     printf("evowidth export %s: %zu parameters (%zu bytes as float32)\n", in, t->net->n_params,
@@ -1160,11 +1204,11 @@ int dmn_cmd_export(int argc, char **argv)
     }
     // Retraining of the surviving weights; without pruning or k-means it is the control:
     // the same steps on the uncompressed (or float16) model.
-    if (co.ft_steps && (xo.prune > 0 || !quant)) {
+    if (co->ft_steps && (xo.prune > 0 || !quant)) {
         char what[64];
-        if ((rc = cmp__xtune(t, plan, co.ft_steps, lr)) < 0) goto tune_fail;
+        if ((rc = cmp__xtune(t, plan, co->ft_steps, lr)) < 0) goto tune_fail;
         snprintf(what, sizeof(what), "%sretrained (%zu, lr %g)", xo.prune > 0 ? "pruned, " : "",
-                 co.ft_steps, lr);
+                 co->ft_steps, lr);
         if (cmp__eval(t, &m) < 0) goto oom;
         cmp__print_metrics(what, &m);
     }
@@ -1175,13 +1219,13 @@ int dmn_cmd_export(int argc, char **argv)
                  xo.kmeans_conv ? xo.kmeans_conv : xo.kmeans, xo.fp16 ? " (f16 codebooks)" : "");
         if (cmp__eval(t, &m) < 0) goto oom;
         cmp__print_metrics(what, &m);
-        if (co.ft_steps) {
-            if ((rc = cmp__xtune(t, plan, co.ft_steps, kl)) < 0) goto tune_fail;
-            snprintf(what, sizeof(what), "codebooks tuned (%zu, lr %g)", co.ft_steps, kl);
+        if (co->ft_steps) {
+            if ((rc = cmp__xtune(t, plan, co->ft_steps, kl)) < 0) goto tune_fail;
+            snprintf(what, sizeof(what), "codebooks tuned (%zu, lr %g)", co->ft_steps, kl);
             if (cmp__eval(t, &m) < 0) goto oom;
             cmp__print_metrics(what, &m);
         }
-    } else if (xo.fp16 && !co.ft_steps) {
+    } else if (xo.fp16 && !co->ft_steps) {
         if (cmp__eval(t, &m) < 0) goto oom;
         cmp__print_metrics("float16", &m);
     }
@@ -1201,10 +1245,10 @@ int dmn_cmd_export(int argc, char **argv)
         printf("  %-14s %9zu %7.2f%% %9s\n", tt->name, tt->n, 100.0 * (double)nz / (double)tt->n,
                vals);
     }
-    if (!(conf = cfg_to_string(&cx.cfg, 0))) goto oom;
+    if (!(conf = cfg_to_string(&cx->cfg, 0))) goto oom;
     struct ckpt_blob blob = {"CONF", conf, strlen(conf)};
     struct net_export_sizes sz;
-    if (net_export_save(co.out, t->net, plan, &blob, 1, &sz, err, sizeof(err)) < 0) {
+    if (net_export_save(co->out, t->net, plan, &blob, 1, &sz, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidth export: %s\n", err);
         goto out;
     }
@@ -1219,13 +1263,13 @@ int dmn_cmd_export(int argc, char **argv)
         if (sz.part[i]) printf("  %-30s %12zu %16zu\n", part_names[i], sz.part[i], sz.part_z[i]);
     printf("  %-30s %12zu %16zu\n", "total", sz.payload, sz.file);
     long in_size = cmp__file_size(in);
-    printf("  %s: %zu bytes; float32 model %zu bytes: %.1fx smaller", co.out, sz.file, sz.f32_bytes,
-           (double)sz.f32_bytes / (double)sz.file);
+    printf("  %s: %zu bytes; float32 model %zu bytes: %.1fx smaller", co->out, sz.file,
+           sz.f32_bytes, (double)sz.f32_bytes / (double)sz.file);
     if (in_size > 0)
         printf(" (%s is %ld bytes: %.1fx)", in, in_size, (double)in_size / (double)sz.file);
     printf("\n");
     // The file as eval will see it: the same accuracy, or something is wrong.
-    if (net_export_load(co.out, &back, NULL, NULL, err, sizeof(err)) < 0) {
+    if (net_export_load(co->out, &back, NULL, NULL, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidth export: reading back: %s\n", err);
         goto out;
     }
@@ -1253,6 +1297,21 @@ out:
     cJSON_free(conf);
     net_destroy(back);
     net_xplan_destroy(plan);
-    cmp__close(&cx);
     return status;
 }
+
+// ---- the four entry points ----------------------------------------------------------------
+
+/* int dmn_cmd_NAME(argc, argv): the tool NAME (its bit in CMP_OPTIONS, whether it lacks -o,
+ * then the defaults of its struct cmp_NAME) through cmp__main. */
+#define CMP_TOOL(name, usage, bit, no_output, ...)                                                 \
+    int dmn_cmd_##name(int argc, char **argv)                                                      \
+    {                                                                                              \
+        static const struct cmp_cli cl = {                                                         \
+            #name, bit, usage, cmp__opt_##name, cmp__check_##name, no_output, cmp__##name};        \
+        return cmp__main(&cl, &(struct cmp_##name)__VA_ARGS__, argc, argv);                        \
+    }
+CMP_TOOL(compress, CMP_USAGE_COMPRESS, CMP_COMPRESS_BIT, 0, {.autorank = -1, .bias_fix = 1})
+CMP_TOOL(sweep, CMP_USAGE_SWEEP, CMP_SWEEP_BIT, 1, {.bias_fix = 1})
+CMP_TOOL(thin, CMP_USAGE_THIN, CMP_THIN_BIT, 0, {0})
+CMP_TOOL(export, CMP_USAGE_EXPORT, CMP_EXPORT_BIT, 0, {0})

@@ -1,4 +1,4 @@
-/* daemon/config.c: the configuration table and everything it drives (R11).
+/* daemon/config.c: the configuration table and everything it drives.
  *
  * Design. CFG_ROWS below is the only place a knob exists: its section, JSON key, type,
  * offset into struct dmn_config, range, default, flags, optional check hook and help text.
@@ -8,13 +8,13 @@
  *
  * Invariants. A struct dmn_config is a plain value without pointers. Every writer works on a
  * copy and commits with one memcpy only after the whole input parsed and cfg_validate
- * passed, so a failing call changes nothing (R5). cfg_defaults zeroes the struct first and
+ * passed, so a failing call changes nothing. cfg_defaults zeroes the struct first and
  * strings are copied with zero fill, so two equal configs are also equal under memcmp.
  * Integers travel through JSON doubles, so integer knobs are capped at 2^53 and round-trip
  * exactly; doubles round-trip because cJSON prints 17 significant digits when needed.
  *
  * Threads: none of our own; cJSON keeps its last error position in a global, so callers keep
- * all cJSON use on one thread (R9). */
+ * all cJSON use on one thread. */
 #include "daemon/config.h"
 
 #include <assert.h>
@@ -431,6 +431,22 @@ static const char *duplicate_key(const cJSON *obj)
     return NULL;
 }
 
+/* 0 when o is an object without a repeated key; else -EINVAL with "WHERE: ..." in err. */
+static int check_object(const cJSON *o, const char *where, char *err, size_t errlen)
+{
+    char vb[80];
+    if (!cJSON_IsObject(o)) {
+        seterr(err, errlen, "%s: expected an object, got %s", where, describe(vb, sizeof vb, o));
+        return -EINVAL;
+    }
+    const char *dup = duplicate_key(o);
+    if (dup) {
+        seterr(err, errlen, "%s: duplicate key \"%s\"", where, dup);
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int section_index(const char *name)
 {
     for (size_t i = 0; i < N_SECTIONS; i++)
@@ -612,17 +628,7 @@ static int apply_value(struct dmn_config *c, const struct cfg_row *r, const cJSO
 static int apply_section(struct dmn_config *c, const char *section, const cJSON *obj,
                          unsigned allow, int aliases, char *err, size_t errlen)
 {
-    char vb[80];
-    if (!cJSON_IsObject(obj)) {
-        seterr(err, errlen, "%s: expected an object, got %s", section,
-               describe(vb, sizeof vb, obj));
-        return -EINVAL;
-    }
-    const char *dup = duplicate_key(obj);
-    if (dup) {
-        seterr(err, errlen, "%s: duplicate key \"%s\"", section, dup);
-        return -EINVAL;
-    }
+    if (check_object(obj, section, err, errlen) < 0) return -EINVAL;
     for (const cJSON *it = obj->child; it; it = it->next) {
         const struct cfg_row *r = find_row(section, it->string);
         if (!r && aliases) r = find_alias(section, it->string);
@@ -722,16 +728,8 @@ static int parse_layer(struct net_layer_spec *s, size_t i, const cJSON *el, char
                        size_t errlen)
 {
     char vb[80], lb[96], kb[160];
-    if (!cJSON_IsObject(el)) {
-        seterr(err, errlen, "model[%zu]: expected an object, got %s", i,
-               describe(vb, sizeof vb, el));
-        return -EINVAL;
-    }
-    const char *dup = duplicate_key(el);
-    if (dup) {
-        seterr(err, errlen, "model[%zu]: duplicate key \"%s\"", i, dup);
-        return -EINVAL;
-    }
+    snprintf(lb, sizeof lb, "model[%zu]", i);
+    if (check_object(el, lb, err, errlen) < 0) return -EINVAL;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(el, "type");
     int kind = cJSON_IsString(type) ? net_kind_from_name(type->valuestring) : -1;
     if (kind < 0 || kind >= NET_KIND_COUNT) {

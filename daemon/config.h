@@ -1,6 +1,6 @@
 /* daemon/config.h: the run configuration (owner: daemon/, prefix cfg_).
  *
- * One static const table in config.c (R11) lists every knob: section, key, type, offset
+ * One static const table in config.c lists every knob: section, key, type, offset
  * into struct dmn_config, range, default, flags and help. That table alone fills defaults,
  * loads JSON files, validates PATCH bodies, serialises the config and prints --help.
  *

@@ -2,8 +2,9 @@
  *
  * daemon/ owns the run: the config table (config.c, config.h), the trainer and its run loop
  * (trainer.c), the adaptation glue (adapt.c), full run checkpoints (state.c) and evowidthd
- * (queue.c, http.c, server.c, statedir.c; see server_internal.h). The `evowidth` command
- * lives in cli/.
+ * (queue.c, http.c, server.c, statedir.c; see server_internal.h), with its metric history
+ * (history.c), `/v1/stream` (stream.c) and the dashboard's routes (web.c). The `evowidth`
+ * command lives in cli/.
  *
  * A `struct dmn_trainer` owns one run: its config, data sets, net, optimizer, schedule,
  * batcher and counters. It is driven one tick at a time (dmn_trainer_tick: a step, progress,

@@ -1,4 +1,4 @@
-/* net/ckpt.c: the model / checkpoint file (R12).
+/* net/ckpt.c: the model / checkpoint file.
  *
  * Layout (native little-endian, checked by a probe):
  *   "EVOW" | u32 version | u32 sizeof(float) | u32 0x01020304

@@ -153,33 +153,19 @@ unsigned net_rd_u8(struct net_rd *r)
     return c;
 }
 
-uint32_t net_rd_u32(struct net_rd *r)
-{
-    uint32_t v;
-    net_rd_bytes(r, &v, 4);
-    return v;
-}
-
-uint64_t net_rd_u64(struct net_rd *r)
-{
-    uint64_t v;
-    net_rd_bytes(r, &v, 8);
-    return v;
-}
-
-float net_rd_f32(struct net_rd *r)
-{
-    float v;
-    net_rd_bytes(r, &v, 4);
-    return v;
-}
-
-double net_rd_f64(struct net_rd *r)
-{
-    double v;
-    net_rd_bytes(r, &v, 8);
-    return v;
-}
+// The fixed-size readers: the bytes as the writers store them (native little-endian, codec.h).
+#define NET__RD_SCALAR(name, type)                                                                 \
+    type name(struct net_rd *r)                                                                    \
+    {                                                                                              \
+        type v;                                                                                    \
+        net_rd_bytes(r, &v, sizeof v);                                                             \
+        return v;                                                                                  \
+    }
+NET__RD_SCALAR(net_rd_u32, uint32_t)
+NET__RD_SCALAR(net_rd_u64, uint64_t)
+NET__RD_SCALAR(net_rd_f32, float)
+NET__RD_SCALAR(net_rd_f64, double)
+#undef NET__RD_SCALAR
 
 void net_rd_f32s(struct net_rd *r, float *dst, size_t n)
 {

@@ -255,14 +255,20 @@ int net_export_save(const char *path, const struct net *n, const struct net_xpla
         rc = -EIO;
         goto out;
     }
-    const uint32_t ver = XZ_VERSION, probe = XZ_PROBE, flags = 0;
-    const uint64_t raw_len = w.all.len, zlen = zcap;
-    memcpy(file, "EVWZ", 4);
-    memcpy(file + 4, &ver, 4);
-    memcpy(file + 8, &probe, 4);
-    memcpy(file + 12, &flags, 4);
-    memcpy(file + 16, &raw_len, 8);
-    memcpy(file + 24, &zlen, 8);
+    // The header: magic, version, byte-order probe, flags, inflated and deflated lengths.
+    struct net_wr h = {0};
+    net_wr_bytes(&h, "EVWZ", 4);
+    net_wr_u32(&h, XZ_VERSION);
+    net_wr_u32(&h, XZ_PROBE);
+    net_wr_u32(&h, 0);
+    net_wr_u64(&h, w.all.len);
+    net_wr_u64(&h, zcap);
+    if (!h.oom) memcpy(file, h.p, XZ_HEAD);
+    net_wr_free(&h);
+    if (h.oom) {
+        snprintf(err, errlen, "%s: out of memory for the file header", path);
+        goto out;
+    }
     const size_t flen = XZ_HEAD + (size_t)zcap + 4;
     uint32_t crc = net_crc32(file, flen - 4);
     memcpy(file + flen - 4, &crc, 4);

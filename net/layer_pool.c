@@ -335,33 +335,32 @@ static int fl_shape(struct net_layer *l, char *err, size_t errlen)
     return 0;
 }
 
-static void fl_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
-                       int training)
+/* Spatial (C, B, H, W) to flat (B, C*H*W) when to_flat, else back; a flat input is copied. */
+static void fl_copy(const struct net_layer *l, float *dst, const float *src, size_t B, int to_flat)
 {
     const size_t C = l->in.c, HW = l->in.h * l->in.w;
     if (!l->in.spatial) {
-        memcpy(out, inp, B * C * HW * sizeof(float));
+        memcpy(dst, src, B * C * HW * sizeof(float));
         return;
     }
 #pragma omp parallel for schedule(static)
     for (size_t b = 0; b < B; b++)
-        for (size_t c = 0; c < C; c++)
-            memcpy(out + (b * C + c) * HW, inp + (c * B + b) * HW, HW * sizeof(float));
+        for (size_t c = 0; c < C; c++) {
+            const size_t fo = (b * C + c) * HW, so = (c * B + b) * HW;
+            memcpy(dst + (to_flat ? fo : so), src + (to_flat ? so : fo), HW * sizeof(float));
+        }
+}
+
+static void fl_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                       int training)
+{
+    fl_copy(l, out, inp, B, 1);
 }
 
 static void fl_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                         const float *inp, const float *out, size_t B)
 {
-    if (!dinp) return;
-    const size_t C = l->in.c, HW = l->in.h * l->in.w;
-    if (!l->in.spatial) {
-        memcpy(dinp, dout, B * C * HW * sizeof(float));
-        return;
-    }
-#pragma omp parallel for schedule(static)
-    for (size_t b = 0; b < B; b++)
-        for (size_t c = 0; c < C; c++)
-            memcpy(dinp + (c * B + b) * HW, dout + (b * C + c) * HW, HW * sizeof(float));
+    if (dinp) fl_copy(l, dinp, dout, B, 0);
 }
 
 const struct net__ops net__flatten_ops = {fl_shape, pool_no_tensors, pool_none,   pool_none,

@@ -209,47 +209,64 @@ static float *res_g(struct net *n, struct net_layer *l, int k)
     return k < 0 ? NULL : net__g(n, l, (size_t)k);
 }
 
+/* What forward and backward both start from: the tensor indices, the workspace views, the
+ * three convolutions' geometries and the sizes. */
+struct res_run {
+    struct res_ix x;
+    struct res_ws w;
+    struct net__conv g1, g2, gp;
+    size_t N1, m, O, colmax;
+};
+
+static struct res_run res_run(const struct net_layer *l, size_t B)
+{
+    struct res_run r = {.x = res_index(l),
+                        .w = res_views(l, B),
+                        .N1 = res_n1(l, B),
+                        .m = l->spec.width,
+                        .O = l->spec.out,
+                        .colmax = res_colmax(l, B)};
+    res_geoms(l, &r.g1, &r.g2, &r.gp);
+    return r;
+}
+
 static void res_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
                         int training)
 {
-    struct res_ix x = res_index(l);
-    struct res_ws w = res_views(l, B);
-    struct net__conv g1, g2, gp;
-    res_geoms(l, &g1, &g2, &gp);
-    const size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
-    const size_t colmax = res_colmax(l, B);
-    float *col = n->scratch, *tmpA = col + colmax, *tmpB = tmpA + (m > O ? m : O) * N1;
+    const struct res_run r = res_run(l, B);
+    float *col = n->scratch, *tmpA = col + r.colmax, *tmpB = tmpA + (r.m > r.O ? r.m : r.O) * r.N1;
     const int bn = l->spec.bn;
 
     // Shortcut first, so that without BN conv2's store can add it and apply the ReLU.
     const float *sc = inp;
-    if (x.pw >= 0) {
-        net__conv_fwd(bn ? tmpA : tmpB, col, inp, res_p(n, l, x.pw), res_p(n, l, x.pb), &gp, B);
+    if (r.x.pw >= 0) {
+        net__conv_fwd(bn ? tmpA : tmpB, col, inp, res_p(n, l, r.x.pw), res_p(n, l, r.x.pb), &r.gp,
+                      B);
         if (bn)
-            net__bn_fwd(tmpB, w.xhp, w.invp, res_p(n, l, x.mp), res_p(n, l, x.vp), tmpA,
-                        res_p(n, l, x.gp), res_p(n, l, x.bp), O, N1, N1, 1, training);
+            net__bn_fwd(tmpB, r.w.xhp, r.w.invp, res_p(n, l, r.x.mp), res_p(n, l, r.x.vp), tmpA,
+                        res_p(n, l, r.x.gp), res_p(n, l, r.x.bp), r.O, r.N1, r.N1, 1, training);
         sc = tmpB;
     }
 
     // Main branch, first half: h1 = relu(BN1(conv1 x)); without BN the conv applies the ReLU.
     if (bn) {
-        net__conv_fwd(tmpA, col, inp, res_p(n, l, x.c1w), NULL, &g1, B);
-        net__bn_fwd(w.h1, w.xh1, w.inv1, res_p(n, l, x.m1), res_p(n, l, x.v1), tmpA,
-                    res_p(n, l, x.g1), res_p(n, l, x.b1), m, N1, N1, 1, training);
-        net__epi_apply(w.h1, &(struct net__epi){.relu = 1}, m * N1);
+        net__conv_fwd(tmpA, col, inp, res_p(n, l, r.x.c1w), NULL, &r.g1, B);
+        net__bn_fwd(r.w.h1, r.w.xh1, r.w.inv1, res_p(n, l, r.x.m1), res_p(n, l, r.x.v1), tmpA,
+                    res_p(n, l, r.x.g1), res_p(n, l, r.x.b1), r.m, r.N1, r.N1, 1, training);
+        net__epi_apply(r.w.h1, &(struct net__epi){.relu = 1}, r.m * r.N1);
     } else {
-        net__conv_fwd_epi(w.h1, col, inp, res_p(n, l, x.c1w), res_p(n, l, x.c1b), &g1, B,
+        net__conv_fwd_epi(r.w.h1, col, inp, res_p(n, l, r.x.c1w), res_p(n, l, r.x.c1b), &r.g1, B,
                           &(struct net__epi){.relu = 1});
     }
 
     // Second half: out = relu(BN2(conv2 h1) + sc), fused into conv2 without BN.
     if (bn) {
-        net__conv_fwd(tmpA, col, w.h1, res_p(n, l, x.c2w), NULL, &g2, B);
-        net__bn_fwd(out, w.xh2, w.inv2, res_p(n, l, x.m2), res_p(n, l, x.v2), tmpA,
-                    res_p(n, l, x.g2), res_p(n, l, x.b2), O, N1, N1, 1, training);
-        net__epi_apply(out, &(struct net__epi){.add = sc, .relu = 1}, O * N1);
+        net__conv_fwd(tmpA, col, r.w.h1, res_p(n, l, r.x.c2w), NULL, &r.g2, B);
+        net__bn_fwd(out, r.w.xh2, r.w.inv2, res_p(n, l, r.x.m2), res_p(n, l, r.x.v2), tmpA,
+                    res_p(n, l, r.x.g2), res_p(n, l, r.x.b2), r.O, r.N1, r.N1, 1, training);
+        net__epi_apply(out, &(struct net__epi){.add = sc, .relu = 1}, r.O * r.N1);
     } else {
-        net__conv_fwd_epi(out, col, w.h1, res_p(n, l, x.c2w), res_p(n, l, x.c2b), &g2, B,
+        net__conv_fwd_epi(out, col, r.w.h1, res_p(n, l, r.x.c2w), res_p(n, l, r.x.c2b), &r.g2, B,
                           &(struct net__epi){.add = sc, .relu = 1});
     }
 }
@@ -257,49 +274,44 @@ static void res_forward(struct net *n, struct net_layer *l, float *out, const fl
 static void res_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                          const float *inp, const float *out, size_t B)
 {
-    struct res_ix x = res_index(l);
-    struct res_ws w = res_views(l, B);
-    struct net__conv g1, g2, gp;
-    res_geoms(l, &g1, &g2, &gp);
-    const size_t N1 = res_n1(l, B), m = l->spec.width, O = l->spec.out;
-    const size_t colmax = res_colmax(l, B);
-    float *col = n->scratch, *dcol = col + colmax, *G = dcol + colmax, *D = G + O * N1;
-    float *E = D + O * N1;
+    const struct res_run r = res_run(l, B);
+    float *col = n->scratch, *dcol = col + r.colmax, *G = dcol + r.colmax, *D = G + r.O * r.N1;
+    float *E = D + r.O * r.N1;
     const int bn = l->spec.bn;
 
     // G = dL/d(a2 + sc) through the final ReLU.
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < O * N1; i++) G[i] = out[i] > 0.0f ? dout[i] : 0.0f;
+    for (size_t i = 0; i < r.O * r.N1; i++) G[i] = out[i] > 0.0f ? dout[i] : 0.0f;
 
     // Shortcut: it sets dinp, conv1's data gradient adds to it below.
-    if (x.pw >= 0) {
+    if (r.x.pw >= 0) {
         const float *dzp = G;
         if (bn) {
-            net__bn_bwd(D, res_g(n, l, x.gp), res_g(n, l, x.bp), G, w.xhp, w.invp,
-                        res_p(n, l, x.gp), O, N1, N1, 1, n->training);
+            net__bn_bwd(D, res_g(n, l, r.x.gp), res_g(n, l, r.x.bp), G, r.w.xhp, r.w.invp,
+                        res_p(n, l, r.x.gp), r.O, r.N1, r.N1, 1, n->training);
             dzp = D;
         }
-        net__conv_bwd_epi(dinp, res_g(n, l, x.pw), res_g(n, l, x.pb), col, dcol, dzp, inp,
-                          res_p(n, l, x.pw), &gp, B, &(struct net__epi){0});
+        net__conv_bwd_epi(dinp, res_g(n, l, r.x.pw), res_g(n, l, r.x.pb), col, dcol, dzp, inp,
+                          res_p(n, l, r.x.pw), &r.gp, B, &(struct net__epi){0});
     } else if (dinp) {
-        memcpy(dinp, G, O * N1 * sizeof(float));
+        memcpy(dinp, G, r.O * r.N1 * sizeof(float));
     }
 
     // Main branch.
     const float *dz2 = G;
     if (bn) {
-        net__bn_bwd(D, res_g(n, l, x.g2), res_g(n, l, x.b2), G, w.xh2, w.inv2, res_p(n, l, x.g2), O,
-                    N1, N1, 1, n->training);
+        net__bn_bwd(D, res_g(n, l, r.x.g2), res_g(n, l, r.x.b2), G, r.w.xh2, r.w.inv2,
+                    res_p(n, l, r.x.g2), r.O, r.N1, r.N1, 1, n->training);
         dz2 = D;
     }
     // E = conv2's data gradient through h1's ReLU (zero where h1 is), in one store.
-    net__conv_bwd_epi(E, res_g(n, l, x.c2w), res_g(n, l, x.c2b), col, dcol, dz2, w.h1,
-                      res_p(n, l, x.c2w), &g2, B, &(struct net__epi){.gate = w.h1});
+    net__conv_bwd_epi(E, res_g(n, l, r.x.c2w), res_g(n, l, r.x.c2b), col, dcol, dz2, r.w.h1,
+                      res_p(n, l, r.x.c2w), &r.g2, B, &(struct net__epi){.gate = r.w.h1});
     if (bn)
-        net__bn_bwd(E, res_g(n, l, x.g1), res_g(n, l, x.b1), E, w.xh1, w.inv1, res_p(n, l, x.g1), m,
-                    N1, N1, 1, n->training);
-    net__conv_bwd(dinp, res_g(n, l, x.c1w), res_g(n, l, x.c1b), col, dcol, E, inp,
-                  res_p(n, l, x.c1w), &g1, B);
+        net__bn_bwd(E, res_g(n, l, r.x.g1), res_g(n, l, r.x.b1), E, r.w.xh1, r.w.inv1,
+                    res_p(n, l, r.x.g1), r.m, r.N1, r.N1, 1, n->training);
+    net__conv_bwd(dinp, res_g(n, l, r.x.c1w), res_g(n, l, r.x.c1b), col, dcol, E, inp,
+                  res_p(n, l, r.x.c1w), &r.g1, B);
 }
 
 static size_t res_macs(const struct net_layer *l)

@@ -81,6 +81,17 @@ float *net_tensor_data(const struct net *n, const struct net_tensor *t)
     return (t->arena == NET_ARENA_PARAM ? n->params : n->state) + t->off;
 }
 
+double net_mid_sqnorm(const float *w, size_t D0, size_t m, size_t B, size_t j)
+{
+    double s = 0.0;
+    for (size_t o = 0; o < D0; o++)
+        for (size_t b = 0; b < B; b++) {
+            double v = w[(o * m + j) * B + b];
+            s += v * v;
+        }
+    return s;
+}
+
 struct net_tensor *net_tensor_get(const struct net *n, size_t layer, const char *suffix)
 {
     if (layer >= n->n_layers) return NULL;

@@ -1,8 +1,9 @@
 /* net/net.h: the training engine's public interface (owner: net/).
  *
  * net/ owns the numerics of a network and nothing above them: layers, arenas, forward /
- * backward, optimizers, schedules, data sets, evaluation, model files, checkpoints and the
- * compressed export. No cJSON, no threads of its own beyond OpenMP.
+ * backward, optimizers, schedules, data sets, evaluation, model files, checkpoints, the
+ * compressed export with Deep Compression's prune / k-means (compress.c, export.c) and the
+ * one binary codec every file format uses (codec.h). No cJSON, no threads of its own beyond OpenMP.
  *
  * A `struct net` is a chain of layers described by `struct net_layer_spec` rows. Its
  * trainable tensors live in four float arenas of identical layout (params, grads, Adam m,
@@ -120,6 +121,9 @@ void net_init_params(struct net *n, uint64_t *rng);
 struct net_tensor *net_tensor_get(const struct net *n, size_t layer, const char *suffix);
 /* Pointer to a tensor's values in its arena (params or state). */
 float *net_tensor_data(const struct net *n, const struct net_tensor *t);
+/* Sum of squares, in double, of slice j of the middle axis of w laid out (D0, m, B): the
+ * fan-in column j of a dense / conv weight (m inputs, B = k * k taps), all outputs. */
+double net_mid_sqnorm(const float *w, size_t D0, size_t m, size_t B, size_t j);
 /* Layer index by name, or -1. */
 long net_layer_find(const struct net *n, const char *name);
 /* Multiply-adds of one forward pass for one sample. */

@@ -1,7 +1,7 @@
 /* net/net_internal.h: what the net/ sources share and nobody else sees (owner: net/).
  *
- * Each layer kind fills one `struct net__ops` (R2); net.c dispatches through NET__OPS[kind].
- * Kernels follow R3: outputs first, then inputs, then weights, then dimensions; they never
+ * Each layer kind fills one `struct net__ops`; net.c dispatches through NET__OPS[kind].
+ * Kernels take outputs first, then inputs, then weights, then dimensions; they never
  * allocate, log or fail; weight-gradient outputs accumulate (+=). */
 #ifndef NET_INTERNAL_H
 #define NET_INTERNAL_H

@@ -1,6 +1,6 @@
 /* net/optim.c: optimizers and learning-rate schedules.
  *
- * The update is one flat loop over the parameter arena (R4); weight decay applies only where
+ * The update is one flat loop over the parameter arena; weight decay applies only where
  * the tensor table says so (weights, not biases or BN), so the loop walks tensor by tensor.
  * SGD:   g' = g + wd*w; m = mu*m + g'; step = nesterov ? g' + mu*m : m; w -= lr*step.
  * AdamW: m, v moments with bias correction; decoupled decay w -= lr*wd*w. */
@@ -97,13 +97,7 @@ double net_group_lasso(struct net *n, float lambda)
             pen += gl_group(g + o * IN * KK, w + o * IN * KK, IN * KK, 1, lambda);
         // Columns: input channel c owns w[:, c, :, :] (OUT runs of KK values).
         for (size_t c = 0; c < IN; c++) {
-            double s = 0.0;
-            for (size_t o = 0; o < OUT; o++)
-                for (size_t k = 0; k < KK; k++) {
-                    double v = w[(o * IN + c) * KK + k];
-                    s += v * v;
-                }
-            double nrm = sqrt(s);
+            double nrm = sqrt(net_mid_sqnorm(w, OUT, IN, KK, c));
             pen += nrm;
             if (nrm == 0.0) continue;
             float kf = (float)(lambda / nrm);

@@ -16,11 +16,6 @@
 
 #include "svd_adapt/svd_internal.h"
 
-size_t svd__rowlen(const struct net *n, size_t t)
-{
-    return n->tensors[t].n / n->tensors[t].dims[0];
-}
-
 static long svd__tidx(const struct net *n, size_t layer, const char *suffix)
 {
     struct net_tensor *t = net_tensor_get(n, layer, suffix);

@@ -1,7 +1,7 @@
 /* svd_adapt/linalg.c: the few dense decompositions adaptation needs, on LAPACKE.
  *
- * Every routine works on a private copy (LAPACK overwrites its input), maps LAPACK's info as
- * style.md R5 says (info < 0 is a bug: -EINVAL; info > 0 no convergence: SVD_ENOCONV, and the
+ * Every routine works on a private copy (LAPACK overwrites its input), maps LAPACK's info to
+ * a negative errno (info < 0 is a bug: -EINVAL; info > 0 no convergence: SVD_ENOCONV, and the
  * caller skips that adaptation), and frees everything on every path. */
 #include <errno.h>
 #include <math.h>
@@ -18,27 +18,28 @@ static int svd__info(lapack_int info)
     return info == 0 ? 0 : info < 0 ? -EINVAL : SVD_ENOCONV;
 }
 
-int svd__svals(const float *a, size_t m, size_t n, float *s)
+/* sgesdd on a copy of a (m x n): jobz 'N' singular values only (u, vt NULL), 'S' the thin
+ * factors too (u: m x r, vt: r x n, r = min(m, n)). */
+static int svd__sgesdd(char jobz, const float *a, size_t m, size_t n, float *u, float *s, float *vt)
 {
+    const size_t r = m < n ? m : n, ldu = jobz == 'N' ? m : r;
     float *c = malloc(m * n * sizeof(float) + 1);
     if (!c) return -ENOMEM;
     memcpy(c, a, m * n * sizeof(float));
-    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'N', (lapack_int)m, (lapack_int)n, c,
-                                     (lapack_int)n, s, NULL, (lapack_int)m, NULL, (lapack_int)n);
+    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, jobz, (lapack_int)m, (lapack_int)n, c,
+                                     (lapack_int)n, s, u, (lapack_int)ldu, vt, (lapack_int)n);
     free(c);
     return svd__info(info);
 }
 
+int svd__svals(const float *a, size_t m, size_t n, float *s)
+{
+    return svd__sgesdd('N', a, m, n, NULL, s, NULL);
+}
+
 int svd__svd(const float *a, size_t m, size_t n, float *u, float *s, float *vt)
 {
-    size_t r = m < n ? m : n;
-    float *c = malloc(m * n * sizeof(float) + 1);
-    if (!c) return -ENOMEM;
-    memcpy(c, a, m * n * sizeof(float));
-    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m, (lapack_int)n, c,
-                                     (lapack_int)n, s, u, (lapack_int)r, vt, (lapack_int)n);
-    free(c);
-    return svd__info(info);
+    return svd__sgesdd('S', a, m, n, u, s, vt);
 }
 
 /* The Gram matrix h^T h / N in double (m x m, full). */
@@ -59,46 +60,51 @@ static double *svd__gram(const float *h, size_t N, size_t m)
     return d;
 }
 
+/* The eigenvalues (ascending, *w: m) of the Gram matrix h^T h by dsyevd, and with jobz 'V'
+ * its eigenvectors (the columns of *g: m x m). 0 with both malloc'ed (the caller frees them),
+ * or -ENOMEM / LAPACK's failure with nothing left allocated. */
+static int svd__gram_dsyevd(const float *h, size_t N, size_t m, char jobz, double **g, double **w)
+{
+    *g = svd__gram(h, N, m);
+    *w = malloc(m * sizeof(double));
+    int rc = *g && *w ? svd__info(LAPACKE_dsyevd(LAPACK_ROW_MAJOR, jobz, 'U', (lapack_int)m, *g,
+                                                 (lapack_int)m, *w))
+                      : -ENOMEM;
+    if (rc < 0) {
+        free(*g);
+        free(*w);
+    }
+    return rc;
+}
+
 int svd__gram_svals(const float *h, size_t N, size_t m, float *s)
 {
-    if (m == 0) return 0;
-    double *g = svd__gram(h, N, m), *w = malloc(m * sizeof(double));
-    if (!g || !w) {
-        free(g);
-        free(w);
-        return -ENOMEM;
-    }
-    lapack_int info =
-        LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'N', 'U', (lapack_int)m, g, (lapack_int)m, w);
+    double *g, *w;
+    int rc = m ? svd__gram_dsyevd(h, N, m, 'N', &g, &w) : 1;
+    if (rc) return rc < 0 ? rc : 0;
     const size_t r = m < N ? m : N;
-    for (size_t i = 0; info == 0 && i < r; i++) {
+    for (size_t i = 0; i < r; i++) {
         double e = w[m - 1 - i]; // ascending from LAPACK
         s[i] = e > 0.0 ? (float)sqrt(e) : 0.0f;
     }
     free(g);
     free(w);
-    return svd__info(info);
+    return 0;
 }
 
 int svd__gram_eig(const float *h, size_t N, size_t m, float *ev, float *vt)
 {
-    if (m == 0) return 0;
-    double *g = svd__gram(h, N, m), *w = malloc(m * sizeof(double));
-    if (!g || !w) {
-        free(g);
-        free(w);
-        return -ENOMEM;
-    }
-    lapack_int info =
-        LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)m, g, (lapack_int)m, w);
-    for (size_t i = 0; info == 0 && i < m; i++) {
+    double *g, *w;
+    int rc = m ? svd__gram_dsyevd(h, N, m, 'V', &g, &w) : 1;
+    if (rc) return rc < 0 ? rc : 0;
+    for (size_t i = 0; i < m; i++) {
         const size_t c = m - 1 - i; // column c of g is the eigenvector of w[c]
         ev[i] = (float)w[c];
         for (size_t j = 0; j < m; j++) vt[i * m + j] = (float)g[j * m + c];
     }
     free(g);
     free(w);
-    return svd__info(info);
+    return 0;
 }
 
 int svd__pivot_order(const float *h, size_t N, size_t m, int *order)

@@ -638,15 +638,7 @@ static int svd__mirror_cols(float **cols, const struct net *n, const struct svd_
         const float *w = net_tensor_data(n, t);
         if (!(cols[ci] = calloc(D0 * extra * B_ + 1, sizeof(float)))) return -ENOMEM;
         double mean = 0.0;
-        for (size_t j = 0; j < m; j++) {
-            double sq = 0.0;
-            for (size_t o = 0; o < D0; o++)
-                for (size_t b = 0; b < B_; b++) {
-                    double v = w[(o * m + j) * B_ + b];
-                    sq += v * v;
-                }
-            mean += sqrt(sq) / (double)m;
-        }
+        for (size_t j = 0; j < m; j++) mean += sqrt(net_mid_sqnorm(w, D0, m, B_, j)) / (double)m;
         if (!(mean > 0.0)) mean = 1.0 / sqrt((double)(D0 * B_));
         for (size_t q = 0; q < pairs; q++) {
             double nv = 0.0;

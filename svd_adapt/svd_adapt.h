@@ -1,7 +1,14 @@
-/* svd_adapt/svd_adapt.h: width adaptation by spectra (owner: svd_adapt/).
+/* svd_adapt/svd_adapt.h: width adaptation by spectra (owner: svd_adapt/, prefix svd_).
  *
- * This header starts with the policy: the knobs of design.md section 4, every one settable
- * at runtime. Defaults and ranges live in daemon/config.c's table (R11), not here. */
+ * svd_adapt/ owns the maths of changing a width and nothing above it: the few LAPACK
+ * decompositions (linalg.c), width groups (group.c), spectra, the rank rules and shrink /
+ * grow surgery with the rewiring of every reader (surgery.c), the factorized form of a
+ * layer (rank.c), and the adaptation policy with its saved state and its events as C
+ * structs (policy.c). No cJSON, no files of its own.
+ *
+ * This header starts with the policy: the knobs of the config's `adapt` section (README,
+ * "Configs"), every one settable at runtime. Defaults and ranges live in daemon/config.c's
+ * table, not here. */
 #ifndef SVD_ADAPT_H
 #define SVD_ADAPT_H
 

@@ -113,7 +113,4 @@ int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, 
 int svd__spectra_acts(struct net *n, const struct svd_gref *refs, size_t ng, const float *x,
                       size_t B, float *s, size_t cap, long *r);
 
-/* Row length of tensor t (elements per channel row). */
-size_t svd__rowlen(const struct net *n, size_t t);
-
 #endif

@@ -12,10 +12,8 @@
 # token, 200 with the right one), and a refused non-loopback --listen without a token.
 # Raw sockets use python3. Every wait has a deadline; the trap kills daemons, removes temps.
 set -u
-BUILD=${1:?usage: e2e_badinput.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_badinput.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init bad
+. "$(dirname "$0")/lib.sh"
+e2e_init bad "$@"
 SLOWPID="" EXTRA_PIDS=""
 
 # expect NAME CODE CURL-ARGS...: one request with curl; the status must be CODE exactly.
@@ -146,7 +144,7 @@ elif mode == "idle":  # N idle connections; counts refusals, probes while they a
     print("opened=%d rejected=%d probe_while_held=%s" % (len(socks), rejected, during))
 EOF
 
-[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+need_bin "$DAEMON"
 tiny_config 1000000 500 >"$TMP/cfg.json" || die "make config" # never finishes while the test runs
 
 # ---- the daemon without a token ----------------------------------------------------------------

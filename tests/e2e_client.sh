@@ -9,10 +9,8 @@
 # stop (the daemon exits 0) and "cannot reach evowidthd" afterwards. Every wait has a
 # deadline; the trap kills the daemon and removes the temp dir.
 set -u
-BUILD=${1:?usage: e2e_client.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_client.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init client
+. "$(dirname "$0")/lib.sh"
+e2e_init client "$@"
 unset EVOWIDTH_URL EVOWIDTH_TOKEN
 
 # ew ARGS...: runs the client (bounded); stdout in $TMP/o, stderr in $TMP/e, exit code in $RC.

@@ -10,12 +10,10 @@
 # checkpoint; a truncated newest checkpoint is reported and skipped on restart.
 # Every wait has a deadline; the trap kills the daemon and removes the temp dir.
 set -u
-BUILD=${1:?usage: e2e_daemon.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_daemon.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init daemon
+. "$(dirname "$0")/lib.sh"
+e2e_init daemon "$@"
 
-[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+need_bin "$DAEMON"
 tiny_config 1000000 50 >"$TMP/cfg.json" || die "make config" # never finishes while the test runs
 
 # ---- first run ------------------------------------------------------------------------------

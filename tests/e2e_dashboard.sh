@@ -8,12 +8,10 @@
 # widths change after POST /v1/adapt, a screenshot in BUILD_DIR, and the policy form with the
 # token. Needs `scripts/deps.sh --test` (chromium) and node_modules (scripts/web_deps.sh).
 set -u
-BUILD=${1:?usage: e2e_dashboard.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_dashboard.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init dashboard
+. "$(dirname "$0")/lib.sh"
+e2e_init dashboard "$@"
 
-[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+need_bin "$DAEMON"
 [ -x /usr/bin/chromium ] || die "chromium is installed" "run scripts/deps.sh --test"
 bash "$SRC/scripts/web_deps.sh" >/dev/null || die "node_modules" "scripts/web_deps.sh failed"
 tiny_config 1000000 0 | python3 -c '

@@ -10,12 +10,10 @@
 # History: after SIGTERM and a restart /v1/history continues from where it was (the same
 # first points, validation points included) and grows past it; ?since=STEP gives the rest.
 set -u
-BUILD=${1:?usage: e2e_telemetry.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_telemetry.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init telemetry
+. "$(dirname "$0")/lib.sh"
+e2e_init telemetry "$@"
 
-[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+need_bin "$DAEMON"
 command -v promtool >/dev/null || die "promtool is installed" "run scripts/deps.sh --test"
 # Periodic adaptation off (the test makes the events), a validation pass every 200 steps,
 # a 64 KiB per-client stream queue (30 stalled clients: at most ~2 MiB queued in all).

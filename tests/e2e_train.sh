@@ -10,12 +10,10 @@
 # signal (SIGTERM then SIGINT, delivered together) exits at once with 128 + signal and no
 # checkpoint; --resume without a MODEL file starts a new run.
 set -u
-BUILD=${1:?usage: e2e_train.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_train.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init train
+. "$(dirname "$0")/lib.sh"
+e2e_init train "$@"
 TPID=""
-[ -x "$EW" ] || die "evowidth exists" "$EW not built"
+need_bin "$EW"
 
 python3 - "$SRC/configs/tiny.json" >"$TMP/cfg.json" <<'PY' || die "make config"
 import json, sys

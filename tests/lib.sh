@@ -1,12 +1,11 @@
-# tests/lib.sh: what the end-to-end scripts share. Source it after setting BUILD and SRC:
-#   . "$SRC/tests/lib.sh"; e2e_init NAME
+# tests/lib.sh: what the end-to-end scripts share. A script starts with
+#   . "$(dirname "$0")/lib.sh"; e2e_init NAME "$@"
+# (its arguments: BUILD_DIR SOURCE_DIR, which set $BUILD, $SRC, $DAEMON and $EW).
 # It makes $TMP (removed on exit, with any daemon still running killed), counts checks
 # (ok / bad / summary), starts and stops evowidthd ($DPID, $PORT, $BASE, $LISTEN; its
 # output in $TMP/out.$RUN and $TMP/err.$RUN) and reads its API (api, get, step, advances).
 # Every wait has a deadline. Extra background pids to kill on exit go in $EXTRA_PIDS.
 
-DAEMON=$BUILD/evowidthd
-EW=$BUILD/evowidth
 DPID="" PORT="" BASE="" LISTEN="" PASS=0 FAIL=0 RUN=0 EXTRA_PIDS="" EXIT_CODE=""
 
 e2e_cleanup() {
@@ -15,12 +14,20 @@ e2e_cleanup() {
     [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null && { wait "$DPID"; } 2>/dev/null
     rm -rf "$TMP"
 }
-# e2e_init NAME: the temp dir and the traps.
+# e2e_init NAME BUILD_DIR SOURCE_DIR: the build and source dirs, the temp dir and the traps.
 e2e_init() {
+    local usage="usage: ${0##*/} BUILD_DIR SOURCE_DIR"
+    BUILD=${2:?$usage}
+    SRC=${3:?$usage}
+    DAEMON=$BUILD/evowidthd
+    EW=$BUILD/evowidth
     TMP=$(mktemp -d "${TMPDIR:-/tmp}/evowidth-e2e-$1.XXXXXX")
     trap e2e_cleanup EXIT
     trap 'exit 130' INT TERM
 }
+
+# need_bin PATH: PATH is a built executable, or the script cannot run.
+need_bin() { [ -x "$1" ] || die "${1##*/} exists" "$1 not built"; }
 
 ok() { PASS=$((PASS + 1)); echo "ok    $1"; }
 bad() { FAIL=$((FAIL + 1)); echo "FAIL  $1${2:+: $2}"; }

@@ -184,10 +184,23 @@ static int save_sample(const struct tmpd *t, const char *name, char *path, size_
     return rc;
 }
 
+/* The fixture of the corruption cases: T_THREADS threads, a scratch directory in *t and
+ * save_sample's good.ckpt there (path: TMP_PATH_MAX bytes); its bytes (malloc'ed) or NULL. */
+static unsigned char *sample_bytes(const struct tmpd **t, char *path, size_t *len)
+{
+    net_set_threads(T_THREADS);
+    *t = tmp_scratch("test_ckpt");
+    if (!*t || save_sample(*t, "good.ckpt", path, TMP_PATH_MAX) < 0) return NULL;
+    return read_all(path, len);
+}
+
 // ---- round trip -------------------------------------------------------------------------------
 
-static void body_round_trip(const struct tmpd *t, int *test__failed)
+TEST(round_trip)
 {
+    net_set_threads(T_THREADS);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     struct net_optim o;
     struct net *n = make_trained(&o, 1);
     ASSERT(n);
@@ -233,19 +246,13 @@ static void body_round_trip(const struct tmpd *t, int *test__failed)
     ASSERT(found);
 }
 
-TEST(round_trip)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_round_trip(&t, test__failed);
-    tmp_remove(&t);
-}
-
 /* Without optimizer state: has_opt = 0 and the caller's optimizer is left alone; blobs may
  * be declined (NULL), the file still loads. */
-static void body_no_optimizer(const struct tmpd *t, int *test__failed)
+TEST(round_trip_without_optimizer)
 {
+    net_set_threads(T_THREADS);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     struct net_optim o;
     struct net *n = make_trained(&o, 0);
     ASSERT(n);
@@ -268,15 +275,6 @@ static void body_no_optimizer(const struct tmpd *t, int *test__failed)
     ASSERT(ok);
     ASSERT_EQ(has_opt, 0);
     ASSERT(memcmp(&o2, &keep, sizeof o2) == 0);
-}
-
-TEST(round_trip_without_optimizer)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_no_optimizer(&t, test__failed);
-    tmp_remove(&t);
 }
 
 // ---- resume: bit-identical next steps ------------------------------------------------------
@@ -321,24 +319,25 @@ static void body_resume(const struct tmpd *t, int adam, int *test__failed)
 TEST(resume_bit_identical_sgd)
 {
     net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_resume(&t, 0, test__failed);
-    tmp_remove(&t);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
+    body_resume(t, 0, test__failed);
 }
 
 TEST(resume_bit_identical_adamw)
 {
     net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_resume(&t, 1, test__failed);
-    tmp_remove(&t);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
+    body_resume(t, 1, test__failed);
 }
 
 /* Saving over an existing checkpoint replaces it whole and leaves no temporary. */
-static void body_overwrite(const struct tmpd *t, int *test__failed)
+TEST(overwrite_replaces_whole_file)
 {
+    net_set_threads(T_THREADS);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     struct net_optim o;
     struct net *n = make_trained(&o, 1);
     ASSERT(n);
@@ -360,15 +359,6 @@ static void body_overwrite(const struct tmpd *t, int *test__failed)
     ASSERT(same);
     ASSERT_EQ(has_opt, 0);
     ASSERT(!file_exists(tmp));
-}
-
-TEST(overwrite_replaces_whole_file)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_overwrite(&t, test__failed);
-    tmp_remove(&t);
 }
 
 // ---- rejected files -----------------------------------------------------------------------
@@ -416,12 +406,12 @@ static int reject_bytes(const struct tmpd *t, const char *name, const unsigned c
     return bad;
 }
 
-static void body_flip(const struct tmpd *t, int *test__failed)
+TEST(rejects_flipped_byte)
 {
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 100);
     b[len / 2] ^= 0x55; // inside the parameter arena
     int bad = reject_bytes(t, "flip_mid.ckpt", b, len, "CRC");
@@ -435,21 +425,12 @@ static void body_flip(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(bad, 0);
 }
 
-TEST(rejects_flipped_byte)
+TEST(rejects_truncated)
 {
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_flip(&t, test__failed);
-    tmp_remove(&t);
-}
-
-static void body_truncate(const struct tmpd *t, int *test__failed)
-{
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     // Header is 16 bytes, then ARCH's tag and length, ...; a file under 20 bytes cannot even
     // hold a header and a CRC.
@@ -465,23 +446,14 @@ static void body_truncate(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(bad, 0);
 }
 
-TEST(rejects_truncated)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_truncate(&t, test__failed);
-    tmp_remove(&t);
-}
-
 /* Truncated inside a chunk but with a valid CRC over what is left: the chunk-level bounds
  * checks, not the CRC, must reject it. */
-static void body_truncate_crc(const struct tmpd *t, int *test__failed)
+TEST(rejects_truncated_chunk_with_valid_crc)
 {
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     // Chunk layout: walk tags to find the middle of ARCH, PARM, STAT and OPTM.
     size_t pos = 16, mids[8], n_mid = 0;
@@ -510,21 +482,12 @@ static void body_truncate_crc(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(bad, 0);
 }
 
-TEST(rejects_truncated_chunk_with_valid_crc)
+TEST(rejects_bad_header)
 {
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_truncate_crc(&t, test__failed);
-    tmp_remove(&t);
-}
-
-static void body_header(const struct tmpd *t, int *test__failed)
-{
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 100);
     int bad = 0;
     // Wrong magic.
@@ -562,17 +525,10 @@ static void body_header(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(bad, 0);
 }
 
-TEST(rejects_bad_header)
+TEST(rejects_empty_missing_directory)
 {
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_header(&t, test__failed);
-    tmp_remove(&t);
-}
-
-static void body_not_files(const struct tmpd *t, int *test__failed)
-{
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     char p[256];
     // Empty file.
     ASSERT_EQ(reject_bytes(t, "empty.ckpt", (const unsigned char *)"", 0, "truncated"), 0);
@@ -588,21 +544,13 @@ static void body_not_files(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(reject_bytes(t, "text.ckpt", (const unsigned char *)txt, strlen(txt), "magic"), 0);
 }
 
-TEST(rejects_empty_missing_directory)
-{
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_not_files(&t, test__failed);
-    tmp_remove(&t);
-}
-
 /* Well-formed CRC, inconsistent content: the parser's own checks must hold. */
-static void body_semantic(const struct tmpd *t, int *test__failed)
+TEST(rejects_inconsistent_content)
 {
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     unsigned char *c = malloc(len + 64);
     ASSERT(c);
@@ -654,23 +602,14 @@ static void body_semantic(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(bad, 0);
 }
 
-TEST(rejects_inconsistent_content)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_semantic(&t, test__failed);
-    tmp_remove(&t);
-}
-
 /* The ARCH chunk's declared length must match what it holds; a reader that ignores it
  * would misparse any future ARCH with extra fields instead of refusing it. */
-static void body_arch_len(const struct tmpd *t, int *test__failed)
+TEST(rejects_arch_length_mismatch)
 {
+    const struct tmpd *t = NULL;
     char path[256];
-    ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     size_t len = 0;
-    unsigned char *b = read_all(path, &len);
+    unsigned char *b = sample_bytes(&t, path, &len);
     ASSERT(b && len > 200);
     uint64_t u;
     memcpy(&u, b + 20, 8);
@@ -688,20 +627,16 @@ static void body_arch_len(const struct tmpd *t, int *test__failed)
     ASSERT_EQ(bad, 0);
 }
 
-TEST(rejects_arch_length_mismatch)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_arch_len(&t, test__failed);
-    tmp_remove(&t);
-}
-
 /* Every single-bit change (low and high bit of each byte) of the header and ARCH chunk,
  * with the CRC recomputed, is either rejected or yields a net that is consistent and runs;
  * nothing crashes or leaks (under ASan). */
-static void body_fuzz(const struct tmpd *t, int *test__failed)
+TEST(fuzz_header_and_arch)
 {
+    // One thread: a thousand tiny forwards are all fork/join overhead, and OpenMP's spinning
+    // barriers crawl on a loaded two-core machine.
+    net_set_threads(1);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     char path[256], p2[256];
     ASSERT_EQ(save_sample(t, "good.ckpt", path, sizeof path), 0);
     tmp_path(t, "fuzz.ckpt", p2);
@@ -749,21 +684,13 @@ static void body_fuzz(const struct tmpd *t, int *test__failed)
     ASSERT_GT(rejected, 0);
 }
 
-TEST(fuzz_header_and_arch)
-{
-    // One thread: a thousand tiny forwards are all fork/join overhead, and OpenMP's spinning
-    // barriers crawl on a loaded two-core machine.
-    net_set_threads(1);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_fuzz(&t, test__failed);
-    tmp_remove(&t);
-}
-
 // ---- failed saves ---------------------------------------------------------------------------
 
-static void body_bad_dir(const struct tmpd *t, int *test__failed)
+TEST(save_failures_leave_nothing)
 {
+    net_set_threads(T_THREADS);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     struct net_optim o;
     struct net *n = make_trained(&o, 0);
     ASSERT(n);
@@ -790,19 +717,13 @@ static void body_bad_dir(const struct tmpd *t, int *test__failed)
     ASSERT(!file_exists(dtmp));
 }
 
-TEST(save_failures_leave_nothing)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_bad_dir(&t, test__failed);
-    tmp_remove(&t);
-}
-
 /* A caller blob may not use a tag the format itself uses: either the save refuses it, or
  * the file loads with the blob returned and the parameters intact. */
-static void body_reserved(const struct tmpd *t, int *test__failed)
+TEST(save_rejects_reserved_blob_tags)
 {
+    net_set_threads(T_THREADS);
+    const struct tmpd *t = tmp_scratch("test_ckpt");
+    ASSERT(t);
     struct net_optim o;
     struct net *n = make_trained(&o, 0);
     ASSERT(n);
@@ -834,15 +755,6 @@ static void body_reserved(const struct tmpd *t, int *test__failed)
     }
     net_destroy(n);
     ASSERT_EQ(bad, 0);
-}
-
-TEST(save_rejects_reserved_blob_tags)
-{
-    net_set_threads(T_THREADS);
-    struct tmpd t;
-    ASSERT_EQ(tmp_make(&t, "test_ckpt"), 0);
-    body_reserved(&t, test__failed);
-    tmp_remove(&t);
 }
 
 TEST_MAIN()

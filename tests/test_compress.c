@@ -44,25 +44,8 @@
 static struct net *mk(size_t c, size_t h, size_t w, size_t classes, const struct net_layer_spec *s,
                       size_t ns, uint64_t seed)
 {
-    struct net *n = NULL;
     struct net_shape in = {c, h, w, 1};
-    char err[256] = "";
-    if (net_create(&n, &in, classes, s, ns, err, sizeof(err)) < 0) {
-        printf("    net_create: %s\n", err);
-        return NULL;
-    }
-    uint64_t rng = seed;
-    net_init_params(n, &rng);
-    // Non-zero biases and BN parameters / statistics, so nothing hides behind a default.
-    for (size_t ti = 0; ti < n->n_tensors; ti++) {
-        const struct net_tensor *t = &n->tensors[ti];
-        if (t->decay) continue;
-        float *p = net_tensor_data(n, t);
-        int one = strstr(t->name, "gamma") || strstr(t->name, "var");
-        for (size_t i = 0; i < t->n; i++)
-            p[i] = one ? 1.0f + 0.2f * fabsf(net_rand_normal(&rng)) : 0.2f * net_rand_normal(&rng);
-    }
-    return n;
+    return mk_jittered(&in, classes, s, ns, seed, 1.0f, 0.2f, 0.2f);
 }
 
 static float *rand_x(size_t n, uint64_t seed)
@@ -580,16 +563,28 @@ TEST(kmeans_export_reimport_equals_quantized)
     }
 }
 
-TEST(kmeans_tuning_sums_member_gradients)
+/* One thread, XNET from seed, and its plan of k-means K after pruning half the weights,
+ * clustered; NULL (reason printed) on failure. */
+static struct net_xplan *clustered_xnet(struct net **n, uint64_t seed, size_t K)
 {
     net_set_threads(1);
-    struct net *n = mk(1, 8, 8, 4, XNET, N_OF(XNET), 61);
-    ASSERT(n);
-    struct net_export_opts o = {.kmeans = 4, .prune = 0.5};
+    struct net_export_opts o = {.kmeans = K, .prune = 0.5};
     struct net_xplan *p = NULL;
-    char err[256];
-    ASSERT_EQ(net_xplan_create(&p, n, &o, err, sizeof(err)), 0);
-    ASSERT_EQ(net_xplan_cluster(p, n), 0);
+    char err[256] = "";
+    if (!(*n = mk(1, 8, 8, 4, XNET, N_OF(XNET), seed)) ||
+        net_xplan_create(&p, *n, &o, err, sizeof(err)) < 0 || net_xplan_cluster(p, *n) < 0) {
+        printf("    plan: %s\n", err);
+        net_xplan_destroy(p);
+        return NULL;
+    }
+    return p;
+}
+
+TEST(kmeans_tuning_sums_member_gradients)
+{
+    struct net *n = NULL;
+    struct net_xplan *p = clustered_xnet(&n, 61, 4);
+    ASSERT(p);
     const size_t B = 16;
     float *x = rand_x(B * 64, 4);
     uint8_t y[16];
@@ -636,27 +631,11 @@ TEST(kmeans_tuning_sums_member_gradients)
 static int write_container(const char *path, const unsigned char *raw, size_t raw_len,
                            uint32_t version)
 {
-    uLongf zl = compressBound((uLong)raw_len);
-    unsigned char *f = malloc(32 + zl + 4);
-    if (!f || compress2(f + 32, &zl, raw, (uLong)raw_len, 6) != Z_OK) {
-        free(f);
-        return -1;
-    }
-    const uint32_t probe = 0x01020304u, flags = 0;
-    const uint64_t rl = raw_len, zz = zl;
-    memcpy(f, "EVWZ", 4);
-    memcpy(f + 4, &version, 4);
-    memcpy(f + 8, &probe, 4);
-    memcpy(f + 12, &flags, 4);
-    memcpy(f + 16, &rl, 8);
-    memcpy(f + 24, &zz, 8);
-    uint32_t crc = (uint32_t)crc32(0L, f, (uInt)(32 + zl));
-    memcpy(f + 32 + zl, &crc, 4);
-    FILE *fp = fopen(path, "wb");
-    int ok = fp && fwrite(f, 1, 32 + zl + 4, fp) == 32 + zl + 4;
-    if (fp) ok &= fclose(fp) == 0;
+    size_t flen = 0;
+    unsigned char *f = evwz_file(raw, raw_len, version, 6, &flen);
+    int rc = f ? write_all(path, f, flen) : -1;
     free(f);
-    return ok ? 0 : -1;
+    return rc;
 }
 
 /* Loading must fail with -EINVAL and a reason naming the file and containing `why`. */
@@ -677,14 +656,10 @@ static void expect_reject(int *test__failed, const char *path, const char *why)
 
 TEST(export_rejects_corrupt_and_truncated)
 {
-    net_set_threads(1);
-    struct net *n = mk(1, 8, 8, 4, XNET, N_OF(XNET), 71);
-    ASSERT(n);
-    struct net_export_opts o = {.kmeans = 16, .prune = 0.5};
-    struct net_xplan *p = NULL;
+    struct net *n = NULL;
+    struct net_xplan *p = clustered_xnet(&n, 71, 16);
+    ASSERT(p);
     char err[512], path[256], bad[256];
-    ASSERT_EQ(net_xplan_create(&p, n, &o, err, sizeof(err)), 0);
-    ASSERT_EQ(net_xplan_cluster(p, n), 0);
     pid_path(path, sizeof(path), "good.evwz");
     pid_path(bad, sizeof(bad), "bad.evwz");
     ASSERT_EQ(net_export_save(path, n, p, NULL, 0, NULL, err, sizeof(err)), 0);

@@ -125,41 +125,28 @@ static void check_idx_fails(int *test__failed, const struct tmpd *t, const uint8
     check_pair_fails(test__failed, t, ib, ni, lb, nl, want_rc, 0, needle);
 }
 
-/* Runs body(test__failed, &tmpdir) and removes the directory whatever the outcome. */
-#define WITH_TMP(body)                                                                             \
-    do {                                                                                           \
-        struct tmpd t_;                                                                            \
-        ASSERT_EQ(tmp_make(&t_, "test_data"), 0);                                                  \
-        body(test__failed, &t_);                                                                   \
-        tmp_remove(&t_);                                                                           \
-    } while (0)
-
 // ---- IDX -------------------------------------------------------------------------------
-
-static void body_plain(int *test__failed, const struct tmpd *t)
-{
-    check_roundtrip(test__failed, t, 0);
-}
-
-static void body_gz(int *test__failed, const struct tmpd *t)
-{
-    check_roundtrip(test__failed, t, 1);
-}
 
 TEST(idx_plain_roundtrip)
 {
-    WITH_TMP(body_plain);
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
+    check_roundtrip(test__failed, t, 0);
 }
 
 TEST(idx_gz_roundtrip)
 {
-    WITH_TMP(body_gz);
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
+    check_roundtrip(test__failed, t, 1);
 }
 
 /* Images alone (labels NULL, for evowidth predict): the same pixels, labels all 0, no class
  * count; a truncated image file still fails. */
-static void body_images_only(int *test__failed, const struct tmpd *t)
+TEST(idx_images_without_labels)
 {
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     char ip[256], err[512] = "";
     size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, sizeof PIX3);
@@ -178,13 +165,10 @@ static void body_images_only(int *test__failed, const struct tmpd *t)
     ASSERT(is_zeroed(&d));
 }
 
-TEST(idx_images_without_labels)
+TEST(idx_truncated_images)
 {
-    WITH_TMP(body_images_only);
-}
-
-static void body_truncated(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     // Header promises 3 x 2 x 3 = 18 pixels; only 10 follow.
     size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, 10);
@@ -196,13 +180,10 @@ static void body_truncated(int *test__failed, const struct tmpd *t)
     check_idx_fails(test__failed, t, ib, 9, 3, -EIO, "truncated");
 }
 
-TEST(idx_truncated_images)
+TEST(idx_truncated_gzip)
 {
-    WITH_TMP(body_truncated);
-}
-
-static void body_truncated_gz(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     // 2000 incompressible-ish pixels gzipped, then the gzip file cut in half.
     enum { N = 20, H = 10, W = 10 };
     static uint8_t ib[16 + N * H * W], pix[N * H * W], lab[N];
@@ -240,13 +221,10 @@ static void body_truncated_gz(int *test__failed, const struct tmpd *t)
     ASSERT(is_zeroed(&d));
 }
 
-TEST(idx_truncated_gzip)
+TEST(idx_bad_magic)
 {
-    WITH_TMP(body_truncated_gz);
-}
-
-static void body_bad_magic(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     size_t ni = idx_images(ib, 0x12345678, 3, 2, 3, PIX3, sizeof PIX3);
     check_idx_fails(test__failed, t, ib, ni, 3, -EINVAL, "bad magic 0x12345678");
@@ -256,25 +234,19 @@ static void body_bad_magic(int *test__failed, const struct tmpd *t)
     check_idx_fails(test__failed, t, ib, ni, 3, -EINVAL, "swapped");
 }
 
-TEST(idx_bad_magic)
+TEST(idx_count_mismatch)
 {
-    WITH_TMP(body_bad_magic);
-}
-
-static void body_count_mismatch(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, sizeof PIX3);
     check_idx_fails(test__failed, t, ib, ni, 4, -EINVAL, "count mismatch");
 }
 
-TEST(idx_count_mismatch)
+TEST(idx_zero_dims)
 {
-    WITH_TMP(body_count_mismatch);
-}
-
-static void body_zero_dims(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     size_t ni = idx_images(ib, 0x803, 3, 0, 3, PIX3, 0);
     check_idx_fails(test__failed, t, ib, ni, 3, -EINVAL, "zero dimension");
@@ -283,13 +255,10 @@ static void body_zero_dims(int *test__failed, const struct tmpd *t)
     check_idx_fails(test__failed, t, ib, ni, 0, -EINVAL, "zero dimension");
 }
 
-TEST(idx_zero_dims)
+TEST(idx_size_overflow)
 {
-    WITH_TMP(body_zero_dims);
-}
-
-static void body_overflow(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     size_t ni = idx_images(ib, 0x803, 0xffffffffu, 0xffffffffu, 0xffffffffu, PIX3, 0);
     check_idx_fails(test__failed, t, ib, ni, 3, -EOVERFLOW, "overflow");
@@ -302,13 +271,10 @@ static void body_overflow(int *test__failed, const struct tmpd *t)
     check_pair_fails(test__failed, t, ib, ni, lb, 8, -EIO, 0, "truncated");
 }
 
-TEST(idx_size_overflow)
+TEST(idx_trailing_data_and_short_labels)
 {
-    WITH_TMP(body_overflow);
-}
-
-static void body_trailing(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t ib[64];
     size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, sizeof PIX3);
     ib[ni] = 7; // one byte more than the header implies
@@ -320,13 +286,10 @@ static void body_trailing(int *test__failed, const struct tmpd *t)
     check_pair_fails(test__failed, t, ib, ni, lb, nl, -EIO, 1, "truncated");
 }
 
-TEST(idx_trailing_data_and_short_labels)
+TEST(idx_missing_file)
 {
-    WITH_TMP(body_trailing);
-}
-
-static void body_missing(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     uint8_t lb[16];
     char ip[256], lp[256], err[512] = "";
     size_t nl = idx_labels(lb, 0x801, 3, LAB3, 3);
@@ -350,11 +313,6 @@ static void body_missing(int *test__failed, const struct tmpd *t)
     // NULL err buffer is allowed.
     ASSERT_EQ(net_data_load_idx(&d, ip, lp, NULL, 0), -ENOENT);
     ASSERT(is_zeroed(&d));
-}
-
-TEST(idx_missing_file)
-{
-    WITH_TMP(body_missing);
 }
 
 TEST(fashion_mnist_t10k)
@@ -407,8 +365,10 @@ static void cifar_record(uint8_t *rec, uint8_t label, uint8_t r, uint8_t g, uint
     rec[1 + 2 * 1024 + 1 * 32 + 2] = (uint8_t)(b + 1);
 }
 
-static void body_cifar_values(int *test__failed, const struct tmpd *t)
+TEST(cifar_values_and_channel_order)
 {
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     static uint8_t f1[2 * 3073], f2[3073];
     cifar_record(f1, 3, 10, 20, 30);
     cifar_record(f1 + 3073, 9, 255, 0, 128);
@@ -442,13 +402,10 @@ static void body_cifar_values(int *test__failed, const struct tmpd *t)
     net_data_free(&d);
 }
 
-TEST(cifar_values_and_channel_order)
+TEST(cifar_bad_files)
 {
-    WITH_TMP(body_cifar_values);
-}
-
-static void body_cifar_bad(int *test__failed, const struct tmpd *t)
-{
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
     static uint8_t buf[2 * 3073];
     char p1[256], p2[256], err[512] = "";
     struct net_dataset d = {0};
@@ -481,11 +438,6 @@ static void body_cifar_bad(int *test__failed, const struct tmpd *t)
     ASSERT_CONTAINS(err, p2);
     ASSERT_EQ(net_data_load_cifar(&d, files, 0, err, sizeof err), -EINVAL);
     ASSERT(is_zeroed(&d));
-}
-
-TEST(cifar_bad_files)
-{
-    WITH_TMP(body_cifar_bad);
 }
 
 // ---- synthetic -------------------------------------------------------------------------

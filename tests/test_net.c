@@ -1,6 +1,6 @@
 /* tests/test_net.c: numerical tests of the training engine (net/).
  *
- * Gradient checks (R15): every layer kind is placed after a trainable layer (so its input
+ * Gradient checks: every layer kind is placed after a trainable layer (so its input
  * gradient dinp is exercised through that layer's weight gradient) and before a small dense
  * head; net_backward's gradient is compared with central differences of the mean
  * cross-entropy, which the check recomputes in double from the float logits so that the loss
@@ -77,6 +77,17 @@ static void jitter_params(struct net *n, uint64_t *rng)
         float base = strstr(t->name, "gamma") ? 1.0f : 0.0f;
         for (size_t i = 0; i < t->n; i++) p[i] = base + 0.3f * net_rand_normal(rng);
     }
+}
+
+/* mk, then net_init_params and jitter_params from *rng (which goes on for the caller). */
+static struct net *mk_init(const struct net_shape *in, size_t classes,
+                           const struct net_layer_spec *s, size_t ns, uint64_t *rng)
+{
+    struct net *n = mk(in, classes, s, ns);
+    if (!n) return NULL;
+    net_init_params(n, rng);
+    jitter_params(n, rng);
+    return n;
 }
 
 /* Mean cross-entropy of the last forward, in double from the float logits (B, K). */
@@ -241,11 +252,9 @@ static int gradcheck(struct net *n, const float *x, const uint8_t *y, size_t B, 
 static int gc_run(const char *label, struct net_shape in, size_t K,
                   const struct net_layer_spec *specs, size_t ns, size_t B, uint64_t seed)
 {
-    struct net *n = mk(&in, K, specs, ns);
-    if (!n) return -1;
     uint64_t rng = seed;
-    net_init_params(n, &rng);
-    jitter_params(n, &rng);
+    struct net *n = mk_init(&in, K, specs, ns, &rng);
+    if (!n) return -1;
     size_t D = numel(&in);
     float *x = malloc(B * D * sizeof *x);
     uint8_t *y = malloc(B);
@@ -399,11 +408,9 @@ TEST(grad_check_detects_errors)
     const struct net_layer_spec s[] = {S_CONV(3, 3, 1, 1, 1), S_BN(), S_RELU(), S_FLAT(),
                                        S_DENSE(3, 1)};
     struct net_shape in = shp(1, 4, 4);
-    struct net *n = mk(&in, 3, s, N_OF(s));
-    ASSERT(n);
     uint64_t rng = 5;
-    net_init_params(n, &rng);
-    jitter_params(n, &rng);
+    struct net *n = mk_init(&in, 3, s, N_OF(s), &rng);
+    ASSERT(n);
     float x[2 * 16];
     uint8_t y[2] = {0, 2};
     for (size_t i = 0; i < 32; i++) x[i] = net_rand_normal(&rng);
@@ -436,18 +443,16 @@ TEST(grad_check_detects_errors)
 
 // ---- forward behaviour -----------------------------------------------------------------------
 
-/* Backward accumulates into grads (R3) and net_zero_grad clears them. */
+/* Backward accumulates into grads and net_zero_grad clears them. */
 TEST(backward_accumulates)
 {
     net_set_threads(T_THREADS);
     const struct net_layer_spec s[] = {S_CONV(3, 3, 1, 1, 0), S_BN(),   S_RELU(),
                                        S_RES(3, 3, 1, 1),     S_FLAT(), S_DENSE(3, 1)};
     struct net_shape in = shp(1, 5, 5);
-    struct net *n = mk(&in, 3, s, N_OF(s));
-    ASSERT(n);
     uint64_t rng = 3;
-    net_init_params(n, &rng);
-    jitter_params(n, &rng);
+    struct net *n = mk_init(&in, 3, s, N_OF(s), &rng);
+    ASSERT(n);
     float x[3 * 25];
     uint8_t y[3] = {0, 1, 2};
     for (size_t i = 0; i < 75; i++) x[i] = net_rand_normal(&rng);

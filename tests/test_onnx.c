@@ -33,53 +33,20 @@
 #include "net/net.h"
 #include "onnx.pb-c.h"
 #include "tests/test.h"
-
-#define N_OF(a) (sizeof(a) / sizeof((a)[0]))
+#include "tests/util.h"
 
 // ---- helpers -------------------------------------------------------------------------------
 
-static void tmp_path(char *out, size_t n, const char *name)
+static void tmp_name(char *out, size_t n, const char *name)
 {
     snprintf(out, n, "/tmp/ew_test_onnx_%ld_%s", (long)getpid(), name);
-}
-
-static unsigned char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long l = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)l + 1);
-    if (b && fread(b, 1, (size_t)l, f) != (size_t)l) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)l;
-    return b;
 }
 
 static struct net *mk(const struct net_shape *in, size_t classes, const struct net_layer_spec *s,
                       size_t ns, uint64_t seed)
 {
-    struct net *n = NULL;
-    char err[256] = "";
-    if (net_create(&n, in, classes, s, ns, err, sizeof(err)) < 0) {
-        printf("    net_create: %s\n", err);
-        return NULL;
-    }
-    uint64_t rng = seed;
-    net_init_params(n, &rng);
-    // Non-zero biases and BN parameters / statistics, so nothing hides behind a default.
-    for (size_t ti = 0; ti < n->n_tensors; ti++) {
-        const struct net_tensor *t = &n->tensors[ti];
-        if (t->decay) continue;
-        float *p = net_tensor_data(n, t);
-        int pos = strstr(t->name, "gamma") || strstr(t->name, "var");
-        for (size_t i = 0; i < t->n; i++)
-            p[i] = pos ? 0.5f + fabsf(net_rand_normal(&rng)) : 0.3f * net_rand_normal(&rng);
-    }
+    struct net *n = mk_jittered(in, classes, s, ns, seed, 0.5f, 1.0f, 0.3f);
+    if (!n) return NULL;
     for (size_t c = 0; c < 4; c++) n->norm_mean[c] = 0.2f + 0.1f * (float)c, n->norm_std[c] = 0.3f;
     return n;
 }
@@ -87,11 +54,24 @@ static struct net *mk(const struct net_shape *in, size_t classes, const struct n
 static Onnx__ModelProto *load_model(const char *path)
 {
     size_t len = 0;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = read_all(path, &len);
     if (!b) return NULL;
     Onnx__ModelProto *m = onnx__model_proto__unpack(NULL, len, b);
     free(b);
     return m;
+}
+
+/* n exported (no folding) as the temp file name (its path in path, 256 bytes) and read back;
+ * NULL (reason printed) on failure. */
+static Onnx__ModelProto *saved_model(const struct net *n, const char *name, char *path)
+{
+    char err[512] = "";
+    tmp_name(path, 256, name);
+    if (cli_onnx_save(path, n, NULL, err, sizeof(err)) < 0) {
+        printf("    cli_onnx_save: %s\n", err);
+        return NULL;
+    }
+    return load_model(path);
 }
 
 static const Onnx__TensorProto *find_init(const Onnx__GraphProto *g, const char *name)
@@ -161,26 +141,17 @@ static int64_t dim_of(const Onnx__ValueInfoProto *v, size_t i, const char **para
 
 // ---- 1. every layer kind -------------------------------------------------------------------
 
-#define S_CONV(o, k_, s_, p_, r_, b_)                                                              \
-    {                                                                                              \
-        .kind = NET_CONV, .out = (o), .k = (k_), .stride = (s_), .pad = (p_), .rank = (r_),        \
-        .bias = (b_)                                                                               \
-    }
-#define S_RES(o, w_, s_, bn_)                                                                      \
-    {                                                                                              \
-        .kind = NET_RES, .out = (o), .width = (w_), .stride = (s_), .bn = (bn_)                    \
-    }
 
 TEST(every_kind_image_net)
 {
     const struct net_layer_spec s[] = {
-        S_CONV(4, 3, 1, 1, 0, 1),
+        S_CONV(4, 3, 1, 1, 1),
         {.kind = NET_BN},
         {.kind = NET_RELU},
-        S_CONV(6, 3, 2, 1, 2, 1),                   // factorized, stride 2: 12 -> 6
-        S_RES(6, 3, 1, 1),                          // identity
-        S_RES(8, 4, 2, 1),                          // projection, stride 2: 6 -> 3
-        S_RES(8, 4, 1, 0),                          // identity, no BN (biases)
+        S_CONVR(6, 2, 3, 2, 1, 1),                  // factorized, stride 2: 12 -> 6
+        S_RES(3, 6, 1, 1),                          // identity
+        S_RES(4, 8, 2, 1),                          // projection, stride 2: 6 -> 3
+        S_RES(4, 8, 1, 0),                          // identity, no BN (biases)
         {.kind = NET_MAXPOOL, .k = 2, .stride = 1}, // 3 -> 2
         {.kind = NET_GAP},
         {.kind = NET_DENSE, .out = 5, .bias = 1},
@@ -188,10 +159,8 @@ TEST(every_kind_image_net)
     const struct net_shape in = {3, 12, 12, 1};
     struct net *n = mk(&in, 5, s, N_OF(s), 7);
     ASSERT(n);
-    char path[256], err[512] = "", ops[2048], why[256] = "";
-    tmp_path(path, sizeof(path), "img.onnx");
-    ASSERT_EQ(cli_onnx_save(path, n, NULL, err, sizeof(err)), 0);
-    Onnx__ModelProto *m = load_model(path);
+    char path[256], ops[2048], why[256] = "";
+    Onnx__ModelProto *m = saved_model(n, "img.onnx", path);
     ASSERT(m);
     ASSERT_EQ(m->ir_version, CLI_ONNX_IR_VERSION);
     ASSERT_EQ(m->n_opset_import, 1);
@@ -261,10 +230,8 @@ TEST(every_kind_feature_net)
     const struct net_shape in = {2, 5, 5, 1};
     struct net *n = mk(&in, 4, s, N_OF(s), 11);
     ASSERT(n);
-    char path[256], err[512] = "", ops[1024], why[256] = "";
-    tmp_path(path, sizeof(path), "flat.onnx");
-    ASSERT_EQ(cli_onnx_save(path, n, NULL, err, sizeof(err)), 0);
-    Onnx__ModelProto *m = load_model(path);
+    char path[256], ops[1024], why[256] = "";
+    Onnx__ModelProto *m = saved_model(n, "flat.onnx", path);
     ASSERT(m);
     op_string(m->graph, ops, sizeof(ops));
     ASSERT_STR_EQ(ops, "Div Sub Div Flatten Gemm Gemm BatchNormalization Relu Gemm Gemm");
@@ -296,7 +263,7 @@ static int copy_init(struct net *n, const Onnx__GraphProto *g, const char *from,
 TEST(fold_bn_equals_the_net)
 {
     const struct net_layer_spec s[] = {
-        S_CONV(3, 3, 1, 1, 0, 0),
+        S_CONV(3, 3, 1, 1, 0),
         {.kind = NET_BN},
         {.kind = NET_RELU},
         {.kind = NET_FLATTEN},
@@ -316,7 +283,7 @@ TEST(fold_bn_equals_the_net)
         for (size_t i = 0; i < v->n; i++) p[i] = 1e-5f * (float)(1 + i % 3);
     }
     char path[256], err[512] = "";
-    tmp_path(path, sizeof(path), "fold.onnx");
+    tmp_name(path, sizeof(path), "fold.onnx");
     struct cli_onnx_opts o = {.fold_bn = 1};
     ASSERT_EQ(cli_onnx_save(path, n, &o, err, sizeof(err)), 0);
     Onnx__ModelProto *m = load_model(path);
@@ -326,9 +293,9 @@ TEST(fold_bn_equals_the_net)
     ASSERT_STR_EQ(ops, "Div Sub Div Conv Relu Flatten Gemm Gemm Relu Gemm");
     // The same net without its BN layers, with the folded weights.
     const struct net_layer_spec s2[] = {
-        S_CONV(3, 3, 1, 1, 0, 1), {.kind = NET_RELU},
-        {.kind = NET_FLATTEN},    {.kind = NET_DENSE, .out = 4, .rank = 2, .bias = 1},
-        {.kind = NET_RELU},       {.kind = NET_DENSE, .out = 3, .bias = 1},
+        S_CONV(3, 3, 1, 1, 1), {.kind = NET_RELU},
+        {.kind = NET_FLATTEN}, {.kind = NET_DENSE, .out = 4, .rank = 2, .bias = 1},
+        {.kind = NET_RELU},    {.kind = NET_DENSE, .out = 3, .bias = 1},
     };
     struct net *f = mk(&in, 3, s2, N_OF(s2), 99);
     ASSERT(f);
@@ -362,7 +329,7 @@ TEST(fold_bn_equals_the_net)
 
     // Residual blocks with BN: every conv gets its BN folded (c1, c2 and the projection).
     const struct net_layer_spec s3[] = {
-        S_RES(4, 3, 2, 1), {.kind = NET_GAP}, {.kind = NET_DENSE, .out = 3, .bias = 1}};
+        S_RES(3, 4, 2, 1), {.kind = NET_GAP}, {.kind = NET_DENSE, .out = 3, .bias = 1}};
     n = mk(&in, 3, s3, N_OF(s3), 8);
     ASSERT(n);
     ASSERT_EQ(cli_onnx_save(path, n, &o, err, sizeof(err)), 0);
@@ -387,10 +354,8 @@ TEST(input_normalisation_is_the_models)
     struct net *n = mk(&in, 2, s, N_OF(s), 1);
     ASSERT(n);
     n->norm_std[1] = 0.0f; // read as 1, as net_data_normalize does
-    char path[256], err[512] = "";
-    tmp_path(path, sizeof(path), "norm.onnx");
-    ASSERT_EQ(cli_onnx_save(path, n, NULL, err, sizeof(err)), 0);
-    Onnx__ModelProto *m = load_model(path);
+    char path[256];
+    Onnx__ModelProto *m = saved_model(n, "norm.onnx", path);
     ASSERT(m);
     const Onnx__GraphProto *g = m->graph;
     const Onnx__TensorProto *k = find_init(g, "input.255"), *mu = find_init(g, "input.mean"),
@@ -444,7 +409,7 @@ TEST(unexportable_layer_is_named_and_nothing_written)
     struct net *n = mk(&in, 2, s, N_OF(s), 2);
     ASSERT(n);
     char path[256], err[512] = "", prefix[64];
-    tmp_path(path, sizeof(path), "keep.onnx");
+    tmp_name(path, sizeof(path), "keep.onnx");
     snprintf(prefix, sizeof(prefix), "ew_test_onnx_%ld_keep.onnx", (long)getpid());
     FILE *f = fopen(path, "w");
     ASSERT(f);
@@ -459,7 +424,7 @@ TEST(unexportable_layer_is_named_and_nothing_written)
     ASSERT_CONTAINS(err, "layer 2 \"odd_one\"");
     ASSERT_CONTAINS(err, "cannot be exported to ONNX");
     size_t len = 0;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = read_all(path, &len);
     ASSERT(b && len == 3 && memcmp(b, "old", 3) == 0);
     free(b);
     ASSERT_EQ(count_prefix(prefix), 1); // no temporary file beside it
@@ -486,7 +451,7 @@ TEST(unexportable_layer_is_named_and_nothing_written)
 
 TEST(safetensors_layout)
 {
-    const struct net_layer_spec s[] = {S_CONV(3, 3, 1, 1, 2, 1),
+    const struct net_layer_spec s[] = {S_CONVR(3, 2, 3, 1, 1, 1),
                                        {.kind = NET_BN},
                                        {.kind = NET_RELU},
                                        {.kind = NET_FLATTEN},
@@ -495,10 +460,10 @@ TEST(safetensors_layout)
     struct net *n = mk(&in, 2, s, N_OF(s), 4);
     ASSERT(n);
     char path[256], err[512] = "";
-    tmp_path(path, sizeof(path), "t.safetensors");
+    tmp_name(path, sizeof(path), "t.safetensors");
     ASSERT_EQ(cli_safetensors_save(path, n, err, sizeof(err)), 0);
     size_t len = 0;
-    unsigned char *b = slurp(path, &len);
+    unsigned char *b = read_all(path, &len);
     ASSERT(b && len > 8);
     uint64_t hl = 0;
     for (int i = 0; i < 8; i++) hl |= (uint64_t)b[i] << (8 * i);
@@ -559,9 +524,9 @@ static void be32(unsigned char *p, uint32_t v)
 TEST(predict_idx_and_cifar)
 {
     const struct net_layer_spec s[] = {
-        S_CONV(3, 3, 1, 1, 0, 1), {.kind = NET_BN},
-        {.kind = NET_RELU},       {.kind = NET_MAXPOOL, .k = 2},
-        {.kind = NET_FLATTEN},    {.kind = NET_DENSE, .out = 4, .bias = 1}};
+        S_CONV(3, 3, 1, 1, 1), {.kind = NET_BN},
+        {.kind = NET_RELU},    {.kind = NET_MAXPOOL, .k = 2},
+        {.kind = NET_FLATTEN}, {.kind = NET_DENSE, .out = 4, .bias = 1}};
     const struct net_shape in = {1, 6, 6, 1};
     struct net *n = mk(&in, 4, s, N_OF(s), 21);
     ASSERT(n);
@@ -575,8 +540,8 @@ TEST(predict_idx_and_cifar)
     for (size_t i = 0; i < N * P; i++) img[16 + i] = (unsigned char)net_rand_below(&r, 256);
     for (size_t i = 0; i < N; i++) lab[8 + i] = (unsigned char)(i % 4);
     char ip[256], lp[256], err[512] = "";
-    tmp_path(ip, sizeof(ip), "img.idx");
-    tmp_path(lp, sizeof(lp), "lab.idx");
+    tmp_name(ip, sizeof(ip), "img.idx");
+    tmp_name(lp, sizeof(lp), "lab.idx");
     ASSERT_EQ(write_bytes(ip, img, 16 + N * P), 0);
     ASSERT_EQ(write_bytes(lp, lab, 8 + N), 0);
     struct net_dataset d = {0};
@@ -617,7 +582,7 @@ TEST(predict_idx_and_cifar)
     ASSERT(cf);
     cf[0] = 3, cf[3073] = 7;
     char cp[256];
-    tmp_path(cp, sizeof(cp), "batch.bin");
+    tmp_name(cp, sizeof(cp), "batch.bin");
     ASSERT_EQ(write_bytes(cp, cf, 2 * 3073), 0);
     ASSERT_EQ(cli_load_images(&d, &has, cp, NULL, err, sizeof(err)), 0);
     ASSERT_EQ(has, 1);

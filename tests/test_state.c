@@ -24,35 +24,11 @@
 #include "daemon/daemon_internal.h"
 #include "net/codec.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 #define FIXTURE EW_SOURCE_DIR "/tests/fixtures/trnr_v1.evow"
 
 // ---- files -----------------------------------------------------------------------------
-
-static unsigned char *read_all(const char *p, size_t *len)
-{
-    FILE *f = fopen(p, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    *len = (size_t)n;
-    return b;
-}
-
-static int write_all(const char *p, const void *b, size_t len)
-{
-    FILE *f = fopen(p, "wb");
-    if (!f) return -1;
-    size_t w = len ? fwrite(b, 1, len, f) : 0;
-    return (fclose(f) == 0 && w == len) ? 0 : -1;
-}
 
 /* A checkpoint split into its chunks (header 16 bytes, CRC 4). */
 struct ck {
@@ -113,17 +89,6 @@ static void put_u64(unsigned char *p, size_t off, uint64_t v)
 static void put_f64(unsigned char *p, size_t off, double v)
 {
     memcpy(p + off, &v, 8);
-}
-
-static int load_tiny(struct dmn_config *c)
-{
-    char err[512];
-    if (cfg_load_file(c, EW_SOURCE_DIR "/configs/tiny.json", err, sizeof err) < 0) {
-        fprintf(stderr, "%s\n", err);
-        return -1;
-    }
-    c->train.epochs = 6;
-    return 0;
 }
 
 /* A scratch directory and a running trainer that must never be touched by a failed load. */
@@ -208,6 +173,32 @@ static int save_v2(const struct env *e, struct ck *c)
     if (rc < 0) return printf("    save: %s\n", err), -1;
     c->b = read_all(path, &c->len);
     return c->b ? 0 : -1;
+}
+
+/* The two checkpoints the D4 / D5 tests edit: the fixture (TRNR version 1) and a fresh
+ * version-2 save, each with a copy of its TRNR payload (t1, n1 and t2, n2). */
+struct both {
+    struct ck f, v2;
+    unsigned char *t1, *t2;
+    size_t n1, n2;
+};
+
+static int both_open(const struct env *e, struct both *p)
+{
+    *p = (struct both){0};
+    p->f.b = read_all(FIXTURE, &p->f.len);
+    if (!p->f.b || save_v2(e, &p->v2) < 0) return -1;
+    p->t1 = ck_payload(&p->f, "TRNR", &p->n1);
+    p->t2 = ck_payload(&p->v2, "TRNR", &p->n2);
+    return p->t1 && p->t2 ? 0 : -1;
+}
+
+static void both_close(struct both *p)
+{
+    free(p->t1);
+    free(p->t2);
+    free(p->f.b);
+    free(p->v2.b);
 }
 
 // Offsets in TRNR version 1 (struct image) and version 2 (fields).
@@ -310,29 +301,21 @@ TEST(refuses_batcher_position_past_the_data)
 {
     struct env e;
     ASSERT_EQ(env_open(&e), 0);
-    struct ck f = {0}, v2 = {0};
-    f.b = read_all(FIXTURE, &f.len);
-    ASSERT(f.b);
-    ASSERT_EQ(save_v2(&e, &v2), 0);
-    size_t n1 = 0, n2 = 0;
-    unsigned char *t1 = ck_payload(&f, "TRNR", &n1), *t2 = ck_payload(&v2, "TRNR", &n2);
-    ASSERT(t1 && t2);
+    struct both p;
+    ASSERT_EQ(both_open(&e, &p), 0);
     int bad = 0;
     const uint64_t pos[2] = {100000000, 448}; // the 1e8, and one past the last sample
     for (int i = 0; i < 2; i++) {
-        put_u64(t1, V1_POS, pos[i]);
-        struct ck c = ck_replace(&f, "TRNR", t1, n1);
+        put_u64(p.t1, V1_POS, pos[i]);
+        struct ck c = ck_replace(&p.f, "TRNR", p.t1, p.n1);
         bad += expect_refused(&e, "pos_v1.evow", &c, "batcher position");
         free(c.b);
-        put_u64(t2, V2_POS, pos[i]);
-        c = ck_replace(&v2, "TRNR", t2, n2);
+        put_u64(p.t2, V2_POS, pos[i]);
+        c = ck_replace(&p.v2, "TRNR", p.t2, p.n2);
         bad += expect_refused(&e, "pos_v2.evow", &c, "batcher position");
         free(c.b);
     }
-    free(t1);
-    free(t2);
-    free(f.b);
-    free(v2.b);
+    both_close(&p);
     ASSERT_EQ(bad, 0);
     env_close(&e);
 }
@@ -343,37 +326,29 @@ TEST(refuses_trnr_lengths_that_wrap)
 {
     struct env e;
     ASSERT_EQ(env_open(&e), 0);
-    struct ck f = {0}, v2 = {0};
-    f.b = read_all(FIXTURE, &f.len);
-    ASSERT(f.b);
-    ASSERT_EQ(save_v2(&e, &v2), 0);
-    size_t n1 = 0, n2 = 0;
-    unsigned char *t1 = ck_payload(&f, "TRNR", &n1), *t2 = ck_payload(&v2, "TRNR", &n2);
-    ASSERT(t1 && t2);
+    struct both p;
+    ASSERT_EQ(both_open(&e, &p), 0);
     int bad = 0;
     // Version 1: the order cut to 100 bytes, the stated adaptation length wrapped so that
     // 128 + 4 * 448 + extra_len == 228 modulo 2^64 (the old check passed, perm was read
     // past the blob).
-    put_u64(t1, V1_EXTRA_LEN, (uint64_t)100 - 4 * 448);
-    struct ck c = ck_replace(&f, "TRNR", t1, V1_HEAD + 100);
+    put_u64(p.t1, V1_EXTRA_LEN, (uint64_t)100 - 4 * 448);
+    struct ck c = ck_replace(&p.f, "TRNR", p.t1, V1_HEAD + 100);
     bad += expect_refused(&e, "wrap_v1.evow", &c, "TRNR");
     free(c.b);
     // Version 2: a batcher size whose byte count wraps (2^62 + 448).
-    put_u64(t2, V2_N, ((uint64_t)1 << 62) + 448);
-    c = ck_replace(&v2, "TRNR", t2, n2);
+    put_u64(p.t2, V2_N, ((uint64_t)1 << 62) + 448);
+    c = ck_replace(&p.v2, "TRNR", p.t2, p.n2);
     bad += expect_refused(&e, "wrap_v2.evow", &c, "TRNR");
     free(c.b);
     // Cut anywhere: always refused, never read past.
-    for (size_t cut = 0; cut < n2; cut += n2 / 37 + 1) {
-        memcpy(t2, v2.b + ck_find(&v2, "TRNR", &n2), n2);
-        c = ck_replace(&v2, "TRNR", t2, cut);
+    for (size_t cut = 0; cut < p.n2; cut += p.n2 / 37 + 1) {
+        memcpy(p.t2, p.v2.b + ck_find(&p.v2, "TRNR", &p.n2), p.n2);
+        c = ck_replace(&p.v2, "TRNR", p.t2, cut);
         bad += expect_refused(&e, "cut_v2.evow", &c, "TRNR");
         free(c.b);
     }
-    free(t1);
-    free(t2);
-    free(f.b);
-    free(v2.b);
+    both_close(&p);
     ASSERT_EQ(bad, 0);
     env_close(&e);
 }

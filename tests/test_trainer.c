@@ -19,16 +19,6 @@
 #include "tests/test.h"
 #include "tests/util.h"
 
-static int load_tiny(struct dmn_config *c)
-{
-    char err[512];
-    if (cfg_load_file(c, EW_SOURCE_DIR "/configs/tiny.json", err, sizeof err) < 0) {
-        fprintf(stderr, "%s\n", err);
-        return -1;
-    }
-    c->train.epochs = 6;
-    return 0;
-}
 
 /* A trainer on c; NULL (reason printed) on failure. */
 static struct dmn_trainer *trainer_on(const struct dmn_config *c)

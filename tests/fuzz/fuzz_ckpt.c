@@ -53,23 +53,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(err[0] && n == NULL);
         return 0;
     }
-    size_t np = 0, ns = 0;
-    for (size_t i = 0; i < n->n_tensors; i++) {
-        const struct net_tensor *t = &n->tensors[i];
-        FUZZ_CHECK(t->off + t->n <= (t->arena == NET_ARENA_PARAM ? n->n_params : n->n_state));
-        if (t->arena == NET_ARENA_PARAM)
-            np += t->n;
-        else
-            ns += t->n;
-    }
-    FUZZ_CHECK(np == n->n_params && ns == n->n_state);
-    const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
-    if (D <= 4096 && net_macs(n) < 2000000) {
-        float *x = calloc(D, sizeof(float));
-        FUZZ_CHECK(x);
-        net_forward(n, x, NULL, 1, 0);
-        free(x);
-    }
+    fuzz_check_net(n);
     // Any blob may be an svd state: its parser must refuse garbage cleanly.
     struct svd_state *st = svd_state_create();
     for (size_t i = 0; st && i < nbl; i++) svd_state_load(st, bl[i].data, bl[i].len);

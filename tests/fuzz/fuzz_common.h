@@ -24,6 +24,32 @@
         }                                                                                          \
     } while (0)
 
+#ifdef NET_NET_H // harnesses that load nets include net/net.h (or a header with it) first
+/* What every net a loader accepts must satisfy: each tensor inside its arena, the arenas
+ * exactly the tensors, and (when it is small enough) a forward pass on a zero input that
+ * stays in bounds. */
+static inline void fuzz_check_net(struct net *n)
+{
+    size_t np = 0, ns = 0;
+    for (size_t i = 0; i < n->n_tensors; i++) {
+        const struct net_tensor *t = &n->tensors[i];
+        FUZZ_CHECK(t->off + t->n <= (t->arena == NET_ARENA_PARAM ? n->n_params : n->n_state));
+        if (t->arena == NET_ARENA_PARAM)
+            np += t->n;
+        else
+            ns += t->n;
+    }
+    FUZZ_CHECK(np == n->n_params && ns == n->n_state);
+    const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
+    if (D <= 4096 && net_macs(n) < 2000000) {
+        float *x = calloc(D, sizeof(float));
+        FUZZ_CHECK(x);
+        net_forward(n, x, NULL, 1, 0);
+        free(x);
+    }
+}
+#endif
+
 /* Replaces the contents of the harness's memory file with p[0..n) and returns its path. */
 static inline const char *fuzz_file(const void *p, size_t n)
 {

@@ -11,6 +11,7 @@
 #include "net/codec.h"
 #include "net/net.h"
 #include "tests/fuzz/fuzz_common.h"
+#include "tests/util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -21,28 +22,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned char *file;
     size_t flen;
     if (form == 0) {
-        uLongf zl = compressBound((uLong)size);
-        file = malloc(32 + zl + 4);
+        file = evwz_file(data, size, 1, 1, &flen);
         FUZZ_CHECK(file);
-        FUZZ_CHECK(compress2(file + 32, &zl, size ? data : (const Bytef *)"", (uLong)size, 1) ==
-                   Z_OK);
-        const uint32_t ver = 1, probe = 0x01020304u, flags = 0;
-        const uint64_t raw = size, z = zl;
-        memcpy(file, "EVWZ", 4);
-        memcpy(file + 4, &ver, 4);
-        memcpy(file + 8, &probe, 4);
-        memcpy(file + 12, &flags, 4);
-        memcpy(file + 16, &raw, 8);
-        memcpy(file + 24, &z, 8);
-        flen = 32 + zl + 4;
     } else {
         file = malloc(size + 4);
         FUZZ_CHECK(file);
         memcpy(file, data, size);
         flen = size + 4;
+        uint32_t crc = net_crc32(file, flen - 4);
+        memcpy(file + flen - 4, &crc, 4);
     }
-    uint32_t crc = net_crc32(file, flen - 4);
-    memcpy(file + flen - 4, &crc, 4);
     const char *path = fuzz_file(file, flen);
     free(file);
 
@@ -54,17 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(err[0] && strstr(err, path) && n == NULL);
         return 0;
     }
-    for (size_t i = 0; i < n->n_tensors; i++) {
-        const struct net_tensor *t = &n->tensors[i];
-        FUZZ_CHECK(t->off + t->n <= (t->arena == NET_ARENA_PARAM ? n->n_params : n->n_state));
-    }
-    const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
-    if (D <= 4096 && net_macs(n) < 2000000) {
-        float *x = calloc(D, sizeof(float));
-        FUZZ_CHECK(x);
-        net_forward(n, x, NULL, 1, 0);
-        free(x);
-    }
+    fuzz_check_net(n);
     ckpt_blobs_free(bl, nbl);
     net_destroy(n);
     return 0;
