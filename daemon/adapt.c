@@ -5,7 +5,7 @@
  * draws the same), hands it to svd_adapt with a validation-loss callback, swaps in the new
  * net, and records the pass as an event: a JSON line with a sequence number (seq 1, 2, ...)
  * appended to the event log (t->events, the daemon's events.jsonl). Memory holds only the
- * newest DMN_EVENT_RING texts and checkpoints only the count (their LSEQ blob), so neither
+ * newest DMN_EVENT_RING texts and checkpoints only the count (TRNR version 3), so neither
  * grows with the history; the log file is the history. */
 #include <errno.h>
 #include <math.h>

@@ -21,10 +21,7 @@ for i in $(seq 1 "$KILLS"); do
     sleep "0.$((RANDOM % 9 + 1))"
     last=$(get /v1/status | js 'd["last_checkpoint_step"]' 2>/dev/null)
     sleep "0.0$((RANDOM % 9))"
-    exec 3>&2 2>/dev/null
-    kill -9 "$DPID"
-    wait_exit 10
-    exec 2>&3 3>&-
+    kill9
     start_daemon
     if grep -q "resumed from" "$TMP/err.$RUN"; then
         resumed=$((resumed + 1))

@@ -43,10 +43,7 @@ st=$(get /v1/status | js 'd["state"], d["lr"] <= 1.0000001, d["rollbacks"] >= 1,
 [ "$st" = "training True True True" ] && ok "training goes on at the lower rate with a finite loss" ||
     bad "after the rollback" "$st; $(grep -m3 -i 'diverg\|paus' "$TMP/err.$RUN")"
 advances || bad "steps advance after the rollback"
-exec 3>&2 2>/dev/null
-kill -9 "$DPID"
-wait_exit 10
-exec 2>&3 3>&-
+kill9
 start_daemon
 lr=$(get /v1/status | js 'd["lr"] <= 1.0000001')
 [ "$lr" = True ] && ok "after SIGKILL the lower rate is kept" || bad "lr after restart" "$(get /v1/status | js 'd["lr"]')"

@@ -28,14 +28,6 @@ trap 'for m in $MOUNTS; do umount "$m" 2>/dev/null; done; e2e_cleanup' EXIT
 S=$TMP/state
 tiny_config 1000000 50 >"$TMP/cfg.json" || die "make config"
 JSON='Content-Type: application/json'
-paused() { get /v1/status | js 'd["state"]' | grep -qx paused; }
-pause_now() { api POST /v1/pause >/dev/null; wait_for 10 paused || die "pause"; }
-kill9() {
-    exec 3>&2 2>/dev/null
-    kill -9 "$DPID"
-    wait_exit 10
-    exec 2>&3 3>&-
-}
 policy_thr() { get /v1/policy | js 'd["shrink_threshold"]'; }
 
 # ---- D1: rotation keeps the newest valid checkpoints -----------------------------------------
@@ -228,7 +220,7 @@ rm -rf "$S"
 start_daemon
 advances || die "steps advance"
 mv "$S" "$S.gone"
-wait_for 20 paused && ok "D9: repeated checkpoint failures pause the run" ||
+wait_for 20 is_paused && ok "D9: repeated checkpoint failures pause the run" ||
     bad "D9: pause after failures" "state $(get /v1/status | js 'd["state"]')"
 st=$(get /v1/status | js 'd["checkpoint_failures"], bool(d["last_checkpoint_error"])')
 [ "$st" = "4 True" ] && ok "D9: /v1/status shows the failures and the error" || bad "D9: status" "$st"
