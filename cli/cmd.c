@@ -399,6 +399,7 @@ int dmn_cmd_train(int argc, char **argv)
         goto out;
     }
     t->log = o.quiet ? NULL : stdout;
+    t->events_in_checkpoint = 1; // MODEL is the whole run: no state dir holds its event log
     if (t->log) {
         if (resumed)
             fprintf(t->log, "evowidth train: resumed %s at step %zu of %zu\n", o.model_out, t->step,

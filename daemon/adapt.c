@@ -3,7 +3,10 @@
  * Every interval_steps after warmup_steps (and on demand) the trainer draws a calibration
  * batch from the training set (no augmentation, from the run's own RNG so a resumed run
  * draws the same), hands it to svd_adapt with a validation-loss callback, swaps in the new
- * net, and keeps the event texts for reports, the API and checkpoints. */
+ * net, and records the pass as an event: a JSON line with a sequence number (seq 1, 2, ...)
+ * appended to the event log (t->events, the daemon's events.jsonl). Memory holds only the
+ * newest DMN_EVENT_RING texts and checkpoints only the count (TRNR version 3), so neither
+ * grows with the history; the log file is the history. */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -17,9 +20,28 @@
 
 struct dmn_adapt {
     struct svd_state *st;
-    char **events; // JSON texts, owned
-    size_t n_events, cap_events;
+    uint64_t n_events; // events so far = the seq of the newest
+    struct {
+        uint64_t seq;
+        char *text;
+    } ring[DMN_EVENT_RING];   // newest texts, seq order
+    size_t ring_n, ring_head; // held, index of the oldest
 };
+
+/* Holds text (owned from now on) as event seq; seqs arrive in increasing order. */
+static void dmn__ring_push(struct dmn_adapt *a, uint64_t seq, char *text)
+{
+    size_t at = (a->ring_head + a->ring_n) % DMN_EVENT_RING;
+    if (a->ring_n == DMN_EVENT_RING) {
+        free(a->ring[a->ring_head].text);
+        a->ring_head = (a->ring_head + 1) % DMN_EVENT_RING;
+        at = (a->ring_head + a->ring_n - 1) % DMN_EVENT_RING;
+    } else {
+        a->ring_n++;
+    }
+    a->ring[at].seq = seq;
+    a->ring[at].text = text;
+}
 
 void dmn__group_lasso(struct dmn_trainer *t)
 {
@@ -43,8 +65,8 @@ void dmn__adapt_free(struct dmn_trainer *t)
 {
     if (!t->adapt) return;
     svd_state_destroy(t->adapt->st);
-    for (size_t i = 0; i < t->adapt->n_events; i++) free(t->adapt->events[i]);
-    free(t->adapt->events);
+    for (size_t i = 0; i < t->adapt->ring_n; i++)
+        free(t->adapt->ring[(t->adapt->ring_head + i) % DMN_EVENT_RING].text);
     free(t->adapt);
     t->adapt = NULL;
 }
@@ -130,6 +152,53 @@ static void dmn__print_event(struct dmn_trainer *t, const struct svd_event *e)
     fflush(t->log);
 }
 
+uint64_t dmn__adapt_record(struct dmn_trainer *t, cJSON *j)
+{
+    struct dmn_adapt *a = t->adapt;
+    uint64_t seq = ++a->n_events;
+    if (j) cJSON_AddNumberToObject(j, "seq", (double)seq);
+    char *event = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!event) return seq; // out of memory: the count still moves, the text is lost
+    if (t->events) {
+        fprintf(t->events, "%s\n", event);
+        fflush(t->events);
+    }
+    dmn__ring_push(a, seq, event);
+    return seq;
+}
+
+int dmn__adapt_hold(struct dmn_trainer *t, uint64_t seq, const char *text)
+{
+    struct dmn_adapt *a = t->adapt;
+    if (seq == 0 || seq > a->n_events ||
+        (a->ring_n && a->ring[(a->ring_head + a->ring_n - 1) % DMN_EVENT_RING].seq >= seq))
+        return -EINVAL;
+    char *c = strdup(text);
+    if (!c) return -ENOMEM;
+    dmn__ring_push(a, seq, c);
+    return 0;
+}
+
+int dmn__adapt_renumber(struct dmn_trainer *t, uint64_t n)
+{
+    struct dmn_adapt *a = t->adapt;
+    if (n < a->n_events) return -EINVAL; // n counts at least the texts stored
+    const uint64_t shift = n - a->n_events;
+    for (size_t i = 0; i < a->ring_n; i++)
+        a->ring[(a->ring_head + i) % DMN_EVENT_RING].seq += shift;
+    a->n_events = n;
+    return 0;
+}
+
+void dmn__adapt_set_count(struct dmn_trainer *t, uint64_t n)
+{
+    struct dmn_adapt *a = t->adapt;
+    while (a->ring_n && a->ring[(a->ring_head + a->ring_n - 1) % DMN_EVENT_RING].seq > n)
+        free(a->ring[(a->ring_head + --a->ring_n) % DMN_EVENT_RING].text);
+    a->n_events = n;
+}
+
 int dmn_trainer_adapt_now(struct dmn_trainer *t)
 {
     const struct svd_policy *p = &t->cfg.adapt;
@@ -151,27 +220,8 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
     net_reserve(t->net, t->cfg.train.batch_size);
     if (rc >= 0) {
         // Every pass is an event, so a user can see why a layer did not change.
-        cJSON *j = dmn_event_json(&ev);
-        char *event = j ? cJSON_PrintUnformatted(j) : NULL;
-        cJSON_Delete(j);
-        if (event && t->events) {
-            fprintf(t->events, "%s\n", event);
-            fflush(t->events);
-        }
-        struct dmn_adapt *a = t->adapt;
-        if (event && a->n_events == a->cap_events) {
-            size_t cap = a->cap_events ? 2 * a->cap_events : 16;
-            char **q = realloc(a->events, cap * sizeof(char *));
-            if (q) {
-                a->events = q;
-                a->cap_events = cap;
-            }
-        }
         dmn__print_event(t, &ev);
-        if (event && a->n_events < a->cap_events)
-            a->events[a->n_events++] = event;
-        else
-            free(event);
+        dmn__adapt_record(t, dmn_event_json(&ev));
     }
     svd_event_free(&ev);
 out:
@@ -196,15 +246,18 @@ int dmn__adapt_maybe(struct dmn_trainer *t)
 cJSON *dmn__adapt_events_json(struct dmn_trainer *t)
 {
     cJSON *arr = cJSON_CreateArray();
-    for (size_t i = 0; arr && t->adapt && i < t->adapt->n_events; i++) {
-        cJSON *e = cJSON_Parse(t->adapt->events[i]);
+    for (size_t i = 0; arr && t->adapt && i < t->adapt->ring_n; i++) {
+        cJSON *e = cJSON_Parse(t->adapt->ring[(t->adapt->ring_head + i) % DMN_EVENT_RING].text);
         if (e) cJSON_AddItemToArray(arr, e);
     }
     return arr;
 }
 
 /* The policy state in TRNR (net/codec.h): u64 length | svd state (svd_state_save) |
- * u64 n_events | per event: u64 length | JSON text. An empty blob is no state. */
+ * u64 n_texts | per text: u64 length | JSON text. The texts are the newest held events, in
+ * seq order (TRNR's event seq is the last one's), and only with t->events_in_checkpoint:
+ * the daemon's history is its events.jsonl, so its checkpoints do not grow with it. An
+ * empty blob is no state. */
 #define DMN_MAX_EVENT_TEXT (1u << 24)
 
 int dmn__adapt_serialize(struct dmn_trainer *t, void **out, size_t *len)
@@ -213,11 +266,14 @@ int dmn__adapt_serialize(struct dmn_trainer *t, void **out, size_t *len)
     size_t sl = 0;
     int rc = svd_state_save(t->adapt->st, &st, &sl);
     if (rc < 0) return rc;
+    const struct dmn_adapt *a = t->adapt;
+    const size_t nt = t->events_in_checkpoint ? a->ring_n : 0;
     struct net_wr w = {0};
     net_wr_u64(&w, sl);
     net_wr_bytes(&w, st, sl);
-    net_wr_u64(&w, t->adapt->n_events);
-    for (size_t i = 0; i < t->adapt->n_events; i++) net_wr_str(&w, t->adapt->events[i]);
+    net_wr_u64(&w, nt);
+    for (size_t i = 0; i < nt; i++)
+        net_wr_str(&w, a->ring[(a->ring_head + i) % DMN_EVENT_RING].text);
     free(st);
     if (w.oom) {
         net_wr_free(&w);
@@ -226,6 +282,14 @@ int dmn__adapt_serialize(struct dmn_trainer *t, void **out, size_t *len)
     *out = w.p;
     *len = w.len;
     return 0;
+}
+
+/* Drops every held text and sets the count to 0. */
+static void dmn__ring_clear(struct dmn_adapt *a)
+{
+    for (size_t i = 0; i < a->ring_n; i++) free(a->ring[(a->ring_head + i) % DMN_EVENT_RING].text);
+    a->ring_n = a->ring_head = 0;
+    a->n_events = 0;
 }
 
 int dmn__adapt_deserialize(struct dmn_trainer *t, const void *data, size_t len)
@@ -238,30 +302,36 @@ int dmn__adapt_deserialize(struct dmn_trainer *t, const void *data, size_t len)
     // Each event takes at least its 8-byte length: the count cannot outgrow the blob.
     const uint64_t ne = net_rd_count(&r, SIZE_MAX, 8);
     if (r.bad) return -EINVAL;
-    char **ev = calloc((size_t)ne + 1, sizeof(char *));
-    if (!ev) return -ENOMEM;
-    int oom = 0;
-    size_t got = 0;
-    while (got < ne && (ev[got] = net_rd_str(&r, DMN_MAX_EVENT_TEXT, &oom))) got++;
-    if (got < ne || !net_rd_done(&r)) {
-        for (size_t i = 0; i < got; i++) free(ev[i]);
-        free(ev);
-        return oom ? -ENOMEM : -EINVAL;
-    }
     struct dmn_adapt *a = t->adapt;
-    for (size_t i = 0; i < a->n_events; i++) free(a->events[i]);
-    free(a->events);
-    a->events = ev;
-    a->n_events = a->cap_events = (size_t)ne;
+    dmn__ring_clear(a);
+    int oom = 0;
+    for (uint64_t i = 0; i < ne; i++) {
+        char *text = net_rd_str(&r, DMN_MAX_EVENT_TEXT, &oom);
+        if (!text) {
+            dmn__ring_clear(a);
+            return oom ? -ENOMEM : -EINVAL;
+        }
+        dmn__ring_push(a, ++a->n_events, text); // the ring keeps the newest DMN_EVENT_RING
+    }
+    if (!net_rd_done(&r)) {
+        dmn__ring_clear(a);
+        return -EINVAL;
+    }
     return 0;
 }
 
 size_t dmn__adapt_n_events(const struct dmn_trainer *t)
 {
-    return t->adapt ? t->adapt->n_events : 0;
+    return t->adapt ? (size_t)t->adapt->n_events : 0;
 }
 
 const char *dmn__adapt_event(const struct dmn_trainer *t, size_t i)
 {
-    return t->adapt->events[i];
+    const struct dmn_adapt *a = t->adapt;
+    for (size_t k = a->ring_n; k-- > 0;) {
+        const uint64_t seq = a->ring[(a->ring_head + k) % DMN_EVENT_RING].seq;
+        if (seq == (uint64_t)i + 1) return a->ring[(a->ring_head + k) % DMN_EVENT_RING].text;
+        if (seq <= (uint64_t)i) break;
+    }
+    return NULL;
 }

@@ -92,6 +92,7 @@ static const char *const MODE_NAMES[] = {"rotate", "select", "factorize", NULL};
 static const char *const SOURCE_NAMES[] = {"weights", "activations", NULL};
 static const char *const RULE_NAMES[] = {"relative", "energy", "gap", NULL};
 static const char *const GROW_NAMES[] = {"orthogonal", "gradmax", "mirror", NULL};
+static const char *const CKFAIL_NAMES[] = {"pause", "stop", NULL};
 
 // ---- string checks ----------------------------------------------------------------------
 
@@ -251,6 +252,20 @@ static const struct cfg_row CFG_ROWS[] = {
            "connections served at once (more get 503)"),
     R_SIZE("daemon", "stream_queue_bytes", daemon.stream_queue_bytes, 1024, 64 << 20, 262144, IMM,
            "bytes waiting for one GET /v1/stream client before its events are dropped"),
+    R_SIZE("daemon", "checkpoint_failure_limit", daemon.checkpoint_failure_limit, 1, 1e6, 3, RT,
+           "consecutive failed checkpoints before on_checkpoint_failure applies"),
+    R_ENUM("daemon", "on_checkpoint_failure", daemon.on_checkpoint_failure, CKFAIL_NAMES,
+           CFG_CKFAIL_PAUSE, RT,
+           "after checkpoint_failure_limit failures: pause (POST /v1/resume or a good "
+           "checkpoint goes on) or stop (exit non-zero)"),
+    R_DBL("daemon", "rollback_lr_factor", daemon.rollback_lr_factor, 0, 1, 0.5, RT | HI_OPEN,
+          "on divergence roll back to the last-known-good checkpoint with the learning rate "
+          "times this (0 = no rollback: pause)"),
+    R_DBL("daemon", "divergence_ratio", daemon.divergence_ratio, 1, 1e12, 10, RT | LO_OPEN,
+          "diverged: a non-finite loss, or a validation loss above this times the best one "
+          "(and above ln(classes)); good: finite and not above that"),
+    R_SIZE("daemon", "max_rollbacks", daemon.max_rollbacks, 0, 1000, 5, RT,
+           "rollbacks in a row without a new good checkpoint before the run pauses instead"),
 };
 #define N_ROWS (sizeof CFG_ROWS / sizeof CFG_ROWS[0])
 
@@ -1272,6 +1287,72 @@ char *cfg_to_string(const struct dmn_config *c, int pretty)
     char *text = !j ? NULL : pretty ? cJSON_Print(j) : cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return text;
+}
+
+/* One knob's value as text. */
+static void fmt_knob(const struct dmn_config *c, const struct cfg_row *r, char *out, size_t n)
+{
+    if (r->type == T_STRING)
+        snprintf(out, n, "\"%.*s\"", (int)r->size, (const char *)cfield(c, r));
+    else if (r->type == T_ENUM) {
+        int v = (int)get_num(c, r), k = 0;
+        while (r->names[k] && k < v) k++;
+        snprintf(out, n, "%s", r->names[k] ? r->names[k] : "?");
+    } else if (r->type == T_BOOL)
+        snprintf(out, n, "%s", get_num(c, r) ? "true" : "false");
+    else
+        snprintf(out, n, "%.17g", get_num(c, r));
+}
+
+int cfg_diff(const struct dmn_config *a, const struct dmn_config *b, unsigned flags,
+             const char *skip_section, char *out, size_t n)
+{
+    int count = 0;
+    size_t used = 0;
+    if (n) out[0] = 0;
+#define CFG__ADD(...)                                                                              \
+    do {                                                                                           \
+        if (used < n) used += (size_t)snprintf(out + used, n - used, "%s", count ? "; " : "");     \
+        if (used < n) used += (size_t)snprintf(out + used, n - used, __VA_ARGS__);                 \
+        count++;                                                                                   \
+    } while (0)
+    for (size_t i = 0; i < N_ROWS; i++) {
+        const struct cfg_row *r = &CFG_ROWS[i];
+        if (!(r->flags & flags) || (skip_section && !strcmp(r->section, skip_section))) continue;
+        if (r->type == T_STRING ? strncmp(cfield(a, r), cfield(b, r), r->size) == 0
+                                : get_num(a, r) == get_num(b, r))
+            continue;
+        char va[CFG_PATH_MAX + 4], vb[CFG_PATH_MAX + 4];
+        fmt_knob(a, r, va, sizeof va);
+        fmt_knob(b, r, vb, sizeof vb);
+        CFG__ADD("%s.%s: %s vs %s", r->section, r->name, va, vb);
+    }
+    if (a->n_layers != b->n_layers) {
+        CFG__ADD("model: %zu layers vs %zu", a->n_layers, b->n_layers);
+    } else {
+        for (size_t i = 0; i < a->n_layers && i < CFG_MAX_LAYERS; i++) {
+            const struct net_layer_spec *x = &a->model[i], *y = &b->model[i];
+            if (x->kind != y->kind) {
+                CFG__ADD("model[%zu].type: %s vs %s", i, net_kind_name(x->kind),
+                         net_kind_name(y->kind));
+                continue;
+            }
+            if ((unsigned)x->kind >= NET_KIND_COUNT) continue;
+            for (size_t k = 0; k < N_LKEYS; k++) {
+                const struct cfg_lkey *lk = &CFG_LKEYS[k];
+                if (!(lk->kinds & KB(x->kind))) continue;
+                if (lk->type == T_STRING) {
+                    if (strncmp(x->name, y->name, sizeof x->name))
+                        CFG__ADD("model[%zu].%s: \"%s\" vs \"%s\"", i, lk->name, x->name, y->name);
+                } else if (lkey_get(x, lk) != lkey_get(y, lk)) {
+                    CFG__ADD("model[%zu].%s: %zu vs %zu", i, lk->name, lkey_get(x, lk),
+                             lkey_get(y, lk));
+                }
+            }
+        }
+    }
+#undef CFG__ADD
+    return count;
 }
 
 int cfg_equal(const struct dmn_config *a, const struct dmn_config *b)

@@ -39,6 +39,8 @@ enum cfg_dataset { CFG_DATA_FASHION_MNIST, CFG_DATA_MNIST, CFG_DATA_CIFAR10, CFG
 /* data.normalize: per-channel mean / std of the training set, or the [0, 1] values as they are
  * (what torch_ref.py does). */
 enum cfg_normalize { CFG_NORM_STANDARD, CFG_NORM_UNIT };
+/* daemon.on_checkpoint_failure. */
+enum cfg_ckfail { CFG_CKFAIL_PAUSE, CFG_CKFAIL_STOP };
 
 struct dmn_config {
     struct cfg_data {
@@ -85,7 +87,12 @@ struct dmn_config {
         char token_file[CFG_PATH_MAX]; // "" = no token (loopback only)
         size_t history_points;
         size_t header_timeout_ms, idle_timeout_ms, max_connections; // HTTP limits
-        size_t stream_queue_bytes; // per GET /v1/stream client (daemon/stream.c)
+        size_t stream_queue_bytes;       // per GET /v1/stream client (daemon/stream.c)
+        size_t checkpoint_failure_limit; // consecutive failures before ...
+        int on_checkpoint_failure;       // ... CFG_CKFAIL_*
+        double rollback_lr_factor;       // divergence: back to good-*.evow, lr times this
+        double divergence_ratio;         // val loss above ratio x best = diverged
+        size_t max_rollbacks;            // in a row, then pause
     } daemon;
 };
 
@@ -139,6 +146,11 @@ cJSON *cfg_to_json(const struct dmn_config *c);
  * config equal to c under cfg_equal and memcmp. The caller frees it with cJSON_free; NULL on
  * OOM. */
 char *cfg_to_string(const struct dmn_config *c, int pretty);
+/* The knobs (with a flag in flags; none of section skip_section, if given) and layer fields
+ * in which a and b differ, as "optimizer.type: sgd vs adamw; model[0].out: 4 vs 6" in out
+ * (truncated to n). Returns how many differ (0: none). */
+int cfg_diff(const struct dmn_config *a, const struct dmn_config *b, unsigned flags,
+             const char *skip_section, char *out, size_t n);
 /* 1 if every knob and every meaningful layer field are equal, else 0. */
 int cfg_equal(const struct dmn_config *a, const struct dmn_config *b);
 

@@ -45,9 +45,11 @@ struct dmn_trainer {
     double last_log_time;       // dmn_now() of the last progress line
     uint64_t change_seq;        // runtime config changes included (daemon change log)
     size_t initial_params;
-    struct dmn_adapt *adapt; // adaptation state and event log, owned
-    FILE *events;            // JSON-lines event log (borrowed), may be NULL
-    FILE *log;               // progress lines; NULL = quiet (borrowed)
+    struct dmn_adapt *adapt;  // adaptation state and event log, owned
+    FILE *events;             // JSON-lines event log (borrowed), may be NULL
+    int events_in_checkpoint; // checkpoints carry the held event texts (evowidth
+                              // train: no state dir); the daemon's carry the count
+    FILE *log;                // progress lines; NULL = quiet (borrowed)
 };
 
 /* Loads data, builds and initialises the net from cfg (copied). */
@@ -89,6 +91,23 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
  * config; the data are reloaded. The result continues bit-identically. */
 int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen);
 
+/* Like dmn_trainer_load, but the run is rebuilt from *as (a config of the same run, e.g.
+ * the live one, whose runtime knobs then apply) instead of the stored config, so nothing is
+ * parsed as JSON: the daemon's trainer thread rolls back this way. */
+int dmn_trainer_load_as(struct dmn_trainer **out, const char *path, const struct dmn_config *as,
+                        char *err, size_t errlen);
+/* What a run checkpoint says about itself, read without building a trainer (no data load). */
+struct dmn_ckpt_info {
+    size_t step, params;
+    uint64_t change_seq;   // changes.jsonl seq included
+    uint64_t events;       // events.jsonl seq included ((uint64_t)-1: older file, unknown)
+    double val_loss;       // of the last validation (NAN before the first)
+    struct dmn_config cfg; // the stored config
+};
+/* 0; -EINVAL if the file is not a usable run checkpoint (corrupt, truncated, a model file),
+ * another negative errno if it could not be read (reason in err). */
+int dmn_trainer_peek(const char *path, struct dmn_ckpt_info *info, char *err, size_t errlen);
+
 /* Prints a progress line to t->log if log_every_seconds passed since the last one, or always
  * when force is set. */
 void dmn_trainer_progress(struct dmn_trainer *t, int force);
@@ -101,9 +120,12 @@ struct dmn_server_opts {
     const char *state_dir;   // NULL: the config's daemon.state_dir
     const char *token_file;  // NULL: the config's daemon.token_file ("" = no token)
     int quiet;               // no log lines on stderr
+    int resume_anyway;       // --resume-anyway: continue a stored run whose config differs
+    int fresh;               // --fresh: archive the state dir's run and start a new one
 };
 /* Runs evowidthd until it is stopped (POST /v1/stop, SIGTERM, SIGINT) and returns the process
- * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr). */
+ * exit code: 0 after a clean stop, 1 on a start-up error (reason printed to stderr) or when
+ * the final checkpoint failed (or daemon.on_checkpoint_failure "stop" ended the run). */
 int dmn_server_run(const struct dmn_server_opts *o);
 
 /* libgomp reads OMP_WAIT_POLICY once, when it loads, before main. Its default spins between

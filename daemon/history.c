@@ -8,7 +8,7 @@
  * goes and min_dt doubles, so a run of any length keeps its whole span at a resolution that
  * halves as it grows (the idea of a round-robin database), in bounded memory.
  *
- * Persistence. STATE_DIR/history.jsonl is rewritten atomically (tmp, fsync, rename) right
+ * Persistence. STATE_DIR/history.jsonl is rewritten atomically (net_write_atomic) right
  * after every checkpoint, on the trainer thread, from a copy taken under the mutex. It is
  * therefore the history of the newest checkpoint: on start-up it is read back and cut at the
  * resumed step (a crash after a checkpoint replays the steps after it, which add their
@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "daemon/server_internal.h"
+#include "net/codec.h"
 
 int dmn__hist_init(struct dmn_history *h)
 {
@@ -100,9 +101,8 @@ static void dmn__put_num(FILE *f, const char *key, double v)
 int dmn__hist_save(struct dmn_server *s, char *err, size_t errlen)
 {
     struct dmn_history copy;
-    char path[CFG_PATH_MAX + 32], tmp[CFG_PATH_MAX + 40];
+    char path[CFG_PATH_MAX + 32];
     snprintf(path, sizeof(path), "%s/history.jsonl", s->state_dir);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
     pthread_mutex_lock(&s->mu);
     copy = s->hist;
     copy.pts = malloc((s->hist.n + 1) * sizeof(*copy.pts));
@@ -112,13 +112,14 @@ int dmn__hist_save(struct dmn_server *s, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory for the history");
         return -ENOMEM;
     }
-    int rc = -EIO;
-    FILE *f = fopen(tmp, "w");
+    // Built in memory, written by the codec's atomic write (and its write layer).
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *f = open_memstream(&text, &text_len);
     if (!f) {
-        rc = -errno;
-        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+        snprintf(err, errlen, "out of memory for the history");
         free(copy.pts);
-        return rc;
+        return -ENOMEM;
     }
     fprintf(f, "{\"history\":1,\"layers\":[");
     for (size_t j = 0; j < copy.n_layers; j++)
@@ -140,21 +141,15 @@ int dmn__hist_save(struct dmn_server *s, char *err, size_t errlen)
         fprintf(f, "]}\n");
     }
     free(copy.pts);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0 || ferror(f)) {
-        rc = -errno;
-        snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-        fclose(f);
-        unlink(tmp);
-        return rc;
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad || !text) {
+        free(text);
+        snprintf(err, errlen, "out of memory for the history");
+        return -ENOMEM;
     }
-    fclose(f);
-    if (rename(tmp, path) < 0) {
-        rc = -errno;
-        snprintf(err, errlen, "rename %s: %s", tmp, strerror(errno));
-        unlink(tmp);
-        return rc;
-    }
-    return 0;
+    int rc = net_write_atomic(path, text, text_len, err, errlen);
+    free(text);
+    return rc;
 }
 
 static double dmn__get_num(const cJSON *o, const char *key)

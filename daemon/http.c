@@ -91,7 +91,9 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
             cJSON_AddNumberToObject(o, "surgeries_kept", c->kept);
             pthread_mutex_lock(&s->mu);
             // This pass's event, if it logged one (events before it: c->n_spec).
-            cJSON *ev = s->n_events > c->n_spec ? cJSON_Parse(s->events[s->n_events - 1]) : NULL;
+            cJSON *ev = s->n_events > c->n_spec && s->ev_n
+                            ? cJSON_Parse(s->events[(s->ev_head + s->ev_n - 1) % DMN_EVENT_RING])
+                            : NULL;
             pthread_mutex_unlock(&s->mu);
             cJSON_AddItemToObject(o, "last_event", ev ? ev : cJSON_CreateNull());
             break;
@@ -132,6 +134,30 @@ static void dmn__reply(struct dmn_server *s, struct dmn_cmd *c)
     free(c);
 }
 
+/* The trainer rolled back with a lower learning rate: the effective config takes it and the
+ * change log records it (route "rollback"), so a restart and later PATCHes keep it. */
+static void dmn__on_rollback(struct dmn_server *s, struct dmn_cmd *c)
+{
+    char err[512];
+    cJSON *body = cJSON_CreateObject(), *opt = cJSON_AddObjectToObject(body, "optimizer");
+    cJSON_AddNumberToObject(opt, "lr", c->loss);
+    struct dmn_config *tmp = malloc(sizeof(*tmp));
+    if (tmp) {
+        *tmp = s->cfg;
+        if (cfg_patch(tmp, NULL, body, CFG_RUNTIME, err, sizeof(err)) == 0 &&
+            dmn__log_change(s, "rollback", body, err, sizeof(err)) == 0) {
+            dmn__stream_change(s, "rollback", body);
+            s->cfg = *tmp;
+            dmn__push_config(s);
+        } else {
+            dmn__log(s, "rollback: the lower learning rate is not recorded: %s", err);
+        }
+    }
+    free(tmp);
+    cJSON_Delete(body);
+    free(c);
+}
+
 void dmn__wake_cb(uv_async_t *h)
 {
     struct dmn_server *s = dmn__container_of(h, struct dmn_server, wake);
@@ -142,7 +168,10 @@ void dmn__wake_cb(uv_async_t *h)
     pthread_mutex_unlock(&s->mu);
     while (d) {
         struct dmn_cmd *next = d->next;
-        dmn__reply(s, d);
+        if (d->kind == DMN_CMD_ROLLBACK)
+            dmn__on_rollback(s, d);
+        else
+            dmn__reply(s, d);
         d = next;
     }
     if (ended && !s->trainer_exited) {
@@ -199,6 +228,15 @@ cJSON *dmn__status_json(struct dmn_server *s)
     // For the dashboard: whether changes need the token, and who else is watching.
     cJSON_AddBoolToObject(o, "auth_required", s->token[0] != 0);
     cJSON_AddNumberToObject(o, "stream_clients", (double)s->n_clients);
+    // Checkpoint faults (daemon.on_checkpoint_failure), rollbacks, and why the run paused.
+    cJSON_AddNumberToObject(o, "checkpoint_failures", (double)sn->ckpt_failures);
+    cJSON_AddNumberToObject(o, "checkpoint_failures_total", (double)sn->ckpt_failures_total);
+    cJSON_AddItemToObject(o, "last_checkpoint_error",
+                          sn->ckpt_error[0] ? cJSON_CreateString(sn->ckpt_error)
+                                            : cJSON_CreateNull());
+    cJSON_AddNumberToObject(o, "rollbacks", (double)sn->rollbacks);
+    if (!strcmp(sn->state, "paused") && sn->pause_reason[0])
+        cJSON_AddStringToObject(o, "pause_reason", sn->pause_reason);
     free(sn);
     return o;
 }
@@ -332,13 +370,16 @@ static int h_events(struct api_req *q, struct api_resp *r, void *ctx)
     struct dmn_server *s = ctx;
     cJSON *arr = cJSON_CreateArray();
     pthread_mutex_lock(&s->mu);
-    for (size_t i = 0; arr && i < s->n_events; i++) {
-        cJSON *e = cJSON_Parse(s->events[i]);
+    for (size_t i = 0; arr && i < s->ev_n; i++) {
+        cJSON *e = cJSON_Parse(s->events[(s->ev_head + i) % DMN_EVENT_RING]);
         if (e) cJSON_AddItemToArray(arr, e);
     }
+    size_t total = s->n_events;
     pthread_mutex_unlock(&s->mu);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddItemToObject(o, "events", arr);
+    // The newest DMN_EVENT_RING are here; events.jsonl in the state dir has them all.
+    cJSON_AddNumberToObject(o, "total", (double)total);
     api_resp_json(r, o);
     return 200;
 }
@@ -382,9 +423,13 @@ static int dmn__patch(struct dmn_server *s, struct api_req *q, struct api_resp *
         free(tmp);
         return api_resp_error(r, 422, NULL, "%s", err);
     }
+    if (dmn__log_change(s, route, body, err, sizeof(err)) < 0) {
+        cJSON_Delete(body);
+        free(tmp);
+        return api_resp_error(r, 503, NULL, "%s", err); // not recorded, so not applied
+    }
     s->cfg = *tmp;
     free(tmp);
-    dmn__log_change(s, route, body);
     dmn__stream_change(s, route, body);
     cJSON_Delete(body);
     // Answered once the trainer has applied it (dmn__reply), so /v1/status shows it then.
@@ -617,6 +662,15 @@ static int h_metrics(struct api_req *q, struct api_resp *r, void *ctx)
         dmn__pm_labelled(&m, "evowidth_layer_rank", "layer", e->rank_names[i], (double)e->ranks[i]);
     dmn__pm_one(&m, "evowidth_paused", "gauge", "1 while training is paused.",
                 !strcmp(sn->state, "paused"));
+    dmn__pm_one(&m, "evowidth_checkpoint_failures_total", "counter",
+                "Checkpoints that failed to be written (daemon.on_checkpoint_failure).",
+                (double)sn->ckpt_failures_total);
+    dmn__pm_one(&m, "evowidth_checkpoint_failing", "gauge",
+                "Checkpoints in a row that failed, up to now (0: the last one was written).",
+                (double)sn->ckpt_failures);
+    dmn__pm_one(&m, "evowidth_rollbacks_total", "counter",
+                "Rollbacks to the last-known-good checkpoint after divergence.",
+                (double)sn->rollbacks);
     dmn__pm_one(&m, "evowidth_last_checkpoint_step", "gauge",
                 "Step of the newest checkpoint in the state dir.", (double)sn->last_ckpt_step);
     dmn__pm_one(&m, "evowidth_history_points", "gauge", "Points kept in the metric history.",

@@ -8,9 +8,13 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: evowidthd --config FILE [--listen ADDR:PORT] [--state-dir DIR]\n"
-               "                 [--token-file F] [--quiet] [--version]\n"
+               "                 [--token-file F] [--quiet] [--resume-anyway | --fresh]\n"
+               "                 [--version]\n"
                "Trains in the background, checkpoints into the state dir (resuming from the\n"
                "newest valid checkpoint there) and serves the HTTP/JSON API on loopback.\n"
+               "A state dir whose run has a different config is refused: --resume-anyway\n"
+               "continues the stored run as it was, --fresh moves it to STATE_DIR/archive-*\n"
+               "and starts a new one.\n"
                "Every config knob with its default and range: evowidthd --help-config.\n"
                "The dashboard: http://ADDR:PORT/ (live charts, events, policy).\n");
 }
@@ -27,6 +31,8 @@ int main(int argc, char **argv)
                                          {"help", no_argument, 0, 'h'},
                                          {"help-config", no_argument, 0, 'H'},
                                          {"version", no_argument, 0, 'V'},
+                                         {"resume-anyway", no_argument, 0, 'R'},
+                                         {"fresh", no_argument, 0, 'F'},
                                          {0, 0, 0, 0}};
     struct dmn_server_opts o = {0};
     int c;
@@ -37,13 +43,15 @@ int main(int argc, char **argv)
         case 's': o.state_dir = optarg; break;
         case 't': o.token_file = optarg; break;
         case 'q': o.quiet = 1; break;
+        case 'R': o.resume_anyway = 1; break;
+        case 'F': o.fresh = 1; break;
         case 'h': usage(stdout); return 0;
         case 'H': cfg_help(stdout); return 0;
         case 'V': printf("evowidthd %s\n", EW_VERSION); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (!o.config_path || optind != argc) {
+    if (!o.config_path || optind != argc || (o.resume_anyway && o.fresh)) {
         usage(stderr);
         return 2;
     }

@@ -9,6 +9,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdarg.h>
 #include <string.h>
 #include <time.h>
 
@@ -109,6 +110,11 @@ void dmn__publish(struct dmn_server *s, int add_history)
     pthread_mutex_lock(&s->mu);
     memcpy(sn->last_ckpt, s->snap.last_ckpt, sizeof(sn->last_ckpt));
     sn->last_ckpt_step = s->snap.last_ckpt_step;
+    sn->ckpt_failures = s->snap.ckpt_failures;
+    sn->ckpt_failures_total = s->snap.ckpt_failures_total;
+    sn->rollbacks = s->snap.rollbacks;
+    memcpy(sn->ckpt_error, s->snap.ckpt_error, sizeof(sn->ckpt_error));
+    if (s->paused) memcpy(sn->pause_reason, s->snap.pause_reason, sizeof(sn->pause_reason));
     sn->n_events = s->n_events;
     s->snap = *sn;
     int eval = s->eval_new;
@@ -132,7 +138,7 @@ void dmn__publish(struct dmn_server *s, int add_history)
     free(sn);
 }
 
-/* Copies event texts the trainer produced since the last call into the shared list. */
+/* Copies event texts the trainer produced since the last call into the shared ring. */
 void dmn__sync_events(struct dmn_server *s)
 {
     size_t have;
@@ -140,26 +146,227 @@ void dmn__sync_events(struct dmn_server *s)
     have = s->n_events;
     pthread_mutex_unlock(&s->mu);
     size_t total = dmn__adapt_n_events(s->t);
-    for (size_t i = have; i < total; i++) {
-        char *e = strdup(dmn__adapt_event(s->t, i));
-        if (!e) return;
+    if (total < have) have = total; // (cannot happen: a rollback keeps the count)
+    for (size_t i = total - have > DMN_EVENT_RING ? total - DMN_EVENT_RING : have; i < total; i++) {
+        const char *t = dmn__adapt_event(s->t, i);
+        char *e = t ? strdup(t) : NULL;
         pthread_mutex_lock(&s->mu);
-        if (s->n_events == s->cap_events) {
-            size_t cap = s->cap_events ? 2 * s->cap_events : 16;
-            char **q = realloc(s->events, cap * sizeof(char *));
-            if (!q) {
-                pthread_mutex_unlock(&s->mu);
-                free(e);
-                return;
+        if (e) {
+            if (s->ev_n == DMN_EVENT_RING) {
+                free(s->events[s->ev_head]);
+                s->events[s->ev_head] = e;
+                s->ev_head = (s->ev_head + 1) % DMN_EVENT_RING;
+            } else {
+                s->events[(s->ev_head + s->ev_n++) % DMN_EVENT_RING] = e;
             }
-            s->events = q;
-            s->cap_events = cap;
         }
-        s->events[s->n_events++] = e;
+        s->n_events = i + 1;
         pthread_mutex_unlock(&s->mu);
     }
+    pthread_mutex_lock(&s->mu);
+    s->n_events = total;
+    pthread_mutex_unlock(&s->mu);
 }
 
+/* Pauses the run for a reason shown in /v1/status (trainer thread). */
+static void dmn__pause(struct dmn_server *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void dmn__pause(struct dmn_server *s, const char *fmt, ...)
+{
+    char why[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    s->paused = 1;
+    pthread_mutex_lock(&s->mu);
+    snprintf(s->snap.pause_reason, sizeof(s->snap.pause_reason), "%s", why);
+    pthread_mutex_unlock(&s->mu);
+    dmn__log(s, "pausing: %s", why);
+}
+
+/* Writes a checkpoint and keeps the failure accounting: counts, the last error (status,
+ * metrics), a log line at most once a minute, and after checkpoint_failure_limit failures
+ * in a row pauses the run or asks it to stop (*stop). Trainer thread. */
+static int dmn__checkpoint_counted(struct dmn_server *s, char *path, size_t pathlen, int *stop)
+{
+    char err[512];
+    int rc = dmn__checkpoint_all(s, path, pathlen, err, sizeof(err));
+    struct dmn_trainer *t = s->t;
+    pthread_mutex_lock(&s->mu);
+    size_t before = s->snap.ckpt_failures;
+    if (rc == 0) {
+        s->snap.ckpt_failures = 0;
+        s->snap.ckpt_error[0] = 0;
+    } else {
+        s->snap.ckpt_failures++;
+        s->snap.ckpt_failures_total++;
+        snprintf(s->snap.ckpt_error, sizeof(s->snap.ckpt_error), "%s", err);
+    }
+    size_t now_failing = s->snap.ckpt_failures;
+    pthread_mutex_unlock(&s->mu);
+    if (rc == 0) {
+        if (before) dmn__log(s, "checkpoint written again (%s) after %zu failure(s)", path, before);
+        s->ckpt_unlogged = 0;
+        return 0;
+    }
+    double now = dmn_now();
+    if (before == 0 || now - s->ckpt_last_log >= 60.0) {
+        if (s->ckpt_unlogged)
+            dmn__log(s,
+                     "checkpoint failed: %s (%zu more failure(s) not logged; next report in "
+                     "60 s)",
+                     err, s->ckpt_unlogged);
+        else
+            dmn__log(s, "checkpoint failed: %s", err);
+        s->ckpt_last_log = now;
+        s->ckpt_unlogged = 0;
+    } else {
+        s->ckpt_unlogged++;
+    }
+    if (stop && now_failing >= t->cfg.daemon.checkpoint_failure_limit && !s->paused) {
+        if (t->cfg.daemon.on_checkpoint_failure == CFG_CKFAIL_STOP) {
+            dmn__log(s, "%zu checkpoints in a row failed: stopping (daemon.on_checkpoint_failure)",
+                     now_failing);
+            *stop = 1;
+            pthread_mutex_lock(&s->mu);
+            s->final_ckpt_failed = 1; // the exit code says so even if the last one works
+            pthread_mutex_unlock(&s->mu);
+        } else {
+            dmn__pause(s,
+                       "%zu checkpoints in a row failed (%s): fix the state dir, then POST "
+                       "/v1/resume",
+                       now_failing, err);
+        }
+    }
+    return rc;
+}
+
+/* The limit above which a validation loss means divergence: divergence_ratio x the best,
+ * and never below ln(classes) (a uniform guess), so a tiny best loss does not make an
+ * ordinary bump look like divergence. */
+static double dmn__val_limit(const struct dmn_server *s)
+{
+    const struct dmn_trainer *t = s->t;
+    double floor_ = log((double)(t->net->n_classes > 1 ? t->net->n_classes : 2));
+    double r = t->cfg.daemon.divergence_ratio * s->best_val;
+    return isfinite(s->best_val) && r > floor_ ? r : isfinite(s->best_val) ? floor_ : INFINITY;
+}
+
+/* After a validation pass: a finite, non-exploding loss is a good point (a checkpoint is
+ * taken and kept as good-*.evow, at most every checkpoint_every_steps); a loss beyond the
+ * limit is divergence (1). Trainer thread. */
+static int dmn__judge_val(struct dmn_server *s, int *stop)
+{
+    struct dmn_trainer *t = s->t;
+    double v = t->val_loss;
+    if (!isfinite(v) || v > dmn__val_limit(s)) return 1;
+    if (!isfinite(s->best_val) || v < s->best_val) s->best_val = v;
+    size_t every = t->cfg.daemon.checkpoint_every_steps;
+    if (s->good_valid && t->step >= s->good_step && every && t->step - s->good_step < every)
+        return 0;
+    char path[1024], err[512];
+    if (dmn__checkpoint_counted(s, path, sizeof(path), stop) == 0) {
+        if (dmn__mark_good(s, path, t->step, err, sizeof(err)) < 0)
+            dmn__log(s, "last-known-good checkpoint not kept: %s", err);
+        else
+            s->rollbacks_in_row = 0;
+    }
+    return 0;
+}
+
+/* Divergence: back to the last-known-good checkpoint with a lower learning rate, or pause
+ * when there is none, the rate cannot go lower or max_rollbacks in a row did not help.
+ * Trainer thread: nothing here parses JSON (the live config is reused). */
+static void dmn__diverged(struct dmn_server *s, const char *why, int *stop)
+{
+    struct dmn_trainer *t = s->t;
+    const struct cfg_daemon *dc = &t->cfg.daemon;
+    double lr = t->cfg.optimizer.lr, lr2 = lr * dc->rollback_lr_factor;
+    if (lr2 < t->cfg.schedule.min_lr) lr2 = t->cfg.schedule.min_lr;
+    if (dc->rollback_lr_factor <= 0) {
+        dmn__pause(s,
+                   "diverged at step %zu (%s); daemon.rollback_lr_factor is 0: lower the "
+                   "learning rate",
+                   t->step, why);
+        return;
+    }
+    if (!s->good_valid) {
+        dmn__pause(s,
+                   "diverged at step %zu (%s) before any good checkpoint: lower the "
+                   "learning rate",
+                   t->step, why);
+        return;
+    }
+    if (s->rollbacks_in_row >= dc->max_rollbacks || !(lr2 > 0 && lr2 < lr)) {
+        dmn__pause(s,
+                   "diverged at step %zu (%s) after %zu rollback(s) in a row: lower the "
+                   "learning rate",
+                   t->step, why, s->rollbacks_in_row);
+        return;
+    }
+    struct dmn_config *cfg = malloc(sizeof(*cfg));
+    char good[1024], err[512];
+    dmn__good_path(s, good, sizeof(good));
+    struct dmn_trainer *n = NULL;
+    int rc = cfg ? 0 : -ENOMEM;
+    if (cfg) {
+        *cfg = t->cfg;
+        cfg->optimizer.lr = lr2;
+        rc = dmn_trainer_load_as(&n, good, cfg, err, sizeof(err));
+    } else {
+        snprintf(err, sizeof(err), "out of memory");
+    }
+    free(cfg);
+    if (rc < 0) {
+        dmn__pause(s, "diverged at step %zu (%s); rolling back failed: %s", t->step, why, err);
+        return;
+    }
+    const size_t from = t->step;
+    n->log = t->log;
+    n->events = t->events;
+    n->change_seq = t->change_seq;
+    n->last_log_time = dmn_now();
+    dmn__adapt_set_count(n, dmn__adapt_n_events(t)); // one event history, seq goes on
+    net_set_threads(n->cfg.train.threads);
+    s->t = n;
+    dmn_trainer_destroy(t);
+    char gone[512];
+    dmn__discard_after(s, n->step, gone, sizeof(gone));
+    s->rollbacks_in_row++;
+    cJSON *ev = cJSON_CreateObject();
+    cJSON_AddStringToObject(ev, "kind", "rollback");
+    cJSON_AddNumberToObject(ev, "step", (double)n->step);
+    cJSON_AddNumberToObject(ev, "from_step", (double)from);
+    cJSON_AddStringToObject(ev, "reason", why);
+    cJSON_AddNumberToObject(ev, "lr_before", lr);
+    cJSON_AddNumberToObject(ev, "lr_after", lr2);
+    if (isfinite(n->val_loss)) cJSON_AddNumberToObject(ev, "good_val_loss", n->val_loss);
+    cJSON_AddStringToObject(ev, "checkpoint", good);
+    cJSON_AddStringToObject(ev, "discarded_steps", gone);
+    dmn__adapt_record(n, ev);
+    dmn__sync_events(s);
+    dmn__log(s,
+             "diverged at step %zu (%s): rolled back to the last-known-good checkpoint at "
+             "step %zu, lr %g -> %g",
+             from, why, n->step, lr, lr2);
+    pthread_mutex_lock(&s->mu);
+    s->snap.rollbacks++;
+    pthread_mutex_unlock(&s->mu);
+    char path[1024];
+    dmn__checkpoint_counted(s, path, sizeof(path), stop); // the new timeline's first one
+    // The loop thread records the lower rate as a change, so PATCHes build on it.
+    struct dmn_cmd *c = dmn__cmd_new(DMN_CMD_ROLLBACK);
+    if (c) {
+        c->loss = lr2;
+        c->step = n->step;
+        pthread_mutex_lock(&s->mu);
+        c->next = s->done;
+        s->done = c;
+        pthread_mutex_unlock(&s->mu);
+        uv_async_send(&s->wake);
+    }
+}
 
 /* Applies one command between steps; returns 1 when the trainer must stop. */
 int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
@@ -167,7 +374,12 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
     struct dmn_trainer *t = s->t;
     c->step = t->step;
     switch (c->kind) {
-    case DMN_CMD_PAUSE: s->paused = 1; break;
+    case DMN_CMD_PAUSE:
+        s->paused = 1;
+        pthread_mutex_lock(&s->mu);
+        snprintf(s->snap.pause_reason, sizeof(s->snap.pause_reason), "POST /v1/pause");
+        pthread_mutex_unlock(&s->mu);
+        break;
     case DMN_CMD_RESUME: s->paused = 0; break;
     case DMN_CMD_ADAPT:
         c->n_spec = dmn__adapt_n_events(t); // events before this pass
@@ -176,7 +388,12 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
         dmn__sync_events(s);
         break;
     case DMN_CMD_CHECKPOINT:
-        c->rc = dmn__checkpoint_all(s, c->path, sizeof(c->path), c->err, sizeof(c->err));
+        c->rc = dmn__checkpoint_counted(s, c->path, sizeof(c->path), NULL);
+        if (c->rc < 0) {
+            pthread_mutex_lock(&s->mu);
+            snprintf(c->err, sizeof(c->err), "%.*s", (int)sizeof(c->err) - 1, s->snap.ckpt_error);
+            pthread_mutex_unlock(&s->mu);
+        }
         break;
     case DMN_CMD_EVAL: {
         struct net_eval ev;
@@ -193,6 +410,8 @@ int dmn__apply(struct dmn_server *s, struct dmn_cmd *c)
         break;
     }
     case DMN_CMD_STOP: return 1;
+    case DMN_CMD_ROLLBACK: // a notice to the loop, never queued to the trainer
+        break;
     case DMN_CMD_CONFIG:
         // Validated on the loop thread already; the table copies every runtime knob.
         c->rc = dmn_trainer_set_runtime(t, &c->cfg, c->err, sizeof(c->err));
@@ -252,6 +471,7 @@ void *dmn__trainer_main(void *arg)
     t->last_log_time = dmn_now();
     net_set_threads(t->cfg.train.threads); // this thread's OpenMP pool and FP mode
     while (!stop) {
+        t = s->t; // a rollback replaces the trainer
         pthread_mutex_lock(&s->mu);
         struct dmn_cmd *q = s->q_head;
         s->q_head = s->q_tail = NULL;
@@ -307,17 +527,24 @@ void *dmn__trainer_main(void *arg)
         }
         struct dmn_tick tk;
         int rc = dmn_trainer_tick(t, &tk);
-        if (rc < 0) {
-            dmn__log(s, "step %zu failed (%s); pausing", t->step,
-                     rc == -EDOM ? "loss is not finite: lower the learning rate" : strerror(-rc));
-            s->paused = 1;
-        }
         dmn__sync_events(s);
-        if (tk.checkpoint_due) {
+        if (rc == -EDOM) {
+            dmn__diverged(s, "the training loss is not finite", &stop);
+            t = s->t;
+            continue;
+        }
+        if (rc < 0) dmn__pause(s, "step %zu failed: %s", t->step, strerror(-rc));
+        if (tk.evaluated && dmn__judge_val(s, &stop)) {
+            char why[96];
+            snprintf(why, sizeof(why), "validation loss %g", t->val_loss);
+            dmn__diverged(s, why, &stop);
+            t = s->t;
+            continue;
+        }
+        if (tk.checkpoint_due && !stop &&
+            !(s->snap.last_ckpt_step == t->step && s->snap.last_ckpt[0])) { // (not twice)
             char path[1024];
-            if (dmn__checkpoint_all(s, path, sizeof(path), err, sizeof(err)) < 0)
-                dmn__log(s, "checkpoint failed: %s", err);
-            else if (dmn_trainer_done(t))
+            if (dmn__checkpoint_counted(s, path, sizeof(path), &stop) == 0 && dmn_trainer_done(t))
                 dmn__log(s, "training done at step %zu; final checkpoint %s", t->step, path);
         }
         if (tk.evaluated) s->eval_new = 1;
@@ -330,10 +557,15 @@ void *dmn__trainer_main(void *arg)
     }
     // Stop: the step in progress has finished; write the final checkpoint.
     char path[1024];
-    if (dmn__checkpoint_all(s, path, sizeof(path), err, sizeof(err)) < 0)
+    t = s->t;
+    if (dmn__checkpoint_all(s, path, sizeof(path), err, sizeof(err)) < 0) {
         dmn__log(s, "final checkpoint failed: %s", err);
-    else
+        pthread_mutex_lock(&s->mu);
+        s->final_ckpt_failed = 1;
+        pthread_mutex_unlock(&s->mu);
+    } else {
         dmn__log(s, "stopped at step %zu; checkpoint %s", t->step, path);
+    }
     dmn__publish(s, 0);
     pthread_mutex_lock(&s->mu);
     s->trainer_done = 1;

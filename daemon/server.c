@@ -3,6 +3,7 @@
  * a second one exits at once, SIGHUP reloads the runtime knobs) and the orderly shutdown.
  * The design of the two threads is in daemon/server_internal.h. */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -76,14 +77,18 @@ static void dmn__reload(struct dmn_server *s)
         dmn__log(s, "SIGHUP: config not reloaded: %s", err);
         goto out;
     }
-    s->cfg = *tmp;
     cJSON *body = cJSON_CreateObject();
-    cJSON_AddItemToObject(body, "adapt", cfg_section_to_json(&s->cfg, "adapt"));
-    cJSON_AddItemToObject(body, "train", cfg_section_to_json(&s->cfg, "train"));
-    cJSON_AddNumberToObject(body, "lr", s->cfg.optimizer.lr);
-    dmn__log_change(s, "SIGHUP", body);
+    cJSON_AddItemToObject(body, "adapt", cfg_section_to_json(tmp, "adapt"));
+    cJSON_AddItemToObject(body, "train", cfg_section_to_json(tmp, "train"));
+    cJSON_AddNumberToObject(body, "lr", tmp->optimizer.lr);
+    if (dmn__log_change(s, "SIGHUP", body, err, sizeof(err)) < 0) {
+        cJSON_Delete(body);
+        dmn__log(s, "SIGHUP: config not reloaded: %s", err);
+        goto out;
+    }
     dmn__stream_change(s, "SIGHUP", body);
     cJSON_Delete(body);
+    s->cfg = *tmp;
     dmn__push_config(s);
     dmn__log(s, "SIGHUP: runtime settings reloaded from %s", s->opts.config_path);
 out:
@@ -118,6 +123,7 @@ int dmn_server_run(const struct dmn_server_opts *o)
     if (!s) return 1;
     s->opts = *o;
     s->start_time = dmn_now();
+    s->best_val = NAN;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->start_unix = (double)time(NULL);
@@ -140,22 +146,19 @@ int dmn_server_run(const struct dmn_server_opts *o)
         fprintf(stderr, "evowidthd: %s\n", err);
         goto out;
     }
-    if (dmn__mkdirs(s->opts.state_dir, err, sizeof(err)) < 0) {
+    if (dmn__mkdirs(s->opts.state_dir, err, sizeof(err)) < 0 ||
+        dmn__check_dir(s, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidthd: %s\n", err);
         goto out;
     }
-    // Resume, or start a new run from the config.
-    int resumed = dmn__resume(s, err, sizeof(err));
-    if (resumed) {
-        // The checkpoint's config is the run's config; runtime changes after it are replayed.
-        s->cfg = s->t->cfg;
-        s->change_seq = s->t->change_seq;
-        dmn__replay_changes(s);
-        dmn_trainer_set_epochs(s->t, s->cfg.train.epochs);
-    } else if ((rc = dmn_trainer_create(&s->t, &s->cfg, err, sizeof(err))) < 0) {
+    // Resume (the checkpoint's config is the run's; later runtime changes are replayed), or
+    // start a new run from the config.
+    if ((rc = dmn__open_run(s, err, sizeof(err))) < 0 ||
+        dmn__check_space(s, err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidthd: %s\n", err);
         goto out;
     }
+    const int resumed = rc == 1;
     s->t->log = s->opts.quiet ? NULL : stderr;
     s->events_file = dmn__open_events(s);
     s->t->events = s->events_file;
@@ -214,7 +217,7 @@ int dmn_server_run(const struct dmn_server_opts *o)
     uv_run(&s->loop, UV_RUN_DEFAULT);
     pthread_join(s->thread, NULL);
     s->thread_started = 0;
-    code = 0;
+    code = s->final_ckpt_failed ? 1 : 0;
     goto close_loop;
 uverr:
     fprintf(stderr, "evowidthd: libuv: %s\n", uv_strerror(rc));
@@ -229,7 +232,7 @@ close_loop:
     while (s->done) {
         struct dmn_cmd *d = s->done;
         s->done = d->next;
-        api_async_complete(d->reply, 503);
+        if (d->reply) api_async_complete(d->reply, 503); // (a rollback notice has none)
         free(d->layers);
         free(d->spectrum);
         free(d);
@@ -244,11 +247,12 @@ out:
         s->q_head = c->next;
         free(c);
     }
-    for (size_t i = 0; i < s->n_events; i++) free(s->events[i]);
-    free(s->events);
+    for (size_t i = 0; i < s->ev_n; i++) free(s->events[(s->ev_head + i) % DMN_EVENT_RING]);
     dmn_trainer_destroy(s->t);
     if (s->events_file) fclose(s->events_file);
     dmn__hist_free(&s->hist);
+    free(s->valid);
+    if (s->lock_fd > 0) close(s->lock_fd); // releases the flock
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

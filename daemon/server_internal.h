@@ -27,9 +27,18 @@
  *
  * Checkpoints are full run checkpoints (daemon/state.c) named ckpt-<step>.evow in the state
  * dir, written atomically; on start the newest one that loads is resumed, a corrupt one is
- * reported and skipped. Accepted changes to policy or training settings are appended to
+ * reported and set aside. Accepted changes to policy or training settings are appended to
  * changes.jsonl (time, step, sequence number, the change) and fsynced; a checkpoint records
- * the sequence number it includes, so on restart later changes are replayed.
+ * the sequence number it includes, so on restart later changes are replayed. The rules of
+ * the state dir (rotation, logs, archives) are in daemon/statedir.c.
+ *
+ * Faults (trainer thread): a failed checkpoint is counted, shown in /v1/status and /metrics
+ * and logged at most once a minute; after daemon.checkpoint_failure_limit in a row the run
+ * pauses or stops (daemon.on_checkpoint_failure); a failed final checkpoint makes the exit
+ * code 1. Divergence (a non-finite loss, or a validation loss daemon.divergence_ratio times
+ * the best) rolls back to the last-known-good checkpoint with the learning rate times
+ * daemon.rollback_lr_factor: an event in events.jsonl and a "rollback" change in
+ * changes.jsonl (the loop thread records it when the trainer's notice arrives).
  *
  * Shutdown: SIGTERM / SIGINT queue a stop; the trainer finishes its step, checkpoints and
  * ends; the loop then stops the API, closes every handle, and uv_loop_close must return 0.
@@ -47,6 +56,8 @@
 
 #include "api/api.h"
 #include "daemon/daemon_internal.h"
+#include "net/codec.h"
+#include "net/net.h"
 
 #define DMN_HIST_CAP 8192   // history points kept (thinned when full: daemon/history.c)
 #define DMN_HIST_WIDTHS 32  // layers whose width a history point records
@@ -71,6 +82,7 @@ enum dmn_cmd_kind {
     DMN_CMD_CONFIG,
     DMN_CMD_LAYERS,
     DMN_CMD_SPECTRUM,
+    DMN_CMD_ROLLBACK, // trainer -> loop notice: the run rolled back, lr is now c->loss
 };
 
 struct dmn_layer_info {
@@ -148,10 +160,15 @@ struct dmn_snapshot {
     size_t last_ckpt_step;
     char last_ckpt[1024];
     size_t n_events;
+    // Checkpoint faults and why the run paused (kept across republishing).
+    size_t ckpt_failures, ckpt_failures_total, rollbacks;
+    char ckpt_error[512];
+    char pause_reason[768];
 };
 
 struct dmn_server {
     struct dmn_server_opts opts;
+    int lock_fd;           // daemon.lock, flock'ed (0: none)
     struct dmn_config cfg; // loop thread: the effective config (PATCH edits this)
     uint64_t change_seq;   // loop thread: changes accepted so far
     char token[256];
@@ -188,8 +205,10 @@ struct dmn_server {
     struct dmn_history hist;
     struct dmn_evalrec evals[DMN_EVAL_RING]; // ring: evaluation i is at i % DMN_EVAL_RING
     uint64_t n_evals;
-    char **events; // adaptation event texts (copied in)
-    size_t n_events, cap_events;
+    char *events[DMN_EVENT_RING]; // the newest event texts (copied in), a ring ...
+    size_t ev_n, ev_head;         // ... of ev_n held from ev_head
+    size_t n_events;              // events so far (the newest one's seq)
+    int final_ckpt_failed;
 
     // ---- trainer thread only ----
     struct dmn_trainer *t;
@@ -197,6 +216,13 @@ struct dmn_server {
     int eval_new;    // a validation pass ran since the last publish
     int have_window; // a training window has been measured since start-up
     FILE *events_file;
+    size_t *valid, n_valid, cap_valid; // steps of the ckpt-*.evow known to be valid
+    int good_valid;                    // good-<good_step>.evow exists and is valid
+    size_t good_step;
+    double best_val; // best validation loss of the run so far (NAN: none)
+    size_t rollbacks_in_row;
+    double ckpt_last_log; // dmn_now() of the last failure logged
+    size_t ckpt_unlogged; // failures since then
 };
 
 // ---- daemon/server.c: process lifecycle (loop thread) ------------------------------------
@@ -241,14 +267,41 @@ void dmn__wake_cb(uv_async_t *h);
 int dmn__mkdirs(const char *dir, char *err, size_t errlen);
 /* Reads the bearer token (trailing blanks and newlines stripped); an empty file is an error. */
 int dmn__read_token(const char *path, char *out, size_t n, char *err, size_t errlen);
-/* Resumes s->t from the newest checkpoint that loads; 1 if one did, 0 if none. */
-int dmn__resume(struct dmn_server *s, char *err, size_t errlen);
-/* Replays changes.jsonl entries newer than s->change_seq into s->cfg (loop thread). */
+/* Refuses a state dir this user does not own, that another daemon holds (takes the lock:
+ * daemon.lock) or that cannot be written (a probe file is written, fsynced and removed). */
+int dmn__check_dir(struct dmn_server *s, char *err, size_t errlen);
+/* Refuses a state dir with less than twice a checkpoint's size free (s->t must exist). */
+int dmn__check_space(struct dmn_server *s, char *err, size_t errlen);
+/* Opens the run: checks every checkpoint (regular files only; unusable ones are renamed
+ * *.corrupt), compares the newest usable one's config with s->cfg (a difference in an
+ * immutable knob is refused unless opts.resume_anyway; opts.fresh archives the old run),
+ * resumes it, cuts events.jsonl back to it and replays later changes; with none, archives
+ * the old run's files and creates a new run from s->cfg. 1 (resumed), 0 (a new run), or <0
+ * with the reason in err. */
+int dmn__open_run(struct dmn_server *s, char *err, size_t errlen);
+/* Replays changes.jsonl entries newer than s->t->change_seq into s->cfg, after cutting off a
+ * torn last line (loop thread, start-up). */
 void dmn__replay_changes(struct dmn_server *s);
-/* Appends an accepted change to changes.jsonl and fsyncs it (loop thread). */
-void dmn__log_change(struct dmn_server *s, const char *route, const cJSON *body);
+/* Appends an accepted change to changes.jsonl and fsyncs it (loop thread): 0, or <0 with the
+ * reason in err and nothing recorded (the caller must not apply the change). */
+int dmn__log_change(struct dmn_server *s, const char *route, const cJSON *body, char *err,
+                    size_t errlen);
 /* Opens events.jsonl for appending (NULL if it cannot be opened). */
 FILE *dmn__open_events(const struct dmn_server *s);
+/* fsyncs a directory (0 or -errno). */
+int dmn__sync_dir(const char *dir);
+/* Writes a checkpoint of s->t into the state dir (events.jsonl fsynced first), records it
+ * in the snapshot, and deletes known-valid ones beyond the newest DMN_KEEP_CKPTS, never the
+ * new one (trainer thread). path receives the file's name. */
+int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err, size_t errlen);
+/* Makes checkpoint ckpt (at step) the last-known-good one: good-<step>.evow, a hard link,
+ * replacing the previous one (trainer thread). */
+int dmn__mark_good(struct dmn_server *s, const char *ckpt, size_t step, char *err, size_t errlen);
+/* The last-known-good checkpoint's path. */
+void dmn__good_path(const struct dmn_server *s, char *out, size_t n);
+/* Deletes the known-valid checkpoints after step (a rollback abandons them); their steps go
+ * to list as "a,b,c" (trainer thread). */
+void dmn__discard_after(struct dmn_server *s, size_t step, char *list, size_t listlen);
 /* Writes a checkpoint of s->t into the state dir, records it in the snapshot, and prunes all
  * but the newest DMN_KEEP_CKPTS (trainer thread). path receives the file's name. */
 int dmn__checkpoint(struct dmn_server *s, char *path, size_t pathlen, char *err, size_t errlen);

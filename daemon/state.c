@@ -4,10 +4,15 @@
  *   CONF: the effective config as JSON text (model widths there are the *initial* ones; the
  *         ARCH chunk has the current ones), policy and runtime changes included;
  *   TRNR: the trainer's position, written field by field with net/codec.h:
- *         version 2: u32 version | u64 step | u64 rng | u64 batcher n | u64 pos | u64 epoch |
+ *         version 3: u32 version | u64 step | u64 rng | u64 batcher n | u64 pos | u64 epoch |
  *         u64 batcher rng | u32 perm[n] | f64 train_seconds, adapt_seconds, val_loss, val_acc,
- *         last_loss, last_acc | u64 initial_params | u64 change_seq | u64 length |
- *         adaptation state (daemon/adapt.c);
+ *         last_loss, last_acc | u64 initial_params | u64 change_seq | u64 events | u64 length
+ *         | adaptation state (daemon/adapt.c). `events` is the event seq the checkpoint
+ *         includes: the last line of the state dir's events.jsonl that belongs to it (the
+ *         daemon's adaptation state carries no event texts; evowidth train's carries the
+ *         newest ones, the last of them event `events`);
+ *         version 2 (read only): version 3 without `events` (the event count is the number
+ *         of texts the adaptation state carries);
  *         version 1 (read only): the same values as the image of a C struct, u32 version |
  *         u32 0 | u64 step, rng, n, pos, epoch, batcher rng | the six f64 | u64
  *         initial_params | u64 adaptation length | u64 change_seq, then perm, then the
@@ -24,7 +29,7 @@
 #include "daemon/daemon_internal.h"
 #include "net/codec.h"
 
-#define TRNR_VERSION 2u
+#define TRNR_VERSION 3u
 #define TRNR_V1_HEAD 128 // bytes of version 1's struct image before perm
 
 /* TRNR's values, parsed from either version (never written as an image). */
@@ -33,6 +38,8 @@ struct trnr {
     uint64_t step, rng, b_n, b_pos, b_epoch, b_rng;
     double train_seconds, adapt_seconds, val_loss, val_acc, last_loss, last_acc;
     uint64_t initial_params, change_seq;
+    int has_events; // version 3: events is the event seq included
+    uint64_t events;
     struct net_rd perm;  // (b_n) u32, borrowed from the blob
     struct net_rd extra; // the adaptation state, borrowed
 };
@@ -68,6 +75,7 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
     net_wr_f64(&w, t->last_acc);
     net_wr_u64(&w, t->initial_params);
     net_wr_u64(&w, t->change_seq);
+    net_wr_u64(&w, dmn__adapt_n_events(t));
     net_wr_u64(&w, extra_len);
     net_wr_bytes(&w, extra, extra_len);
     rc = -ENOMEM;
@@ -84,15 +92,15 @@ out:
     return rc;
 }
 
-/* Parses TRNR (either version) into h; framing only, the values are checked by the caller.
+/* Parses TRNR (any version) into h; framing only, the values are checked by the caller.
  * Returns 0 or -EINVAL with the reason in why. */
 static int dmn__trnr_parse(struct trnr *h, const struct ckpt_blob *b, char *why, size_t wn)
 {
     struct net_rd r = net_rd_make(b->data, b->len);
     memset(h, 0, sizeof(*h));
     h->version = net_rd_u32(&r);
-    if (r.bad || (h->version != 1 && h->version != TRNR_VERSION)) {
-        snprintf(why, wn, "version %u (this build reads 1 and %u)", h->version, TRNR_VERSION);
+    if (r.bad || h->version < 1 || h->version > TRNR_VERSION) {
+        snprintf(why, wn, "version %u (this build reads 1 to %u)", h->version, TRNR_VERSION);
         return -EINVAL;
     }
     uint64_t extra_len = 0;
@@ -107,7 +115,7 @@ static int dmn__trnr_parse(struct trnr *h, const struct ckpt_blob *b, char *why,
     h->b_epoch = net_rd_u64(&r);
     h->b_rng = net_rd_u64(&r);
     const void *perm = NULL;
-    if (h->version == 2) {
+    if (h->version >= 2) {
         // Counts are checked against the bytes left before any arithmetic on them.
         if (r.bad || h->b_n > net_rd_left(&r) / 4) goto trunc;
         perm = net_rd_view(&r, (size_t)h->b_n * 4);
@@ -126,6 +134,10 @@ static int dmn__trnr_parse(struct trnr *h, const struct ckpt_blob *b, char *why,
         perm = net_rd_view(&r, (size_t)h->b_n * 4);
     } else {
         h->change_seq = net_rd_u64(&r);
+        if (h->version >= 3) {
+            h->has_events = 1;
+            h->events = net_rd_u64(&r);
+        }
         extra_len = net_rd_u64(&r);
     }
     if (r.bad || extra_len != net_rd_left(&r)) {
@@ -238,7 +250,46 @@ static int dmn__trnr_check(const struct trnr *h, struct dmn_trainer *t, const st
     return 0;
 }
 
+int dmn_trainer_peek(const char *path, struct dmn_ckpt_info *info, char *err, size_t errlen)
+{
+    struct net *n = NULL;
+    struct ckpt_blob *bl = NULL;
+    size_t nbl = 0;
+    int has_opt = 0;
+    struct net_optim opt = {0};
+    int rc = ckpt_load(path, &n, &opt, &has_opt, &bl, &nbl, err, errlen);
+    if (rc < 0) return rc;
+    rc = -EINVAL;
+    const struct ckpt_blob *conf = ckpt_blob_find(bl, nbl, "CONF");
+    const struct ckpt_blob *trb = ckpt_blob_find(bl, nbl, "TRNR");
+    struct trnr h;
+    char why[512];
+    if (!conf || !trb || !has_opt) {
+        snprintf(err, errlen, "%s: a model file, not a run checkpoint", path);
+    } else if (cfg_load_json(&info->cfg, conf->data, conf->len, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "%s: stored config is invalid: %s", path, why);
+    } else if (dmn__trnr_parse(&h, trb, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "%s: TRNR chunk: %s", path, why);
+    } else {
+        info->step = (size_t)h.step;
+        info->change_seq = h.change_seq;
+        info->val_loss = h.val_loss;
+        info->params = n->n_params;
+        info->events = h.has_events ? h.events : (uint64_t)-1;
+        rc = 0;
+    }
+    net_destroy(n);
+    ckpt_blobs_free(bl, nbl);
+    return rc;
+}
+
 int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen)
+{
+    return dmn_trainer_load_as(out, path, NULL, err, errlen);
+}
+
+int dmn_trainer_load_as(struct dmn_trainer **out, const char *path, const struct dmn_config *as,
+                        char *err, size_t errlen)
 {
     struct net *n = NULL;
     struct ckpt_blob *bl = NULL;
@@ -260,7 +311,9 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
         goto fail;
     }
     char why[512];
-    if (cfg_load_json(cfg, conf->data, conf->len, why, sizeof(why)) < 0) {
+    if (as)
+        *cfg = *as;
+    else if (cfg_load_json(cfg, conf->data, conf->len, why, sizeof(why)) < 0) {
         snprintf(err, errlen, "%s: stored config is invalid: %s", path, why);
         goto fail;
     }
@@ -315,6 +368,11 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
     if ((rc = dmn__adapt_deserialize(t, h.extra.p, h.extra.len)) < 0) {
         snprintf(err, errlen, "%s: adaptation state is %s", path,
                  rc == -ENOMEM ? "too large for memory" : "corrupt");
+        goto fail;
+    }
+    if (h.has_events && (rc = dmn__adapt_renumber(t, h.events)) < 0) {
+        snprintf(err, errlen, "%s: TRNR chunk: event seq %llu is below the %zu event texts held",
+                 path, (unsigned long long)h.events, dmn__adapt_n_events(t));
         goto fail;
     }
     ckpt_blobs_free(bl, nbl);

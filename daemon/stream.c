@@ -143,21 +143,28 @@ static void dmn__count_event(struct dmn_event_stats *e, const cJSON *ev)
 
 void dmn__ingest_events(struct dmn_server *s)
 {
-    // Event texts are never changed or freed while the server runs: copy the pointers under
-    // the lock (the array may be reallocated), read the texts without it.
+    // The shared texts are a ring the trainer overwrites: copy the new ones under the lock
+    // (at most the ring's worth: a loop that fell further behind skips the oldest).
     pthread_mutex_lock(&s->mu);
     size_t from = s->evs.n_seen, total = s->n_events;
-    const char **texts = total > from ? malloc((total - from) * sizeof(char *)) : NULL;
-    if (texts) memcpy(texts, s->events + from, (total - from) * sizeof(char *));
+    size_t n_new = total > from ? total - from : 0;
+    if (n_new > s->ev_n) n_new = s->ev_n;
+    char **texts = n_new ? calloc(n_new, sizeof(char *)) : NULL;
+    for (size_t i = 0; texts && i < n_new; i++)
+        texts[i] = strdup(s->events[(s->ev_head + s->ev_n - n_new + i) % DMN_EVENT_RING]);
     pthread_mutex_unlock(&s->mu);
-    if (!texts) return;
-    for (size_t i = 0; i < total - from; i++) {
-        cJSON *ev = cJSON_Parse(texts[i]);
-        if (ev) dmn__count_event(&s->evs, ev);
-        cJSON_Delete(ev);
-        dmn__stream_send(s, "adapt", texts[i]);
-    }
     s->evs.n_seen = total;
+    if (!texts) return;
+    for (size_t i = 0; i < n_new; i++) {
+        if (!texts[i]) continue;
+        cJSON *ev = cJSON_Parse(texts[i]);
+        const char *kind = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ev, "kind"));
+        const int rollback = kind && !strcmp(kind, "rollback");
+        if (ev && !rollback) dmn__count_event(&s->evs, ev);
+        cJSON_Delete(ev);
+        dmn__stream_send(s, rollback ? "rollback" : "adapt", texts[i]);
+        free(texts[i]);
+    }
     free(texts);
 }
 

@@ -237,6 +237,44 @@ int net_crc_ok(const unsigned char *buf, size_t len)
     return net_crc32(buf, len - 4) == want;
 }
 
+// ---- the write layer ----------------------------------------------------------------
+
+static int sys_open(const char *p, int fl, unsigned m)
+{
+    return open(p, fl, (mode_t)m);
+}
+static long sys_write(int fd, const void *p, size_t n)
+{
+    return (long)write(fd, p, n);
+}
+static int sys_ftruncate(int fd, long long n)
+{
+    return ftruncate(fd, (off_t)n);
+}
+static const struct net_io NET_SYS_IO = {sys_open, sys_write, fsync, close,
+                                         rename,   unlink,    link,  sys_ftruncate};
+static struct net_io net__io_now = {sys_open, sys_write, fsync, close,
+                                    rename,   unlink,    link,  sys_ftruncate};
+
+void net_set_io(const struct net_io *io)
+{
+    net__io_now = NET_SYS_IO;
+    if (!io) return;
+    if (io->open) net__io_now.open = io->open;
+    if (io->write) net__io_now.write = io->write;
+    if (io->fsync) net__io_now.fsync = io->fsync;
+    if (io->close) net__io_now.close = io->close;
+    if (io->rename) net__io_now.rename = io->rename;
+    if (io->unlink) net__io_now.unlink = io->unlink;
+    if (io->link) net__io_now.link = io->link;
+    if (io->ftruncate) net__io_now.ftruncate = io->ftruncate;
+}
+
+const struct net_io *net_io(void)
+{
+    return &net__io_now;
+}
+
 int net_write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen)
 {
     char tmp[4096];
@@ -244,7 +282,8 @@ int net_write_atomic(const char *path, const void *data, size_t len, char *err, 
         snprintf(err, errlen, "%s: path too long", path);
         return -ENAMETOOLONG;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const struct net_io *io = &net__io_now;
+    int fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errlen, "%s: cannot create: %s", tmp, strerror(e));
@@ -253,36 +292,37 @@ int net_write_atomic(const char *path, const void *data, size_t len, char *err, 
     const unsigned char *p = data;
     size_t left = len;
     while (left) {
-        ssize_t w = write(fd, p, left);
+        long w = io->write(fd, p, left);
         if (w < 0) {
             if (errno == EINTR) continue;
             int e = errno;
             snprintf(err, errlen, "%s: write failed: %s", tmp, strerror(e));
-            close(fd);
-            unlink(tmp);
+            io->close(fd);
+            io->unlink(tmp);
             return -e;
         }
         p += w;
         left -= (size_t)w;
     }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: fsync failed: %s", tmp, strerror(e));
-        unlink(tmp);
-        return -e;
+    int sync_rc = io->fsync(fd), sync_errno = errno;
+    if (io->close(fd) < 0 && sync_rc == 0) sync_rc = -1, sync_errno = errno;
+    if (sync_rc < 0) { // the fd is closed either way (an fsync error is not retried)
+        snprintf(err, errlen, "%s: fsync failed: %s", tmp, strerror(sync_errno));
+        io->unlink(tmp);
+        return -sync_errno;
     }
-    if (rename(tmp, path) < 0) {
+    if (io->rename(tmp, path) < 0) {
         int e = errno;
         snprintf(err, errlen, "%s: rename failed: %s", path, strerror(e));
-        unlink(tmp);
+        io->unlink(tmp);
         return -e;
     }
     char dir[4096];
     snprintf(dir, sizeof(dir), "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int dfd = io->open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (dfd >= 0) {
-        fsync(dfd); // best effort: some filesystems refuse fsync on directories
-        close(dfd);
+        io->fsync(dfd); // best effort: some filesystems refuse fsync on directories
+        io->close(dfd);
     }
     return 0;
 }

@@ -14,7 +14,8 @@
  *    bounded by the chunk.
  * Formats are written field by field in a documented order, never as a struct image, and
  * carry their own version number; a reader of version N keeps reading the older ones.
- * Nothing here logs, exits or keeps global state. */
+ * Nothing here logs or exits; the only global state is the write layer (net_set_io), a
+ * test seam. */
 #ifndef NET_CODEC_H
 #define NET_CODEC_H
 
@@ -85,8 +86,27 @@ int net_rd_chunk(struct net_rd *r, char tag[5], struct net_rd *body);
 uint32_t net_crc32(const void *p, size_t len);
 /* 1 when the last four bytes of buf are the CRC-32 of everything before them. */
 int net_crc_ok(const unsigned char *buf, size_t len);
-/* Writes path.tmp, fsyncs, renames over path, fsyncs the directory; a failure leaves
- * neither path.tmp nor a partial path. err names the path. */
+/* The file operations behind every durable write: net_write_atomic (so every format:
+ * checkpoints, exports, trainer / adaptation / policy state, the daemon's history) and the
+ * daemon's state-dir logs. They are the system calls unless a test installs others, to
+ * inject faults (ENOSPC) or to record which bytes were fsynced and replay a power loss. A
+ * NULL member is the system call. net_set_io is not thread-safe: call it before any writer
+ * runs; NULL restores the system calls. */
+struct net_io {
+    int (*open)(const char *path, int flags, unsigned mode);
+    long (*write)(int fd, const void *p, size_t n);
+    int (*fsync)(int fd);
+    int (*close)(int fd);
+    int (*rename)(const char *from, const char *to);
+    int (*unlink)(const char *path);
+    int (*link)(const char *from, const char *to);
+    int (*ftruncate)(int fd, long long len);
+};
+void net_set_io(const struct net_io *io);
+/* The operations in force (never NULL; every member set). */
+const struct net_io *net_io(void);
+/* Writes path.tmp, fsyncs, renames over path, fsyncs the directory (all through net_io());
+ * a failure leaves neither path.tmp nor a partial path. err names the path. */
 int net_write_atomic(const char *path, const void *data, size_t len, char *err, size_t errlen);
 /* Reads a whole regular file into a malloc'ed buffer (one spare byte; the caller frees).
  * FIFOs, directories and devices are refused. err names the path. */

@@ -127,7 +127,13 @@ start_daemon
 grep -q "skipping unusable checkpoint: .*$(basename "$final")" "$TMP/err.$RUN" &&
     ok "the truncated checkpoint is reported and skipped" ||
     bad "truncated checkpoint reported" "$(grep -m1 -i 'skip' "$TMP/err.$RUN")"
-grep -q "resumed from $prev " "$TMP/err.$RUN" && ok "resumed from the previous checkpoint" ||
+# The previous checkpoint, or the last-known-good one when that is newer (it may be the same
+# step as the truncated one: a hard link of it taken before the final rewrite).
+prev_step=$(basename "$prev" | tr -dc 0-9 | sed 's/^0*//')
+got=$(sed -n 's/.*resumed from \([^ ]*\) at step.*/\1/p' "$TMP/err.$RUN")
+got_step=$(basename "$got" | tr -dc 0-9 | sed 's/^0*//')
+{ [ "$got" = "$prev" ] || { [[ $got == */good-*.evow ]] && [ "${got_step:-0}" -ge "${prev_step:-1}" ]; }; } &&
+    ok "resumed from the previous checkpoint ($(basename "$got"))" ||
     bad "resume from the previous checkpoint" "$(grep -m1 resumed "$TMP/err.$RUN")"
 advances && ok "training continues" || bad "training after skipping a checkpoint"
 kill -TERM "$DPID"

@@ -2,7 +2,7 @@
 #   . "$(dirname "$0")/lib.sh"; e2e_init NAME "$@"
 # (its arguments: BUILD_DIR SOURCE_DIR, which set $BUILD, $SRC, $DAEMON and $EW).
 # It makes $TMP (removed on exit, with any daemon still running killed), counts checks
-# (ok / bad / summary), starts and stops evowidthd ($DPID, $PORT, $BASE, $LISTEN; its
+# (ok / bad / summary), starts, stops and kills evowidthd ($DPID, $PORT, $BASE, $LISTEN; its
 # output in $TMP/out.$RUN and $TMP/err.$RUN) and reads its API (api, get, step, advances).
 # Every wait has a deadline. Extra background pids to kill on exit go in $EXTRA_PIDS.
 
@@ -87,6 +87,18 @@ wait_exit() {
     { wait "$DPID"; } 2>/dev/null # no "Killed" notice from the shell
     EXIT_CODE=$?
     DPID=""
+}
+# kill9: SIGKILL the daemon (a crash) and reap it, without the shell's "Killed" notice.
+kill9() {
+    exec 3>&2 2>/dev/null
+    kill -9 "$DPID"
+    wait_exit 10
+    exec 2>&3 3>&-
+}
+# pause_now: POST /v1/pause and wait until the status says paused.
+pause_now() {
+    api POST /v1/pause >/dev/null
+    wait_for 10 is_paused || die "pause"
 }
 # stop_daemon: SIGTERM, then SIGKILL after 15 s.
 stop_daemon() {

@@ -4,15 +4,17 @@
  * the reader's bounds (every read past the end is refused, yields zeros and sticks; counts
  * whose byte size would wrap are refused), strings, chunk iteration, and the svd state's
  * two versions (the old raw array is still read; anything malformed leaves the state as it
- * was). */
+ * was); net_write_atomic goes through the write layer (net_set_io). */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "net/codec.h"
 #include "svd_adapt/svd_adapt.h"
 #include "tests/test.h"
+#include "tests/util.h"
 
 TEST(writer_known_bytes)
 {
@@ -221,6 +223,70 @@ TEST(svd_state_reads_both_versions)
     free(p);
     svd_state_destroy(a);
     svd_state_destroy(b);
+}
+
+// ---- the write layer under net_write_atomic -------------------------------------------------
+
+static struct {
+    int writes, fsyncs, renames, fail_write; // calls seen; fail_write: ENOSPC from then on
+} W;
+
+static long w_write(int fd, const void *p, size_t n)
+{
+    W.writes++;
+    if (W.fail_write) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return (long)write(fd, p, n);
+}
+
+static int w_fsync(int fd)
+{
+    W.fsyncs++;
+    return fsync(fd);
+}
+
+static int w_rename(const char *a, const char *b)
+{
+    W.renames++;
+    return rename(a, b);
+}
+
+/* Every durable write of every format goes through net_io(): a layer that counts the calls
+ * sees the file's write, its fsync, the rename and the directory's fsync; one that fails
+ * writes (a full disk) fails the write with the errno, and leaves the old file whole and no
+ * .tmp behind. NULL restores the system calls. */
+TEST(write_atomic_goes_through_the_write_layer)
+{
+    struct tmpd d;
+    ASSERT_EQ(tmp_make(&d, "ew_wio"), 0);
+    char p[TMP_PATH_MAX], tmp[TMP_PATH_MAX + 8], err[512];
+    tmp_path(&d, "f.bin", p);
+    snprintf(tmp, sizeof tmp, "%s.tmp", p);
+    const struct net_io L = {.write = w_write, .fsync = w_fsync, .rename = w_rename};
+    memset(&W, 0, sizeof W);
+    net_set_io(&L);
+    ASSERT(net_io()->open != NULL && net_io()->unlink != NULL); // NULL members: the system's
+    ASSERT_EQ(net_write_atomic(p, "first", 5, err, sizeof err), 0);
+    ASSERT_GE(W.writes, 1);
+    ASSERT_EQ(W.fsyncs, 2); // the file, then its directory
+    ASSERT_EQ(W.renames, 1);
+    W.fail_write = 1;
+    ASSERT_EQ(net_write_atomic(p, "second!", 7, err, sizeof err), -ENOSPC);
+    ASSERT_CONTAINS(err, "f.bin.tmp");
+    ASSERT_EQ(file_exists(tmp), 0);
+    size_t n = 0;
+    unsigned char *b = read_all(p, &n);
+    ASSERT(b != NULL);
+    ASSERT_EQ(n, 5);
+    ASSERT_EQ(memcmp(b, "first", 5), 0);
+    free(b);
+    net_set_io(NULL);
+    memset(&W, 0, sizeof W);
+    ASSERT_EQ(net_write_atomic(p, "third", 5, err, sizeof err), 0);
+    ASSERT_EQ(W.writes + W.fsyncs + W.renames, 0); // the system calls again
+    tmp_remove(&d);
 }
 
 TEST_MAIN()

@@ -3,9 +3,10 @@
  * - tests/fixtures/trnr_v1.evow is a run checkpoint written by the code before the binary
  *   codec (TRNR version 1, the raw struct image; svd state version 1, the raw group array):
  *   the tiny config checkpointed at step 19, after two adaptations. It must still load, with
- *   every value in place, and a version-2 save of it must load to the same trainer.
+ *   every value in place, and a version-3 save of it must load to the same trainer; a
+ *   version-2 image (made from a version-3 one) must load too.
  * - Crafted checkpoints with a valid CRC (built from the fixture, so in the layout the old
- *   reader accepted, and from a fresh version-2 save) are refused with a reason naming the
+ *   reader accepted, and from a fresh version-3 save) are refused with a reason naming the
  *   field, the out-parameter keeps its sentinel, the file on disk and a running trainer
  *   stay as they were: a batcher position past the data set (D4), a TRNR whose length
  *   arithmetic wraps (D5), a stored config whose input shape disagrees with the model (D6),
@@ -158,8 +159,9 @@ static int expect_refused(const struct env *e, const char *name, const struct ck
     return !ok;
 }
 
-/* A fresh version-2 checkpoint of the tiny run at step 12 (one adaptation behind it). */
-static int save_v2(const struct env *e, struct ck *c)
+/* A fresh checkpoint (TRNR version 3) of the tiny run at step 12 (one adaptation behind it),
+ * as the daemon writes it: the event count, no event texts. */
+static int save_v3(const struct env *e, struct ck *c)
 {
     struct dmn_config cf;
     char err[512], path[128];
@@ -167,7 +169,7 @@ static int save_v2(const struct env *e, struct ck *c)
     if (load_tiny(&cf) < 0 || dmn_trainer_create(&t, &cf, err, sizeof err) < 0) return -1;
     while (t->step < 12)
         if (dmn_trainer_step(t) < 0) return -1;
-    snprintf(path, sizeof path, "%s/v2.evow", e->dir);
+    snprintf(path, sizeof path, "%s/v3.evow", e->dir);
     int rc = dmn_trainer_save(t, path, err, sizeof err);
     dmn_trainer_destroy(t);
     if (rc < 0) return printf("    save: %s\n", err), -1;
@@ -187,7 +189,7 @@ static int both_open(const struct env *e, struct both *p)
 {
     *p = (struct both){0};
     p->f.b = read_all(FIXTURE, &p->f.len);
-    if (!p->f.b || save_v2(e, &p->v2) < 0) return -1;
+    if (!p->f.b || save_v3(e, &p->v2) < 0) return -1;
     p->t1 = ck_payload(&p->f, "TRNR", &p->n1);
     p->t2 = ck_payload(&p->v2, "TRNR", &p->n2);
     return p->t1 && p->t2 ? 0 : -1;
@@ -201,7 +203,8 @@ static void both_close(struct both *p)
     free(p->v2.b);
 }
 
-// Offsets in TRNR version 1 (struct image) and version 2 (fields).
+// Offsets in TRNR version 1 (struct image) and versions 2 and 3 (fields; the same up to
+// change_seq, after which version 3 has the event seq, then the adaptation length).
 #define V1_STEP 8
 #define V1_POS 32
 #define V1_EPOCH 40
@@ -271,7 +274,9 @@ TEST(old_trnr_version_1_still_loads)
     ASSERT_EQ(ng, 2);
     ASSERT_STR_EQ(names[0], "conv1");
     ASSERT_STR_EQ(names[1], "dense1");
-    // Saved again (version 2) it loads to the same trainer, and both continue identically.
+    // Saved again (version 3, with the texts, as evowidth train saves) it loads to the same
+    // trainer, and both continue identically.
+    a->events_in_checkpoint = 1;
     snprintf(p2, sizeof p2, "%s/again.evow", e.dir);
     ASSERT_EQ(dmn_trainer_save(a, p2, err, sizeof err), 0);
     ASSERT_EQ(dmn_trainer_load(&b, p2, err, sizeof err), 0);
@@ -290,6 +295,70 @@ TEST(old_trnr_version_1_still_loads)
     }
     ASSERT_EQ(a->net->n_params, b->net->n_params);
     ASSERT_EQ(memcmp(a->net->params, b->net->params, a->net->n_params * sizeof(float)), 0);
+    dmn_trainer_destroy(a);
+    dmn_trainer_destroy(b);
+    env_close(&e);
+}
+
+/* TRNR version 2 (before the event seq): written here from a version 3 image by dropping
+ * the field, as the code before it wrote it. The event count is then the number of texts
+ * the adaptation state carries (evowidth train's MODEL files carry them). */
+TEST(old_trnr_version_2_still_loads)
+{
+    struct env e;
+    ASSERT_EQ(env_open(&e), 0);
+    struct dmn_config cf;
+    char err[512], p3[128], p2[128];
+    struct dmn_trainer *a = NULL, *b = NULL;
+    ASSERT_EQ(load_tiny(&cf), 0);
+    ASSERT_EQ(dmn_trainer_create(&a, &cf, err, sizeof err), 0);
+    while (a->step < 12) ASSERT_EQ(dmn_trainer_step(a), 0);
+    const size_t ne = dmn__adapt_n_events(a);
+    ASSERT_GT(ne, 0);
+    a->events_in_checkpoint = 1;
+    snprintf(p3, sizeof p3, "%s/three.evow", e.dir);
+    ASSERT_EQ(dmn_trainer_save(a, p3, err, sizeof err), 0);
+    struct ck v3 = {0};
+    v3.b = read_all(p3, &v3.len);
+    ASSERT(v3.b);
+    size_t n3 = 0;
+    unsigned char *t3 = ck_payload(&v3, "TRNR", &n3), *t2 = malloc(n3);
+    ASSERT(t3 && t2);
+    const size_t ev_at = V2_PERM + 448 * 4 + 64; // after the six f64, initial_params, change_seq
+    uint64_t seq;
+    memcpy(&seq, t3 + ev_at, 8);
+    ASSERT_EQ(seq, ne); // version 3 stores the count
+    memcpy(t2, t3, ev_at);
+    memcpy(t2 + ev_at, t3 + ev_at + 8, n3 - ev_at - 8);
+    t2[0] = 2;
+    struct ck c2 = ck_replace(&v3, "TRNR", t2, n3 - 8);
+    snprintf(p2, sizeof p2, "%s/two.evow", e.dir);
+    ASSERT_EQ(write_all(p2, c2.b, c2.len), 0);
+    int rc = dmn_trainer_load(&b, p2, err, sizeof err);
+    if (rc) printf("    %s\n", err);
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(b->step, a->step);
+    ASSERT_EQ(b->change_seq, a->change_seq);
+    ASSERT_EQ(dmn__adapt_n_events(b), ne);
+    for (size_t i = 0; i < ne; i++) ASSERT_STR_EQ(dmn__adapt_event(b, i), dmn__adapt_event(a, i));
+    for (int k = 0; k < 10; k++) {
+        ASSERT_EQ(dmn_trainer_step(a), 0);
+        ASSERT_EQ(dmn_trainer_step(b), 0);
+    }
+    ASSERT_EQ(a->net->n_params, b->net->n_params);
+    ASSERT_EQ(memcmp(a->net->params, b->net->params, a->net->n_params * sizeof(float)), 0);
+    // Version 3 from the daemon (no texts): the count survives without them.
+    a->events_in_checkpoint = 0;
+    dmn_trainer_destroy(b);
+    b = NULL;
+    ASSERT_EQ(dmn_trainer_save(a, p3, err, sizeof err), 0);
+    ASSERT_EQ(dmn_trainer_load(&b, p3, err, sizeof err), 0);
+    ASSERT_EQ(dmn__adapt_n_events(b), dmn__adapt_n_events(a));
+    ASSERT(dmn__adapt_event(b, 0) == NULL);
+    free(t3);
+    free(t2);
+    free(c2.b);
+    free(v3.b);
     dmn_trainer_destroy(a);
     dmn_trainer_destroy(b);
     env_close(&e);
@@ -384,7 +453,7 @@ TEST(refuses_stored_config_with_another_input_shape)
     struct ck f = {0}, v2 = {0};
     f.b = read_all(FIXTURE, &f.len);
     ASSERT(f.b);
-    ASSERT_EQ(save_v2(&e, &v2), 0);
+    ASSERT_EQ(save_v3(&e, &v2), 0);
     int bad = 0;
     // 4x4 images: the stored 8x8 model would read 64 floats per sample of 16.
     struct ck c = with_conf(&f, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4");
@@ -410,13 +479,13 @@ TEST(refuses_inconsistent_trainer_fields)
     struct env e;
     ASSERT_EQ(env_open(&e), 0);
     struct ck v2 = {0};
-    ASSERT_EQ(save_v2(&e, &v2), 0);
+    ASSERT_EQ(save_v3(&e, &v2), 0);
     size_t n2 = 0;
     unsigned char *orig = ck_payload(&v2, "TRNR", &n2), *t = malloc(n2 + 1);
     ASSERT(orig && t);
     const size_t after_perm = V2_PERM + 448 * 4; // f64 train_seconds ...
-    ASSERT_EQ(orig[0], 2);
-    ASSERT_GT(n2, after_perm + 88);
+    ASSERT_EQ(orig[0], 3);
+    ASSERT_GT(n2, after_perm + 96);
     int bad = 0;
     struct ck c;
 #define CRAFT(name, edit, why)                                                                     \
@@ -427,7 +496,8 @@ TEST(refuses_inconsistent_trainer_fields)
         bad += expect_refused(&e, name, &c, why);                                                  \
         free(c.b);                                                                                 \
     } while (0)
-    CRAFT("version.evow", t[0] = 3, "version 3");
+    CRAFT("version.evow", t[0] = 4, "version 4");
+    CRAFT("version0.evow", t[0] = 0, "version 0");
     CRAFT("n.evow", put_u64(t, V2_N, 447), "TRNR"); // a sample short: lengths disagree
     CRAFT("perm_dup.evow", memcpy(t + V2_PERM + 4, orig + V2_PERM, 4), "permutation");
     CRAFT("perm_range.evow", memset(t + V2_PERM, 0xff, 4), "permutation");
@@ -437,14 +507,14 @@ TEST(refuses_inconsistent_trainer_fields)
     CRAFT("time_inf.evow", put_f64(t, after_perm + 8, INFINITY), "timings");
     CRAFT("acc.evow", put_f64(t, after_perm + 40, 2.0), "metrics");
     CRAFT("params0.evow", put_u64(t, after_perm + 48, 0), "initial parameter");
-    CRAFT("extra.evow", put_u64(t, after_perm + 64, 5), "length");
+    CRAFT("extra.evow", put_u64(t, after_perm + 72, 5), "length");
     // The adaptation state: its svd part's count, and an event count beyond the bytes.
-    CRAFT("svd_count.evow", put_u64(t, after_perm + 72 + 8 + 8, 1000), "adaptation state");
+    CRAFT("svd_count.evow", put_u64(t, after_perm + 80 + 8 + 8, 1000), "adaptation state");
     {
         uint64_t sl;
-        memcpy(&sl, orig + after_perm + 72, 8);
-        ASSERT_LT(after_perm + 80 + sl, n2); // version 2 layout, as documented in state.c
-        CRAFT("events.evow", put_u64(t, after_perm + 72 + 8 + (size_t)sl, (uint64_t)1 << 61),
+        memcpy(&sl, orig + after_perm + 80, 8);
+        ASSERT_LT(after_perm + 88 + sl, n2); // version 3 layout, as documented in state.c
+        CRAFT("events.evow", put_u64(t, after_perm + 80 + 8 + (size_t)sl, (uint64_t)1 << 61),
               "adaptation state");
     }
 #undef CRAFT

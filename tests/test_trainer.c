@@ -54,7 +54,9 @@ TEST(resume_is_bit_identical)
 
     ASSERT_GT(dmn__adapt_n_events(a), events_at_s);
     ASSERT_EQ(dmn__adapt_n_events(a), dmn__adapt_n_events(b));
-    for (size_t i = 0; i < dmn__adapt_n_events(a); i++) {
+    // The checkpoint carries the event count, not the texts (they are the event log's).
+    for (size_t i = 0; i < events_at_s; i++) ASSERT(dmn__adapt_event(b, i) == NULL);
+    for (size_t i = events_at_s; i < dmn__adapt_n_events(a); i++) {
         // The event texts carry wall-clock times; compare from the step on, less "time".
         const char *ea = strstr(dmn__adapt_event(a, i), "\"mode\""),
                    *eb = strstr(dmn__adapt_event(b, i), "\"mode\"");

@@ -76,7 +76,8 @@ int main(void)
     const char *tmp = "/tmp/ew_fuzz_seed.evow", *tz = "/tmp/ew_fuzz_seed.evwz";
     int bad = 0;
     bad |= dmn_trainer_save(t, tmp, err, sizeof err) < 0;
-    bad |= seed_ckpt(tmp, "tests/fuzz/corpus/ckpt/run_v2");
+    // The current TRNR version (run_v2 is kept: written by the code before version 3).
+    bad |= seed_ckpt(tmp, "tests/fuzz/corpus/ckpt/run_v3");
     bad |= ckpt_save(tmp, t->net, NULL, NULL, 0, err, sizeof err) < 0;
     bad |= seed_ckpt(tmp, "tests/fuzz/corpus/ckpt/model_only");
     bad |= seed_ckpt("tests/fixtures/trnr_v1.evow", "tests/fuzz/corpus/ckpt/run_v1");
