@@ -6,12 +6,10 @@
 # resume from a checkpoint (never start over), at a step no lower than the checkpoint the
 # previous run had reported, and at the end events.jsonl must hold seq 1..N once each.
 set -u
-BUILD=${1:?usage: e2e_killloop.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_killloop.sh BUILD_DIR SOURCE_DIR}
 KILLS=${KILLS:-10}
-. "$SRC/tests/lib.sh"
-e2e_init killloop
-[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+. "$(dirname "$0")/lib.sh"
+e2e_init killloop "$@"
+need_bin "$DAEMON"
 tiny_config 1000000 5 >"$TMP/cfg.json" || die "make config"
 S=$TMP/state
 start_daemon

@@ -7,11 +7,9 @@
 # "rollback" change in changes.jsonl, and keep training (not pause) with a finite loss; after
 # SIGKILL the lower rate is still in force (replayed).
 set -u
-BUILD=${1:?usage: e2e_rollback.sh BUILD_DIR SOURCE_DIR}
-SRC=${2:?usage: e2e_rollback.sh BUILD_DIR SOURCE_DIR}
-. "$SRC/tests/lib.sh"
-e2e_init rollback
-[ -x "$DAEMON" ] || die "evowidthd exists" "$DAEMON not built"
+. "$(dirname "$0")/lib.sh"
+e2e_init rollback "$@"
+need_bin "$DAEMON"
 tiny_config 1000000 50 | python3 -c '
 import json, sys
 c = json.load(sys.stdin)
