@@ -37,7 +37,10 @@ static double now(void)
 __attribute__((target("avx512f"))) static long run512(long rounds, float *sink)
 {
     const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(0.0f), a1 = _mm512_set1_ps(1.0f), a2 = _mm512_set1_ps(2.0f), a3 = _mm512_set1_ps(3.0f), a4 = _mm512_set1_ps(4.0f), a5 = _mm512_set1_ps(5.0f), a6 = _mm512_set1_ps(6.0f), a7 = _mm512_set1_ps(7.0f), a8 = _mm512_set1_ps(8.0f), a9 = _mm512_set1_ps(9.0f), a10 = _mm512_set1_ps(10.0f), a11 = _mm512_set1_ps(11.0f);
+    __m512 a0 = _mm512_set1_ps(0.0f), a1 = _mm512_set1_ps(1.0f), a2 = _mm512_set1_ps(2.0f),
+           a3 = _mm512_set1_ps(3.0f), a4 = _mm512_set1_ps(4.0f), a5 = _mm512_set1_ps(5.0f),
+           a6 = _mm512_set1_ps(6.0f), a7 = _mm512_set1_ps(7.0f), a8 = _mm512_set1_ps(8.0f),
+           a9 = _mm512_set1_ps(9.0f), a10 = _mm512_set1_ps(10.0f), a11 = _mm512_set1_ps(11.0f);
     for (long r = 0; r < rounds; r++)
         for (long i = 0; i < ITERS; i++) {
             a0 = _mm512_fmadd_ps(a0, x, y);
@@ -52,7 +55,9 @@ __attribute__((target("avx512f"))) static long run512(long rounds, float *sink)
             a9 = _mm512_fmadd_ps(a9, x, y);
             a10 = _mm512_fmadd_ps(a10, x, y);
             a11 = _mm512_fmadd_ps(a11, x, y);
-            __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
+            __asm__ volatile(""
+                             : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),
+                               "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
         }
     __m512 s = a0;
     s = _mm512_add_ps(s, a1);
@@ -73,7 +78,10 @@ __attribute__((target("avx512f"))) static long run512(long rounds, float *sink)
 __attribute__((target("avx2,fma"))) static long run256(long rounds, float *sink)
 {
     const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(0.0f), a1 = _mm256_set1_ps(1.0f), a2 = _mm256_set1_ps(2.0f), a3 = _mm256_set1_ps(3.0f), a4 = _mm256_set1_ps(4.0f), a5 = _mm256_set1_ps(5.0f), a6 = _mm256_set1_ps(6.0f), a7 = _mm256_set1_ps(7.0f), a8 = _mm256_set1_ps(8.0f), a9 = _mm256_set1_ps(9.0f), a10 = _mm256_set1_ps(10.0f), a11 = _mm256_set1_ps(11.0f);
+    __m256 a0 = _mm256_set1_ps(0.0f), a1 = _mm256_set1_ps(1.0f), a2 = _mm256_set1_ps(2.0f),
+           a3 = _mm256_set1_ps(3.0f), a4 = _mm256_set1_ps(4.0f), a5 = _mm256_set1_ps(5.0f),
+           a6 = _mm256_set1_ps(6.0f), a7 = _mm256_set1_ps(7.0f), a8 = _mm256_set1_ps(8.0f),
+           a9 = _mm256_set1_ps(9.0f), a10 = _mm256_set1_ps(10.0f), a11 = _mm256_set1_ps(11.0f);
     for (long r = 0; r < rounds; r++)
         for (long i = 0; i < ITERS; i++) {
             a0 = _mm256_fmadd_ps(a0, x, y);
@@ -88,7 +96,9 @@ __attribute__((target("avx2,fma"))) static long run256(long rounds, float *sink)
             a9 = _mm256_fmadd_ps(a9, x, y);
             a10 = _mm256_fmadd_ps(a10, x, y);
             a11 = _mm256_fmadd_ps(a11, x, y);
-            __asm__ volatile("" : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(a6), "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
+            __asm__ volatile(""
+                             : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(a6),
+                               "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
         }
     __m256 s = a0;
     s = _mm256_add_ps(s, a1);
