@@ -89,8 +89,8 @@ static void nt_ref(float *C, float *C2, const float *A, const float *Bm, const f
         }
 }
 
-static void bc_ref(float *C, const float *A, const float *Bm, const float *gate, size_t M,
-                   size_t N, size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum)
+static void bc_ref(float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N,
+                   size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum)
 {
     // A(m, k) = A[m * rsa + k * csa]: row-major when csa == 1, else transposed (rsa == 1).
     const int ta = csa != 1;
@@ -115,15 +115,15 @@ static inline __mmask16 NET__G512 kmask16(size_t left)
 static inline __m512 NET__G512 hsum16(const __m512 *v)
 {
     __m512 r[8], q[4], s[2];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i++)
         r[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
                              _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++)
         q[i] = _mm512_add_ps(_mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0x44),
                              _mm512_shuffle_ps(r[2 * i], r[2 * i + 1], 0xEE));
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 2; i++)
         s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0x88),
                              _mm512_shuffle_f32x4(q[2 * i], q[2 * i + 1], 0xDD));
@@ -137,13 +137,13 @@ static void NET__G512 nt_tile512(float *C, float *C2, const float *A, const floa
                                  size_t ldb, size_t ldc, size_t m0, size_t n0)
 {
     const float *a[4], *b[4];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (size_t i = 0; i < 4; i++) {
         a[i] = A + (m0 + i < M ? m0 + i : M - 1) * lda;
         b[i] = Bm + (n0 + i < N ? n0 + i : N - 1) * ldb;
     }
     __m512 acc[16];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
     size_t k = 0;
     for (; k + 16 <= K; k += 16) {
@@ -156,7 +156,8 @@ static void NET__G512 nt_tile512(float *C, float *C2, const float *A, const floa
 #pragma GCC unroll 16
         for (int i = 0; i < 4; i++)
 #pragma GCC unroll 16
-            for (int j = 0; j < 4; j++) acc[4 * i + j] = _mm512_fmadd_ps(av[i], bv[j], acc[4 * i + j]);
+            for (int j = 0; j < 4; j++)
+                acc[4 * i + j] = _mm512_fmadd_ps(av[i], bv[j], acc[4 * i + j]);
     }
     if (k < K) {
         const __mmask16 km = kmask16(K - k);
@@ -169,7 +170,8 @@ static void NET__G512 nt_tile512(float *C, float *C2, const float *A, const floa
 #pragma GCC unroll 16
         for (int i = 0; i < 4; i++)
 #pragma GCC unroll 16
-            for (int j = 0; j < 4; j++) acc[4 * i + j] = _mm512_fmadd_ps(av[i], bv[j], acc[4 * i + j]);
+            for (int j = 0; j < 4; j++)
+                acc[4 * i + j] = _mm512_fmadd_ps(av[i], bv[j], acc[4 * i + j]);
     }
     __m512 v = hsum16(acc); // lane 4 i + j: C[m0 + i][n0 + j]
     float bb[4] = {0, 0, 0, 0};
@@ -202,15 +204,14 @@ static void NET__G512 nt_tile512(float *C, float *C2, const float *A, const floa
 
 /* One MR x (16 NV) tile of net__gemm_bc at (m0, n0); MR and NV are constants after inlining
  * (8 x 3 and 6 x 4: 24 accumulators either way). */
-static inline __attribute__((always_inline)) NET__G512 void
-bc_tile512(float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N,
-           size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum, size_t m0,
-           size_t n0, const int MR, const int NV)
+static inline __attribute__((always_inline)) NET__G512 void bc_tile512(
+    float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N, size_t K,
+    size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum, size_t m0, size_t n0, const int MR,
+    const int NV)
 {
     const float *a[8];
 #pragma GCC unroll 16
-    for (int i = 0; i < MR; i++)
-        a[i] = A + (m0 + (size_t)i < M ? m0 + (size_t)i : M - 1) * rsa;
+    for (int i = 0; i < MR; i++) a[i] = A + (m0 + (size_t)i < M ? m0 + (size_t)i : M - 1) * rsa;
     __mmask16 nm[4];
 #pragma GCC unroll 16
     for (int j = 0; j < NV; j++)
@@ -242,8 +243,8 @@ bc_tile512(float *C, const float *A, const float *Bm, const float *gate, size_t 
             __m512 v = acc[i][j];
             if (accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(nm[j], c + 16 * j));
             if (gate) {
-                const __m512 g =
-                    _mm512_maskz_loadu_ps(nm[j], gate + (m0 + (size_t)i) * ldc + n0 + 16 * (size_t)j);
+                const __m512 g = _mm512_maskz_loadu_ps(nm[j], gate + (m0 + (size_t)i) * ldc + n0 +
+                                                                  16 * (size_t)j);
                 v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GE_OQ), v);
             }
             _mm512_mask_storeu_ps(c + 16 * j, nm[j], v);
@@ -279,17 +280,17 @@ static void NET__G256 nt_tile256(float *C, float *C2, const float *A, const floa
                                  size_t ldb, size_t ldc, size_t m0, size_t n0)
 {
     const float *a[2], *b[4];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (size_t i = 0; i < 2; i++) a[i] = A + (m0 + i < M ? m0 + i : M - 1) * lda;
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (size_t j = 0; j < 4; j++) b[j] = Bm + (n0 + j < N ? n0 + j : N - 1) * ldb;
     __m256 acc[8];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
     size_t k = 0;
     for (; k + 8 <= K; k += 8) {
         const __m256 a0 = _mm256_loadu_ps(a[0] + k), a1 = _mm256_loadu_ps(a[1] + k);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int j = 0; j < 4; j++) {
             const __m256 bv = _mm256_loadu_ps(b[j] + k);
             acc[j] = _mm256_fmadd_ps(a0, bv, acc[j]);
@@ -299,15 +300,17 @@ static void NET__G256 nt_tile256(float *C, float *C2, const float *A, const floa
     if (k < K) {
         const __m256i km = kmask8(K - k);
         const __m256 a0 = _mm256_maskload_ps(a[0] + k, km), a1 = _mm256_maskload_ps(a[1] + k, km);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int j = 0; j < 4; j++) {
             const __m256 bv = _mm256_maskload_ps(b[j] + k, km);
             acc[j] = _mm256_fmadd_ps(a0, bv, acc[j]);
             acc[4 + j] = _mm256_fmadd_ps(a1, bv, acc[4 + j]);
         }
     }
-    const __m256 h01 = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    const __m256 h23 = _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
+    const __m256 h01 =
+        _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m256 h23 =
+        _mm256_hadd_ps(_mm256_hadd_ps(acc[4], acc[5]), _mm256_hadd_ps(acc[6], acc[7]));
     __m256 v = _mm256_add_ps(_mm256_permute2f128_ps(h01, h23, 0x20),
                              _mm256_permute2f128_ps(h01, h23, 0x31)); // lane 4 i + j
     float bb[8] = {0};
@@ -330,13 +333,13 @@ static void NET__G256 bc_tile256(float *C, const float *A, const float *Bm, cons
                                  size_t ldc, int accum, size_t m0, size_t n0)
 {
     const float *a[4];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (size_t i = 0; i < 4; i++) a[i] = A + (m0 + i < M ? m0 + i : M - 1) * rsa;
     const size_t l0 = N - n0, l1 = N > n0 + 8 ? N - n0 - 8 : 0;
     const __m256i m0v = kmask8(l0), m1v = kmask8(l1);
     const int full = l0 >= 16;
     __m256 acc[4][2];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     const float *bp = Bm + n0;
     for (size_t k = 0; k < K; k++, bp += ldb) {
@@ -349,7 +352,7 @@ static void NET__G256 bc_tile256(float *C, const float *A, const float *Bm, cons
             b1 = _mm256_maskload_ps(bp + 8, m1v);
         }
         const size_t ko = k * csa;
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int i = 0; i < 4; i++) {
             const __m256 av = _mm256_broadcast_ss(a[i] + ko);
             acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
@@ -357,11 +360,11 @@ static void NET__G256 bc_tile256(float *C, const float *A, const float *Bm, cons
         }
     }
     const __m256 zero = _mm256_setzero_ps();
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (size_t i = 0; i < 4; i++) {
         if (m0 + i >= M) break;
         float *c = C + (m0 + i) * ldc + n0;
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int j = 0; j < 2; j++) {
             const __m256i mk = j ? m1v : m0v;
             __m256 v = acc[i][j];
@@ -390,8 +393,8 @@ static void transpose(float *dst, const float *src, size_t rows, size_t cols, si
         }
 }
 
-void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const float *bias,
-                  size_t M, size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, float *scratch)
+void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const float *bias, size_t M,
+                  size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, float *scratch)
 {
     if (!M || !N) return;
     const int lvl = K ? gemm_level() : 0;

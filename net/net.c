@@ -454,6 +454,13 @@ void net_backward(struct net *n, const uint8_t *y, size_t B)
             i--;
             continue;
         }
+        if (l->spec.kind == NET_RELU && i > first && n->layers[i - 1].spec.kind == NET_BN) {
+            // BN -> ReLU: one backward for both (net_internal.h).
+            net__bn_backward_relu(n, &n->layers[i - 1], i - 1 > first ? n->dacts[i - 1] : NULL,
+                                  n->dacts[i + 1], B);
+            i--;
+            continue;
+        }
         if (l->spec.kind == NET_DENSE && i > first + 1 && n->layers[i - 1].spec.kind == NET_RELU) {
             // ReLU -> dense: the dense layer writes the ReLU's input gradient (net_internal.h).
             net__dense_bwd_gate(n, l, n->dacts[i - 1], n->acts[i - 1], n->dacts[i + 1], n->acts[i],

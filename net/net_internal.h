@@ -186,6 +186,16 @@ void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, co
                  const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
                  int training);
 
+/* BN -> ReLU backward in one: net__bn_bwd of dout gated by the ReLU, whose input
+ * gamma * xhat + beta is recomputed from xhat (read anyway) instead of read from the
+ * activations: three of the eight passes over the activation go. dinp may alias dout. */
+void net__bn_bwd_relu(float *dinp, float *dgamma, float *dbeta, const float *dout,
+                      const float *xhat, const float *inv, const float *gamma, const float *beta,
+                      size_t C, size_t N, size_t cs, size_t is, int training);
+/* The layer's half of it (layer_bn.c): BN layer l, dout = the ReLU's output gradient. */
+void net__bn_backward_relu(struct net *n, struct net_layer *l, float *dinp, const float *dout,
+                           size_t B);
+
 // ---- files: the shared pieces of the checkpoint and the compressed export (codec.c) -----
 
 #define NET__ARCH_MAX_LAYERS 256

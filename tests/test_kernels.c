@@ -346,6 +346,51 @@ TEST(dense_gemm_bc_matches_reference)
     });
 }
 
+/* The fused BN + ReLU backward against net__bn_bwd of the ReLU-gated gradient (the gate
+ * recomputed from the forward's output), per channel layout and mode, within 1e-5 of the
+ * scale; dinp aliasing dout is allowed. */
+static int check_bn_relu(size_t C, size_t N, int spatial, int training)
+{
+    const size_t cs = spatial ? N : 1, is = spatial ? 1 : C, T = C * N;
+    float *x = rand_buf(T), *g = rand_buf(C), *b = rand_buf(C), *dout = rand_buf(T);
+    float *rm = calloc(C, sizeof(float)), *rv = malloc(C * sizeof(float));
+    for (size_t c = 0; c < C; c++) rv[c] = 1.0f;
+    float *out = malloc(T * sizeof(float)), *xh = malloc(T * sizeof(float));
+    float *inv = malloc(C * sizeof(float)), *dy = malloc(T * sizeof(float));
+    float *d1 = malloc(T * sizeof(float)), *d2 = malloc(T * sizeof(float));
+    float *g1 = calloc(2 * C, sizeof(float)), *g2 = calloc(2 * C, sizeof(float));
+    net__bn_fwd(out, xh, inv, rm, rv, x, g, b, C, N, cs, is, training);
+    size_t closed = 0;
+    for (size_t i = 0; i < T; i++) {
+        dy[i] = out[i] >= 0.0f ? dout[i] : 0.0f; // the ReLU's backward
+        closed += out[i] < 0.0f;
+    }
+    net__bn_bwd(d1, g1, g1 + C, dy, xh, inv, g, C, N, cs, is, training);
+    memcpy(d2, dout, T * sizeof(float));
+    net__bn_bwd_relu(d2, g2, g2 + C, d2, xh, inv, g, b, C, N, cs, is, training); // aliased
+    double sc, dd, sg, dg;
+    dd = max_abs_diff(d2, d1, T, &sc);
+    dg = max_abs_diff(g2, g1, 2 * C, &sg);
+    const int ok = closed > 0 && closed < T && dd <= 1e-5 * (sc + 1) && dg <= 1e-5 * (sg + 1);
+    if (!ok)
+        fprintf(stderr,
+                "bn_bwd_relu C%zu N%zu spatial %d training %d: dx off by %g (scale %g), "
+                "dgamma/dbeta by %g (scale %g), %zu of %zu gated\n",
+                C, N, spatial, training, dd, sc, dg, sg, closed, T);
+    free(x), free(g), free(b), free(dout), free(rm), free(rv), free(out), free(xh), free(inv);
+    free(dy), free(d1), free(d2), free(g1), free(g2);
+    return ok;
+}
+
+TEST(bn_relu_backward_matches_separate_passes)
+{
+    for (int tr = 0; tr < 2; tr++) {
+        ASSERT(check_bn_relu(5, 3 * 49 + 7, 1, tr)); // spatial: tails of the 16-wide partial sums
+        ASSERT(check_bn_relu(32, 64 * 28 * 28 / 16, 1, tr));
+        ASSERT(check_bn_relu(7, 13, 0, tr)); // flat (B, F): items strided by the features
+    }
+}
+
 /* The levels a CPU lacks are refused: forcing never claims an instruction set. */
 TEST(dense_gemm_force_is_capped_by_the_cpu)
 {
