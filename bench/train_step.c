@@ -33,10 +33,11 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-#define L(kind_, out_, k_, pad_, bias_)                                                          \
-    (struct net_layer_spec)                                                                      \
-    {                                                                                            \
-        .kind = kind_, .out = out_, .k = k_, .pad = pad_, .bias = bias_                          \
+#define L(kind_, out_, k_, pad_, bias_)                                                            \
+    (struct net_layer_spec)                                                                        \
+    {                                                                                              \
+        .kind = kind_, .out = out_, .k = k_, .stride = kind_ == NET_CONV, .pad = pad_,             \
+        .bias = bias_                                                                              \
     }
 
 static size_t specs_of(const char *arch, struct net_layer_spec *s)
@@ -63,11 +64,11 @@ static size_t specs_of(const char *arch, struct net_layer_spec *s)
     } else if (strcmp(arch, "resnet") == 0) {
         s[n++] = L(NET_CONV, 32, 3, 1, 1);
         s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = (struct net_layer_spec){.kind = NET_RES, .out = 32, .width = 32, .k = 3,
-                                         .stride = 1, .bias = 1};
+        s[n++] = (struct net_layer_spec){
+            .kind = NET_RES, .out = 32, .width = 32, .k = 3, .stride = 1, .bias = 1};
         s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = (struct net_layer_spec){.kind = NET_RES, .out = 32, .width = 32, .k = 3,
-                                         .stride = 1, .bias = 1};
+        s[n++] = (struct net_layer_spec){
+            .kind = NET_RES, .out = 32, .width = 32, .k = 3, .stride = 1, .bias = 1};
         s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
         s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
         s[n++] = L(NET_DENSE, 128, 0, 0, 1);
@@ -121,8 +122,10 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < B * 784; i++) x[i] = net_rand_uniform(&rng);
     for (size_t i = 0; i < B; i++) y[i] = (uint8_t)net_rand_below(&rng, 10);
     struct net_optim o = {.kind = NET_SGD, .momentum = 0.9f};
-    double *tf = malloc((size_t)steps * sizeof(double)), *tb = malloc((size_t)steps * sizeof(double));
-    double *to = malloc((size_t)steps * sizeof(double)), *ts = malloc((size_t)steps * sizeof(double));
+    double *tf = malloc((size_t)steps * sizeof(double)),
+           *tb = malloc((size_t)steps * sizeof(double));
+    double *to = malloc((size_t)steps * sizeof(double)),
+           *ts = malloc((size_t)steps * sizeof(double));
     float loss = 0.0f;
     for (int s = -20; s < steps; s++) {
         double t0 = now();
