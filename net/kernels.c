@@ -375,6 +375,69 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
     }
 }
 
+/* bn_sums of (dy gated by the ReLU after the BN, gamma * xh + beta >= 0) and xh. */
+static void bn_sums_relu(const float *dy, const float *xh, float gc, float bc, size_t n, size_t is,
+                         double *sa, double *sab)
+{
+    double s = 0.0, s2 = 0.0;
+    size_t i = 0;
+    if (is == 1) {
+        double pa[16] = {0}, pab[16] = {0};
+        for (; i + 16 <= n; i += 16)
+            for (size_t j = 0; j < 16; j++) {
+                const float h = xh[i + j];
+                const double d = gc * h + bc >= 0.0f ? (double)dy[i + j] : 0.0;
+                pa[j] += d;
+                pab[j] += d * (double)h;
+            }
+        for (size_t j = 0; j < 16; j++) s += pa[j], s2 += pab[j];
+    }
+    for (; i < n; i++) {
+        const float h = xh[i * is];
+        const double d = gc * h + bc >= 0.0f ? (double)dy[i * is] : 0.0;
+        s += d;
+        s2 += d * (double)h;
+    }
+    *sa = s;
+    *sab = s2;
+}
+
+void net__bn_bwd_relu(float *dinp, float *dgamma, float *dbeta, const float *dout,
+                      const float *xhat, const float *inv, const float *gamma, const float *beta,
+                      size_t C, size_t N, size_t cs, size_t is, int training)
+{
+#pragma omp parallel for schedule(static) if (C * N > 32768)
+    for (size_t c = 0; c < C; c++) {
+        const float *dy = dout + c * cs, *xh = xhat + c * cs;
+        const float gc = gamma[c], bc = beta[c];
+        double sdy, sdyx;
+        bn_sums_relu(dy, xh, gc, bc, N, is, &sdy, &sdyx);
+        dgamma[c] += (float)sdyx;
+        dbeta[c] += (float)sdy;
+        if (!dinp) continue;
+        float *dx = dinp + c * cs;
+        if (!training) {
+            const float k = gc * inv[c];
+            for (size_t i = 0; i < N; i++)
+                dx[i * is] = gc * xh[i * is] + bc >= 0.0f ? k * dy[i * is] : 0.0f;
+            continue;
+        }
+        const float k = gc * inv[c] / (float)N;
+        const float a = (float)sdy, bsum = (float)sdyx, fn = (float)N;
+        if (is == 1) {
+            for (size_t i = 0; i < N; i++) {
+                const float d = gc * xh[i] + bc >= 0.0f ? dy[i] : 0.0f;
+                dx[i] = k * (fn * d - a - xh[i] * bsum);
+            }
+            continue;
+        }
+        for (size_t i = 0; i < N; i++) {
+            const float d = gc * xh[i * is] + bc >= 0.0f ? dy[i * is] : 0.0f;
+            dx[i * is] = k * (fn * d - a - xh[i * is] * bsum);
+        }
+    }
+}
+
 void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
                  const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
                  int training)

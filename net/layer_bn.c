@@ -72,6 +72,16 @@ static void bn_backward(struct net *n, struct net_layer *l, float *dinp, const f
                 N, cs, is, n->training);
 }
 
+void net__bn_backward_relu(struct net *n, struct net_layer *l, float *dinp, const float *dout,
+                           size_t B)
+{
+    size_t N, cs, is;
+    bn_layout(l, B, &N, &cs, &is);
+    float *inv = l->ws + B * l->in.c * l->in.h * l->in.w;
+    net__bn_bwd_relu(dinp, net__g(n, l, 0), net__g(n, l, 1), dout, l->ws, inv, net__p(n, l, 0),
+                     net__p(n, l, 1), l->in.c, N, cs, is, n->training);
+}
+
 static size_t bn_macs(const struct net_layer *l)
 {
     return 0;

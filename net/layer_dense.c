@@ -3,11 +3,12 @@
  * Plain:      z = x W^T + b, W (OUT, IN).
  * Factorized: z = (x V^T) U^T + b, V (R, IN), U (OUT, R), nothing between the factors (the
  *             Caffe SVD trick); t = x V^T (B, R) is kept in the workspace for backward.
+ * The products are net__gemm_nt / net__gemm_bc (dense_gemm.c), the bias in the forward's
+ * store; net.c fuses a following ReLU into the forward and a preceding ReLU's backward into
+ * the data gradient (net__dense_fwd_relu, net__dense_bwd_gate).
  * Tensors in order: plain "w", ["b"]; factorized "u", "v", ["b"]. */
 #include <stdio.h>
 #include <string.h>
-
-#include <cblas.h>
 
 #include "net/net_internal.h"
 
@@ -52,7 +53,11 @@ static size_t dense_ws(const struct net_layer *l, size_t B)
 
 static size_t dense_scratch(const struct net_layer *l, size_t B)
 {
-    return B * l->spec.rank; // dt
+    // dt (backward) or the transposed operands of the forward products (dense_mm)
+    const size_t IN = dense_in(l), OUT = l->spec.out, R = l->spec.rank;
+    size_t s = NET__GEMM_NT_SCRATCH(B, R ? R : OUT, IN);
+    if (R && NET__GEMM_NT_SCRATCH(B, OUT, R) > s) s = NET__GEMM_NT_SCRATCH(B, OUT, R);
+    return s > B * R ? s : B * R;
 }
 
 static void dense_init(struct net *n, struct net_layer *l, uint64_t *rng)
@@ -70,55 +75,68 @@ static void dense_init(struct net *n, struct net_layer *l, uint64_t *rng)
     }
 }
 
-/* out (B, NO) = inp (B, NI) . w^T */
-static void dense_mm(float *out, const float *inp, const float *w, size_t B, size_t NI, size_t NO)
+/* out (B, NO) = inp (B, NI) . w^T + b; relu (if not NULL) = max(out, 0). */
+static void dense_mm(struct net *n, float *out, float *relu, const float *inp, const float *w,
+                     const float *b, size_t B, size_t NI, size_t NO)
 {
-    net__sgemm_split(0, 0, 1, B, NO, NI, inp, NI, w, NI, 0.0f, out, NO);
+    net__gemm_nt(out, relu, inp, w, b, B, NO, NI, NI, NI, NO, n->scratch);
+}
+
+void net__dense_fwd_relu(struct net *n, struct net_layer *l, float *out, float *relu,
+                         const float *inp, size_t B)
+{
+    size_t IN = dense_in(l), OUT = l->spec.out, R = l->spec.rank;
+    const float *b = l->spec.bias ? net__p(n, l, R ? 2 : 1) : NULL;
+    if (R) {
+        dense_mm(n, l->ws, NULL, inp, net__p(n, l, 1), NULL, B, IN, R);
+        dense_mm(n, out, relu, l->ws, net__p(n, l, 0), b, B, R, OUT);
+    } else {
+        dense_mm(n, out, relu, inp, net__p(n, l, 0), b, B, IN, OUT);
+    }
 }
 
 static void dense_forward(struct net *n, struct net_layer *l, float *out, const float *inp,
                           size_t B, int training)
 {
-    size_t IN = dense_in(l), OUT = l->spec.out, R = l->spec.rank;
-    if (R) {
-        dense_mm(l->ws, inp, net__p(n, l, 1), B, IN, R);
-        dense_mm(out, l->ws, net__p(n, l, 0), B, R, OUT);
-    } else {
-        dense_mm(out, inp, net__p(n, l, 0), B, IN, OUT);
-    }
-    if (l->spec.bias) {
-        const float *b = net__p(n, l, R ? 2 : 1);
-        for (size_t i = 0; i < B; i++)
-            for (size_t o = 0; o < OUT; o++) out[i * OUT + o] += b[o];
+    net__dense_fwd_relu(n, l, out, NULL, inp, B);
+}
+
+/* dw (NO, NI) += dout^T (NO, B) . inp (B, NI); dinp (B, NI) = dout (B, NO) . w (NO, NI), gated
+ * by gate (B, NI) >= 0 when gate is not NULL. */
+static void dense_mm_bwd(float *dinp, float *dw, const float *dout, const float *inp,
+                         const float *w, const float *gate, size_t B, size_t NI, size_t NO)
+{
+    net__gemm_bc(dw, dout, inp, NULL, NO, NI, B, 1, NO, NI, NI, 1);
+    if (dinp) net__gemm_bc(dinp, dout, w, gate, B, NI, NO, NO, 1, NI, NI, 0);
+}
+
+/* db (NO) += column sums of dout (B, NO). */
+static void dense_bias_grad(float *db, const float *dout, size_t B, size_t NO)
+{
+    for (size_t i = 0; i < B; i++) {
+        const float *d = dout + i * NO;
+        for (size_t o = 0; o < NO; o++) db[o] += d[o];
     }
 }
 
-/* dw (NO, NI) += dout^T (NO, B) . inp (B, NI); dinp (B, NI) = dout (B, NO) . w (NO, NI) */
-static void dense_mm_bwd(float *dinp, float *dw, const float *dout, const float *inp,
-                         const float *w, size_t B, size_t NI, size_t NO)
+void net__dense_bwd_gate(struct net *n, struct net_layer *l, float *dinp, const float *gate,
+                         const float *dout, const float *inp, size_t B)
 {
-    net__sgemm_split(1, 1, 0, NO, NI, B, dout, NO, inp, NI, 1.0f, dw, NI);
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)B, (int)NI, (int)NO, 1.0f, dout,
-                    (int)NO, w, (int)NI, 0.0f, dinp, (int)NI);
+    size_t IN = dense_in(l), OUT = l->spec.out, R = l->spec.rank;
+    if (l->spec.bias) dense_bias_grad(net__g(n, l, R ? 2 : 1), dout, B, OUT);
+    if (R) {
+        float *dt = n->scratch;
+        dense_mm_bwd(dt, net__g(n, l, 0), dout, l->ws, net__p(n, l, 0), NULL, B, R, OUT);
+        dense_mm_bwd(dinp, net__g(n, l, 1), dt, inp, net__p(n, l, 1), gate, B, IN, R);
+    } else {
+        dense_mm_bwd(dinp, net__g(n, l, 0), dout, inp, net__p(n, l, 0), gate, B, IN, OUT);
+    }
 }
 
 static void dense_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                            const float *inp, const float *out, size_t B)
 {
-    size_t IN = dense_in(l), OUT = l->spec.out, R = l->spec.rank;
-    if (l->spec.bias) {
-        float *db = net__g(n, l, R ? 2 : 1);
-        for (size_t i = 0; i < B; i++)
-            for (size_t o = 0; o < OUT; o++) db[o] += dout[i * OUT + o];
-    }
-    if (R) {
-        float *dt = n->scratch;
-        dense_mm_bwd(dt, net__g(n, l, 0), dout, l->ws, net__p(n, l, 0), B, R, OUT);
-        dense_mm_bwd(dinp, net__g(n, l, 1), dt, inp, net__p(n, l, 1), B, IN, R);
-    } else {
-        dense_mm_bwd(dinp, net__g(n, l, 0), dout, inp, net__p(n, l, 0), B, IN, OUT);
-    }
+    net__dense_bwd_gate(n, l, dinp, NULL, dout, inp, B);
 }
 
 static size_t dense_macs(const struct net_layer *l)

@@ -411,6 +411,13 @@ static void net__forward_layers(struct net *n, const float *x, size_t B, int tra
     }
     for (size_t i = 0; i < upto && i < n->n_layers; i++) {
         struct net_layer *l = &n->layers[i];
+        if (l->spec.kind == NET_DENSE && i + 1 < n->n_layers &&
+            n->layers[i + 1].spec.kind == NET_RELU) {
+            // Dense -> ReLU: one store writes both (net_internal.h).
+            net__dense_fwd_relu(n, l, n->acts[i + 1], n->acts[i + 2], n->acts[i], B);
+            i++;
+            continue;
+        }
         NET__OPS[l->spec.kind]->forward(n, l, n->acts[i + 1], n->acts[i], B, training);
     }
     n->training = training;
@@ -466,6 +473,20 @@ void net_backward(struct net *n, const uint8_t *y, size_t B)
             n->layers[i - 1].spec.kind == NET_RELU) {
             // ReLU -> max pool: the pool writes the ReLU's input gradient (net_internal.h).
             net__mp_backward_relu(l, n->dacts[i - 1], n->dacts[i + 1], n->acts[i - 1], B);
+            i--;
+            continue;
+        }
+        if (l->spec.kind == NET_RELU && i > first && n->layers[i - 1].spec.kind == NET_BN) {
+            // BN -> ReLU: one backward for both (net_internal.h).
+            net__bn_backward_relu(n, &n->layers[i - 1], i - 1 > first ? n->dacts[i - 1] : NULL,
+                                  n->dacts[i + 1], B);
+            i--;
+            continue;
+        }
+        if (l->spec.kind == NET_DENSE && i > first + 1 && n->layers[i - 1].spec.kind == NET_RELU) {
+            // ReLU -> dense: the dense layer writes the ReLU's input gradient (net_internal.h).
+            net__dense_bwd_gate(n, l, n->dacts[i - 1], n->acts[i - 1], n->dacts[i + 1], n->acts[i],
+                                B);
             i--;
             continue;
         }

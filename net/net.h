@@ -157,7 +157,9 @@ float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int
 void net_forward_prefix(struct net *n, const float *x, size_t B, size_t upto);
 /* Backward of the last forward (which must have had labels): accumulates into grads.
  * dacts[i] is filled for every layer input after the first layer with tensors (the
- * gradients before it feed nothing and are skipped). */
+ * gradients before it feed nothing and are skipped), except the input of a max pool or a
+ * dense layer that follows a ReLU, and of a ReLU that follows a batch norm: those write the
+ * earlier layer's input gradient directly. */
 void net_backward(struct net *n, const uint8_t *y, size_t B);
 /* Zeroes the gradient arena; free when it is known to be zero already (grads_zero: set at
  * creation and by net_optim_step, cleared by net_backward and net_group_lasso). Code that

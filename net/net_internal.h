@@ -51,6 +51,16 @@ struct net__ops {
 void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, const float *z,
                            size_t B);
 
+/* Dense -> ReLU: the dense layer writes its output out and relu = max(out, 0) from one
+ * store, and the ReLU's forward is skipped. ReLU -> dense: the dense layer's data gradient
+ * is written gated by the ReLU's input (gate >= 0), i.e. straight into the ReLU's input
+ * gradient, and the ReLU's backward is skipped (dacts of the dense layer's input is then not
+ * computed). gate NULL: the plain data gradient. */
+void net__dense_fwd_relu(struct net *n, struct net_layer *l, float *out, float *relu,
+                         const float *inp, size_t B);
+void net__dense_bwd_gate(struct net *n, struct net_layer *l, float *dinp, const float *gate,
+                         const float *dout, const float *inp, size_t B);
+
 extern const struct net__ops net__dense_ops, net__conv_ops, net__bn_ops, net__relu_ops,
     net__maxpool_ops, net__gap_ops, net__flatten_ops, net__res_ops;
 
@@ -74,6 +84,23 @@ void net__init_fill(const struct net *n, float *w, float *b, size_t count, size_
 void net__sgemm_split(int split_rows, int transa, int transb, size_t M, size_t N, size_t K,
                       const float *A, size_t lda, const float *Bm, size_t ldb, float beta, float *C,
                       size_t ldc);
+
+/* The dense layer's products (dense_gemm.c): AVX-512 or AVX2 + FMA kernels chosen by cpuid
+ * (EVOWIDTH_DENSE=avx2 keeps them to AVX2, =blas uses OpenBLAS and plain loops, the
+ * reference), whatever core type OpenBLAS runs. Row-major; threads by OpenMP.
+ * C (M, N) = A (M, K) . B (N, K)^T + bias[n] (bias may be NULL); C2 (same ldc), when not
+ * NULL, also gets max(C, 0). scratch: NULL (dot-product kernel) or NET__GEMM_NT_SCRATCH
+ * floats (C^T by the broadcast kernel of net__gemm_bc, faster at batch-sized M). */
+void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const float *bias, size_t M,
+                  size_t N, size_t K, size_t lda, size_t ldb, size_t ldc, float *scratch);
+#define NET__GEMM_NT_SCRATCH(M, N, K) ((size_t)(K) * (M) + (size_t)(N) * (M))
+/* C (M, N) = [C +] sum_k A[m * rsa + k * csa] B[k * ldb + n] (accum 1: add to C), then, when
+ * gate is not NULL (layout of C), C = gate >= 0 ? C : 0. rsa == 1 or csa == 1. */
+void net__gemm_bc(float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N,
+                  size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum);
+/* Tests: use level 2 (AVX-512), 1 (AVX2) or 0 (reference) from now on, capped by the CPU;
+ * returns the previous level. */
+int net__gemm_force(int level);
 
 // ---- convolution on (C, B, H, W) activations -----------------------------------------
 
@@ -158,6 +185,16 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
 void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
                  const float *inv, const float *gamma, size_t C, size_t N, size_t cs, size_t is,
                  int training);
+
+/* BN -> ReLU backward in one: net__bn_bwd of dout gated by the ReLU, whose input
+ * gamma * xhat + beta is recomputed from xhat (read anyway) instead of read from the
+ * activations: three of the eight passes over the activation go. dinp may alias dout. */
+void net__bn_bwd_relu(float *dinp, float *dgamma, float *dbeta, const float *dout,
+                      const float *xhat, const float *inv, const float *gamma, const float *beta,
+                      size_t C, size_t N, size_t cs, size_t is, int training);
+/* The layer's half of it (layer_bn.c): BN layer l, dout = the ReLU's output gradient. */
+void net__bn_backward_relu(struct net *n, struct net_layer *l, float *dinp, const float *dout,
+                           size_t B);
 
 // ---- files: the shared pieces of the checkpoint and the compressed export (codec.c) -----
 

@@ -7,7 +7,14 @@
  * sizes whose H*W is not a multiple of 16, 5x5 kernels (taps in two blocks), batch 1.
  * The fused epilogues (bias, residual add, ReLU, ReLU-gated gradient) match the separate
  * passes. Each case runs once per instruction set the CPU has (AVX-512, AVX2); on a CPU with
- * neither the direct cases are skipped (printed), never faked. */
+ * neither the direct cases are skipped (printed), never faked.
+ *
+ * The dense products (net/dense_gemm.c: net__gemm_nt with and without scratch, net__gemm_bc
+ * with row-major and transposed A, accumulating or overwriting, gated) must match a
+ * double-precision loop within 2e-6 x sum_k |a_k b_k| + 1e-6 per element (float rounding of K
+ * products is far below that, a wrong index far above), on random shapes with tails of every
+ * tile (rows not a multiple of 4, 6 or 8, columns of 48, 64 or 16, K of 16 or 8), at AVX-512,
+ * at AVX2 (forced, on an AVX-512 CPU too) and on the OpenBLAS reference path. */
 #include <stdint.h>
 
 #include "net/net_internal.h"
@@ -209,6 +216,188 @@ TEST(conv_direct_rejects_other_geometries)
     ASSERT(!net__conv_direct_shape(&g));
     net__conv_geom(&g, 4, 8, 8, 4, 3, 1, 1);
     ASSERT(net__conv_direct_shape(&g));
+}
+
+// ---- dense products ----------------------------------------------------------------------
+
+static int set_gemm_level(int want)
+{
+    net__gemm_force(want);
+    return net__gemm_force(want);
+}
+
+/* Runs BODY at AVX-512, AVX2 and the reference level, those the CPU has. */
+#define FOR_EACH_GEMM_LEVEL(BODY)                                                                  \
+    do {                                                                                           \
+        for (int lv_ = 2; lv_ >= 0; lv_--) {                                                       \
+            if (set_gemm_level(lv_) != lv_) {                                                      \
+                printf("  (dense level %d skipped: not on this CPU)\n", lv_);                      \
+                continue;                                                                          \
+            }                                                                                      \
+            printf("  (dense level: %s)\n", lv_ == 2 ? "AVX-512" : lv_ ? "AVX2" : "reference");    \
+            BODY;                                                                                  \
+        }                                                                                          \
+        set_gemm_level(2);                                                                         \
+    } while (0)
+
+static int close_to(float got, double want, double mag, const char *what, size_t m, size_t n)
+{
+    const double tol = 2e-6 * mag + 1e-6;
+    if (fabs((double)got - want) <= tol) return 1;
+    fprintf(stderr, "%s: C[%zu][%zu] = %.9g, want %.9g (tolerance %.3g)\n", what, m, n, got, want,
+            tol);
+    return 0;
+}
+
+/* net__gemm_nt against the double loop: C = A B^T + bias, C2 = relu(C), with lda, ldb, ldc
+ * wider than the rows. */
+static int check_nt(size_t M, size_t N, size_t K, int use_scratch, int lv)
+{
+    const size_t lda = K + 3, ldb = K + 1, ldc = N + 2;
+    float *A = rand_buf(M * lda), *Bm = rand_buf(N * ldb), *bias = rand_buf(N);
+    float *C = rand_buf(M * ldc), *C2 = rand_buf(M * ldc);
+    float *scr = use_scratch ? malloc(NET__GEMM_NT_SCRATCH(M, N, K) * sizeof(float)) : NULL;
+    net__gemm_nt(C, C2, A, Bm, bias, M, N, K, lda, ldb, ldc, scr);
+    int ok = 1;
+    size_t pos = 0, neg = 0;
+    char what[96];
+    snprintf(what, sizeof what, "gemm_nt M%zu N%zu K%zu scratch %d level %d", M, N, K, use_scratch,
+             lv);
+    for (size_t m = 0; m < M && ok; m++)
+        for (size_t n = 0; n < N && ok; n++) {
+            double s = bias[n], mag = fabs(bias[n]);
+            for (size_t k = 0; k < K; k++) {
+                s += (double)A[m * lda + k] * Bm[n * ldb + k];
+                mag += fabs((double)A[m * lda + k] * Bm[n * ldb + k]);
+            }
+            ok = close_to(C[m * ldc + n], s, mag, what, m, n) &&
+                 close_to(C2[m * ldc + n], s > 0 ? s : 0.0, mag, what, m, n);
+            if (ok && C2[m * ldc + n] != (C[m * ldc + n] > 0.0f ? C[m * ldc + n] : 0.0f)) {
+                fprintf(stderr, "%s: C2 != relu(C) at %zu %zu\n", what, m, n);
+                ok = 0;
+            }
+            pos += s > 0, neg += s < 0;
+        }
+    if (ok && M * N > 8 && (pos == 0 || neg == 0)) ok = 0; // both signs must be exercised
+    free(A), free(Bm), free(bias), free(C), free(C2), free(scr);
+    return ok;
+}
+
+/* net__gemm_bc against the double loop, A row-major (trans 0) or read transposed (trans 1). */
+static int check_bc(size_t M, size_t N, size_t K, int trans, int accum, int gated, int lv)
+{
+    const size_t ldb = N + 5, ldc = N + 1;
+    const size_t rsa = trans ? 1 : K + 2, csa = trans ? M + 3 : 1;
+    float *A = rand_buf(trans ? K * csa : M * rsa), *Bm = rand_buf(K * ldb);
+    float *C = rand_buf(M * ldc), *C0 = malloc(M * ldc * sizeof(float));
+    float *gate = gated ? rand_buf(M * ldc) : NULL;
+    if (gate)
+        for (size_t i = 0; i < M * ldc; i += 4) gate[i] = 0.0f; // exactly 0 passes (relu1)
+    memcpy(C0, C, M * ldc * sizeof(float));
+    net__gemm_bc(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum);
+    int ok = 1;
+    char what[112];
+    snprintf(what, sizeof what, "gemm_bc M%zu N%zu K%zu trans %d accum %d gate %d level %d", M, N,
+             K, trans, accum, gated, lv);
+    for (size_t m = 0; m < M && ok; m++) {
+        for (size_t n = 0; n < N && ok; n++) {
+            double s = accum ? C0[m * ldc + n] : 0.0, mag = fabs(s);
+            for (size_t k = 0; k < K; k++) {
+                const double p = (double)A[m * rsa + k * csa] * Bm[k * ldb + n];
+                s += p, mag += fabs(p);
+            }
+            if (gate && !(gate[m * ldc + n] >= 0.0f)) s = 0.0, mag = 0.0;
+            ok = close_to(C[m * ldc + n], s, mag, what, m, n);
+        }
+        for (size_t n = N; n < ldc && ok; n++) // the padding past N is not touched
+            if (C[m * ldc + n] != C0[m * ldc + n]) {
+                fprintf(stderr, "%s: wrote past N at row %zu\n", what, m);
+                ok = 0;
+            }
+    }
+    free(A), free(Bm), free(C), free(C0), free(gate);
+    return ok;
+}
+
+TEST(dense_gemm_nt_matches_reference)
+{
+    static const size_t shapes[][3] = {{64, 512, 784}, {64, 10, 256}, {1, 1, 1},
+                                       {3, 5, 7},      {5, 17, 16},   {7, 4, 33},
+                                       {67, 65, 100},  {2, 130, 15},  {13, 3, 129}};
+    FOR_EACH_GEMM_LEVEL({
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            for (int sc = 0; sc < 2; sc++)
+                ASSERT(check_nt(shapes[i][0], shapes[i][1], shapes[i][2], sc, lv_));
+    });
+}
+
+TEST(dense_gemm_bc_matches_reference)
+{
+    // (M, N, K): the MLP's weight gradients (K = batch) and data gradients, then tails of the
+    // 8 x 48, 6 x 64 and 4 x 16 tiles.
+    static const size_t shapes[][3] = {{512, 784, 64}, {64, 512, 256}, {10, 256, 64}, {1, 1, 1},
+                                       {9, 49, 3},     {7, 64, 5},     {13, 65, 17},  {6, 128, 2},
+                                       {3, 15, 40},    {17, 100, 1},   {8, 47, 9}};
+    FOR_EACH_GEMM_LEVEL({
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            for (int v = 0; v < 4; v++)
+                ASSERT(check_bc(shapes[i][0], shapes[i][1], shapes[i][2], v & 1, v >> 1,
+                                v == 0 || v == 3, lv_));
+    });
+}
+
+/* The fused BN + ReLU backward against net__bn_bwd of the ReLU-gated gradient (the gate
+ * recomputed from the forward's output), per channel layout and mode, within 1e-5 of the
+ * scale; dinp aliasing dout is allowed. */
+static int check_bn_relu(size_t C, size_t N, int spatial, int training)
+{
+    const size_t cs = spatial ? N : 1, is = spatial ? 1 : C, T = C * N;
+    float *x = rand_buf(T), *g = rand_buf(C), *b = rand_buf(C), *dout = rand_buf(T);
+    float *rm = calloc(C, sizeof(float)), *rv = malloc(C * sizeof(float));
+    for (size_t c = 0; c < C; c++) rv[c] = 1.0f;
+    float *out = malloc(T * sizeof(float)), *xh = malloc(T * sizeof(float));
+    float *inv = malloc(C * sizeof(float)), *dy = malloc(T * sizeof(float));
+    float *d1 = malloc(T * sizeof(float)), *d2 = malloc(T * sizeof(float));
+    float *g1 = calloc(2 * C, sizeof(float)), *g2 = calloc(2 * C, sizeof(float));
+    net__bn_fwd(out, xh, inv, rm, rv, x, g, b, C, N, cs, is, training);
+    size_t closed = 0;
+    for (size_t i = 0; i < T; i++) {
+        dy[i] = out[i] >= 0.0f ? dout[i] : 0.0f; // the ReLU's backward
+        closed += out[i] < 0.0f;
+    }
+    net__bn_bwd(d1, g1, g1 + C, dy, xh, inv, g, C, N, cs, is, training);
+    memcpy(d2, dout, T * sizeof(float));
+    net__bn_bwd_relu(d2, g2, g2 + C, d2, xh, inv, g, b, C, N, cs, is, training); // aliased
+    double sc, dd, sg, dg;
+    dd = max_abs_diff(d2, d1, T, &sc);
+    dg = max_abs_diff(g2, g1, 2 * C, &sg);
+    const int ok = closed > 0 && closed < T && dd <= 1e-5 * (sc + 1) && dg <= 1e-5 * (sg + 1);
+    if (!ok)
+        fprintf(stderr,
+                "bn_bwd_relu C%zu N%zu spatial %d training %d: dx off by %g (scale %g), "
+                "dgamma/dbeta by %g (scale %g), %zu of %zu gated\n",
+                C, N, spatial, training, dd, sc, dg, sg, closed, T);
+    free(x), free(g), free(b), free(dout), free(rm), free(rv), free(out), free(xh), free(inv);
+    free(dy), free(d1), free(d2), free(g1), free(g2);
+    return ok;
+}
+
+TEST(bn_relu_backward_matches_separate_passes)
+{
+    for (int tr = 0; tr < 2; tr++) {
+        ASSERT(check_bn_relu(5, 3 * 49 + 7, 1, tr)); // spatial: tails of the 16-wide partial sums
+        ASSERT(check_bn_relu(32, 64 * 28 * 28 / 16, 1, tr));
+        ASSERT(check_bn_relu(7, 13, 0, tr)); // flat (B, F): items strided by the features
+    }
+}
+
+/* The levels a CPU lacks are refused: forcing never claims an instruction set. */
+TEST(dense_gemm_force_is_capped_by_the_cpu)
+{
+    const int best = net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
+    ASSERT_EQ(set_gemm_level(2), best);
+    ASSERT_EQ(set_gemm_level(0), 0);
+    set_gemm_level(2);
 }
 
 TEST_MAIN()

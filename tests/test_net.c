@@ -324,6 +324,11 @@ TEST(grad_bn)
     GC("bn spatial", shp(2, 4, 4), 3, 3, 31, S_CONV(3, 3, 1, 1, 0), S_BN(), S_RELU(), S_FLAT(),
        S_DENSE(3, 1));
     GC("bn flat", shp(1, 2, 3), 3, 5, 32, S_FLAT(), S_DENSE(6, 1), S_BN(), S_RELU(), S_DENSE(3, 1));
+    // BN -> ReLU -> (not a dense layer or a pool): the fused BN + ReLU backward, flat and spatial.
+    GC("bn flat, relu, bn", shp(1, 2, 3), 3, 5, 33, S_FLAT(), S_DENSE(6, 1), S_BN(), S_RELU(),
+       S_BN(), S_DENSE(3, 1));
+    GC("bn spatial, relu, conv", shp(2, 5, 5), 3, 3, 34, S_CONV(3, 3, 1, 1, 1), S_BN(), S_RELU(),
+       S_CONV(2, 3, 1, 1, 1), S_FLAT(), S_DENSE(3, 1));
 }
 
 TEST(grad_relu)

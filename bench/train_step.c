@@ -1,0 +1,157 @@
+/* bench/train_step.c: times one training step of the reference nets, phase by phase, on
+ * synthetic data (no data loading, no batcher: the engine alone).
+ *
+ * usage: build/train_step [ARCH] [STEPS]   (ARCH mlp | cnn | resnet | main, default mlp;
+ *                                           STEPS default 300; threads: OMP_NUM_THREADS)
+ *
+ * Builds the net of configs/ref_ARCH.json (main: configs/default.json's model) with
+ * net_create, runs 20 warm-up steps, then STEPS steps of net_forward, net_backward and
+ * net_optim_step (SGD, momentum 0.9) at batch 64, and prints the fastest step and the
+ * fastest time of each phase (what the code costs when nothing preempts it), then the median
+ * step and samples/s. Only the public net.h interface is used, so
+ * the same file builds against an older tree (for A B A B comparisons):
+ *   gcc -std=c11 -O3 -march=native -fopenmp -I. bench/train_step.c build/libnet.a \
+ *       $(pkg-config --libs openblas) -llapacke -lm */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "net/net.h"
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define L(kind_, out_, k_, pad_, bias_)                                                            \
+    (struct net_layer_spec)                                                                        \
+    {                                                                                              \
+        .kind = kind_, .out = out_, .k = k_, .stride = kind_ == NET_CONV, .pad = pad_,             \
+        .bias = bias_                                                                              \
+    }
+
+static size_t specs_of(const char *arch, struct net_layer_spec *s)
+{
+    size_t n = 0;
+    if (strcmp(arch, "mlp") == 0) {
+        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 512, 0, 0, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 256, 0, 0, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
+    } else if (strcmp(arch, "cnn") == 0) {
+        s[n++] = L(NET_CONV, 32, 3, 1, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
+        s[n++] = L(NET_CONV, 64, 3, 1, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
+        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 128, 0, 0, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
+    } else if (strcmp(arch, "resnet") == 0) {
+        s[n++] = L(NET_CONV, 32, 3, 1, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = (struct net_layer_spec){
+            .kind = NET_RES, .out = 32, .width = 32, .k = 3, .stride = 1, .bias = 1};
+        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
+        s[n++] = (struct net_layer_spec){
+            .kind = NET_RES, .out = 32, .width = 32, .k = 3, .stride = 1, .bias = 1};
+        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
+        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 128, 0, 0, 1);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
+    } else if (strcmp(arch, "main") == 0) {
+        s[n++] = L(NET_CONV, 32, 3, 1, 1);
+        s[n++] = L(NET_BN, 0, 0, 0, 0);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_CONV, 64, 3, 1, 1);
+        s[n++] = L(NET_BN, 0, 0, 0, 0);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
+        s[n++] = L(NET_CONV, 64, 3, 1, 1);
+        s[n++] = L(NET_BN, 0, 0, 0, 0);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
+        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 256, 0, 0, 1);
+        s[n++] = L(NET_BN, 0, 0, 0, 0);
+        s[n++] = L(NET_RELU, 0, 0, 0, 0);
+        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *arch = argc > 1 ? argv[1] : "mlp";
+    const int steps = argc > 2 ? atoi(argv[2]) : 300;
+    struct net_layer_spec specs[32];
+    const size_t ns = specs_of(arch, specs);
+    if (!ns || steps < 1) {
+        fprintf(stderr, "usage: train_step [mlp|cnn|resnet|main] [STEPS >= 1]\n");
+        return 2;
+    }
+    const char *th = getenv("OMP_NUM_THREADS");
+    net_set_threads(th ? atoi(th) : 2);
+    const size_t B = 64;
+    struct net_shape in = {1, 28, 28, 1};
+    struct net *n;
+    char err[256];
+    if (net_create(&n, &in, 10, specs, ns, err, sizeof err) < 0 || net_reserve(n, B) < 0) {
+        fprintf(stderr, "train_step: %s\n", err);
+        return 1;
+    }
+    uint64_t rng = 42;
+    net_init_params_with(n, &rng, NET_INIT_TORCH);
+    float *x = malloc(B * 784 * sizeof(float));
+    uint8_t y[64];
+    for (size_t i = 0; i < B * 784; i++) x[i] = net_rand_uniform(&rng);
+    for (size_t i = 0; i < B; i++) y[i] = (uint8_t)net_rand_below(&rng, 10);
+    struct net_optim o = {.kind = NET_SGD, .momentum = 0.9f};
+    double *tf = malloc((size_t)steps * sizeof(double)),
+           *tb = malloc((size_t)steps * sizeof(double));
+    double *to = malloc((size_t)steps * sizeof(double)),
+           *ts = malloc((size_t)steps * sizeof(double));
+    float loss = 0.0f;
+    for (int s = -20; s < steps; s++) {
+        double t0 = now();
+        loss = net_forward(n, x, y, B, 1);
+        double t1 = now();
+        net_backward(n, y, B);
+        double t2 = now();
+        net_optim_step(n, &o, 0.01f);
+        double t3 = now();
+        if (s < 0) continue;
+        tf[s] = t1 - t0, tb[s] = t2 - t1, to[s] = t3 - t2, ts[s] = t3 - t0;
+    }
+    qsort(tf, (size_t)steps, sizeof(double), cmp_d);
+    qsort(tb, (size_t)steps, sizeof(double), cmp_d);
+    qsort(to, (size_t)steps, sizeof(double), cmp_d);
+    qsort(ts, (size_t)steps, sizeof(double), cmp_d);
+    const int m = steps / 2;
+    const double gf = 6.0 * (double)net_macs(n) * (double)B / ts[m] / 1e9;
+    // The minimum is the step undisturbed by other processes (a shared machine preempts).
+    const double gfm = 6.0 * (double)net_macs(n) * (double)B / ts[0] / 1e9;
+    printf("%s: best step %.1f us (forward %.1f, backward %.1f, optimizer %.1f), %.1f GFLOP/s; "
+           "median step %.1f us (%.0f samples/s, %.1f GFLOP/s) of %d; GFLOP/s = 3 x 2 x fwd "
+           "MACs / time; final loss %.4f\n",
+           arch, 1e6 * ts[0], 1e6 * tf[0], 1e6 * tb[0], 1e6 * to[0], gfm, 1e6 * ts[m],
+           (double)B / ts[m], gf, steps, (double)loss);
+    free(tf), free(tb), free(to), free(ts), free(x);
+    net_destroy(n);
+    return 0;
+}
