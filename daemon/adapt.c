@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "daemon/daemon_internal.h"
+#include "daemon/dist.h"
 #include "net/codec.h"
 #include "svd_adapt/svd_adapt.h"
 
@@ -130,7 +131,8 @@ static void dmn__print_event(struct dmn_trainer *t, const struct svd_event *e)
     fflush(t->log);
 }
 
-int dmn_trainer_adapt_now(struct dmn_trainer *t)
+/* The pass itself, on this process's net. */
+static int dmn__adapt_local(struct dmn_trainer *t)
 {
     const struct svd_policy *p = &t->cfg.adapt;
     const size_t D = t->train.shape.c * t->train.shape.h * t->train.shape.w;
@@ -152,6 +154,7 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
     if (rc >= 0) {
         // Every pass is an event, so a user can see why a layer did not change.
         cJSON *j = dmn_event_json(&ev);
+        dmn__dist_event_fields(j); // several ranks: their checksums before the pass
         char *event = j ? cJSON_PrintUnformatted(j) : NULL;
         cJSON_Delete(j);
         if (event && t->events) {
@@ -179,6 +182,14 @@ out:
     free(y);
     t->adapt_seconds += dmn_now() - t0;
     return rc;
+}
+
+/* Several MPI ranks: rank 0 runs the pass and the others take its result (daemon/dist.h). */
+int dmn_trainer_adapt_now(struct dmn_trainer *t)
+{
+    if (dmn_dist_size() == 1) return dmn__adapt_local(t);
+    dmn__dist_presurgery(t);
+    return dmn__dist_surgery(t, dmn_dist_is_root() ? dmn__adapt_local(t) : 0);
 }
 
 int dmn__adapt_maybe(struct dmn_trainer *t)

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/dist.h"
 #include "daemon/server_internal.h"
 
 // ---- logging ------------------------------------------------------------------------------
@@ -135,6 +136,10 @@ int dmn_server_run(const struct dmn_server_opts *o)
     s->opts.state_dir = s->state_dir;
     s->opts.listen = s->listen;
     s->opts.token_file = s->token_file;
+    if (!dmn_dist_is_root()) { // several MPI ranks: this one trains beside rank 0
+        code = dmn__dist_follow(s);
+        goto out;
+    }
     if (s->opts.token_file[0] &&
         dmn__read_token(s->opts.token_file, s->token, sizeof(s->token), err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidthd: %s\n", err);
@@ -153,6 +158,10 @@ int dmn_server_run(const struct dmn_server_opts *o)
         dmn__replay_changes(s);
         dmn_trainer_set_epochs(s->t, s->cfg.train.epochs);
     } else if ((rc = dmn_trainer_create(&s->t, &s->cfg, err, sizeof(err))) < 0) {
+        fprintf(stderr, "evowidthd: %s\n", err);
+        goto out;
+    }
+    if ((rc = dmn__dist_lead(s, err, sizeof(err))) < 0) { // the run to the other ranks
         fprintf(stderr, "evowidthd: %s\n", err);
         goto out;
     }
@@ -249,6 +258,7 @@ out:
     dmn_trainer_destroy(s->t);
     if (s->events_file) fclose(s->events_file);
     dmn__hist_free(&s->hist);
+    free(s->dist_ranks);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);
