@@ -27,9 +27,12 @@ fi
 e2e_init mpi
 MPI=(mpirun --oversubscribe --bind-to none)
 [ "$(id -u)" -eq 0 ] && MPI+=(--allow-run-as-root)
-# Sanitizer builds: LeakSanitizer reports what Open MPI itself never frees (only that is
-# suppressed: tests/lsan_mpi.supp names Open MPI's libraries).
+# AddressSanitizer builds: LeakSanitizer reports what Open MPI itself never frees (only that
+# is suppressed: tests/lsan_mpi.supp names Open MPI's libraries).
 export LSAN_OPTIONS="${LSAN_OPTIONS:-}:suppressions=$SRC/tests/lsan_mpi.supp:print_suppressions=0"
+# ThreadSanitizer builds: reports inside Open MPI's own threads (tests/tsan_mpi.supp, the same
+# libraries) are suppressed.
+export TSAN_OPTIONS="${TSAN_OPTIONS:-}:suppressions=$SRC/tests/tsan_mpi.supp"
 export OMP_WAIT_POLICY=passive
 MPID="" # a background mpirun (also in EXTRA_PIDS, killed on exit)
 
