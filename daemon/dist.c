@@ -31,8 +31,9 @@ int dmn_dist_init(int *argc, char ***argv)
     if (MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS) return -EIO;
     dmn__mpi_on = 1;
     if (provided < MPI_THREAD_SERIALIZED) {
-        fprintf(stderr, "evowidth: this MPI gives thread level %d, evowidth needs "
-                        "MPI_THREAD_SERIALIZED\n",
+        fprintf(stderr,
+                "evowidth: this MPI gives thread level %d, evowidth needs "
+                "MPI_THREAD_SERIALIZED\n",
                 provided);
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
@@ -330,12 +331,13 @@ int dmn__dist_surgery(struct dmn_trainer *t, int rc)
 
 // ---- start of a run -----------------------------------------------------------------------
 
-int dmn_dist_share_trainer(struct dmn_trainer **t, int rc, void *extra, size_t extra_len,
-                           char *err, size_t errlen)
+int dmn_dist_share_trainer(struct dmn_trainer **t, int rc, void *extra, size_t extra_len, char *err,
+                           size_t errlen)
 {
     if (dmn__size == 1) return rc;
     struct net_wr img = {0};
-    if (!dmn__rank && rc == 0 && (rc = dmn_trainer_encode(*t, &img, "rank 0's run", err, errlen)) < 0)
+    if (!dmn__rank && rc == 0 &&
+        (rc = dmn_trainer_encode(*t, &img, "rank 0's run", err, errlen)) < 0)
         snprintf(err, errlen, "out of memory encoding the run for the other ranks");
     int64_t status = rc;
     unsigned char *buf = img.p;

@@ -60,8 +60,8 @@ int dmn_dist_gather_u32(uint32_t v, uint32_t *all);
  * of a run checkpoint, daemon/state.c) and extra_len bytes of extra (in-out); the others
  * build *t from it (loading the data themselves) and receive extra. Returns rank 0's rc on
  * every rank when it failed (err: "rank 0 could not start"), else 0 or this rank's error. */
-int dmn_dist_share_trainer(struct dmn_trainer **t, int rc, void *extra, size_t extra_len,
-                           char *err, size_t errlen);
+int dmn_dist_share_trainer(struct dmn_trainer **t, int rc, void *extra, size_t extra_len, char *err,
+                           size_t errlen);
 
 /* Time and bytes of the gradient allreduce so far (for the report and bench/mpi.sh). */
 struct dmn_dist_stats {

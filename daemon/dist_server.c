@@ -79,8 +79,8 @@ int dmn__dist_follow(struct dmn_server *s)
 
 static int dmn__dist_forwarded(enum dmn_cmd_kind k)
 {
-    return k == DMN_CMD_PAUSE || k == DMN_CMD_RESUME || k == DMN_CMD_ADAPT ||
-           k == DMN_CMD_STOP || k == DMN_CMD_CONFIG;
+    return k == DMN_CMD_PAUSE || k == DMN_CMD_RESUME || k == DMN_CMD_ADAPT || k == DMN_CMD_STOP ||
+           k == DMN_CMD_CONFIG;
 }
 
 /* Every rank's checksum, step, change_seq and lr into s->dist_ranks (rank 0). */
