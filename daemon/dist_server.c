@@ -11,6 +11,7 @@
  * Commands on the wire (net/codec.h): u32 count | per command: u32 kind | u64 seq |
  * for DMN_CMD_CONFIG the struct dmn_config's bytes (every rank runs the same build). */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +61,10 @@ int dmn__dist_follow(struct dmn_server *s)
     free(x);
     s->dist_pending = 1;
     s->opts.quiet = 1; // rank 0 logs for the job
+    // mpirun passes SIGTERM / SIGINT to every rank: rank 0 turns it into a stop that reaches
+    // this rank at a step boundary (if mpirun's SIGKILL does not come first).
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     s->t->log = NULL;
     s->t->events = NULL;
     dmn_trainer_set_epochs(s->t, s->cfg.train.epochs);
