@@ -22,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "daemon/daemon_internal.h"
+#include "daemon/dist.h"
 #include "svd_adapt/svd_adapt.h"
 
 // ---- report -----------------------------------------------------------------------------
@@ -258,7 +259,14 @@ static int dmn__train_loop(struct dmn_trainer *t, const struct dmn_train_opts *o
 {
     char err[1024];
     t->last_log_time = dmn_now();
-    while (!dmn_trainer_done(t) && !atomic_load(&dmn__train_signal)) {
+    while (!dmn_trainer_done(t)) {
+        // Several ranks: a signal to any of them stops all at this step boundary.
+        int sig = dmn_dist_max_int(atomic_load(&dmn__train_signal));
+        if (sig) {
+            int none = 0;
+            atomic_compare_exchange_strong(&dmn__train_signal, &none, sig);
+            break;
+        }
         struct dmn_tick tk;
         int rc = dmn_trainer_tick(t, &tk);
         if (rc < 0) {
@@ -276,7 +284,7 @@ static int dmn__train_loop(struct dmn_trainer *t, const struct dmn_train_opts *o
                         t->val_loss, 100.0 * t->val_acc);
         }
         // The final save comes after the test summary; periodic ones keep a run resumable.
-        if (tk.checkpoint_due && !dmn_trainer_done(t) && o->model_out[0] &&
+        if (tk.checkpoint_due && !dmn_trainer_done(t) && o->model_out[0] && dmn_dist_is_root() &&
             dmn_trainer_save(t, o->model_out, err, sizeof(err)) < 0)
             fprintf(stderr, "evowidth train: checkpoint failed: %s\n", err);
     }
@@ -288,6 +296,7 @@ static int dmn__train_interrupted(struct dmn_trainer *t, const struct dmn_train_
 {
     char err[1024];
     const char *sig = atomic_load(&dmn__train_signal) == SIGINT ? "SIGINT" : "SIGTERM";
+    if (!dmn_dist_is_root()) return 0; // rank 0 saves the run
     dmn_trainer_progress(t, 1);
     if (!o->model_out[0]) {
         fprintf(stderr, "evowidth train: %s at step %zu; no -o MODEL, nothing saved\n", sig,
@@ -310,8 +319,21 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
 {
     char err[1024];
     int status = 0;
+    // Every rank's parameter checksum (equal when the ranks stayed identical); rank 0 reports.
+    const int W = dmn_dist_size();
+    uint32_t *sums = calloc((size_t)W, sizeof(uint32_t));
+    if (!sums || dmn_dist_gather_u32(dmn_dist_param_crc(t->net), sums) < 0) {
+        fprintf(stderr, "evowidth train: cannot gather the parameter checksums\n");
+        free(sums);
+        return 1;
+    }
+    if (!dmn_dist_is_root()) {
+        free(sums);
+        return 0;
+    }
     struct net_eval ev;
     if (dmn_trainer_eval(t, &t->test, &ev) < 0) {
+        free(sums);
         fprintf(stderr, "evowidth train: evaluation failed (out of memory)\n");
         return 1;
     }
@@ -357,10 +379,18 @@ static int dmn__train_finish(struct dmn_trainer *t, const struct dmn_train_opts 
         }
         cJSON *ad = dmn__adapt_events_json(t);
         cJSON_AddItemToObject(r, "adaptations", ad ? ad : cJSON_CreateArray());
+        struct dmn_dist_stats ds;
+        dmn_dist_stats(&ds);
+        cJSON_AddNumberToObject(r, "world_size", W);
+        cJSON *cs = cJSON_AddArrayToObject(r, "param_checksums");
+        for (int i = 0; i < W; i++) cJSON_AddItemToArray(cs, cJSON_CreateNumber((double)sums[i]));
+        cJSON_AddNumberToObject(r, "allreduce_seconds", ds.allreduce_seconds);
+        cJSON_AddNumberToObject(r, "allreduce_bytes", (double)ds.allreduce_bytes);
         if (dmn__write_json(o->report, r) < 0) status = 1;
         cJSON_Delete(r);
     }
     net_eval_free(&ev);
+    free(sums);
     return status;
 }
 
@@ -389,16 +419,22 @@ int dmn_cmd_train(int argc, char **argv)
 
     struct dmn_trainer *t = NULL;
     double t0 = dmn_now();
-    int resumed = o.resume && access(o.model_out, F_OK) == 0;
-    rc = resumed ? dmn__train_resume(&t, o.model_out, cfg, err, sizeof(err))
-                 : dmn_trainer_create(&t, cfg, err, sizeof(err));
+    // Several ranks (daemon/dist.h): rank 0 builds or resumes the run, the others take it.
+    const int root = dmn_dist_is_root();
+    int resumed = root && o.resume && access(o.model_out, F_OK) == 0;
+    rc = !root     ? 0
+         : resumed ? dmn__train_resume(&t, o.model_out, cfg, err, sizeof(err))
+                   : dmn_trainer_create(&t, cfg, err, sizeof(err));
+    int own = rc < 0; // this rank's own failure (else, the others are told)
+    rc = dmn_dist_share_trainer(&t, rc, NULL, 0, err, sizeof(err));
     free(cfg);
     int status = 1;
     if (rc < 0) {
-        fprintf(stderr, "evowidth train: %s\n", err);
+        if (own || root || strncmp(err, "rank 0 could not", 16) != 0)
+            fprintf(stderr, "evowidth train: %s\n", err);
         goto out;
     }
-    t->log = o.quiet ? NULL : stdout;
+    t->log = o.quiet || !root ? NULL : stdout;
     t->events_in_checkpoint = 1; // MODEL is the whole run: no state dir holds its event log
     if (t->log) {
         if (resumed)

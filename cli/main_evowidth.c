@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "cli/onnx.h"
+#include "daemon/dist.h"
 
 struct ew_cmd {
     const char *name;
@@ -55,8 +56,17 @@ int main(int argc, char **argv)
         printf("evowidth %s\n", EW_VERSION);
         return 0;
     }
-    for (size_t i = 0; i < sizeof(EW_CMDS) / sizeof(EW_CMDS[0]); i++)
-        if (strcmp(argv[1], EW_CMDS[i].name) == 0) return EW_CMDS[i].fn(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof(EW_CMDS) / sizeof(EW_CMDS[0]); i++) {
+        if (strcmp(argv[1], EW_CMDS[i].name) != 0) continue;
+        // Under mpirun every rank runs the command (train shares the run, daemon/dist.h).
+        if (dmn_dist_init(&argc, &argv) < 0) {
+            fprintf(stderr, "evowidth: MPI_Init failed\n");
+            return 1;
+        }
+        int code = EW_CMDS[i].fn(argc - 1, argv + 1);
+        dmn_dist_finalize(code);
+        return code;
+    }
     fprintf(stderr, "evowidth: unknown command \"%s\"\n", argv[1]);
     ew_usage(stderr);
     return 2;

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "daemon/daemon_internal.h"
+#include "daemon/dist.h"
 #include "net/codec.h"
 #include "svd_adapt/svd_adapt.h"
 
@@ -199,7 +200,8 @@ void dmn__adapt_set_count(struct dmn_trainer *t, uint64_t n)
     a->n_events = n;
 }
 
-int dmn_trainer_adapt_now(struct dmn_trainer *t)
+/* The pass itself, on this process's net. */
+static int dmn__adapt_local(struct dmn_trainer *t)
 {
     const struct svd_policy *p = &t->cfg.adapt;
     const size_t D = t->train.shape.c * t->train.shape.h * t->train.shape.w;
@@ -221,7 +223,9 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
     if (rc >= 0) {
         // Every pass is an event, so a user can see why a layer did not change.
         dmn__print_event(t, &ev);
-        dmn__adapt_record(t, dmn_event_json(&ev));
+        cJSON *j = dmn_event_json(&ev);
+        dmn__dist_event_fields(j); // several ranks: their checksums before the pass
+        dmn__adapt_record(t, j);
     }
     svd_event_free(&ev);
 out:
@@ -230,6 +234,14 @@ out:
     t->adapt_seconds += dmn_now() - t0;
     t->adapt_cpu_seconds += dmn_cpu_now() - c0;
     return rc;
+}
+
+/* Several MPI ranks: rank 0 runs the pass and the others take its result (daemon/dist.h). */
+int dmn_trainer_adapt_now(struct dmn_trainer *t)
+{
+    if (dmn_dist_size() == 1) return dmn__adapt_local(t);
+    dmn__dist_presurgery(t);
+    return dmn__dist_surgery(t, dmn_dist_is_root() ? dmn__adapt_local(t) : 0);
 }
 
 int dmn__adapt_maybe(struct dmn_trainer *t)

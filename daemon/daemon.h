@@ -90,6 +90,14 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
 /* Restores a checkpoint written by dmn_trainer_save into a trainer built from its own stored
  * config; the data are reloaded. The result continues bit-identically. */
 int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen);
+/* The same in memory (daemon/dist.c sends a run to the other MPI ranks this way): encode
+ * fills the zeroed writer *img with the bytes dmn_trainer_save writes; decode builds a
+ * trainer from such bytes (borrowed) as dmn_trainer_load does. path names the image in err. */
+struct net_wr;
+int dmn_trainer_encode(struct dmn_trainer *t, struct net_wr *img, const char *path, char *err,
+                       size_t errlen);
+int dmn_trainer_decode(struct dmn_trainer **out, const unsigned char *buf, size_t len,
+                       const char *path, char *err, size_t errlen);
 
 /* Like dmn_trainer_load, but the run is rebuilt from *as (a config of the same run, e.g.
  * the live one, whose runtime knobs then apply) instead of the stored config, so nothing is

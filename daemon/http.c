@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/dist.h"
 #include "daemon/server_internal.h"
 
 // ---- loop thread: deferred commands and their answers ---------------------------------------
@@ -237,6 +238,26 @@ cJSON *dmn__status_json(struct dmn_server *s)
     cJSON_AddNumberToObject(o, "rollbacks", (double)sn->rollbacks);
     if (!strcmp(sn->state, "paused") && sn->pause_reason[0])
         cJSON_AddStringToObject(o, "pause_reason", sn->pause_reason);
+    // Several MPI ranks (daemon/dist_server.c): each rank's checksum, step, settings.
+    const int W = dmn_dist_size();
+    cJSON_AddNumberToObject(o, "world_size", W);
+    pthread_mutex_lock(&s->mu);
+    if (W > 1 && s->dist_ranks) {
+        cJSON *cs = cJSON_AddArrayToObject(o, "param_checksums");
+        cJSON *rk = cJSON_AddArrayToObject(o, "ranks");
+        for (int i = 0; i < W; i++) {
+            const struct dmn_dist_rankinfo *d = &s->dist_ranks[i];
+            cJSON_AddItemToArray(cs, cJSON_CreateNumber((double)d->param_crc));
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddNumberToObject(e, "rank", i);
+            cJSON_AddNumberToObject(e, "param_checksum", (double)d->param_crc);
+            cJSON_AddNumberToObject(e, "step", (double)d->step);
+            cJSON_AddNumberToObject(e, "change_seq", (double)d->change_seq);
+            cJSON_AddNumberToObject(e, "lr", d->lr);
+            cJSON_AddItemToArray(rk, e);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
     free(sn);
     return o;
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "daemon/daemon.h"
+#include "daemon/dist.h"
 
 static void usage(FILE *f)
 {
@@ -55,5 +56,12 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    return dmn_server_run(&o);
+    // Under mpirun: rank 0 serves, the other ranks train beside it (daemon/dist.h).
+    if (dmn_dist_init(&argc, &argv) < 0) {
+        fprintf(stderr, "evowidthd: MPI_Init failed\n");
+        return 1;
+    }
+    int code = dmn_server_run(&o);
+    dmn_dist_finalize(code);
+    return code;
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/dist.h"
 #include "daemon/server_internal.h"
 #include "svd_adapt/svd_adapt.h"
 
@@ -57,6 +58,7 @@ static double dmn__unix_now(void)
 static int dmn__checkpoint_all(struct dmn_server *s, char *path, size_t pathlen, char *err,
                                size_t errlen)
 {
+    if (!dmn_dist_is_root()) return 0; // rank 0 writes the run's checkpoints
     int rc = dmn__checkpoint(s, path, pathlen, err, errlen);
     char herr[256];
     if (rc == 0 && dmn__hist_save(s, herr, sizeof(herr)) < 0)
@@ -476,6 +478,7 @@ void *dmn__trainer_main(void *arg)
         struct dmn_cmd *q = s->q_head;
         s->q_head = s->q_tail = NULL;
         pthread_mutex_unlock(&s->mu);
+        q = dmn__dist_commands(s, q); // several MPI ranks: the same batch on every rank
         // Apply the whole batch, republish the snapshot, then answer: a reader who got the
         // answer sees the command's effect in /v1/status (and commands after a stop are
         // refused).
@@ -512,7 +515,7 @@ void *dmn__trainer_main(void *arg)
                 last_pub = dmn_now();
             }
             pthread_mutex_lock(&s->mu);
-            if (!s->q_head) {
+            if (!s->q_head && dmn_dist_is_root()) { // other ranks wait for rank 0's batch
                 struct timespec ts;
                 clock_gettime(CLOCK_REALTIME, &ts);
                 ts.tv_nsec += 200 * 1000000L;

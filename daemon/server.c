@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/dist.h"
 #include "daemon/server_internal.h"
 
 // ---- logging ------------------------------------------------------------------------------
@@ -141,6 +142,10 @@ int dmn_server_run(const struct dmn_server_opts *o)
     s->opts.state_dir = s->state_dir;
     s->opts.listen = s->listen;
     s->opts.token_file = s->token_file;
+    if (!dmn_dist_is_root()) { // several MPI ranks: this one trains beside rank 0
+        code = dmn__dist_follow(s);
+        goto out;
+    }
     if (s->opts.token_file[0] &&
         dmn__read_token(s->opts.token_file, s->token, sizeof(s->token), err, sizeof(err)) < 0) {
         fprintf(stderr, "evowidthd: %s\n", err);
@@ -159,6 +164,10 @@ int dmn_server_run(const struct dmn_server_opts *o)
         goto out;
     }
     const int resumed = rc == 1;
+    if ((rc = dmn__dist_lead(s, err, sizeof(err))) < 0) { // the run to the other ranks
+        fprintf(stderr, "evowidthd: %s\n", err);
+        goto out;
+    }
     s->t->log = s->opts.quiet ? NULL : stderr;
     s->events_file = dmn__open_events(s);
     s->t->events = s->events_file;
@@ -253,6 +262,7 @@ out:
     dmn__hist_free(&s->hist);
     free(s->valid);
     if (s->lock_fd > 0) close(s->lock_fd); // releases the flock
+    free(s->dist_ranks);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
     free(s);

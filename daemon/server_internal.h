@@ -149,6 +149,14 @@ struct dmn_event_stats {
 
 struct dmn_client; // a GET /v1/stream client (daemon/stream.c)
 
+/* One MPI rank as rank 0 last gathered it (daemon/dist_server.c), for /v1/status. */
+struct dmn_dist_rankinfo {
+    uint32_t param_crc; // dmn_dist_param_crc
+    uint32_t pad;
+    uint64_t step, change_seq;
+    double lr; // in effect at that step
+};
+
 struct dmn_snapshot {
     char state[16];
     size_t step, total_steps, epoch, epochs, steps_per_epoch;
@@ -210,8 +218,13 @@ struct dmn_server {
     size_t n_events;              // events so far (the newest one's seq)
     int final_ckpt_failed;
 
+    // Several MPI ranks (daemon/dist_server.c): rank 0's view of every rank, under mu.
+    struct dmn_dist_rankinfo *dist_ranks; // (dmn_dist_size()), NULL before the first gather
+
     // ---- trainer thread only ----
     struct dmn_trainer *t;
+    int dist_pending; // a batch of commands went to every rank: gather their state next
+    size_t dist_step; // step of the last gather
     int paused;
     int eval_new;    // a validation pass ran since the last publish
     int have_window; // a training window has been measured since start-up
@@ -252,6 +265,21 @@ void dmn__publish(struct dmn_server *s, int add_history);
 void dmn__sync_events(struct dmn_server *s);
 /* The trainer thread's body (pthread_create). */
 void *dmn__trainer_main(void *arg);
+
+// ---- daemon/dist_server.c: evowidthd on several MPI ranks (daemon/dist.h) ---------------
+
+#define DMN_DIST_CHECK_STEPS 50 // every rank's checksum is gathered this often (and after commands)
+/* Rank 0, after its run is built or resumed: sends it, s->cfg and s->change_seq to the
+ * other ranks. 0, or an error in err. */
+int dmn__dist_lead(struct dmn_server *s, char *err, size_t errlen);
+/* Ranks above 0: takes the run from rank 0 and runs the same trainer loop without HTTP,
+ * checkpoints or logs, its commands coming from rank 0. Returns the exit code. */
+int dmn__dist_follow(struct dmn_server *s);
+/* At the top of each trainer-loop iteration on every rank: rank 0 sends the batch of
+ * commands q (those the other ranks must apply: pause, resume, adapt, config, stop) and
+ * returns q; the others return the batch they received (no replies). When due, every
+ * rank's checksum, step, change_seq and lr are gathered into s->dist_ranks first. */
+struct dmn_cmd *dmn__dist_commands(struct dmn_server *s, struct dmn_cmd *q);
 
 // ---- daemon/http.c: routes and answers (loop thread) -------------------------------------
 

@@ -46,6 +46,16 @@ struct trnr {
 
 int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t errlen)
 {
+    struct net_wr img = {0};
+    int rc = dmn_trainer_encode(t, &img, path, err, errlen);
+    if (rc == 0) rc = net_write_atomic(path, img.p, img.len, err, errlen);
+    net_wr_free(&img);
+    return rc;
+}
+
+int dmn_trainer_encode(struct dmn_trainer *t, struct net_wr *img, const char *path, char *err,
+                       size_t errlen)
+{
     int rc = -ENOMEM;
     char *conf = NULL;
     size_t extra_len = 0;
@@ -84,7 +94,7 @@ int dmn_trainer_save(struct dmn_trainer *t, const char *path, char *err, size_t 
         goto out;
     }
     struct ckpt_blob blobs[2] = {{"TRNR", w.p, w.len}, {"CONF", conf, strlen(conf)}};
-    rc = ckpt_save(path, t->net, &t->opt, blobs, 2, err, errlen);
+    rc = ckpt_encode(img, t->net, &t->opt, blobs, 2, path, err, errlen);
 out:
     free(extra);
     net_wr_free(&w);
@@ -283,6 +293,10 @@ int dmn_trainer_peek(const char *path, struct dmn_ckpt_info *info, char *err, si
     return rc;
 }
 
+static int dmn__trainer_decode_as(struct dmn_trainer **out, const unsigned char *buf, size_t len,
+                                  const char *path, const struct dmn_config *as, char *err,
+                                  size_t errlen);
+
 int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size_t errlen)
 {
     return dmn_trainer_load_as(out, path, NULL, err, errlen);
@@ -291,6 +305,26 @@ int dmn_trainer_load(struct dmn_trainer **out, const char *path, char *err, size
 int dmn_trainer_load_as(struct dmn_trainer **out, const char *path, const struct dmn_config *as,
                         char *err, size_t errlen)
 {
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    int rc = net_read_file(path, &buf, &len, err, errlen);
+    if (rc < 0) return rc;
+    rc = dmn__trainer_decode_as(out, buf, len, path, as, err, errlen);
+    free(buf);
+    return rc;
+}
+
+int dmn_trainer_decode(struct dmn_trainer **out, const unsigned char *buf, size_t len,
+                       const char *path, char *err, size_t errlen)
+{
+    return dmn__trainer_decode_as(out, buf, len, path, NULL, err, errlen);
+}
+
+/* The run image in buf, its config `as` when given (--resume-anyway), else the stored one. */
+static int dmn__trainer_decode_as(struct dmn_trainer **out, const unsigned char *buf, size_t len,
+                                  const char *path, const struct dmn_config *as, char *err,
+                                  size_t errlen)
+{
     struct net *n = NULL;
     struct ckpt_blob *bl = NULL;
     size_t nbl = 0;
@@ -298,7 +332,8 @@ int dmn_trainer_load_as(struct dmn_trainer **out, const char *path, const struct
     int has_opt = 0;
     struct dmn_trainer *t = NULL;
     struct dmn_config *cfg = malloc(sizeof(*cfg));
-    int rc = cfg ? ckpt_load(path, &n, &opt, &has_opt, &bl, &nbl, err, errlen) : -ENOMEM;
+    int rc =
+        cfg ? ckpt_decode(buf, len, path, &n, &opt, &has_opt, &bl, &nbl, err, errlen) : -ENOMEM;
     if (rc < 0) goto fail;
     rc = -EINVAL;
     const struct ckpt_blob *conf = ckpt_blob_find(bl, nbl, "CONF");

@@ -18,6 +18,7 @@
 
 #include "daemon/daemon.h"
 #include "daemon/daemon_internal.h"
+#include "daemon/dist.h"
 
 double dmn_now(void)
 {
@@ -228,23 +229,32 @@ int dmn_trainer_step(struct dmn_trainer *t)
     const size_t B = t->cfg.train.batch_size, K = t->net->n_classes;
     double t0 = dmn_now();
     net_batcher_next(&t->batcher, &t->train, B, t->xb, t->yb);
+    // Every rank draws the whole global batch and trains on its shard (daemon/dist.h); one
+    // process's shard is the batch.
+    size_t lo, nb;
+    dmn_dist_shard(B, &lo, &nb);
+    const float *xs = t->xb + lo * (t->train.shape.c * t->train.shape.h * t->train.shape.w);
+    const uint8_t *ys = t->yb + lo;
     net_zero_grad(t->net);
-    float loss = net_forward(t->net, t->xb, t->yb, B, 1);
-    if (!isfinite(loss)) return isnan(loss) && t->net->ws_batch < B ? -ENOMEM : -EDOM;
-    net_backward(t->net, t->yb, B);
+    float loss = net_forward(t->net, xs, ys, nb, 1);
+    const int oom = isnan(loss) && t->net->ws_batch < nb;
+    size_t correct = 0;
+    for (size_t b = 0; isfinite(loss) && b < nb; b++) {
+        const float *p = t->net->probs + b * K;
+        size_t best = 0;
+        for (size_t k = 1; k < K; k++)
+            if (p[k] > p[best]) best = k;
+        correct += best == ys[b];
+    }
+    dmn__dist_step(t->net, &loss, &correct, nb, B); // global loss, BN statistics averaged
+    if (!isfinite(loss)) return oom ? -ENOMEM : -EDOM;
+    net_backward(t->net, ys, nb);
+    dmn__dist_grads(t->net, nb, B); // the global mean gradient on every rank
     dmn__group_lasso(t);
     t->lr = net_sched_lr(&t->sched, t->step);
     net_optim_step(t->net, &t->opt, (float)t->lr);
     t->step++;
 
-    size_t correct = 0;
-    for (size_t b = 0; b < B; b++) {
-        const float *p = t->net->probs + b * K;
-        size_t best = 0;
-        for (size_t k = 1; k < K; k++)
-            if (p[k] > p[best]) best = k;
-        correct += best == t->yb[b];
-    }
     t->run_loss += (double)loss * (double)B;
     t->run_correct += correct;
     t->run_n += B;
@@ -272,7 +282,7 @@ int dmn_trainer_tick(struct dmn_trainer *t, struct dmn_tick *tk)
     int rc = dmn_trainer_step(t);
     if (t->step == before) return rc;
     dmn_trainer_progress(t, 0);
-    if (dmn__eval_due(t)) {
+    if (dmn__eval_due(t) && dmn_dist_is_root()) { // rank 0 reports (ranks are identical)
         struct net_eval ev;
         if (dmn_trainer_eval(t, &t->val, &ev) == 0) {
             t->val_loss = ev.loss;

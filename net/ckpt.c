@@ -28,8 +28,9 @@ static const char *const CKPT_RESERVED[4] = {"ARCH", "PARM", "STAT", "OPTM"};
  * f32 m[n_params] | f32 v[n_params]. */
 #define OPTM_HEAD (7 * 4 + 8)
 
-int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt,
-              const struct ckpt_blob *blobs, size_t n_blobs, char *err, size_t errlen)
+int ckpt_encode(struct net_wr *out, const struct net *n, const struct net_optim *opt,
+                const struct ckpt_blob *blobs, size_t n_blobs, const char *path, char *err,
+                size_t errlen)
 {
     int rc = net__blobs_check(blobs, n_blobs, CKPT_RESERVED, 4, path, err, errlen);
     if (rc < 0) return rc;
@@ -66,7 +67,16 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
         snprintf(err, errlen, "%s: out of memory building the checkpoint", path);
         return -ENOMEM;
     }
-    rc = net_write_atomic(path, w.p, w.len, err, errlen);
+    *out = w;
+    return 0;
+}
+
+int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt,
+              const struct ckpt_blob *blobs, size_t n_blobs, char *err, size_t errlen)
+{
+    struct net_wr w = {0};
+    int rc = ckpt_encode(&w, n, opt, blobs, n_blobs, path, err, errlen);
+    if (rc == 0) rc = net_write_atomic(path, w.p, w.len, err, errlen);
     net_wr_free(&w);
     return rc;
 }
@@ -78,14 +88,23 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
 {
     unsigned char *buf = NULL;
     size_t len = 0;
+    int rc = net_read_file(path, &buf, &len, err, errlen);
+    if (rc < 0) return rc;
+    rc = ckpt_decode(buf, len, path, out, opt, has_opt, blobs, n_blobs, err, errlen);
+    free(buf);
+    return rc;
+}
+
+int ckpt_decode(const unsigned char *buf, size_t len, const char *path, struct net **out,
+                struct net_optim *opt, int *has_opt, struct ckpt_blob **blobs, size_t *n_blobs,
+                char *err, size_t errlen)
+{
     struct net *n = NULL;
     struct ckpt_blob *bl = NULL;
     size_t nbl = 0;
     struct net_optim o = {0};
     int got_opt = 0, got_parm = 0, got_stat = 0;
-    int rc = net_read_file(path, &buf, &len, err, errlen);
-    if (rc < 0) return rc;
-    rc = -EINVAL;
+    int rc = -EINVAL;
     if (len < 16 + 4) {
         snprintf(err, errlen, "%s: truncated (%zu bytes, not a checkpoint)", path, len);
         goto fail;
@@ -188,7 +207,6 @@ int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *ha
     } else {
         ckpt_blobs_free(bl, nbl);
     }
-    free(buf);
     *out = n;
     return 0;
 badsize:
@@ -197,6 +215,5 @@ badsize:
 fail:
     ckpt_blobs_free(bl, nbl);
     net_destroy(n);
-    free(buf);
     return rc;
 }

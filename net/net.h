@@ -281,6 +281,17 @@ int ckpt_save(const char *path, const struct net *n, const struct net_optim *opt
 int ckpt_load(const char *path, struct net **out, struct net_optim *opt, int *has_opt,
               struct ckpt_blob **blobs, size_t *n_blobs, char *err, size_t errlen);
 void ckpt_blobs_free(struct ckpt_blob *b, size_t n);
+/* The same file image in memory (daemon/dist.c broadcasts it between MPI ranks): ckpt_encode
+ * fills *out (a zeroed writer, its buffer then the caller's) with exactly the bytes ckpt_save
+ * writes; ckpt_decode parses such bytes (borrowed) with ckpt_load's checks. path only names
+ * the image in err. */
+struct net_wr;
+int ckpt_encode(struct net_wr *out, const struct net *n, const struct net_optim *opt,
+                const struct ckpt_blob *blobs, size_t n_blobs, const char *path, char *err,
+                size_t errlen);
+int ckpt_decode(const unsigned char *buf, size_t len, const char *path, struct net **out,
+                struct net_optim *opt, int *has_opt, struct ckpt_blob **blobs, size_t *n_blobs,
+                char *err, size_t errlen);
 /* Finds a blob by tag, NULL if absent (borrowed). */
 const struct ckpt_blob *ckpt_blob_find(const struct ckpt_blob *b, size_t n, const char *tag);
 

@@ -13,7 +13,8 @@ if [ "${1:-}" = --test ]; then
 fi
 pkgs=(build-essential cmake pkg-config libopenblas-openmp-dev liblapacke-dev libuv1-dev
       libcjson-dev zlib1g-dev libhttp-parser-dev dataset-fashion-mnist curl
-      libcurl4-openssl-dev python3 libprotobuf-c-dev protobuf-c-compiler python3-onnx "${extra[@]}" "$@")
+      libcurl4-openssl-dev python3 libprotobuf-c-dev protobuf-c-compiler python3-onnx
+      libopenmpi-dev openmpi-bin "${extra[@]}" "$@")
 # The ONNX tests run ONNX Runtime under Node.js (scripts/ort_setup.sh installs it from npm) and
 # the build bundles the dashboard's chart library from npm: a node / npm that did not come from
 # Debian (e.g. nodesource's nodejs, which bundles npm and conflicts with Debian's npm) is kept.
