@@ -120,6 +120,10 @@ done
 [ -x "$PYTHON" ] || die "$PYTHON not found. Install Debian's python and PyTorch with:
     sudo apt-get install python3 python3-torch python3-numpy"
 if [ "$NO_TORCH" = 0 ]; then
+    # PyTorch is Debian's (python3-torch), installed like every other dependency.
+    if ! "$PYTHON" -c 'import torch, numpy' >/dev/null 2>&1 && [ "$PYTHON" = /usr/bin/python3 ]; then
+        "$(dirname "$0")/../scripts/deps.sh" python3-torch python3-numpy
+    fi
     if ! "$PYTHON" -c 'import torch, numpy' >/dev/null 2>&1; then
         die "$PYTHON cannot import torch/numpy. Install them with:
     sudo apt-get install python3-torch python3-numpy
