@@ -2035,12 +2035,10 @@ TEST(grow_mirror_every_group_kind_keeps_function_and_feeds_new_units)
     }
 }
 
-/* The growth rule: a saturated layer (every direction carries energy) grows after
- * grow_patience checks; a redundant one (duplicated units) never does, it shrinks. */
-TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
+/* The default policy's rules on activations: relative cut 0.05, saturation at 0.85 of the
+ * width, mirror growth by half the width. */
+static struct svd_policy saturation_policy(void)
 {
-    setup();
-    const size_t B = 64, dup[4] = {1, 6, 10, 11}, src[4] = {3, 0, 8, 2};
     struct svd_policy p = base_policy();
     p.source = SVD_SRC_ACTIVATIONS;
     p.rule = SVD_RULE_RELATIVE;
@@ -2048,9 +2046,19 @@ TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
     p.expand_threshold = 0.85;
     p.enable_grow = 1;
     p.grow_mode = SVD_GROW_MIRROR;
-    p.grow_patience = 2;
     p.growth = 0.5;
     p.min_width = 1;
+    return p;
+}
+
+/* The growth rule: a saturated layer (every direction carries energy) grows after
+ * grow_patience checks; a redundant one (duplicated units) never does, it shrinks. */
+TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
+{
+    setup();
+    const size_t B = 64, dup[4] = {1, 6, 10, 11}, src[4] = {3, 0, 8, 2};
+    struct svd_policy p = saturation_policy();
+    p.grow_patience = 2;
     for (int redundant = 0; redundant < 2; redundant++) {
         struct net *n = redundant ? dup_net(12, dup, src, 4, 0.5f, 61, 0) : flat_net(61);
         ASSERT(n != NULL);
@@ -2107,15 +2115,8 @@ TEST(adapt_grown_layer_is_protected_from_the_rank_rule)
 {
     setup();
     const size_t B = 64;
-    struct svd_policy p = base_policy();
-    p.source = SVD_SRC_ACTIVATIONS;
-    p.rule = SVD_RULE_RELATIVE;
-    p.shrink_threshold = 0.05;
-    p.expand_threshold = 0.85;
-    p.enable_grow = 1;
-    p.grow_mode = SVD_GROW_MIRROR;
+    struct svd_policy p = saturation_policy();
     p.grow_patience = 1;
-    p.growth = 0.5;
     p.cooldown_steps = 0;
     for (int protect = 0; protect < 2; protect++) {
         p.protect_steps = protect ? 5 : 0;

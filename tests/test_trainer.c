@@ -95,24 +95,26 @@ TEST(adaptive_training_learns_and_shrinks)
     dmn_trainer_destroy(t);
 }
 
+/* A synthetic MLP (64 -> 48 -> 32 -> 4, 30 steps an epoch, 12 epochs) for the target tests. */
+static const char target_mlp_cfg[] =
+    "{\"data\": {\"dataset\": \"synthetic\", \"val_split\": 64},"
+    " \"synthetic\": {\"n_train\": 1024, \"n_test\": 256, \"channels\": 1, \"height\": 8,"
+    "   \"width\": 8, \"classes\": 4, \"noise\": 0.3},"
+    " \"model\": [{\"type\": \"flatten\"}, {\"type\": \"dense\", \"out\": 48}, {\"type\": \"relu\"},"
+    "   {\"type\": \"dense\", \"out\": 32}, {\"type\": \"relu\"}, {\"type\": \"dense\", \"out\": 4}],"
+    " \"train\": {\"epochs\": 12, \"batch_size\": 32},"
+    " \"adapt\": {\"interval_steps\": 8, \"warmup_steps\": 8, \"cooldown_steps\": 16,"
+    "   \"calibration_samples\": 64, \"min_width\": 1}}";
+
 /* adapt.target_params from either side: a synthetic MLP started 4x above and 4x below the
  * target ends within [0.95, 1] x target, moving in one direction only (every pass's
  * params_after is on the same side of its params_before), and still learns. */
 TEST(target_params_reached_from_above_and_below)
 {
-    static const char cfg[] =
-        "{\"data\": {\"dataset\": \"synthetic\", \"val_split\": 64},"
-        " \"synthetic\": {\"n_train\": 1024, \"n_test\": 256, \"channels\": 1, \"height\": 8,"
-        "   \"width\": 8, \"classes\": 4, \"noise\": 0.3},"
-        " \"model\": [{\"type\": \"flatten\"}, {\"type\": \"dense\", \"out\": 48}, {\"type\": \"relu\"},"
-        "   {\"type\": \"dense\", \"out\": 32}, {\"type\": \"relu\"}, {\"type\": \"dense\", \"out\": 4}],"
-        " \"train\": {\"epochs\": 12, \"batch_size\": 32},"
-        " \"adapt\": {\"interval_steps\": 8, \"warmup_steps\": 8, \"cooldown_steps\": 16,"
-        "   \"calibration_samples\": 64, \"min_width\": 1}}";
     for (int below = 0; below < 2; below++) {
         struct dmn_config c;
         char err[512];
-        ASSERT_EQ(cfg_load_json(&c, cfg, sizeof cfg - 1, err, sizeof err), 0);
+        ASSERT_EQ(cfg_load_json(&c, target_mlp_cfg, sizeof target_mlp_cfg - 1, err, sizeof err), 0);
         struct dmn_trainer *t = NULL;
         ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
         const size_t p0 = t->net->n_params, T = below ? 4 * p0 : p0 / 4;
@@ -152,20 +154,15 @@ TEST(target_params_reached_from_above_and_below)
  * periodic pass in the run's last stretch. */
 TEST(target_reached_by_its_deadline_and_no_pass_after_stop_fraction)
 {
-    static const char cfg[] =
-        "{\"data\": {\"dataset\": \"synthetic\", \"val_split\": 64},"
-        " \"synthetic\": {\"n_train\": 1024, \"n_test\": 256, \"channels\": 1, \"height\": 8,"
-        "   \"width\": 8, \"classes\": 4, \"noise\": 0.3},"
-        " \"model\": [{\"type\": \"flatten\"}, {\"type\": \"dense\", \"out\": 48}, {\"type\": \"relu\"},"
-        "   {\"type\": \"dense\", \"out\": 32}, {\"type\": \"relu\"}, {\"type\": \"dense\", \"out\": 4}],"
-        " \"train\": {\"epochs\": 12, \"batch_size\": 32},"
-        " \"adapt\": {\"interval_steps\": 16, \"warmup_steps\": 8, \"cooldown_steps\": 32,"
-        "   \"calibration_samples\": 64, \"min_width\": 1, \"target_step\": 0.05,"
-        "   \"max_loss_jump\": 1e6, \"stop_fraction\": 0.75}}";
     for (int deadline = 0; deadline < 2; deadline++) {
         struct dmn_config c;
         char err[512];
-        ASSERT_EQ(cfg_load_json(&c, cfg, sizeof cfg - 1, err, sizeof err), 0);
+        ASSERT_EQ(cfg_load_json(&c, target_mlp_cfg, sizeof target_mlp_cfg - 1, err, sizeof err), 0);
+        c.adapt.interval_steps = 16;
+        c.adapt.cooldown_steps = 32;
+        c.adapt.target_step = 0.05;
+        c.adapt.max_loss_jump = 1e6;
+        c.adapt.stop_fraction = 0.75;
         c.adapt.target_by = deadline ? 0.3 : 0.0;
         struct dmn_trainer *t = NULL;
         ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
