@@ -422,6 +422,7 @@ void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const fl
     const size_t mr = lvl == 2 ? 4 : 2, nr = 4;
     const size_t tm = (M + mr - 1) / mr, tn = (N + nr - 1) / nr;
     const int T = gemm_threads(M, N, K);
+    (void)T; // read by the pragma only: a build without OpenMP (the fuzzers') ignores it
     // Column tiles outer (their B rows stay in L1), row tiles inner.
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
     for (size_t jn = 0; jn < tn; jn++)
@@ -457,6 +458,7 @@ void net__gemm_bc(float *C, const float *A, const float *Bm, const float *gate, 
     const size_t mr = lvl == 2 ? (wide ? 6 : 8) : 4, nr = lvl == 2 ? (wide ? 64 : 48) : 16;
     const size_t tm = (M + mr - 1) / mr, tn = (N + nr - 1) / nr;
     const int T = gemm_threads(M, N, K);
+    (void)T; // read by the pragma only: a build without OpenMP (the fuzzers') ignores it
     // Column strips outer (a strip of B stays in L1/L2 across the row tiles), split over
     // threads as one range of (strip, row tile) pairs.
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
