@@ -10,9 +10,11 @@
  *             gap_threshold / 2): the band between the two cuts is the hysteresis that stops a
  *             freshly shrunk layer from counting as saturated.
  * Without a target, per group:
- *   shrink to `kept` when kept < width (never below min_width);
- *   grow by ceil(growth * width) when the layer is saturated, strict / width >= expand_threshold,
- *   on grow_patience consecutive checks (up to max_width and param_budget).
+ *   shrink to `kept` when kept < width (never below min_width) and it is not saturated;
+ *   grow by ceil(growth * width) when the layer is saturated, strict / width >= expand_threshold
+ *   (or kept / width, while its last change was a growth), on grow_patience consecutive checks
+ *   (up to max_width and param_budget); a growth for saturation counts as all but the last of
+ *   the next growth's checks.
  * With target_params T, the net moves into [0.95 T, T] from either side, by value per
  * parameter across all groups (the rank rule's thresholds no longer decide):
  *   above T: the tail directions of all groups compete; direction i of a group is worth
@@ -21,8 +23,10 @@
  *            the cheapest value goes first until the net is at most T, skipping cuts that would
  *            land under 0.95 T, target_step of the parameters per pass, or the larger
  *            geometric step that reaches T by target_by of the run (svd_ctx.total_steps);
- *   under 0.95 T: groups grow by ceil(growth * width), the most saturated per parameter first
- *            (s_min^2 / mean(s^2) over the unit cost), never past T.
+ *   under 0.95 T: groups grow, the most saturated per parameter first (s_min^2 / mean(s^2)
+ *            over the unit cost), each by the larger of ceil(growth * width) and the width
+ *            factor the pass's goal asks for (sqrt(goal / P): parameters grow with the square
+ *            of the widths), never past T; the goal is the same deadline step as above.
  * A group that changed is not examined again for cooldown_steps (the seed's grow / prune
  * oscillation); a target pass only shrinks above T and only grows below 0.95 T, so it never
  * undoes its own steps. Each surgery is judged on the validation loss: a rise over
@@ -48,6 +52,7 @@ struct svd_gstate {
     uint64_t cooldown_until; // step before which the group is left alone
     uint64_t backoff;        // target passes: consecutive rolled-back cuts
     uint64_t protect_until;  // step before which a grown group is not shrunk
+    uint64_t grown;          // 1 while the group's last kept change was a growth
 };
 
 struct svd_state {
@@ -78,12 +83,13 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
 
 /* The adaptation state as bytes (net/codec.h), version 4: "SVST" | u32 version | u64 count |
  * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff |
- * u64 protect_until. Version 3 (read only) had no protect_until, version 2 no backoff either
- * (read as 0). Version 1 (read
+ * u64 protect_until | u64 grown. Version 4 (read only) had no grown, version 3 no
+ * protect_until, version 2 no backoff either (read as 0). Version 1 (read
  * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
  * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
  * cannot start with "SVST". */
-#define SVD_STATE_VERSION 4u // 4: + protect_until; 3: + backoff; 3, 2 and 1 (raw rows) still read
+#define SVD_STATE_VERSION                                                                          \
+    5u // 5: + grown; 4: + protect_until; 3: + backoff; 3, 2 and 1 (raw rows) still read
 #define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
 
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
@@ -98,6 +104,7 @@ int svd_state_save(const struct svd_state *s, void **out, size_t *len)
         net_wr_u64(&w, s->g[i].cooldown_until);
         net_wr_u64(&w, s->g[i].backoff);
         net_wr_u64(&w, s->g[i].protect_until);
+        net_wr_u64(&w, s->g[i].grown);
     }
     if (w.oom) {
         net_wr_free(&w);
@@ -124,7 +131,8 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
                                       v1             ? SVD_STATE_V1_ROW
                                       : version == 2 ? 24
                                       : version == 3 ? 32
-                                                     : 40);
+                                      : version == 4 ? 40
+                                                     : 48);
     if (r.bad) return -EINVAL;
     for (size_t i = 0; i < cnt; i++) {
         struct svd_gstate *g = &tmp.g[i];
@@ -141,6 +149,8 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         g->cooldown_until = net_rd_u64(&r);
         if (version >= 3) g->backoff = net_rd_u64(&r); // version 3: target-pass backoff
         if (version >= 4) g->protect_until = net_rd_u64(&r);
+        if (version >= 5) g->grown = net_rd_u64(&r);
+        if (g->grown > 1) return -EINVAL;
         if (r.bad || !g->name[0]) return -EINVAL;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(tmp.g[j].name, g->name)) return -EINVAL;
@@ -511,7 +521,14 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
         return 0;
     }
     const int grew = target > gi->m, kept = svd__judge(ps, c, ch);
-    if (kept && grew) gi->gs->protect_until = step + p->protect_steps;
+    if (kept) gi->gs->grown = (uint64_t)grew;
+    if (kept && grew) {
+        gi->gs->protect_until = step + p->protect_steps;
+        // It grew because it was saturated: if it still is at its first look after the
+        // cool-down, that is the evidence patience asks for, so it grows again at once.
+        if (why == SVD_WHY_SATURATED && p->grow_patience > 1)
+            gi->gs->patience = p->grow_patience - 1;
+    }
     return kept;
 }
 
@@ -524,10 +541,16 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     if (gi->r <= 0) return;
     gi->cost = svd__unit_cost(*ps->n, &gi->ref);
     size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
-    const int saturated =
-        (size_t)gi->r == gi->m && (double)gi->strict >= p->expand_threshold * (double)gi->m;
+    // Saturated: the rule keeps (nearly) every direction at twice its cut, or, for a group
+    // whose last change was a growth, at the cut itself. The strict count is the hysteresis
+    // that stops a freshly shrunk layer from growing back; a grown layer has no such
+    // history, and asking twice the cut of it would stop a layer whose spectrum is capped
+    // by its input (a 1-channel 3x3 conv: 9 linear directions) from ever growing again.
+    const double need = p->expand_threshold * (double)gi->m;
+    const int saturated = (size_t)gi->r == gi->m &&
+                          ((double)gi->strict >= need || (gs->grown && (double)gi->kept >= need));
     if (ch) ch->reason = SVD_WHY_FITS;
-    if (k < gi->m) {
+    if (k < gi->m && !saturated) {
         if (!p->enable_shrink) {
             if (ch) ch->reason = SVD_WHY_DISABLED;
             return;
@@ -540,7 +563,7 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
         svd__surgery(ps, gi, k, SVD_WHY_RANK_RULE, step);
         return;
     }
-    if (gi->kept < gi->m && ch) ch->reason = SVD_WHY_MIN_WIDTH;
+    if (gi->kept < gi->m && !saturated && ch) ch->reason = SVD_WHY_MIN_WIDTH;
     if (!saturated) {
         gs->patience = 0;
         return;
@@ -719,21 +742,46 @@ static void svd__target_grow(struct svd__pass *ps, struct svd__gi *gi, size_t ng
     const double cap = p->param_budget && (double)p->param_budget < T ? (double)p->param_budget : T;
     const double f = svd__target_frac(p, ps->ctx, step, P, T);
     const double goal = P * (1.0 + f) < cap ? P * (1.0 + f) : cap;
-    for (size_t q = 0; q < nc; q++) {
-        struct svd__gi *g = &gi[c[q].g];
-        g->cost = svd__unit_cost(*ps->n, &g->ref); // exact: earlier growth may have changed it
-        size_t extra = (size_t)ceil(p->growth * (double)g->m);
-        if (g->m + extra > p->max_width) extra = p->max_width - g->m;
-        double room = (goal - P) / g->cost;
-        if ((double)extra > room) extra = room > 0 ? (size_t)room : 0;
-        if (extra == 0) {
-            if (g->ch) g->ch->reason = SVD_WHY_BUDGET;
-            continue;
-        }
-        size_t before = (*ps->n)->n_params;
-        if (svd__surgery(ps, g, g->m + extra, SVD_WHY_TARGET, step))
-            P += (double)((*ps->n)->n_params - before);
+    // A net's parameters grow with about the square of its widths (a unit's cost counts the
+    // consumers' columns, which grow too), so the pass's goal asks each group for about
+    // sqrt(goal / P) times its width; growth * width is the least a growing group takes.
+    // Where the square overstates it (first layers, whose inputs do not grow), up to two
+    // more rounds grow the groups that grew by what is still missing.
+    int *grew = calloc(nc + 1, sizeof(int));
+    if (!grew) {
+        ps->oom = 1;
+        free(c);
+        return;
     }
+    for (int round = 0; round < 3; round++) {
+        const double scale = goal > P ? sqrt(goal / P) : 1.0;
+        size_t any = 0;
+        for (size_t q = 0; q < nc; q++) {
+            struct svd__gi *g = &gi[c[q].g];
+            if (round && !grew[q]) continue;
+            grew[q] = 0;
+            g->m = svd_group_width(*ps->n, &g->ref);
+            g->cost = svd__unit_cost(*ps->n, &g->ref); // exact: earlier growth changed it
+            size_t extra = round ? 0 : (size_t)ceil(p->growth * (double)g->m);
+            const size_t want = (size_t)ceil((scale - 1.0) * (double)g->m - 1e-9);
+            if (want > extra) extra = want;
+            if (g->m + extra > p->max_width) extra = p->max_width - g->m;
+            double room = (goal - P) / g->cost;
+            if ((double)extra > room) extra = room > 0 ? (size_t)room : 0;
+            if (extra == 0) {
+                if (g->ch && !round) g->ch->reason = SVD_WHY_BUDGET;
+                continue;
+            }
+            size_t before = (*ps->n)->n_params;
+            if (svd__surgery(ps, g, g->m + extra, SVD_WHY_TARGET, step)) {
+                P += (double)((*ps->n)->n_params - before);
+                grew[q] = 1;
+                any++;
+            }
+        }
+        if (!any || P >= 0.97 * goal) break;
+    }
+    free(grew);
     for (size_t i = 0; i < ng; i++)
         if (gi[i].ch && gi[i].ch->action == SVD_ACT_KEEP && !gi[i].cooling && gi[i].r > 0 &&
             gi[i].ch->reason == SVD_WHY_RANK_RULE)

@@ -29,6 +29,7 @@
 #include <cjson/cJSON.h>
 #include <lapacke.h>
 
+#include "net/codec.h"
 #include "net/net.h"
 #include "daemon/daemon_internal.h"
 #include "svd_adapt/svd_adapt.h"
@@ -1765,9 +1766,9 @@ TEST(adapt_grows_flat_layer_with_patience_cooldown_and_limits)
         ASSERT_EQ(adapt_once(st2, &p, &n, step, x, y, B, &ev), 0);
         ASSERT(ev == NULL);
     }
-    ASSERT_EQ(adapt_once(st2, &p, &n, 111, x, y, B, &ev), 0); // patience 1 again
-    ASSERT(ev == NULL);
-    ASSERT_EQ(adapt_once(st2, &p, &n, 112, x, y, B, &ev), 1); // 10 + 3, capped at 11
+    // Still saturated at its first look after the cool-down: the growth counted as the
+    // first of grow_patience checks, so it grows at once, 10 + 3 capped at 11.
+    ASSERT_EQ(adapt_once(st2, &p, &n, 111, x, y, B, &ev), 1);
     ch = first_change(ev);
     ASSERT(ch != NULL);
     ASSERT_EQ(cJSON_GetNumberValue(cJSON_GetObjectItem(ch, "to")), 11);
@@ -2157,6 +2158,82 @@ TEST(adapt_grown_layer_is_protected_from_the_rank_rule)
         free(y);
         net_destroy(n);
     }
+}
+
+/* The saturation test after a growth: a spectrum whose every direction but one clears the
+ * cut, but only three quarters clear twice the cut (s = 1 x 6, 0.07, 0.01 against a cut of
+ * 0.05). A layer with no growth behind it shrinks to the 7 directions the rule keeps; the
+ * same layer whose last change was a growth counts as saturated (kept 7 of 8 >= 0.85) and
+ * grows instead. A shrink ends that: a grown layer cut to 5 by the rule, given the spectrum
+ * 1 x 4, 0.07 (kept 5 of 5, strict 4 of 5), fits and does not grow back. */
+static void set_spectrum(struct net *n, size_t m, const double *sv, uint64_t seed)
+{
+    double q[36 * 8];
+    rand_orth(q, 36, m, &seed);
+    float *w = net_tensor_data(n, net_tensor_get(n, 1, "w"));
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < 36; j++) w[i * 36 + j] = (float)(sv[i] * q[j * m + i]);
+    moments_from_params(n);
+}
+
+TEST(adapt_grown_layer_saturates_on_the_kept_count)
+{
+    setup();
+    const size_t B = 32;
+    float *x = rand_x(B * 36, 6);
+    uint8_t *y = rand_y(B, 5, 7);
+    struct svd_policy p = base_policy();
+    p.rule = SVD_RULE_RELATIVE;
+    p.shrink_threshold = 0.05;
+    p.expand_threshold = 0.85;
+    p.enable_grow = 1;
+    p.growth = 0.25;
+    static const double near_full[8] = {1, 1, 1, 1, 1, 1, 0.07, 0.01};
+    static const double five[8] = {1, 1, 1, 1, 1, 0.01, 0.01, 0.01};
+    static const double five_full[5] = {1, 1, 1, 1, 0.07};
+    for (int c = 0; c < 3; c++) { // 0: never changed, 1: grown, 2: grown, then shrunk
+        struct net *n = flat_net(5);
+        ASSERT(n != NULL);
+        set_spectrum(n, 8, c == 2 ? five : near_full, 9);
+        struct svd_state *st = svd_state_create();
+        if (c) {
+            // The state a growth of this group leaves: "SVST" v5, one group, grown = 1.
+            struct net_wr wr = {0};
+            net_wr_bytes(&wr, "SVST", 4);
+            net_wr_u32(&wr, 5);
+            net_wr_u64(&wr, 1);
+            net_wr_str(&wr, "dense1");
+            for (int f = 0; f < 4; f++) net_wr_u64(&wr, 0);
+            net_wr_u64(&wr, 1);
+            ASSERT(!wr.oom);
+            ASSERT_EQ(svd_state_load(st, wr.p, wr.len), 0);
+            net_wr_free(&wr);
+        }
+        struct vctx vc = {x, y, B, 0};
+        uint64_t rng = 4;
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
+        ASSERT_STR_EQ(e.changes[0].group, "dense1");
+        ASSERT_EQ(e.changes[0].kept, c == 2 ? 5 : 7);
+        ASSERT_EQ(e.changes[0].action, c == 1 ? SVD_ACT_GROW : SVD_ACT_SHRINK);
+        ASSERT_EQ(e.changes[0].reason, c == 1 ? SVD_WHY_SATURATED : SVD_WHY_RANK_RULE);
+        ASSERT_EQ(n->layers[1].spec.out, c == 1 ? 10 : c == 2 ? 5 : 7);
+        svd_event_free(&e);
+        if (c == 2) {
+            set_spectrum(n, 5, five_full, 10);
+            ASSERT_EQ(svd_adapt(st, &p, &n, 11, &ctx, &e), 0);
+            ASSERT_EQ(e.changes[0].kept, 5);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+            ASSERT_EQ(e.changes[0].reason, SVD_WHY_FITS);
+            ASSERT_EQ(n->layers[1].spec.out, 5);
+            svd_event_free(&e);
+        }
+        svd_state_destroy(st);
+        net_destroy(n);
+    }
+    free(x);
+    free(y);
 }
 
 /* Mean cross-entropy of n on (x, y). */

@@ -149,31 +149,36 @@ TEST(target_params_reached_from_above_and_below)
 }
 
 /* adapt.target_by: with steps of 5% a target 4x below is far out of reach in the run
- * (at most 17 passes of 5%, one every 16 steps), so passes take the geometric steps that reach it by the deadline;
- * with the deadline off the same run ends above its target. adapt.stop_fraction: no
- * periodic pass in the run's last stretch. */
+ * (at most 17 passes of 5%, one every 32 steps), so passes take the geometric steps that
+ * reach it by the deadline; with the deadline off the same run ends above its target. The
+ * same from 4x above with growth 0.1 (1.1 x the width, 1.2 x the parameters a pass): the
+ * widths grow by the factor the deadline asks for. adapt.stop_fraction: no periodic pass in
+ * the run's last stretch. */
 TEST(target_reached_by_its_deadline_and_no_pass_after_stop_fraction)
 {
-    for (int deadline = 0; deadline < 2; deadline++) {
+    for (int k = 0; k < 3; k++) {
+        const int deadline = k > 0, below = k == 2;
         struct dmn_config c;
         char err[512];
         ASSERT_EQ(cfg_load_json(&c, target_mlp_cfg, sizeof target_mlp_cfg - 1, err, sizeof err), 0);
         c.adapt.interval_steps = 16;
         c.adapt.cooldown_steps = 32;
         c.adapt.target_step = 0.05;
+        c.adapt.growth = 0.1;
         c.adapt.max_loss_jump = 1e6;
         c.adapt.stop_fraction = 0.75;
         c.adapt.target_by = deadline ? 0.3 : 0.0;
         struct dmn_trainer *t = NULL;
         ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
-        const size_t p0 = t->net->n_params, T = p0 / 4, total = t->total_steps;
+        const size_t p0 = t->net->n_params, T = below ? 4 * p0 : p0 / 4, total = t->total_steps;
         t->cfg.adapt.target_params = T;
         size_t reached = 0, last_event = 0;
         while (!dmn_trainer_done(t)) {
             const size_t ne = dmn__adapt_n_events(t);
             ASSERT_EQ(dmn_trainer_step(t), 0);
             if (dmn__adapt_n_events(t) > ne) last_event = t->step;
-            if (!reached && t->net->n_params <= T) reached = t->step;
+            const size_t P = t->net->n_params;
+            if (!reached && (below ? (double)P >= 0.95 * (double)T : P <= T)) reached = t->step;
         }
         printf("    deadline %s: %zu -> %zu (target %zu) reached at step %zu of %zu, last pass "
                "at %zu\n",
@@ -184,6 +189,7 @@ TEST(target_reached_by_its_deadline_and_no_pass_after_stop_fraction)
             // Due by 0.3 of the run; the pass at the deadline may still be one step late.
             ASSERT_LE(reached, (size_t)(0.3 * (double)total) + 16 + 1);
             ASSERT_GE((double)t->net->n_params, 0.95 * (double)T);
+            ASSERT_LE(t->net->n_params, T);
         } else {
             ASSERT_GT(t->net->n_params, T);
         }
