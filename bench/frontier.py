@@ -12,7 +12,7 @@ exists is skipped, so a half-done sweep resumes where it stopped (`--csv` again)
 
 usage: bench/frontier.py [--csv FILE] [--epochs N] [--seeds 1,2,3] [--mults 0.5,1,...]
                          [--kinds fixed,wide,narrow] [--bin build/evowidth] [--threads N]
-                         [--dry-run]
+                         [--sizes-from CSV] [--dry-run]
 """
 import argparse
 import copy
@@ -70,6 +70,9 @@ def main():
     ap.add_argument("--bin", default=os.path.join(TOP, "build", "evowidth"))
     ap.add_argument("--threads", type=int, default=0,
                     help="train.threads for every run (0: the config's own)")
+    ap.add_argument("--sizes-from", default=None,
+                    help="CSV whose fixed rows give the targets (default: --csv), so the "
+                         "adaptive kinds can run beside the fixed ones into another CSV")
     ap.add_argument("--dry-run", action="store_true", help="list the runs still to do")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -109,7 +112,7 @@ def main():
             extra = ["--set", "adapt.enabled=false"]
             target = 0
         else:
-            target = fixed_size(a.csv, m)
+            target = fixed_size(a.sizes_from or a.csv, m)
             if target is None:
                 print("frontier: no fixed run of mult %g yet; add 'fixed' to --kinds" % m,
                       file=sys.stderr)
