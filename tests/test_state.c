@@ -177,30 +177,46 @@ static int save_v3(const struct env *e, struct ck *c)
     return c->b ? 0 : -1;
 }
 
-/* The two checkpoints the D4 / D5 tests edit: the fixture (TRNR version 1) and a fresh
- * version-2 save, each with a copy of its TRNR payload (t1, n1 and t2, n2). */
+/* The two checkpoints the D4 / D5 tests edit, in the environment they are refused in: the
+ * fixture (TRNR version 1) and a fresh version-2 save, each with a copy of its TRNR payload
+ * (t1, n1 and t2, n2); bad counts the crafted files that were not refused. */
 struct both {
+    struct env e;
     struct ck f, v2;
     unsigned char *t1, *t2;
     size_t n1, n2;
+    int bad;
 };
 
-static int both_open(const struct env *e, struct both *p)
+static int both_open(struct both *p)
 {
     *p = (struct both){0};
+    if (env_open(&p->e) < 0) return -1;
     p->f.b = read_all(FIXTURE, &p->f.len);
-    if (!p->f.b || save_v3(e, &p->v2) < 0) return -1;
+    if (!p->f.b || save_v3(&p->e, &p->v2) < 0) return -1;
     p->t1 = ck_payload(&p->f, "TRNR", &p->n1);
     p->t2 = ck_payload(&p->v2, "TRNR", &p->n2);
     return p->t1 && p->t2 ? 0 : -1;
 }
 
-static void both_close(struct both *p)
+/* The checkpoint (version 1 or 2) with its TRNR replaced by the first len bytes of the
+ * edited copy must be refused for why. */
+static void both_try(struct both *p, int v2, size_t len, const char *name, const char *why)
+{
+    struct ck c = ck_replace(v2 ? &p->v2 : &p->f, "TRNR", v2 ? p->t2 : p->t1, len);
+    p->bad += expect_refused(&p->e, name, &c, why);
+    free(c.b);
+}
+
+/* Frees everything; returns the count of crafted files that were not refused. */
+static int both_close(struct both *p)
 {
     free(p->t1);
     free(p->t2);
     free(p->f.b);
     free(p->v2.b);
+    env_close(&p->e);
+    return p->bad;
 }
 
 // Offsets in TRNR version 1 (struct image) and versions 2 and 3 (fields; the same up to
@@ -368,58 +384,38 @@ TEST(old_trnr_version_2_still_loads)
 
 TEST(refuses_batcher_position_past_the_data)
 {
-    struct env e;
-    ASSERT_EQ(env_open(&e), 0);
     struct both p;
-    ASSERT_EQ(both_open(&e, &p), 0);
-    int bad = 0;
+    ASSERT_EQ(both_open(&p), 0);
     const uint64_t pos[2] = {100000000, 448}; // the 1e8, and one past the last sample
     for (int i = 0; i < 2; i++) {
         put_u64(p.t1, V1_POS, pos[i]);
-        struct ck c = ck_replace(&p.f, "TRNR", p.t1, p.n1);
-        bad += expect_refused(&e, "pos_v1.evow", &c, "batcher position");
-        free(c.b);
+        both_try(&p, 0, p.n1, "pos_v1.evow", "batcher position");
         put_u64(p.t2, V2_POS, pos[i]);
-        c = ck_replace(&p.v2, "TRNR", p.t2, p.n2);
-        bad += expect_refused(&e, "pos_v2.evow", &c, "batcher position");
-        free(c.b);
+        both_try(&p, 1, p.n2, "pos_v2.evow", "batcher position");
     }
-    both_close(&p);
-    ASSERT_EQ(bad, 0);
-    env_close(&e);
+    ASSERT_EQ(both_close(&p), 0);
 }
 
 // ---- D5: TRNR length arithmetic ------------------------------------------------------------
 
 TEST(refuses_trnr_lengths_that_wrap)
 {
-    struct env e;
-    ASSERT_EQ(env_open(&e), 0);
     struct both p;
-    ASSERT_EQ(both_open(&e, &p), 0);
-    int bad = 0;
+    ASSERT_EQ(both_open(&p), 0);
     // Version 1: the order cut to 100 bytes, the stated adaptation length wrapped so that
     // 128 + 4 * 448 + extra_len == 228 modulo 2^64 (the old check passed, perm was read
     // past the blob).
     put_u64(p.t1, V1_EXTRA_LEN, (uint64_t)100 - 4 * 448);
-    struct ck c = ck_replace(&p.f, "TRNR", p.t1, V1_HEAD + 100);
-    bad += expect_refused(&e, "wrap_v1.evow", &c, "TRNR");
-    free(c.b);
+    both_try(&p, 0, V1_HEAD + 100, "wrap_v1.evow", "TRNR");
     // Version 2: a batcher size whose byte count wraps (2^62 + 448).
     put_u64(p.t2, V2_N, ((uint64_t)1 << 62) + 448);
-    c = ck_replace(&p.v2, "TRNR", p.t2, p.n2);
-    bad += expect_refused(&e, "wrap_v2.evow", &c, "TRNR");
-    free(c.b);
+    both_try(&p, 1, p.n2, "wrap_v2.evow", "TRNR");
     // Cut anywhere: always refused, never read past.
     for (size_t cut = 0; cut < p.n2; cut += p.n2 / 37 + 1) {
         memcpy(p.t2, p.v2.b + ck_find(&p.v2, "TRNR", &p.n2), p.n2);
-        c = ck_replace(&p.v2, "TRNR", p.t2, cut);
-        bad += expect_refused(&e, "cut_v2.evow", &c, "TRNR");
-        free(c.b);
+        both_try(&p, 1, cut, "cut_v2.evow", "TRNR");
     }
-    both_close(&p);
-    ASSERT_EQ(bad, 0);
-    env_close(&e);
+    ASSERT_EQ(both_close(&p), 0);
 }
 
 // ---- D6: the stored config's input shape ---------------------------------------------------
