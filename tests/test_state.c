@@ -159,6 +159,14 @@ static int expect_refused(const struct env *e, const char *name, const struct ck
     return !ok;
 }
 
+/* expect_refused for a crafted checkpoint it then frees. */
+static int refused(const struct env *e, const char *name, struct ck c, const char *why)
+{
+    int r = expect_refused(e, name, &c, why);
+    free(c.b);
+    return r;
+}
+
 /* A fresh checkpoint (TRNR version 3) of the tiny run at step 12 (one adaptation behind it),
  * as the daemon writes it: the event count, no event texts. */
 static int save_v3(const struct env *e, struct ck *c)
@@ -203,9 +211,8 @@ static int both_open(struct both *p)
  * edited copy must be refused for why. */
 static void both_try(struct both *p, int v2, size_t len, const char *name, const char *why)
 {
-    struct ck c = ck_replace(v2 ? &p->v2 : &p->f, "TRNR", v2 ? p->t2 : p->t1, len);
-    p->bad += expect_refused(&p->e, name, &c, why);
-    free(c.b);
+    p->bad +=
+        refused(&p->e, name, ck_replace(v2 ? &p->v2 : &p->f, "TRNR", v2 ? p->t2 : p->t1, len), why);
 }
 
 /* Frees everything; returns the count of crafted files that were not refused. */
@@ -452,16 +459,16 @@ TEST(refuses_stored_config_with_another_input_shape)
     ASSERT_EQ(save_v3(&e, &v2), 0);
     int bad = 0;
     // 4x4 images: the stored 8x8 model would read 64 floats per sample of 16.
-    struct ck c = with_conf(&f, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4");
-    bad += expect_refused(&e, "shape_v1.evow", &c, "input 1x8x8");
-    free(c.b);
-    c = with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4");
-    bad += expect_refused(&e, "shape_v2.evow", &c, "input 1x8x8");
-    free(c.b);
+    bad += refused(&e, "shape_v1.evow",
+                   with_conf(&f, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4"),
+                   "input 1x8x8");
+    bad += refused(&e, "shape_v2.evow",
+                   with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4"),
+                   "input 1x8x8");
     // 16x4: the same number of features after the pool, so the arenas would match too.
-    c = with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":16,\"width\":4");
-    bad += expect_refused(&e, "shape16_v2.evow", &c, "input 1x8x8");
-    free(c.b);
+    bad += refused(&e, "shape16_v2.evow",
+                   with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":16,\"width\":4"),
+                   "input 1x8x8");
     free(f.b);
     free(v2.b);
     ASSERT_EQ(bad, 0);
@@ -483,14 +490,11 @@ TEST(refuses_inconsistent_trainer_fields)
     ASSERT_EQ(orig[0], 3);
     ASSERT_GT(n2, after_perm + 96);
     int bad = 0;
-    struct ck c;
 #define CRAFT(name, edit, why)                                                                     \
     do {                                                                                           \
         memcpy(t, orig, n2);                                                                       \
         edit;                                                                                      \
-        c = ck_replace(&v2, "TRNR", t, n2);                                                        \
-        bad += expect_refused(&e, name, &c, why);                                                  \
-        free(c.b);                                                                                 \
+        bad += refused(&e, name, ck_replace(&v2, "TRNR", t, n2), why);                             \
     } while (0)
     CRAFT("version.evow", t[0] = 4, "version 4");
     CRAFT("version0.evow", t[0] = 0, "version 0");
@@ -515,13 +519,13 @@ TEST(refuses_inconsistent_trainer_fields)
     }
 #undef CRAFT
     // The optimizer state must be the stored config's optimizer.
-    c = with_conf(&v2, "\"optimizer\":{\"type\":\"sgd\"", "\"optimizer\":{\"type\":\"adamw\"");
-    bad += expect_refused(&e, "optim.evow", &c, "optimizer state is sgd");
-    free(c.b);
+    bad += refused(
+        &e, "optim.evow",
+        with_conf(&v2, "\"optimizer\":{\"type\":\"sgd\"", "\"optimizer\":{\"type\":\"adamw\""),
+        "optimizer state is sgd");
     // Its hyper-parameters too.
-    c = with_conf(&v2, "\"momentum\":0.9,", "\"momentum\":0.8,");
-    bad += expect_refused(&e, "momentum.evow", &c, "is not the stored config's");
-    free(c.b);
+    bad += refused(&e, "momentum.evow", with_conf(&v2, "\"momentum\":0.9,", "\"momentum\":0.8,"),
+                   "is not the stored config's");
     // A model layer renamed: not the stored config's architecture.
     size_t na = 0;
     unsigned char *arch = ck_payload(&v2, "ARCH", &na);
@@ -529,9 +533,8 @@ TEST(refuses_inconsistent_trainer_fields)
     unsigned char *nm = memmem(arch, na, "dense1", 6);
     ASSERT(nm);
     nm[5] = '9';
-    c = ck_replace(&v2, "ARCH", arch, na);
-    bad += expect_refused(&e, "renamed.evow", &c, "model layer 5 is dense \"dense9\"");
-    free(c.b);
+    bad += refused(&e, "renamed.evow", ck_replace(&v2, "ARCH", arch, na),
+                   "model layer 5 is dense \"dense9\"");
     free(arch);
     free(orig);
     free(t);
