@@ -45,11 +45,13 @@ __attribute__((target("avx2,fma"))) static float hsum256(__m256 s)
     return v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
 }
 
-/* The twelve chains: M(vector type, intrinsic prefix, name, initial value) for each. */
+/* The twelve chains: M(vector type, intrinsic prefix, name, initial value) for each (not
+ * formatted: clang-format re-wraps this list differently on every run). */
+// clang-format off
 #define FMA_CHAINS(M, V, P)                                                                        \
-    M(V, P, a0, 0)                                                                                 \
-    M(V, P, a1, 1) M(V, P, a2, 2) M(V, P, a3, 3) M(V, P, a4, 4) M(V, P, a5, 5) M(V, P, a6, 6)      \
-        M(V, P, a7, 7) M(V, P, a8, 8) M(V, P, a9, 9) M(V, P, a10, 10) M(V, P, a11, 11)
+    M(V, P, a0, 0) M(V, P, a1, 1) M(V, P, a2, 2) M(V, P, a3, 3) M(V, P, a4, 4) M(V, P, a5, 5)      \
+    M(V, P, a6, 6) M(V, P, a7, 7) M(V, P, a8, 8) M(V, P, a9, 9) M(V, P, a10, 10) M(V, P, a11, 11)
+// clang-format on
 #define FMA_DECL(V, P, a, k) V a = P##_set1_ps((float)k);
 #define FMA_STEP(V, P, a, k) a = P##_fmadd_ps(a, x, y);
 #define FMA_SUM(V, P, a, k) s = P##_add_ps(s, a);

@@ -143,6 +143,12 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
 /* 1 when this CPU runs AVX-512F, resp. AVX2 + FMA (checked once). */
 int net__cpu_avx512(void);
 int net__cpu_avx2(void);
+/* A kernel family's level (2 AVX-512, 1 AVX2 + FMA, 0 none), worked out once into *cached
+ * (-1 before): the CPU's best, at most max; 0 when the environment variable env is off_word,
+ * at most 1 when it is "avx2". _force (tests) sets it to level, capped the same way, and
+ * returns the level before. */
+int net__simd_level(int *cached, int max, const char *env, const char *off_word);
+int net__simd_force(int *cached, int max, const char *env, const char *off_word, int level);
 
 /* Direct kernels (conv_direct.c) for stride-1 same-size convolutions with 1 < K <= 7 on a
  * CPU with AVX-512 or AVX2 + FMA; EVOWIDTH_CONV=avx2 keeps them to AVX2, =im2col turns
