@@ -32,91 +32,55 @@ static double now(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Twelve named chains stay in registers: an empty asm naming them after each round stops the compiler
- * from merging or removing them. Returns the number of FMA instructions issued. */
-__attribute__((target("avx512f"))) static long run512(long rounds, float *sink)
+/* The sum of a register's lanes, for the sink. */
+__attribute__((target("avx512f"))) static float hsum512(__m512 s)
 {
-    const __m512 x = _mm512_set1_ps(0.999999f), y = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(0.0f), a1 = _mm512_set1_ps(1.0f), a2 = _mm512_set1_ps(2.0f),
-           a3 = _mm512_set1_ps(3.0f), a4 = _mm512_set1_ps(4.0f), a5 = _mm512_set1_ps(5.0f),
-           a6 = _mm512_set1_ps(6.0f), a7 = _mm512_set1_ps(7.0f), a8 = _mm512_set1_ps(8.0f),
-           a9 = _mm512_set1_ps(9.0f), a10 = _mm512_set1_ps(10.0f), a11 = _mm512_set1_ps(11.0f);
-    for (long r = 0; r < rounds; r++)
-        for (long i = 0; i < ITERS; i++) {
-            a0 = _mm512_fmadd_ps(a0, x, y);
-            a1 = _mm512_fmadd_ps(a1, x, y);
-            a2 = _mm512_fmadd_ps(a2, x, y);
-            a3 = _mm512_fmadd_ps(a3, x, y);
-            a4 = _mm512_fmadd_ps(a4, x, y);
-            a5 = _mm512_fmadd_ps(a5, x, y);
-            a6 = _mm512_fmadd_ps(a6, x, y);
-            a7 = _mm512_fmadd_ps(a7, x, y);
-            a8 = _mm512_fmadd_ps(a8, x, y);
-            a9 = _mm512_fmadd_ps(a9, x, y);
-            a10 = _mm512_fmadd_ps(a10, x, y);
-            a11 = _mm512_fmadd_ps(a11, x, y);
-            __asm__ volatile(""
-                             : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6),
-                               "+v"(a7), "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));
-        }
-    __m512 s = a0;
-    s = _mm512_add_ps(s, a1);
-    s = _mm512_add_ps(s, a2);
-    s = _mm512_add_ps(s, a3);
-    s = _mm512_add_ps(s, a4);
-    s = _mm512_add_ps(s, a5);
-    s = _mm512_add_ps(s, a6);
-    s = _mm512_add_ps(s, a7);
-    s = _mm512_add_ps(s, a8);
-    s = _mm512_add_ps(s, a9);
-    s = _mm512_add_ps(s, a10);
-    s = _mm512_add_ps(s, a11);
-    *sink = _mm512_reduce_add_ps(s);
-    return rounds * ITERS * NACC;
+    return _mm512_reduce_add_ps(s);
 }
 
-__attribute__((target("avx2,fma"))) static long run256(long rounds, float *sink)
+__attribute__((target("avx2,fma"))) static float hsum256(__m256 s)
 {
-    const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(0.0f), a1 = _mm256_set1_ps(1.0f), a2 = _mm256_set1_ps(2.0f),
-           a3 = _mm256_set1_ps(3.0f), a4 = _mm256_set1_ps(4.0f), a5 = _mm256_set1_ps(5.0f),
-           a6 = _mm256_set1_ps(6.0f), a7 = _mm256_set1_ps(7.0f), a8 = _mm256_set1_ps(8.0f),
-           a9 = _mm256_set1_ps(9.0f), a10 = _mm256_set1_ps(10.0f), a11 = _mm256_set1_ps(11.0f);
-    for (long r = 0; r < rounds; r++)
-        for (long i = 0; i < ITERS; i++) {
-            a0 = _mm256_fmadd_ps(a0, x, y);
-            a1 = _mm256_fmadd_ps(a1, x, y);
-            a2 = _mm256_fmadd_ps(a2, x, y);
-            a3 = _mm256_fmadd_ps(a3, x, y);
-            a4 = _mm256_fmadd_ps(a4, x, y);
-            a5 = _mm256_fmadd_ps(a5, x, y);
-            a6 = _mm256_fmadd_ps(a6, x, y);
-            a7 = _mm256_fmadd_ps(a7, x, y);
-            a8 = _mm256_fmadd_ps(a8, x, y);
-            a9 = _mm256_fmadd_ps(a9, x, y);
-            a10 = _mm256_fmadd_ps(a10, x, y);
-            a11 = _mm256_fmadd_ps(a11, x, y);
-            __asm__ volatile(""
-                             : "+x"(a0), "+x"(a1), "+x"(a2), "+x"(a3), "+x"(a4), "+x"(a5), "+x"(a6),
-                               "+x"(a7), "+x"(a8), "+x"(a9), "+x"(a10), "+x"(a11));
-        }
-    __m256 s = a0;
-    s = _mm256_add_ps(s, a1);
-    s = _mm256_add_ps(s, a2);
-    s = _mm256_add_ps(s, a3);
-    s = _mm256_add_ps(s, a4);
-    s = _mm256_add_ps(s, a5);
-    s = _mm256_add_ps(s, a6);
-    s = _mm256_add_ps(s, a7);
-    s = _mm256_add_ps(s, a8);
-    s = _mm256_add_ps(s, a9);
-    s = _mm256_add_ps(s, a10);
-    s = _mm256_add_ps(s, a11);
     float v[8];
     _mm256_storeu_ps(v, s);
-    *sink = v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
-    return rounds * ITERS * NACC;
+    return v[0] + v[1] + v[2] + v[3] + v[4] + v[5] + v[6] + v[7];
 }
+
+/* The twelve chains: M(vector type, intrinsic prefix, name, initial value) for each (not
+ * formatted: clang-format re-wraps this list differently on every run). */
+// clang-format off
+#define FMA_CHAINS(M, V, P)                                                                        \
+    M(V, P, a0, 0) M(V, P, a1, 1) M(V, P, a2, 2) M(V, P, a3, 3) M(V, P, a4, 4) M(V, P, a5, 5)      \
+    M(V, P, a6, 6) M(V, P, a7, 7) M(V, P, a8, 8) M(V, P, a9, 9) M(V, P, a10, 10) M(V, P, a11, 11)
+// clang-format on
+#define FMA_DECL(V, P, a, k) V a = P##_set1_ps((float)k);
+#define FMA_STEP(V, P, a, k) a = P##_fmadd_ps(a, x, y);
+#define FMA_SUM(V, P, a, k) s = P##_add_ps(s, a);
+
+/* One kernel per ISA level (name, target, vector type, intrinsic prefix, asm constraint, lane
+ * sum). Twelve named chains stay in registers: an empty asm naming them after each round stops
+ * the compiler from merging or removing them. Returns the number of FMA instructions issued. */
+#define FMA_KERNEL(name, isa, V, P, R, hsum)                                                       \
+    __attribute__((target(isa))) static long name(long rounds, float *sink)                        \
+    {                                                                                              \
+        const V x = P##_set1_ps(0.999999f), y = P##_set1_ps(1e-7f);                                \
+        FMA_CHAINS(FMA_DECL, V, P)                                                                 \
+        for (long r = 0; r < rounds; r++)                                                          \
+            for (long i = 0; i < ITERS; i++) {                                                     \
+                FMA_CHAINS(FMA_STEP, V, P)                                                         \
+                __asm__ volatile(""                                                                \
+                                 : R(a0), R(a1), R(a2), R(a3), R(a4), R(a5), R(a6), R(a7), R(a8),  \
+                                   R(a9), R(a10), R(a11));                                         \
+            }                                                                                      \
+        V s = P##_setzero_ps();                                                                    \
+        FMA_CHAINS(FMA_SUM, V, P)                                                                  \
+        *sink = hsum(s);                                                                           \
+        return rounds * ITERS * NACC;                                                              \
+    }
+#define ZMM(a) "+v"(a) // any of the 32 vector registers
+#define YMM(a) "+x"(a)
+FMA_KERNEL(run512, "avx512f", __m512, _mm512, ZMM, hsum512)
+FMA_KERNEL(run256, "avx2,fma", __m256, _mm256, YMM, hsum256)
+#undef FMA_KERNEL
 
 struct job {
     int wide; // 1: AVX-512, 0: AVX2

@@ -31,18 +31,22 @@ def main():
     p.add_argument('--runs', required=True)
     p.add_argument('--sgemm', action='append', default=[])
     p.add_argument('--fma', action='append', default=[])
-    p.add_argument('--coretype', default='')
-    p.add_argument('--epochs', default='1')
-    p.add_argument('--torch-epochs', default='1')
-    p.add_argument('--threads', default='2')
-    p.add_argument('--batch', default='64')
-    p.add_argument('--command', default='bench/compare.sh')
-    p.add_argument('--git', default='unknown')
-    p.add_argument('--cpu', default='')
-    p.add_argument('--torch-version', default='')
-    p.add_argument('--load', default='')
-    p.add_argument('--md', default='')
-    p.add_argument('--strict', default='0')
+    # The string options and their defaults (the run's description, --md FILE, --strict 0|1).
+    for name, default in (
+        ('coretype', ''),
+        ('epochs', '1'),
+        ('torch-epochs', '1'),
+        ('threads', '2'),
+        ('batch', '64'),
+        ('command', 'bench/compare.sh'),
+        ('git', 'unknown'),
+        ('cpu', ''),
+        ('torch-version', ''),
+        ('load', ''),
+        ('md', ''),
+        ('strict', '0'),
+    ):
+        p.add_argument('--' + name, default=default)
     a = p.parse_args()
 
     peaks = []

@@ -33,64 +33,40 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-#define L(kind_, out_, k_, pad_, bias_)                                                            \
-    (struct net_layer_spec)                                                                        \
-    {                                                                                              \
-        .kind = kind_, .out = out_, .k = k_, .stride = kind_ == NET_CONV, .pad = pad_,             \
-        .bias = bias_                                                                              \
-    }
+/* The reference nets, one letter a layer (a number after it is its width): F flatten, D dense
+ * (with bias), R relu, C 3 x 3 conv (stride 1, pad 1, bias), P 2 x 2 max-pool, N batch norm,
+ * B residual block (3 x 3, bias). */
+static const char *layers_of(const char *arch)
+{
+    if (strcmp(arch, "mlp") == 0) return "F D512 R D256 R D10";
+    if (strcmp(arch, "cnn") == 0) return "C32 R P C64 R P F D128 R D10";
+    if (strcmp(arch, "resnet") == 0) return "C32 R B32 P B32 P F D128 R D10";
+    if (strcmp(arch, "main") == 0) return "C32 N R C64 N R P C64 N R P F D256 N R D10";
+    return NULL;
+}
 
+/* The specs of arch into s (at most 32); 0 for an unknown arch. */
 static size_t specs_of(const char *arch, struct net_layer_spec *s)
 {
+    const char *p = layers_of(arch);
     size_t n = 0;
-    if (strcmp(arch, "mlp") == 0) {
-        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 512, 0, 0, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 256, 0, 0, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
-    } else if (strcmp(arch, "cnn") == 0) {
-        s[n++] = L(NET_CONV, 32, 3, 1, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = L(NET_CONV, 64, 3, 1, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 128, 0, 0, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
-    } else if (strcmp(arch, "resnet") == 0) {
-        s[n++] = L(NET_CONV, 32, 3, 1, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = (struct net_layer_spec){
-            .kind = NET_RES, .out = 32, .width = 32, .k = 3, .stride = 1, .bias = 1};
-        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = (struct net_layer_spec){
-            .kind = NET_RES, .out = 32, .width = 32, .k = 3, .stride = 1, .bias = 1};
-        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 128, 0, 0, 1);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
-    } else if (strcmp(arch, "main") == 0) {
-        s[n++] = L(NET_CONV, 32, 3, 1, 1);
-        s[n++] = L(NET_BN, 0, 0, 0, 0);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_CONV, 64, 3, 1, 1);
-        s[n++] = L(NET_BN, 0, 0, 0, 0);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = L(NET_CONV, 64, 3, 1, 1);
-        s[n++] = L(NET_BN, 0, 0, 0, 0);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_MAXPOOL, 0, 2, 0, 0);
-        s[n++] = L(NET_FLATTEN, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 256, 0, 0, 1);
-        s[n++] = L(NET_BN, 0, 0, 0, 0);
-        s[n++] = L(NET_RELU, 0, 0, 0, 0);
-        s[n++] = L(NET_DENSE, 10, 0, 0, 1);
+    while (p && *p && n < 32) {
+        char *end;
+        const char c = *p++;
+        const size_t w = (size_t)strtoul(p, &end, 10);
+        p = end + (*end == ' ');
+        struct net_layer_spec l = {.out = w, .bias = c == 'D' || c == 'C' || c == 'B'};
+        switch (c) {
+        case 'F': l.kind = NET_FLATTEN; break;
+        case 'D': l.kind = NET_DENSE; break;
+        case 'R': l.kind = NET_RELU; break;
+        case 'N': l.kind = NET_BN; break;
+        case 'P': l.kind = NET_MAXPOOL, l.k = 2; break;
+        case 'C': l.kind = NET_CONV, l.k = 3, l.stride = 1, l.pad = 1; break;
+        case 'B': l.kind = NET_RES, l.width = w, l.k = 3, l.stride = 1; break;
+        default: return 0;
+        }
+        s[n++] = l;
     }
     return n;
 }

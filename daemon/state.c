@@ -32,6 +32,11 @@
 #define TRNR_VERSION 3u
 #define TRNR_V1_HEAD 128 // bytes of version 1's struct image before perm
 
+/* TRNR's f64 fields in file order, by their names in struct trnr and struct dmn_trainer: the
+ * writer, the parser and the load walk this one list. */
+#define TRNR_F64S(X)                                                                               \
+    X(train_seconds) X(adapt_seconds) X(val_loss) X(val_acc) X(last_loss) X(last_acc)
+
 /* TRNR's values, parsed from either version (never written as an image). */
 struct trnr {
     uint32_t version;
@@ -77,12 +82,9 @@ int dmn_trainer_encode(struct dmn_trainer *t, struct net_wr *img, const char *pa
     net_wr_u64(&w, t->batcher.epoch);
     net_wr_u64(&w, t->batcher.rng);
     for (size_t i = 0; i < t->batcher.n; i++) net_wr_u32(&w, t->batcher.perm[i]);
-    net_wr_f64(&w, t->train_seconds);
-    net_wr_f64(&w, t->adapt_seconds);
-    net_wr_f64(&w, t->val_loss);
-    net_wr_f64(&w, t->val_acc);
-    net_wr_f64(&w, t->last_loss);
-    net_wr_f64(&w, t->last_acc);
+#define TRNR_PUT(f) net_wr_f64(&w, t->f);
+    TRNR_F64S(TRNR_PUT)
+#undef TRNR_PUT
     net_wr_u64(&w, t->initial_params);
     net_wr_u64(&w, t->change_seq);
     net_wr_u64(&w, dmn__adapt_n_events(t));
@@ -130,12 +132,9 @@ static int dmn__trnr_parse(struct trnr *h, const struct ckpt_blob *b, char *why,
         if (r.bad || h->b_n > net_rd_left(&r) / 4) goto trunc;
         perm = net_rd_view(&r, (size_t)h->b_n * 4);
     }
-    h->train_seconds = net_rd_f64(&r);
-    h->adapt_seconds = net_rd_f64(&r);
-    h->val_loss = net_rd_f64(&r);
-    h->val_acc = net_rd_f64(&r);
-    h->last_loss = net_rd_f64(&r);
-    h->last_acc = net_rd_f64(&r);
+#define TRNR_GET(f) h->f = net_rd_f64(&r);
+    TRNR_F64S(TRNR_GET)
+#undef TRNR_GET
     h->initial_params = net_rd_u64(&r);
     if (h->version == 1) {
         extra_len = net_rd_u64(&r);
@@ -392,12 +391,9 @@ static int dmn__trainer_decode_as(struct dmn_trainer **out, const unsigned char 
     t->batcher.pos = h.b_pos;
     t->batcher.epoch = h.b_epoch;
     t->batcher.rng = h.b_rng;
-    t->train_seconds = h.train_seconds;
-    t->adapt_seconds = h.adapt_seconds;
-    t->val_loss = h.val_loss;
-    t->val_acc = h.val_acc;
-    t->last_loss = h.last_loss;
-    t->last_acc = h.last_acc;
+#define TRNR_SET(f) t->f = h.f;
+    TRNR_F64S(TRNR_SET)
+#undef TRNR_SET
     t->initial_params = h.initial_params;
     t->change_seq = h.change_seq;
     if ((rc = dmn__adapt_deserialize(t, h.extra.p, h.extra.len)) < 0) {

@@ -177,13 +177,8 @@ int ckpt_decode(const unsigned char *buf, size_t len, const char *path, struct n
             o.kind = (enum net_opt_kind)kind;
             o.nesterov = (int)nesterov;
         } else {
-            int brc = net__blobs_add(&bl, &nbl, tag, &c);
-            if (brc == -EEXIST) {
-                snprintf(err, errlen, "%s: duplicate chunk \"%.4s\"", path, tag);
-                goto fail;
-            }
+            int brc = net__blobs_take(&bl, &nbl, tag, &c, path, err, errlen);
             if (brc < 0) {
-                snprintf(err, errlen, "%s: out of memory for chunk \"%.4s\"", path, tag);
                 rc = brc;
                 goto fail;
             }
@@ -191,22 +186,11 @@ int ckpt_decode(const unsigned char *buf, size_t len, const char *path, struct n
         if (!net_rd_done(&c)) goto badsize;
         if (seen) *seen = 1;
     }
-    if (got < 0) {
-        snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
+    if ((rc = net__chunks_end(got, tag, "PARM", got_parm, "STAT", got_stat, path, err, errlen)) < 0)
         goto fail;
-    }
-    if (!got_parm || !got_stat) {
-        snprintf(err, errlen, "%s: missing %s chunk", path, got_parm ? "STAT" : "PARM");
-        goto fail;
-    }
     if (opt && got_opt) *opt = o;
     if (has_opt) *has_opt = got_opt;
-    if (blobs) {
-        *blobs = bl;
-        *n_blobs = nbl;
-    } else {
-        ckpt_blobs_free(bl, nbl);
-    }
+    net__blobs_hand(bl, nbl, blobs, n_blobs);
     *out = n;
     return 0;
 badsize:

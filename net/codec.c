@@ -540,6 +540,42 @@ int net__blobs_add(struct ckpt_blob **bl, size_t *nbl, const char *tag, struct n
     return 0;
 }
 
+int net__blobs_take(struct ckpt_blob **bl, size_t *nbl, const char *tag, struct net_rd *body,
+                    const char *path, char *err, size_t errlen)
+{
+    int rc = net__blobs_add(bl, nbl, tag, body);
+    if (rc == -EEXIST) {
+        snprintf(err, errlen, "%s: duplicate chunk \"%.4s\"", path, tag);
+        return -EINVAL;
+    }
+    if (rc < 0) snprintf(err, errlen, "%s: out of memory for chunk \"%.4s\"", path, tag);
+    return rc;
+}
+
+int net__chunks_end(int more, const char *tag, const char *first, int got_first, const char *second,
+                    int got_second, const char *path, char *err, size_t errlen)
+{
+    if (more < 0) {
+        snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
+        return -EINVAL;
+    }
+    if (!got_first || !got_second) {
+        snprintf(err, errlen, "%s: missing %s chunk", path, got_first ? second : first);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void net__blobs_hand(struct ckpt_blob *bl, size_t nbl, struct ckpt_blob **out, size_t *n_out)
+{
+    if (out) {
+        *out = bl;
+        *n_out = nbl;
+    } else {
+        ckpt_blobs_free(bl, nbl);
+    }
+}
+
 void ckpt_blobs_free(struct ckpt_blob *b, size_t n)
 {
     if (!b) return;

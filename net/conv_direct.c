@@ -91,29 +91,46 @@ int net__cpu_avx2(void)
 #endif
 }
 
+/* The CPU's best level (2 AVX-512, 1 AVX2 + FMA, 0 none), at most max. */
+static int simd_best(int max)
+{
+    int v = net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
+    return v < max ? v : max;
+}
+
+int net__simd_level(int *cached, int max, const char *env, const char *off_word)
+{
+    int v = __atomic_load_n(cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv(env);
+        v = simd_best(max);
+        if (e && strcmp(e, off_word) == 0) v = 0;
+        if (e && strcmp(e, "avx2") == 0 && v > 1) v = 1;
+        __atomic_store_n(cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+int net__simd_force(int *cached, int max, const char *env, const char *off_word, int level)
+{
+    int old = net__simd_level(cached, max, env, off_word);
+    int best = simd_best(max);
+    __atomic_store_n(cached, level < best ? level : best, __ATOMIC_RELAXED);
+    return old;
+}
+
 /* The direct kernels' instruction set: 2 AVX-512, 1 AVX2 + FMA, 0 none (im2col). From the
  * CPU, lowered by EVOWIDTH_CONV=avx2 or =im2col; tests override it. */
 static int direct_level_cached = -1;
 
 static int direct_level(void)
 {
-    int v = __atomic_load_n(&direct_level_cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("EVOWIDTH_CONV");
-        v = net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
-        if (e && strcmp(e, "im2col") == 0) v = 0;
-        if (e && strcmp(e, "avx2") == 0 && v > 1) v = 1;
-        __atomic_store_n(&direct_level_cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
+    return net__simd_level(&direct_level_cached, 2, "EVOWIDTH_CONV", "im2col");
 }
 
 int net__conv_direct_force(int level)
 {
-    int old = direct_level();
-    int best = net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
-    __atomic_store_n(&direct_level_cached, level < best ? level : best, __ATOMIC_RELAXED);
-    return old;
+    return net__simd_force(&direct_level_cached, 2, "EVOWIDTH_CONV", "im2col", level);
 }
 
 static int direct_cpu(void)

@@ -48,6 +48,23 @@ __attribute__((format(printf, 3, 4))) static void data_err(char *err, size_t err
     va_end(ap);
 }
 
+/* realloc(p, bytes); on failure NULL (p is kept) and err says "path: out of memory <what>",
+ * what formatted from fmt. */
+__attribute__((format(printf, 6, 7))) static void *data_grow(void *p, size_t bytes, char *err,
+                                                             size_t errlen, const char *path,
+                                                             const char *fmt, ...)
+{
+    void *q = realloc(p, bytes);
+    if (q) return q;
+    char what[128];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    data_err(err, errlen, "%s: out of memory %s", path, what);
+    return NULL;
+}
+
 /* *r = a * b; returns 0 if that overflows size_t. */
 static int mul_ok(size_t a, size_t b, size_t *r)
 {
@@ -137,9 +154,8 @@ static int data_read(gzFile gz, const char *path, size_t max, uint8_t **out, siz
         if (len == cap) {
             size_t ncap = cap == 0 ? (size_t)1 << 20 : (cap > SIZE_MAX / 2 ? max : cap * 2);
             if (ncap > max) ncap = max;
-            uint8_t *nb = realloc(buf, ncap);
+            uint8_t *nb = data_grow(buf, ncap, err, errlen, path, "reading %zu bytes", ncap);
             if (!nb) {
-                data_err(err, errlen, "%s: out of memory reading %zu bytes", path, ncap);
                 rc = -ENOMEM;
                 goto fail;
             }
@@ -367,16 +383,10 @@ int net_data_load_cifar(struct net_dataset *d, const char *const *files, size_t 
             rc = -EOVERFLOW;
             goto fail;
         }
-        float *nx = realloc(x, n_pix * sizeof *x);
-        if (!nx) {
-            data_err(err, errlen, "%s: out of memory for %zu samples", path, total);
-            rc = -ENOMEM;
-            goto fail;
-        }
-        x = nx;
-        uint8_t *ny = realloc(y, total);
+        float *nx = data_grow(x, n_pix * sizeof *x, err, errlen, path, "for %zu samples", total);
+        if (nx) x = nx;
+        uint8_t *ny = nx ? data_grow(y, total, err, errlen, path, "for %zu labels", total) : NULL;
         if (!ny) {
-            data_err(err, errlen, "%s: out of memory for %zu labels", path, total);
             rc = -ENOMEM;
             goto fail;
         }

@@ -38,30 +38,14 @@
 
 static int gemm_level_cached = -1;
 
-static int gemm_best(void)
-{
-    return net__cpu_avx512() ? 2 : net__cpu_avx2() ? 1 : 0;
-}
-
 static int gemm_level(void)
 {
-    int v = __atomic_load_n(&gemm_level_cached, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("EVOWIDTH_DENSE");
-        v = NET__GSIMD ? gemm_best() : 0;
-        if (e && strcmp(e, "blas") == 0) v = 0;
-        if (e && strcmp(e, "avx2") == 0 && v > 1) v = 1;
-        __atomic_store_n(&gemm_level_cached, v, __ATOMIC_RELAXED);
-    }
-    return v;
+    return net__simd_level(&gemm_level_cached, NET__GSIMD ? 2 : 0, "EVOWIDTH_DENSE", "blas");
 }
 
 int net__gemm_force(int level)
 {
-    int old = gemm_level();
-    int best = NET__GSIMD ? gemm_best() : 0;
-    __atomic_store_n(&gemm_level_cached, level < best ? level : best, __ATOMIC_RELAXED);
-    return old;
+    return net__simd_force(&gemm_level_cached, NET__GSIMD ? 2 : 0, "EVOWIDTH_DENSE", "blas", level);
 }
 
 /* Threads for a product of M*N*K multiply-adds (1 inside a parallel region). */

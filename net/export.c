@@ -513,13 +513,8 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
             net_rd_f32s(&c, n->state, n->n_state);
             got_stat = 1;
         } else {
-            int brc = net__blobs_add(&bl, &nbl, tag, &c);
-            if (brc == -EEXIST) {
-                snprintf(err, errlen, "%s: duplicate chunk \"%s\"", path, tag);
-                goto fail;
-            }
+            int brc = net__blobs_take(&bl, &nbl, tag, &c, path, err, errlen);
             if (brc < 0) {
-                snprintf(err, errlen, "%s: out of memory for chunk \"%s\"", path, tag);
                 rc = brc;
                 goto fail;
             }
@@ -529,20 +524,10 @@ int net_export_load(const char *path, struct net **out, struct ckpt_blob **blobs
             goto fail;
         }
     }
-    if (more < 0) {
-        snprintf(err, errlen, "%s: truncated chunk \"%.4s\"", path, tag);
+    if ((rc = net__chunks_end(more, tag, "TENS", got_tens, "STAT", got_stat, path, err, errlen)) <
+        0)
         goto fail;
-    }
-    if (!got_tens || !got_stat) {
-        snprintf(err, errlen, "%s: missing %s chunk", path, got_tens ? "STAT" : "TENS");
-        goto fail;
-    }
-    if (blobs) {
-        *blobs = bl;
-        *n_blobs = nbl;
-    } else {
-        ckpt_blobs_free(bl, nbl);
-    }
+    net__blobs_hand(bl, nbl, blobs, n_blobs);
     free(cb);
     free(raw);
     free(buf);

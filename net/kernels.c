@@ -303,31 +303,38 @@ void net__conv_bwd_im2col(float *dinp, float *dw, float *db, float *col, float *
 
 // ---- batch norm ----------------------------------------------------------------------
 
-/* *sa = sum a[i * is], *sab = sum a[i * is] * b[i * is], in double. For contiguous data
- * (is == 1, a conv's channel plane) 16 independent partial sums, which the compiler turns
- * into two vectors of doubles: a single running double would serialise the loop on the
- * add latency (BN was a quarter of the main job's step with it). */
+/* *sa = sum d(i), *sab = sum d(i) * b[i * is], in double, for a term d(k) of a[k] (and
+ * b[k]). For contiguous data (is == 1, a conv's channel plane) 16 independent partial sums,
+ * which the compiler turns into two vectors of doubles: a single running double would
+ * serialise the loop on the add latency (BN was a quarter of the main job's step with it).
+ * One body for the two functions below, which differ only in the term. */
+#define BN_SUMS_BODY(D)                                                                            \
+    double s = 0.0, s2 = 0.0;                                                                      \
+    size_t i = 0;                                                                                  \
+    if (is == 1) {                                                                                 \
+        double pa[16] = {0}, pab[16] = {0};                                                        \
+        for (; i + 16 <= n; i += 16)                                                               \
+            for (size_t j = 0; j < 16; j++) {                                                      \
+                const double d = D(i + j);                                                         \
+                pa[j] += d;                                                                        \
+                pab[j] += d * (double)b[i + j];                                                    \
+            }                                                                                      \
+        for (size_t j = 0; j < 16; j++) s += pa[j], s2 += pab[j];                                  \
+    }                                                                                              \
+    for (; i < n; i++) {                                                                           \
+        const double d = D(i * is);                                                                \
+        s += d;                                                                                    \
+        s2 += d * (double)b[i * is];                                                               \
+    }                                                                                              \
+    *sa = s;                                                                                       \
+    *sab = s2
+
+/* sum a and sum a * b. */
 static void bn_sums(const float *a, const float *b, size_t n, size_t is, double *sa, double *sab)
 {
-    double s = 0.0, s2 = 0.0;
-    size_t i = 0;
-    if (is == 1) {
-        double pa[16] = {0}, pab[16] = {0};
-        for (; i + 16 <= n; i += 16)
-            for (size_t j = 0; j < 16; j++) {
-                const double av = a[i + j];
-                pa[j] += av;
-                pab[j] += av * (double)b[i + j];
-            }
-        for (size_t j = 0; j < 16; j++) s += pa[j], s2 += pab[j];
-    }
-    for (; i < n; i++) {
-        const double av = a[i * is];
-        s += av;
-        s2 += av * (double)b[i * is];
-    }
-    *sa = s;
-    *sab = s2;
+#define BN_PLAIN(k) (double)a[k]
+    BN_SUMS_BODY(BN_PLAIN);
+#undef BN_PLAIN
 }
 
 void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar, const float *inp,
@@ -375,32 +382,15 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
     }
 }
 
-/* bn_sums of (dy gated by the ReLU after the BN, gamma * xh + beta >= 0) and xh. */
-static void bn_sums_relu(const float *dy, const float *xh, float gc, float bc, size_t n, size_t is,
+/* bn_sums of (a = dy gated by the ReLU after the BN, gamma * xh + beta >= 0) and b = xh. */
+static void bn_sums_relu(const float *a, const float *b, float gc, float bc, size_t n, size_t is,
                          double *sa, double *sab)
 {
-    double s = 0.0, s2 = 0.0;
-    size_t i = 0;
-    if (is == 1) {
-        double pa[16] = {0}, pab[16] = {0};
-        for (; i + 16 <= n; i += 16)
-            for (size_t j = 0; j < 16; j++) {
-                const float h = xh[i + j];
-                const double d = gc * h + bc >= 0.0f ? (double)dy[i + j] : 0.0;
-                pa[j] += d;
-                pab[j] += d * (double)h;
-            }
-        for (size_t j = 0; j < 16; j++) s += pa[j], s2 += pab[j];
-    }
-    for (; i < n; i++) {
-        const float h = xh[i * is];
-        const double d = gc * h + bc >= 0.0f ? (double)dy[i * is] : 0.0;
-        s += d;
-        s2 += d * (double)h;
-    }
-    *sa = s;
-    *sab = s2;
+#define BN_GATED(k) (gc * b[k] + bc >= 0.0f ? (double)a[k] : 0.0)
+    BN_SUMS_BODY(BN_GATED);
+#undef BN_GATED
 }
+#undef BN_SUMS_BODY
 
 void net__bn_bwd_relu(float *dinp, float *dgamma, float *dbeta, const float *dout,
                       const float *xhat, const float *inv, const float *gamma, const float *beta,

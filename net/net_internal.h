@@ -143,6 +143,12 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
 /* 1 when this CPU runs AVX-512F, resp. AVX2 + FMA (checked once). */
 int net__cpu_avx512(void);
 int net__cpu_avx2(void);
+/* A kernel family's level (2 AVX-512, 1 AVX2 + FMA, 0 none), worked out once into *cached
+ * (-1 before): the CPU's best, at most max; 0 when the environment variable env is off_word,
+ * at most 1 when it is "avx2". _force (tests) sets it to level, capped the same way, and
+ * returns the level before. */
+int net__simd_level(int *cached, int max, const char *env, const char *off_word);
+int net__simd_force(int *cached, int max, const char *env, const char *off_word, int level);
 
 /* Direct kernels (conv_direct.c) for stride-1 same-size convolutions with 1 < K <= 7 on a
  * CPU with AVX-512 or AVX2 + FMA; EVOWIDTH_CONV=avx2 keeps them to AVX2, =im2col turns
@@ -222,6 +228,18 @@ void net__blobs_write(struct net_wr *w, const struct ckpt_blob *blobs, size_t n_
 /* Appends a copy of what is left of body as blob tag (NUL-terminated copy; -EEXIST when the
  * tag is already there, -ENOMEM). */
 int net__blobs_add(struct ckpt_blob **bl, size_t *nbl, const char *tag, struct net_rd *body);
+/* net__blobs_add for a file's chunk loop: on failure err names path and the chunk
+ * ("duplicate chunk", -EINVAL; "out of memory for chunk", -ENOMEM). */
+int net__blobs_take(struct ckpt_blob **bl, size_t *nbl, const char *tag, struct net_rd *body,
+                    const char *path, char *err, size_t errlen);
+/* After a file's chunk loop (more: net_rd_chunk's last answer, tag: its last tag): -EINVAL
+ * with err naming path when the framing was truncated or when either of the two chunks
+ * every such file holds (first, second) was not seen; 0 otherwise. */
+int net__chunks_end(int more, const char *tag, const char *first, int got_first, const char *second,
+                    int got_second, const char *path, char *err, size_t errlen);
+/* The end of a loaded file's blobs: handed to the caller (*out, *n_out) when out is not
+ * NULL, freed otherwise. */
+void net__blobs_hand(struct ckpt_blob *bl, size_t nbl, struct ckpt_blob **out, size_t *n_out);
 
 // ---- compression (compress.c), stored by the compressed export (export.c) --------------
 

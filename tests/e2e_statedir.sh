@@ -170,13 +170,18 @@ arch=$(ls -d "$S"/archive-* 2>/dev/null | tail -n 1)
 stop_daemon
 
 # ---- D9: unusable state dirs --------------------------------------------------------------------
+# refuses_dir SUFFIX PATTERN WHAT SHORT: the daemon, started on state dir $D, exits 1 with an
+# error matching PATTERN (grep) in $TMP/err.SUFFIX.
+refuses_dir() {
+    timeout 60 "$DAEMON" --config "$TMP/cfg.json" --state-dir "$D" >/dev/null 2>"$TMP/err.$1"
+    code=$?
+    [ "$code" = 1 ] && grep -q "$2" "$TMP/err.$1" &&
+        ok "D9: $3 state dir is refused" || bad "D9: $4" "exit $code: $(cat "$TMP/err.$1")"
+}
 if [ "$(id -u)" = 0 ]; then
     D=$TMP/foreign
     mkdir -p "$D" && chown 65534:65534 "$D"
-    timeout 60 "$DAEMON" --config "$TMP/cfg.json" --state-dir "$D" >/dev/null 2>"$TMP/err.f"
-    code=$?
-    [ "$code" = 1 ] && grep -q "owned by uid 65534" "$TMP/err.f" &&
-        ok "D9: a foreign-owned state dir is refused" || bad "D9: foreign-owned" "exit $code: $(cat "$TMP/err.f")"
+    refuses_dir f "owned by uid 65534" "a foreign-owned" foreign-owned
 fi
 D=$TMP/ro
 mkdir -p "$D"
@@ -186,20 +191,14 @@ else
     chmod 555 "$D"
 fi
 if [ -n "$D" ]; then
-    timeout 60 "$DAEMON" --config "$TMP/cfg.json" --state-dir "$D" >/dev/null 2>"$TMP/err.r"
-    code=$?
-    [ "$code" = 1 ] && grep -q "not writable" "$TMP/err.r" &&
-        ok "D9: a read-only state dir is refused" || bad "D9: read-only" "exit $code: $(cat "$TMP/err.r")"
+    refuses_dir r "not writable" "a read-only" read-only
 fi
 D=$TMP/full
 mkdir -p "$D"
 if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=64k tmpfs "$D" 2>/dev/null; then
     MOUNTS="$MOUNTS $D"
     head -c 60000 /dev/zero >"$D/filler" 2>/dev/null
-    timeout 60 "$DAEMON" --config "$TMP/cfg.json" --state-dir "$D" >/dev/null 2>"$TMP/err.x"
-    code=$?
-    [ "$code" = 1 ] && grep -q "free\|No space" "$TMP/err.x" &&
-        ok "D9: a full state dir is refused" || bad "D9: full" "exit $code: $(cat "$TMP/err.x")"
+    refuses_dir x "free\|No space" "a full" full
 else
     echo "skip  D9: full state dir (needs root to mount a small tmpfs)"
 fi

@@ -165,21 +165,6 @@ TEST(idx_images_without_labels)
     ASSERT(is_zeroed(&d));
 }
 
-TEST(idx_truncated_images)
-{
-    const struct tmpd *t = tmp_scratch("test_data");
-    ASSERT(t);
-    uint8_t ib[64];
-    // Header promises 3 x 2 x 3 = 18 pixels; only 10 follow.
-    size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, 10);
-    check_idx_fails(test__failed, t, ib, ni, 3, -EIO, "truncated");
-    if (*test__failed) return;
-    check_idx_fails(test__failed, t, ib, ni, 3, -EIO, "expected 34 bytes, got 26");
-    if (*test__failed) return;
-    // A header cut short is truncated too.
-    check_idx_fails(test__failed, t, ib, 9, 3, -EIO, "truncated");
-}
-
 TEST(idx_truncated_gzip)
 {
     const struct tmpd *t = tmp_scratch("test_data");
@@ -221,51 +206,56 @@ TEST(idx_truncated_gzip)
     ASSERT(is_zeroed(&d));
 }
 
-TEST(idx_bad_magic)
+/* Image files the loader must refuse, each with the label count it is paired with, the
+ * error and a word of the message. len cuts the file short (0: as built). */
+TEST(idx_bad_images)
+{
+    static const struct {
+        uint32_t magic, n, h, w;
+        size_t pix, len, n_lab;
+        int want_rc;
+        const char *needle;
+    } cases[] = {
+        // The header promises 3 x 2 x 3 = 18 pixels; only 10 follow.
+        {0x803, 3, 2, 3, 10, 0, 3, -EIO, "truncated"},
+        {0x803, 3, 2, 3, 10, 0, 3, -EIO, "expected 34 bytes, got 26"},
+        {0x803, 3, 2, 3, 10, 9, 3, -EIO, "truncated"}, // a header cut short is truncated too
+        {0x12345678, 3, 2, 3, sizeof PIX3, 0, 3, -EINVAL, "bad magic 0x12345678"},
+        {0x803, 3, 2, 3, sizeof PIX3, 0, 4, -EINVAL, "count mismatch"},
+        {0x803, 3, 0, 3, 0, 0, 3, -EINVAL, "zero dimension"},
+        {0x803, 0, 28, 28, 0, 0, 0, -EINVAL, "zero dimension"},
+        {0x803, 0xffffffffu, 0xffffffffu, 0xffffffffu, 0, 0, 3, -EOVERFLOW, "overflow"},
+    };
+    const struct tmpd *t = tmp_scratch("test_data");
+    ASSERT(t);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint8_t ib[64];
+        size_t ni =
+            idx_images(ib, cases[i].magic, cases[i].n, cases[i].h, cases[i].w, PIX3, cases[i].pix);
+        check_idx_fails(test__failed, t, ib, cases[i].len ? cases[i].len : ni, cases[i].n_lab,
+                        cases[i].want_rc, cases[i].needle);
+        if (*test__failed) return;
+    }
+}
+
+/* A label file passed as images gets a hint. */
+TEST(idx_labels_passed_as_images)
 {
     const struct tmpd *t = tmp_scratch("test_data");
     ASSERT(t);
     uint8_t ib[64];
-    size_t ni = idx_images(ib, 0x12345678, 3, 2, 3, PIX3, sizeof PIX3);
-    check_idx_fails(test__failed, t, ib, ni, 3, -EINVAL, "bad magic 0x12345678");
-    if (*test__failed) return;
-    // A label file passed as images gets a hint.
-    ni = idx_labels(ib, 0x801, 3, LAB3, 3);
+    size_t ni = idx_labels(ib, 0x801, 3, LAB3, 3);
     check_idx_fails(test__failed, t, ib, ni, 3, -EINVAL, "swapped");
 }
 
-TEST(idx_count_mismatch)
+/* A header claiming 2^40 pixels over a tiny file must fail as truncated without allocating
+ * what the header claims. */
+TEST(idx_huge_claim_over_a_tiny_file)
 {
     const struct tmpd *t = tmp_scratch("test_data");
     ASSERT(t);
     uint8_t ib[64];
-    size_t ni = idx_images(ib, 0x803, 3, 2, 3, PIX3, sizeof PIX3);
-    check_idx_fails(test__failed, t, ib, ni, 4, -EINVAL, "count mismatch");
-}
-
-TEST(idx_zero_dims)
-{
-    const struct tmpd *t = tmp_scratch("test_data");
-    ASSERT(t);
-    uint8_t ib[64];
-    size_t ni = idx_images(ib, 0x803, 3, 0, 3, PIX3, 0);
-    check_idx_fails(test__failed, t, ib, ni, 3, -EINVAL, "zero dimension");
-    if (*test__failed) return;
-    ni = idx_images(ib, 0x803, 0, 28, 28, PIX3, 0);
-    check_idx_fails(test__failed, t, ib, ni, 0, -EINVAL, "zero dimension");
-}
-
-TEST(idx_size_overflow)
-{
-    const struct tmpd *t = tmp_scratch("test_data");
-    ASSERT(t);
-    uint8_t ib[64];
-    size_t ni = idx_images(ib, 0x803, 0xffffffffu, 0xffffffffu, 0xffffffffu, PIX3, 0);
-    check_idx_fails(test__failed, t, ib, ni, 3, -EOVERFLOW, "overflow");
-    if (*test__failed) return;
-    // A header claiming 2^40 pixels over a tiny file must fail as truncated without
-    // allocating what the header claims.
-    ni = idx_images(ib, 0x803, 1u << 20, 1u << 10, 1u << 10, PIX3, sizeof PIX3);
+    size_t ni = idx_images(ib, 0x803, 1u << 20, 1u << 10, 1u << 10, PIX3, sizeof PIX3);
     uint8_t lb[8];
     idx_labels(lb, 0x801, 1u << 20, NULL, 0);
     check_pair_fails(test__failed, t, ib, ni, lb, 8, -EIO, 0, "truncated");
@@ -741,15 +731,24 @@ static float img_val(size_t c, size_t i, size_t j)
     return (float)(100 * c + 10 * i + j + 1);
 }
 
+/* A one-sample set of that image (xs: C H W floats) with label *ys. */
+static struct net_dataset img_set(float *xs, uint8_t *ys, size_t C, size_t H, size_t W,
+                                  size_t n_classes)
+{
+    for (size_t c = 0; c < C; c++)
+        for (size_t i = 0; i < H; i++)
+            for (size_t j = 0; j < W; j++) xs[(c * H + i) * W + j] = img_val(c, i, j);
+    struct net_dataset d = {
+        .n = 1, .n_classes = n_classes, .shape = {C, H, W, 1}, .x = xs, .y = ys};
+    return d;
+}
+
 TEST(batcher_flip_follows_the_draw)
 {
     enum { C = 2, H = 4, W = 5, B = 64, PER = C * H * W };
     float xs[PER];
     uint8_t ys[1] = {3};
-    for (size_t c = 0; c < C; c++)
-        for (size_t i = 0; i < H; i++)
-            for (size_t j = 0; j < W; j++) xs[(c * H + i) * W + j] = img_val(c, i, j);
-    struct net_dataset d = {.n = 1, .n_classes = 4, .shape = {C, H, W, 1}, .x = xs, .y = ys};
+    struct net_dataset d = img_set(xs, ys, C, H, W, 4);
     struct net_batcher b = {0};
     ASSERT_EQ(net_batcher_init(&b, 1, 2024, 0, 1), 0);
     // With one sample the shuffle draws nothing, so the stream is one flip bit per sample:
@@ -807,10 +806,7 @@ static void check_crop(int *test__failed, int flip)
     const int n_pos = (2 * PAD + 1) * (2 * PAD + 1);
     float xs[PER];
     uint8_t ys[1] = {1};
-    for (size_t c = 0; c < C; c++)
-        for (size_t i = 0; i < H; i++)
-            for (size_t j = 0; j < W; j++) xs[(c * H + i) * W + j] = img_val(c, i, j);
-    struct net_dataset d = {.n = 1, .n_classes = 2, .shape = {C, H, W, 1}, .x = xs, .y = ys};
+    struct net_dataset d = img_set(xs, ys, C, H, W, 2);
     struct net_batcher b = {0};
     ASSERT_EQ(net_batcher_init(&b, 1, 77, PAD, flip), 0);
     static float x[B * PER];

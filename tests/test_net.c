@@ -485,6 +485,19 @@ TEST(backward_accumulates)
     ASSERT_EQ(nz, 0);
 }
 
+/* *out = the net, or NULL when net_create refuses it with a reason asking for a flatten (any
+ * other refusal fails the test). */
+static void create_or_flatten(int *test__failed, struct net **out, const struct net_shape *in,
+                              const struct net_layer_spec *s, size_t ns)
+{
+    char err[256] = "";
+    *out = NULL;
+    if (net_create(out, in, 2, s, ns, err, sizeof err) != 0) {
+        *out = NULL;
+        ASSERT_CONTAINS(err, "flatten");
+    }
+}
+
 /* A dense layer on an input that is spatial with H = W = 1 ((C, B, 1, 1) in memory) must
  * either be rejected (asking for a flatten) or compute W x + b per sample, exactly like
  * flatten + dense. Here: directly on a (3, 1, 1) input, B = 2, W = [[1 0 0] [0 1 0]]. */
@@ -493,12 +506,9 @@ TEST(dense_on_cx1x1_input)
     net_set_threads(T_THREADS);
     const struct net_layer_spec s[] = {S_DENSE(2, 1)};
     struct net_shape in = shp(3, 1, 1);
-    struct net *n = NULL;
-    char err[256] = "";
-    if (net_create(&n, &in, 2, s, 1, err, sizeof err) != 0) {
-        ASSERT_CONTAINS(err, "flatten");
-        return;
-    }
+    struct net *n;
+    create_or_flatten(test__failed, &n, &in, s, 1);
+    if (!n) return;
     float *w = net_tensor_data(n, net_tensor_get(n, 0, "w"));
     float *b = net_tensor_data(n, net_tensor_get(n, 0, "b"));
     const float W[6] = {1, 0, 0, 0, 1, 0}, bb[2] = {0.5f, -0.5f};
@@ -523,12 +533,9 @@ TEST(dense_after_conv_to_1x1)
     const struct net_layer_spec s1[] = {S_CONV(3, 3, 1, 0, 1), S_DENSE(2, 1)};
     const struct net_layer_spec s2[] = {S_CONV(3, 3, 1, 0, 1), S_FLAT(), S_DENSE(2, 1)};
     struct net_shape in = shp(1, 3, 3);
-    struct net *a = NULL;
-    char err[256] = "";
-    if (net_create(&a, &in, 2, s1, 2, err, sizeof err) != 0) {
-        ASSERT_CONTAINS(err, "flatten");
-        return;
-    }
+    struct net *a;
+    create_or_flatten(test__failed, &a, &in, s1, 2);
+    if (!a) return;
     struct net *f = mk(&in, 2, s2, 3);
     ASSERT(f);
     uint64_t rng = 9;

@@ -98,6 +98,31 @@ static void op_string(const Onnx__GraphProto *g, char *out, size_t n)
     }
 }
 
+/* A net built by mk, exported (no folding) as the temp file name and read back, with its
+ * op string. */
+struct exported {
+    struct net *n;
+    Onnx__ModelProto *m;
+    char path[256], ops[2048];
+};
+
+static int exported_make(struct exported *x, const struct net_shape *in, size_t classes,
+                         const struct net_layer_spec *s, size_t ns, uint64_t seed, const char *name)
+{
+    *x = (struct exported){0};
+    if (!(x->n = mk(in, classes, s, ns, seed))) return -1;
+    if (!(x->m = saved_model(x->n, name, x->path))) return -1;
+    op_string(x->m->graph, x->ops, sizeof x->ops);
+    return 0;
+}
+
+static void exported_free(struct exported *x)
+{
+    if (x->m) onnx__model_proto__free_unpacked(x->m, NULL);
+    net_destroy(x->n);
+    if (x->path[0]) unlink(x->path);
+}
+
 /* Every tensor of the net is an initializer of the same shape and bits (BN folding off). */
 static int inits_match(const struct net *n, const Onnx__GraphProto *g, char *why, size_t wl)
 {
@@ -157,22 +182,21 @@ TEST(every_kind_image_net)
         {.kind = NET_DENSE, .out = 5, .bias = 1},
     };
     const struct net_shape in = {3, 12, 12, 1};
-    struct net *n = mk(&in, 5, s, N_OF(s), 7);
-    ASSERT(n);
-    char path[256], ops[2048], why[256] = "";
-    Onnx__ModelProto *m = saved_model(n, "img.onnx", path);
-    ASSERT(m);
+    struct exported x;
+    ASSERT_EQ(exported_make(&x, &in, 5, s, N_OF(s), 7, "img.onnx"), 0);
+    const struct net *n = x.n;
+    const Onnx__ModelProto *m = x.m;
+    const Onnx__GraphProto *g = m->graph;
+    char why[256] = "";
     ASSERT_EQ(m->ir_version, CLI_ONNX_IR_VERSION);
     ASSERT_EQ(m->n_opset_import, 1);
     ASSERT_STR_EQ(m->opset_import[0]->domain, "");
     ASSERT_EQ(m->opset_import[0]->version, 13);
-    const Onnx__GraphProto *g = m->graph;
-    op_string(g, ops, sizeof(ops));
-    ASSERT_STR_EQ(ops, "Div Sub Div Conv BatchNormalization Relu Conv Conv "
-                       "Conv BatchNormalization Relu Conv BatchNormalization Add Relu "
-                       "Conv BatchNormalization Relu Conv BatchNormalization Conv "
-                       "BatchNormalization Add Relu "
-                       "Conv Relu Conv Add Relu MaxPool GlobalAveragePool Flatten Gemm");
+    ASSERT_STR_EQ(x.ops, "Div Sub Div Conv BatchNormalization Relu Conv Conv "
+                         "Conv BatchNormalization Relu Conv BatchNormalization Add Relu "
+                         "Conv BatchNormalization Relu Conv BatchNormalization Conv "
+                         "BatchNormalization Add Relu "
+                         "Conv Relu Conv Add Relu MaxPool GlobalAveragePool Flatten Gemm");
     ASSERT_EQ(g->n_input, 1);
     ASSERT_EQ(g->n_output, 1);
     ASSERT_STR_EQ(g->input[0]->name, "pixels");
@@ -211,9 +235,7 @@ TEST(every_kind_image_net)
     const Onnx__AttributeProto *tb = find_attr(g->node[g->n_node - 1], "transB");
     ASSERT(tb && tb->i == 1);
     ASSERT_NEAR(find_attr(g->node[4], "epsilon")->f, 1e-5, 1e-12);
-    onnx__model_proto__free_unpacked(m, NULL);
-    net_destroy(n);
-    unlink(path);
+    exported_free(&x);
 }
 
 TEST(every_kind_feature_net)
@@ -228,20 +250,16 @@ TEST(every_kind_feature_net)
         {.kind = NET_DENSE, .out = 4, .bias = 1},
     };
     const struct net_shape in = {2, 5, 5, 1};
-    struct net *n = mk(&in, 4, s, N_OF(s), 11);
-    ASSERT(n);
-    char path[256], ops[1024], why[256] = "";
-    Onnx__ModelProto *m = saved_model(n, "flat.onnx", path);
-    ASSERT(m);
-    op_string(m->graph, ops, sizeof(ops));
-    ASSERT_STR_EQ(ops, "Div Sub Div Flatten Gemm Gemm BatchNormalization Relu Gemm Gemm");
-    ASSERT(inits_match(n, m->graph, why, sizeof(why)));
+    struct exported x;
+    ASSERT_EQ(exported_make(&x, &in, 4, s, N_OF(s), 11, "flat.onnx"), 0);
+    const Onnx__GraphProto *g = x.m->graph;
+    char why[256] = "";
+    ASSERT_STR_EQ(x.ops, "Div Sub Div Flatten Gemm Gemm BatchNormalization Relu Gemm Gemm");
+    ASSERT(inits_match(x.n, g, why, sizeof(why)));
     // dense2 has no bias: two inputs.
-    for (size_t i = 0; i < m->graph->n_node; i++)
-        if (!strcmp(m->graph->node[i]->name, "dense2")) ASSERT_EQ(m->graph->node[i]->n_input, 2);
-    onnx__model_proto__free_unpacked(m, NULL);
-    net_destroy(n);
-    unlink(path);
+    for (size_t i = 0; i < g->n_node; i++)
+        if (!strcmp(g->node[i]->name, "dense2")) ASSERT_EQ(g->node[i]->n_input, 2);
+    exported_free(&x);
 }
 
 // ---- 2. batch-norm folding -----------------------------------------------------------------

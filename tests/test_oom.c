@@ -184,35 +184,20 @@ static long oom_sweep(enum op op, const char *name)
     return k - 1;
 }
 
-TEST(shrink_select_dense_fails_cleanly)
+/* Every surgery operation, one sweep each; each must reach more than three allocations. */
+TEST(surgery_ops_fail_cleanly)
 {
+    static const struct {
+        enum op op;
+        const char *name;
+    } ops[] = {
+        {OP_SELECT_DENSE, "select dense1"},  {OP_SELECT_CONV, "select conv1"},
+        {OP_ROTATE_BN, "rotate conv1 + bn"}, {OP_GROW, "grow dense1"},
+        {OP_GRADMAX, "gradmax dense1"},      {OP_RANK, "rank dense1 -> 4"},
+    };
     net_set_threads(1);
-    ASSERT_GT(oom_sweep(OP_SELECT_DENSE, "select dense1"), 3);
-}
-
-TEST(shrink_select_conv_fails_cleanly)
-{
-    net_set_threads(1);
-    ASSERT_GT(oom_sweep(OP_SELECT_CONV, "select conv1"), 3);
-}
-
-TEST(shrink_rotate_with_bn_fails_cleanly)
-{
-    net_set_threads(1);
-    ASSERT_GT(oom_sweep(OP_ROTATE_BN, "rotate conv1 + bn"), 3);
-}
-
-TEST(grow_fails_cleanly)
-{
-    net_set_threads(1);
-    ASSERT_GT(oom_sweep(OP_GROW, "grow dense1"), 3);
-    ASSERT_GT(oom_sweep(OP_GRADMAX, "gradmax dense1"), 3);
-}
-
-TEST(set_rank_fails_cleanly)
-{
-    net_set_threads(1);
-    ASSERT_GT(oom_sweep(OP_RANK, "rank dense1 -> 4"), 3);
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
+        ASSERT_GT(oom_sweep(ops[i].op, ops[i].name), 3);
 }
 
 /* Validation loss of a candidate: its loss on the calibration batch. */

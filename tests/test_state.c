@@ -159,6 +159,14 @@ static int expect_refused(const struct env *e, const char *name, const struct ck
     return !ok;
 }
 
+/* expect_refused for a crafted checkpoint it then frees. */
+static int refused(const struct env *e, const char *name, struct ck c, const char *why)
+{
+    int r = expect_refused(e, name, &c, why);
+    free(c.b);
+    return r;
+}
+
 /* A fresh checkpoint (TRNR version 3) of the tiny run at step 12 (one adaptation behind it),
  * as the daemon writes it: the event count, no event texts. */
 static int save_v3(const struct env *e, struct ck *c)
@@ -177,30 +185,45 @@ static int save_v3(const struct env *e, struct ck *c)
     return c->b ? 0 : -1;
 }
 
-/* The two checkpoints the D4 / D5 tests edit: the fixture (TRNR version 1) and a fresh
- * version-2 save, each with a copy of its TRNR payload (t1, n1 and t2, n2). */
+/* The two checkpoints the D4 / D5 tests edit, in the environment they are refused in: the
+ * fixture (TRNR version 1) and a fresh version-2 save, each with a copy of its TRNR payload
+ * (t1, n1 and t2, n2); bad counts the crafted files that were not refused. */
 struct both {
+    struct env e;
     struct ck f, v2;
     unsigned char *t1, *t2;
     size_t n1, n2;
+    int bad;
 };
 
-static int both_open(const struct env *e, struct both *p)
+static int both_open(struct both *p)
 {
     *p = (struct both){0};
+    if (env_open(&p->e) < 0) return -1;
     p->f.b = read_all(FIXTURE, &p->f.len);
-    if (!p->f.b || save_v3(e, &p->v2) < 0) return -1;
+    if (!p->f.b || save_v3(&p->e, &p->v2) < 0) return -1;
     p->t1 = ck_payload(&p->f, "TRNR", &p->n1);
     p->t2 = ck_payload(&p->v2, "TRNR", &p->n2);
     return p->t1 && p->t2 ? 0 : -1;
 }
 
-static void both_close(struct both *p)
+/* The checkpoint (version 1 or 2) with its TRNR replaced by the first len bytes of the
+ * edited copy must be refused for why. */
+static void both_try(struct both *p, int v2, size_t len, const char *name, const char *why)
+{
+    p->bad +=
+        refused(&p->e, name, ck_replace(v2 ? &p->v2 : &p->f, "TRNR", v2 ? p->t2 : p->t1, len), why);
+}
+
+/* Frees everything; returns the count of crafted files that were not refused. */
+static int both_close(struct both *p)
 {
     free(p->t1);
     free(p->t2);
     free(p->f.b);
     free(p->v2.b);
+    env_close(&p->e);
+    return p->bad;
 }
 
 // Offsets in TRNR version 1 (struct image) and versions 2 and 3 (fields; the same up to
@@ -369,58 +392,38 @@ TEST(old_trnr_version_2_still_loads)
 
 TEST(refuses_batcher_position_past_the_data)
 {
-    struct env e;
-    ASSERT_EQ(env_open(&e), 0);
     struct both p;
-    ASSERT_EQ(both_open(&e, &p), 0);
-    int bad = 0;
+    ASSERT_EQ(both_open(&p), 0);
     const uint64_t pos[2] = {100000000, 448}; // the 1e8, and one past the last sample
     for (int i = 0; i < 2; i++) {
         put_u64(p.t1, V1_POS, pos[i]);
-        struct ck c = ck_replace(&p.f, "TRNR", p.t1, p.n1);
-        bad += expect_refused(&e, "pos_v1.evow", &c, "batcher position");
-        free(c.b);
+        both_try(&p, 0, p.n1, "pos_v1.evow", "batcher position");
         put_u64(p.t2, V2_POS, pos[i]);
-        c = ck_replace(&p.v2, "TRNR", p.t2, p.n2);
-        bad += expect_refused(&e, "pos_v2.evow", &c, "batcher position");
-        free(c.b);
+        both_try(&p, 1, p.n2, "pos_v2.evow", "batcher position");
     }
-    both_close(&p);
-    ASSERT_EQ(bad, 0);
-    env_close(&e);
+    ASSERT_EQ(both_close(&p), 0);
 }
 
 // ---- D5: TRNR length arithmetic ------------------------------------------------------------
 
 TEST(refuses_trnr_lengths_that_wrap)
 {
-    struct env e;
-    ASSERT_EQ(env_open(&e), 0);
     struct both p;
-    ASSERT_EQ(both_open(&e, &p), 0);
-    int bad = 0;
+    ASSERT_EQ(both_open(&p), 0);
     // Version 1: the order cut to 100 bytes, the stated adaptation length wrapped so that
     // 128 + 4 * 448 + extra_len == 228 modulo 2^64 (the old check passed, perm was read
     // past the blob).
     put_u64(p.t1, V1_EXTRA_LEN, (uint64_t)100 - 4 * 448);
-    struct ck c = ck_replace(&p.f, "TRNR", p.t1, V1_HEAD + 100);
-    bad += expect_refused(&e, "wrap_v1.evow", &c, "TRNR");
-    free(c.b);
+    both_try(&p, 0, V1_HEAD + 100, "wrap_v1.evow", "TRNR");
     // Version 2: a batcher size whose byte count wraps (2^62 + 448).
     put_u64(p.t2, V2_N, ((uint64_t)1 << 62) + 448);
-    c = ck_replace(&p.v2, "TRNR", p.t2, p.n2);
-    bad += expect_refused(&e, "wrap_v2.evow", &c, "TRNR");
-    free(c.b);
+    both_try(&p, 1, p.n2, "wrap_v2.evow", "TRNR");
     // Cut anywhere: always refused, never read past.
     for (size_t cut = 0; cut < p.n2; cut += p.n2 / 37 + 1) {
         memcpy(p.t2, p.v2.b + ck_find(&p.v2, "TRNR", &p.n2), p.n2);
-        c = ck_replace(&p.v2, "TRNR", p.t2, cut);
-        bad += expect_refused(&e, "cut_v2.evow", &c, "TRNR");
-        free(c.b);
+        both_try(&p, 1, cut, "cut_v2.evow", "TRNR");
     }
-    both_close(&p);
-    ASSERT_EQ(bad, 0);
-    env_close(&e);
+    ASSERT_EQ(both_close(&p), 0);
 }
 
 // ---- D6: the stored config's input shape ---------------------------------------------------
@@ -457,16 +460,16 @@ TEST(refuses_stored_config_with_another_input_shape)
     ASSERT_EQ(save_v3(&e, &v2), 0);
     int bad = 0;
     // 4x4 images: the stored 8x8 model would read 64 floats per sample of 16.
-    struct ck c = with_conf(&f, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4");
-    bad += expect_refused(&e, "shape_v1.evow", &c, "input 1x8x8");
-    free(c.b);
-    c = with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4");
-    bad += expect_refused(&e, "shape_v2.evow", &c, "input 1x8x8");
-    free(c.b);
+    bad += refused(&e, "shape_v1.evow",
+                   with_conf(&f, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4"),
+                   "input 1x8x8");
+    bad += refused(&e, "shape_v2.evow",
+                   with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":4,\"width\":4"),
+                   "input 1x8x8");
     // 16x4: the same number of features after the pool, so the arenas would match too.
-    c = with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":16,\"width\":4");
-    bad += expect_refused(&e, "shape16_v2.evow", &c, "input 1x8x8");
-    free(c.b);
+    bad += refused(&e, "shape16_v2.evow",
+                   with_conf(&v2, "\"height\":8,\"width\":8", "\"height\":16,\"width\":4"),
+                   "input 1x8x8");
     free(f.b);
     free(v2.b);
     ASSERT_EQ(bad, 0);
@@ -488,14 +491,11 @@ TEST(refuses_inconsistent_trainer_fields)
     ASSERT_EQ(orig[0], 3);
     ASSERT_GT(n2, after_perm + 96);
     int bad = 0;
-    struct ck c;
 #define CRAFT(name, edit, why)                                                                     \
     do {                                                                                           \
         memcpy(t, orig, n2);                                                                       \
         edit;                                                                                      \
-        c = ck_replace(&v2, "TRNR", t, n2);                                                        \
-        bad += expect_refused(&e, name, &c, why);                                                  \
-        free(c.b);                                                                                 \
+        bad += refused(&e, name, ck_replace(&v2, "TRNR", t, n2), why);                             \
     } while (0)
     CRAFT("version.evow", t[0] = 4, "version 4");
     CRAFT("version0.evow", t[0] = 0, "version 0");
@@ -520,13 +520,13 @@ TEST(refuses_inconsistent_trainer_fields)
     }
 #undef CRAFT
     // The optimizer state must be the stored config's optimizer.
-    c = with_conf(&v2, "\"optimizer\":{\"type\":\"sgd\"", "\"optimizer\":{\"type\":\"adamw\"");
-    bad += expect_refused(&e, "optim.evow", &c, "optimizer state is sgd");
-    free(c.b);
+    bad += refused(
+        &e, "optim.evow",
+        with_conf(&v2, "\"optimizer\":{\"type\":\"sgd\"", "\"optimizer\":{\"type\":\"adamw\""),
+        "optimizer state is sgd");
     // Its hyper-parameters too.
-    c = with_conf(&v2, "\"momentum\":0.9,", "\"momentum\":0.8,");
-    bad += expect_refused(&e, "momentum.evow", &c, "is not the stored config's");
-    free(c.b);
+    bad += refused(&e, "momentum.evow", with_conf(&v2, "\"momentum\":0.9,", "\"momentum\":0.8,"),
+                   "is not the stored config's");
     // A model layer renamed: not the stored config's architecture.
     size_t na = 0;
     unsigned char *arch = ck_payload(&v2, "ARCH", &na);
@@ -534,9 +534,8 @@ TEST(refuses_inconsistent_trainer_fields)
     unsigned char *nm = memmem(arch, na, "dense1", 6);
     ASSERT(nm);
     nm[5] = '9';
-    c = ck_replace(&v2, "ARCH", arch, na);
-    bad += expect_refused(&e, "renamed.evow", &c, "model layer 5 is dense \"dense9\"");
-    free(c.b);
+    bad += refused(&e, "renamed.evow", ck_replace(&v2, "ARCH", arch, na),
+                   "model layer 5 is dense \"dense9\"");
     free(arch);
     free(orig);
     free(t);
