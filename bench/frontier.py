@@ -124,6 +124,11 @@ def main():
         if a.threads > 0:
             extra += ["--set", "train.threads=%d" % a.threads]
         rep = run(a.bin, cfg, s, a.epochs, extra, work)
+        # Each run's report (widths, every adaptation pass) beside the CSV, for the doc.
+        traces = os.path.splitext(a.csv)[0] + ".runs"
+        os.makedirs(traces, exist_ok=True)
+        with open(os.path.join(traces, "%s-%g-%d.json" % (k, m, s)), "w") as f:
+            json.dump(rep, f)
         w.writerow({
             "kind": k, "config": "compact" if k != "narrow" else "narrow", "mult": "%g" % m,
             "seed": s, "target": target, "params": rep["params"],
