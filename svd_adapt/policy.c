@@ -30,7 +30,8 @@
  * A group that changed is not examined again for cooldown_steps (the seed's grow / prune
  * oscillation); a target pass only shrinks above T and only grows below 0.95 T, so it never
  * undoes its own steps. Each surgery is judged on the validation loss: a rise over
- * max_loss_jump rolls it back (in a target pass the group's next cut is then halved).
+ * max_loss_jump rolls it back (in a target pass the group's next cut is then halved, and
+ * tried at the next pass: the group did not change, so it is not in a cool-down).
  * Every pass returns an event with one entry per group, changed or not, and why.
  * State per group (keyed by name, stable across surgeries) is kept for checkpoints. */
 #include <errno.h>
@@ -699,10 +700,15 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
             if (!cut[i]) continue;
             any++;
             done[i] = 1;
-            if (svd__surgery(ps, &gi[i], gi[i].m - cut[i], SVD_WHY_TARGET, step))
+            const uint64_t cool = gi[i].gs->cooldown_until;
+            if (svd__surgery(ps, &gi[i], gi[i].m - cut[i], SVD_WHY_TARGET, step)) {
                 gi[i].gs->backoff = 0;
-            else if (gi[i].ch && gi[i].ch->rolled_back)
+            } else if (gi[i].ch && gi[i].ch->rolled_back) {
+                // The group is as it was, so there is nothing to recover from: the next
+                // pass tries half the cut instead of waiting out a cool-down.
                 gi[i].gs->backoff++;
+                gi[i].gs->cooldown_until = cool;
+            }
         }
         if (!any) break;
     }

@@ -2160,6 +2160,46 @@ TEST(adapt_grown_layer_is_protected_from_the_rank_rule)
     }
 }
 
+/* A rolled-back target cut leaves the group as it was: the next pass tries half the cut at
+ * once (no cool-down), and the one after half again. Every surgery is refused here
+ * (max_loss_jump below zero). */
+TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
+{
+    setup();
+    const size_t B = 32;
+    float *x = rand_x(B * 36, 6);
+    uint8_t *y = rand_y(B, 5, 7);
+    struct net *n = flat_net(5);
+    ASSERT(n != NULL);
+    struct svd_policy p = base_policy();
+    p.target_params = n->n_params / 4;
+    p.target_step = 0.9;
+    p.cooldown_steps = 100;
+    p.max_loss_jump = -1.0;
+    struct svd_state *st = svd_state_create();
+    struct vctx vc = {x, y, B, 0};
+    uint64_t rng = 4;
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+    size_t cuts[3];
+    for (size_t k = 0; k < 3; k++) {
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10 + k, &ctx, &e), 0);
+        ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+        ASSERT(e.changes[0].rolled_back);
+        cuts[k] = e.changes[0].from - e.changes[0].to;
+        svd_event_free(&e);
+        ASSERT_EQ(n->layers[1].spec.out, 8);
+    }
+    printf("    cuts tried at steps 10, 11, 12: %zu, %zu, %zu\n", cuts[0], cuts[1], cuts[2]);
+    ASSERT_EQ(cuts[0], 4); // half the width, the most a pass takes
+    ASSERT_EQ(cuts[1], 2);
+    ASSERT_EQ(cuts[2], 1);
+    svd_state_destroy(st);
+    net_destroy(n);
+    free(x);
+    free(y);
+}
+
 /* The saturation test after a growth: a spectrum whose every direction but one clears the
  * cut, but only three quarters clear twice the cut (s = 1 x 6, 0.07, 0.01 against a cut of
  * 0.05). A layer with no growth behind it shrinks to the 7 directions the rule keeps; the
