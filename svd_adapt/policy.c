@@ -12,7 +12,7 @@
  * Without a target, per group:
  *   shrink to `kept` when kept < width (never below min_width) and it is not saturated;
  *   grow by ceil(growth * width) when the layer is saturated, strict / width >= expand_threshold
- *   (or kept / width, while its last change was a growth), on grow_patience consecutive checks
+ *   (or kept / width, while it is protected after a growth), on grow_patience consecutive checks
  *   (up to max_width and param_budget); a growth for saturation counts as all but the last of
  *   the next growth's checks.
  * With target_params T, the net moves into [0.95 T, T] from either side, by value per
@@ -543,13 +543,15 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     gi->cost = svd__unit_cost(*ps->n, &gi->ref);
     size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
     // Saturated: the rule keeps (nearly) every direction at twice its cut, or, for a group
-    // whose last change was a growth, at the cut itself. The strict count is the hysteresis
-    // that stops a freshly shrunk layer from growing back; a grown layer has no such
-    // history, and asking twice the cut of it would stop a layer whose spectrum is capped
-    // by its input (a 1-channel 3x3 conv: 9 linear directions) from ever growing again.
+    // that grew and is still protected, at the cut itself. The strict count is the
+    // hysteresis that stops a freshly shrunk layer from growing back; a freshly grown layer
+    // has no such history, and asking twice the cut of it would stop a layer whose spectrum
+    // is capped by its input (a 1-channel 3x3 conv: 9 linear directions) from growing
+    // again. Once its protection has run out the strict count decides again.
     const double need = p->expand_threshold * (double)gi->m;
     const int saturated = (size_t)gi->r == gi->m &&
-                          ((double)gi->strict >= need || (gs->grown && (double)gi->kept >= need));
+                          ((double)gi->strict >= need ||
+                           (gs->grown && step < gs->protect_until && (double)gi->kept >= need));
     if (ch) ch->reason = SVD_WHY_FITS;
     if (k < gi->m && !saturated) {
         if (!p->enable_shrink) {

@@ -2203,9 +2203,10 @@ TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
 /* The saturation test after a growth: a spectrum whose every direction but one clears the
  * cut, but only three quarters clear twice the cut (s = 1 x 6, 0.07, 0.01 against a cut of
  * 0.05). A layer with no growth behind it shrinks to the 7 directions the rule keeps; the
- * same layer whose last change was a growth counts as saturated (kept 7 of 8 >= 0.85) and
- * grows instead. A shrink ends that: a grown layer cut to 5 by the rule, given the spectrum
- * 1 x 4, 0.07 (kept 5 of 5, strict 4 of 5), fits and does not grow back. */
+ * same layer, grown and still protected, counts as saturated (kept 7 of 8 >= 0.85) and grows
+ * instead; once its protection has run out it shrinks again. A shrink ends it too: a grown
+ * layer cut to 5 by the rule, given the spectrum 1 x 4, 0.07 (kept 5 of 5, strict 4 of 5),
+ * fits and does not grow back. */
 static void set_spectrum(struct net *n, size_t m, const double *sv, uint64_t seed)
 {
     double q[36 * 8];
@@ -2231,19 +2232,23 @@ TEST(adapt_grown_layer_saturates_on_the_kept_count)
     static const double near_full[8] = {1, 1, 1, 1, 1, 1, 0.07, 0.01};
     static const double five[8] = {1, 1, 1, 1, 1, 0.01, 0.01, 0.01};
     static const double five_full[5] = {1, 1, 1, 1, 0.07};
-    for (int c = 0; c < 3; c++) { // 0: never changed, 1: grown, 2: grown, then shrunk
+    // 0: never changed, 1: grown (protected), 2: grown, then shrunk, 3: grown, protection over
+    for (int c = 0; c < 4; c++) {
         struct net *n = flat_net(5);
         ASSERT(n != NULL);
         set_spectrum(n, 8, c == 2 ? five : near_full, 9);
+        p.protect_steps = 0;
         struct svd_state *st = svd_state_create();
         if (c) {
-            // The state a growth of this group leaves: "SVST" v5, one group, grown = 1.
+            // The state a growth of this group leaves: "SVST" v5, one group, protected up
+            // to step 100 (cases 2 and 3: to step 10, over at the pass), grown = 1.
             struct net_wr wr = {0};
             net_wr_bytes(&wr, "SVST", 4);
             net_wr_u32(&wr, 5);
             net_wr_u64(&wr, 1);
             net_wr_str(&wr, "dense1");
-            for (int f = 0; f < 4; f++) net_wr_u64(&wr, 0);
+            for (int f = 0; f < 3; f++) net_wr_u64(&wr, 0);
+            net_wr_u64(&wr, c == 1 ? 100 : 10);
             net_wr_u64(&wr, 1);
             ASSERT(!wr.oom);
             ASSERT_EQ(svd_state_load(st, wr.p, wr.len), 0);
