@@ -624,9 +624,14 @@ static int svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi, 
     nc = 0;
     for (size_t i = 0; i < ng; i++) {
         if (done[i] || gi[i].m <= p->min_width) continue;
-        /* Each group may lose at most half its width per pass, less after rolled-back cuts.
-         * Directions beyond the spectrum (a layer wider than its fan-in) carry nothing. */
+        /* Each group may lose at most half its width per pass, or the share of it the
+         * pass's goal asks of every width (1 - sqrt(goal / P): parameters go with the square
+         * of the widths) when that is more; less after rolled-back cuts. Directions beyond
+         * the spectrum (a layer wider than its fan-in) carry nothing. */
+        const double keep = goal > 0 && goal < P ? sqrt(goal / P) : 1.0;
         size_t maxcut = gi[i].m - p->min_width, half = gi[i].m / 2;
+        const size_t need = (size_t)ceil((1.0 - keep) * (double)gi[i].m - 1e-9);
+        if (need > half) half = need;
         for (uint64_t b = 0; b < gi[i].gs->backoff && half > 1; b++) half /= 2;
         if (half < 1) half = 1;
         if (maxcut > half) maxcut = half;

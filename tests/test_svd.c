@@ -2162,40 +2162,45 @@ TEST(adapt_grown_layer_is_protected_from_the_rank_rule)
 
 /* A rolled-back target cut leaves the group as it was: the next pass tries half the cut at
  * once (no cool-down), and the one after half again. Every surgery is refused here
- * (max_loss_jump below zero). */
+ * (max_loss_jump below zero). The first cut is half the width, or what the goal asks of
+ * every width when that is more: a target of 0.3 x P keeps sqrt(0.3) = 55% of the widths
+ * (cut 4 of 8, the half), one of 0.1 x P keeps 32% (cut 6 of 8). */
 TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
 {
     setup();
     const size_t B = 32;
     float *x = rand_x(B * 36, 6);
     uint8_t *y = rand_y(B, 5, 7);
-    struct net *n = flat_net(5);
-    ASSERT(n != NULL);
-    struct svd_policy p = base_policy();
-    p.target_params = n->n_params / 4;
-    p.target_step = 0.9;
-    p.cooldown_steps = 100;
-    p.max_loss_jump = -1.0;
-    struct svd_state *st = svd_state_create();
-    struct vctx vc = {x, y, B, 0};
-    uint64_t rng = 4;
-    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
-    size_t cuts[3];
-    for (size_t k = 0; k < 3; k++) {
-        struct svd_event e;
-        ASSERT_EQ(svd_adapt(st, &p, &n, 10 + k, &ctx, &e), 0);
-        ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
-        ASSERT(e.changes[0].rolled_back);
-        cuts[k] = e.changes[0].from - e.changes[0].to;
-        svd_event_free(&e);
-        ASSERT_EQ(n->layers[1].spec.out, 8);
+    static const double ratio[2] = {0.3, 0.1};
+    static const size_t want[2][3] = {{4, 2, 1}, {6, 3, 1}};
+    for (int k = 0; k < 2; k++) {
+        struct net *n = flat_net(5);
+        ASSERT(n != NULL);
+        struct svd_policy p = base_policy();
+        p.target_params = (size_t)(ratio[k] * (double)n->n_params);
+        p.target_step = 0.95;
+        p.cooldown_steps = 100;
+        p.max_loss_jump = -1.0;
+        struct svd_state *st = svd_state_create();
+        struct vctx vc = {x, y, B, 0};
+        uint64_t rng = 4;
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+        size_t cuts[3];
+        for (size_t j = 0; j < 3; j++) {
+            struct svd_event e;
+            ASSERT_EQ(svd_adapt(st, &p, &n, 10 + j, &ctx, &e), 0);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+            ASSERT(e.changes[0].rolled_back);
+            cuts[j] = e.changes[0].from - e.changes[0].to;
+            svd_event_free(&e);
+            ASSERT_EQ(n->layers[1].spec.out, 8);
+        }
+        printf("    target %.1f x P: cuts tried at steps 10, 11, 12: %zu, %zu, %zu\n", ratio[k],
+               cuts[0], cuts[1], cuts[2]);
+        for (size_t j = 0; j < 3; j++) ASSERT_EQ(cuts[j], want[k][j]);
+        svd_state_destroy(st);
+        net_destroy(n);
     }
-    printf("    cuts tried at steps 10, 11, 12: %zu, %zu, %zu\n", cuts[0], cuts[1], cuts[2]);
-    ASSERT_EQ(cuts[0], 4); // half the width, the most a pass takes
-    ASSERT_EQ(cuts[1], 2);
-    ASSERT_EQ(cuts[2], 1);
-    svd_state_destroy(st);
-    net_destroy(n);
     free(x);
     free(y);
 }
