@@ -46,6 +46,7 @@
 
 #define SVD_MAX_GROUPS 128
 #define SVD_SPEC_CAP 4096
+#define SVD_TARGET_ROUNDS 5 // plans per target pass above T (each replans from the new widths)
 
 struct svd_gstate {
     char name[NET_NAME_MAX + 8];
@@ -679,22 +680,47 @@ static double svd__target_frac(const struct svd_policy *p, const struct svd_ctx 
     return need > f ? need : f;
 }
 
-/* Target above: cut the lowest-value tail directions across groups. Costs are measured
- * afresh before each round, since shrinking a group also shrinks its consumer's columns. */
+/* Target above: cut the lowest-value tail directions across groups. Costs and spectra are
+ * measured afresh before each round, since shrinking a group also shrinks its consumer's
+ * columns and changes what its consumers see. */
 static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t ng, size_t step)
 {
     const struct svd_policy *p = ps->p;
     const double T = (double)p->target_params, P0 = (double)(*ps->n)->n_params;
     const double f = svd__target_frac(p, ps->ctx, step, P0, T);
     const double goal = P0 * (1.0 - f) > T ? P0 * (1.0 - f) : T;
-    int *done = calloc(ng + 1, sizeof(int));
+    int *done = calloc(ng + 1, sizeof(int)), *cut_once = calloc(ng + 1, sizeof(int));
+    int *want = calloc(ng + 1, sizeof(int));
     size_t *cut = calloc(ng + 1, sizeof(size_t));
-    if (!done || !cut) {
+    float *tmp = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
+    struct svd_change *saved = malloc((ng + 1) * sizeof(*saved));
+    if (!done || !cut_once || !want || !cut || !tmp || !saved) {
         ps->oom = 1;
         goto out;
     }
     for (size_t i = 0; i < ng; i++) done[i] = gi[i].cooling || gi[i].r <= 0;
-    for (int round = 0; round < 3 && (double)(*ps->n)->n_params > goal; round++) {
+    /* A round's plan prices each direction at its group's unit cost, which counts the weights
+     * two adjacent groups share once for each, and assumes the widths' square law, which the
+     * first layer (fixed input) breaks, so a round lands above its goal. The next round plans
+     * again from the new widths, costs and spectra, and a group cut in this pass may be cut
+     * again (a wide start with a 34x target stopped at 159k of a pass's 79k goal when each
+     * group could be cut once). A group whose cut is rolled back is done for the pass. */
+    for (int round = 0; round < SVD_TARGET_ROUNDS && (double)(*ps->n)->n_params > goal; round++) {
+        if (round) {
+            // The spectra again (the event keeps the pass's first look at each group).
+            for (size_t i = 0; i < ng; i++) {
+                want[i] = !done[i];
+                if (done[i]) continue;
+                gi[i].m = svd_group_width(*ps->n, &gi[i].ref);
+                if (gi[i].ch) saved[i] = *gi[i].ch;
+            }
+            svd__measure(ps, gi, ng, want, tmp);
+            for (size_t i = 0; i < ng; i++) {
+                if (!want[i]) continue;
+                if (gi[i].ch) *gi[i].ch = saved[i];
+                if (gi[i].r <= 0) done[i] = 1;
+            }
+        }
         for (size_t i = 0; i < ng; i++)
             if (!done[i]) gi[i].cost = svd__unit_cost(*ps->n, &gi[i].ref);
         memset(cut, 0, (ng + 1) * sizeof(size_t));
@@ -706,11 +732,20 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
         for (size_t i = 0; i < ng; i++) {
             if (!cut[i]) continue;
             any++;
-            done[i] = 1;
             const uint64_t cool = gi[i].gs->cooldown_until;
+            struct svd_change before;
+            if (gi[i].ch) before = *gi[i].ch;
             if (svd__surgery(ps, &gi[i], gi[i].m - cut[i], SVD_WHY_TARGET, step)) {
                 gi[i].gs->backoff = 0;
-            } else if (gi[i].ch && gi[i].ch->rolled_back) {
+                cut_once[i] = 1;
+                continue;
+            }
+            done[i] = 1;
+            if (!(gi[i].ch && gi[i].ch->rolled_back)) continue;
+            if (cut_once[i]) {
+                // A deeper cut after one this pass kept: the event shows the kept one.
+                *gi[i].ch = before;
+            } else {
                 // The group is as it was, so there is nothing to recover from: the next
                 // pass tries half the cut instead of waiting out a cool-down.
                 gi[i].gs->backoff++;
@@ -724,7 +759,11 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
             gi[i].ch->reason = gi[i].m <= p->min_width ? SVD_WHY_MIN_WIDTH : SVD_WHY_TARGET_MET;
 out:
     free(done);
+    free(cut_once);
+    free(want);
     free(cut);
+    free(tmp);
+    free(saved);
 }
 
 /* Target below: grow the most saturated groups per parameter, never past T. */

@@ -2205,6 +2205,60 @@ TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
     free(y);
 }
 
+/* A target pass far above its target replans after each round: three adjacent dense groups
+ * (every cut also shrinks the next group's columns, so a plan that prices each direction at
+ * its own group's unit cost counts those weights twice) and a first layer whose input does not
+ * shrink. With the pass's goal at the target (target_step 0.95 > 1 - 0.1), one pass lands
+ * within 10% of it; when a group could be cut once a pass, the same pass stopped at 2.8x it. */
+TEST(target_pass_far_above_replans_until_its_goal)
+{
+    setup();
+    static const struct ndef d = {"deep",
+                                  1,
+                                  8,
+                                  8,
+                                  5,
+                                  3,
+                                  8,
+                                  {S_FLAT(), S_DENSE(48, 1), S_RELU(), S_DENSE(48, 1), S_RELU(),
+                                   S_DENSE(48, 1), S_RELU(), S_DENSE(5, 1)}};
+    const size_t B = 64;
+    float *x = rand_x(B * 64, 11);
+    uint8_t *y = rand_y(B, 5, 12);
+    struct net *n = mk(&d);
+    ASSERT(n != NULL);
+    init_net(n, 13);
+    const size_t P0 = n->n_params;
+    struct svd_policy p = base_policy();
+    p.target_params = P0 / 10;
+    p.target_step = 0.95;
+    p.cooldown_steps = 100;
+    struct svd_state *st = svd_state_create();
+    struct vctx vc = {x, y, B, 0};
+    uint64_t rng = 14;
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+    struct svd_event e;
+    ASSERT(svd_adapt(st, &p, &n, 10, &ctx, &e) >= 3);
+    const size_t P1 = n->n_params;
+    printf("    one pass: %zu -> %zu parameters (target %zu, %.2f x)\n", P0, P1, p.target_params,
+           (double)P1 / (double)p.target_params);
+    ASSERT_LE((double)P1, 1.1 * (double)p.target_params);
+    ASSERT_GE((double)P1, 0.9 * (double)p.target_params);
+    // One entry per group, each a kept cut from its width at the pass's start.
+    for (size_t i = 0; i < 3; i++) {
+        ASSERT_EQ(e.changes[i].action, SVD_ACT_SHRINK);
+        ASSERT_EQ(e.changes[i].from, 48);
+        ASSERT_EQ(e.changes[i].to, n->layers[1 + 2 * i].spec.out);
+        ASSERT(!e.changes[i].rolled_back);
+    }
+    ASSERT_EQ(e.params_after, P1);
+    svd_event_free(&e);
+    svd_state_destroy(st);
+    net_destroy(n);
+    free(x);
+    free(y);
+}
+
 /* The saturation test after a growth: a spectrum whose every direction but one clears the
  * cut, but only three quarters clear twice the cut (s = 1 x 6, 0.07, 0.01 against a cut of
  * 0.05). A layer with no growth behind it shrinks to the 7 directions the rule keeps; the
