@@ -52,7 +52,7 @@ struct svd_gstate {
     char name[NET_NAME_MAX + 8];
     uint64_t patience;       // consecutive saturated checks
     uint64_t cooldown_until; // step before which the group is left alone
-    uint64_t backoff;        // target passes: consecutive rolled-back cuts
+    uint64_t backoff;        // target passes: rolled-back cuts (each halves the later ones)
     uint64_t protect_until;  // step before which a grown group is not shrunk
     uint64_t grown;          // 1 while the group's last kept change was a growth
 };
@@ -736,8 +736,12 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
             struct svd_change before;
             if (gi[i].ch) before = *gi[i].ch;
             if (svd__surgery(ps, &gi[i], gi[i].m - cut[i], SVD_WHY_TARGET, step)) {
-                gi[i].gs->backoff = 0;
+                /* The backoff stays: a group that refused a cut once is cut in the smaller
+                 * steps from then on (the main job at a 100k target took conv2 32 -> 24 after
+                 * a refused 32 -> 16, and then 24 -> 12 at the next pass when a kept cut
+                 * reset it), and once a pass: later rounds would add up its small steps. */
                 cut_once[i] = 1;
+                done[i] = gi[i].gs->backoff > 0;
                 continue;
             }
             done[i] = 1;

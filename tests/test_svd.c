@@ -2164,7 +2164,8 @@ TEST(adapt_grown_layer_is_protected_from_the_rank_rule)
  * once (no cool-down), and the one after half again. Every surgery is refused here
  * (max_loss_jump below zero). The first cut is half the width, or what the goal asks of
  * every width when that is more: a target of 0.3 x P keeps sqrt(0.3) = 55% of the widths
- * (cut 4 of 8, the half), one of 0.1 x P keeps 32% (cut 6 of 8). */
+ * (cut 4 of 8, the half), one of 0.1 x P keeps 32% (cut 6 of 8). The backoff outlives a kept
+ * cut: a group that refused cuts is cut in the smaller steps from then on. */
 TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
 {
     setup();
@@ -2198,6 +2199,19 @@ TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
         printf("    target %.1f x P: cuts tried at steps 10, 11, 12: %zu, %zu, %zu\n", ratio[k],
                cuts[0], cuts[1], cuts[2]);
         for (size_t j = 0; j < 3; j++) ASSERT_EQ(cuts[j], want[k][j]);
+        // Accepted from now on: the kept cuts stay at the backed-off size (one unit), pass
+        // after pass; reset by the first kept one, the next would be 3 or 5 again.
+        p.max_loss_jump = 10.0;
+        for (size_t j = 0; j < 2; j++) {
+            struct svd_event e;
+            const size_t m = n->layers[1].spec.out;
+            ASSERT_EQ(svd_adapt(st, &p, &n, 13 + 100 * j, &ctx, &e), 1);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+            ASSERT(!e.changes[0].rolled_back);
+            ASSERT_EQ(e.changes[0].from - e.changes[0].to, 1);
+            ASSERT_EQ(n->layers[1].spec.out, m - 1);
+            svd_event_free(&e);
+        }
         svd_state_destroy(st);
         net_destroy(n);
     }
