@@ -148,6 +148,43 @@ TEST(target_params_reached_from_above_and_below)
     }
 }
 
+/* A net under its target grows at the end of the learning-rate warmup (schedule.warmup_steps
+ * 4 here), not at adapt.warmup_steps (8); one above it is first cut at adapt.warmup_steps. */
+TEST(target_from_below_grows_after_the_lr_warmup)
+{
+    for (int below = 0; below < 2; below++) {
+        struct dmn_config c;
+        char err[512];
+        ASSERT_EQ(cfg_load_json(&c, target_mlp_cfg, sizeof target_mlp_cfg - 1, err, sizeof err), 0);
+        c.schedule.warmup_steps = 4;
+        struct dmn_trainer *t = NULL;
+        ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
+        const size_t p0 = t->net->n_params, T = below ? 4 * p0 : p0 / 4;
+        t->cfg.adapt.target_params = T;
+        size_t first = 0;
+        while (!first && !dmn_trainer_done(t)) {
+            ASSERT_EQ(dmn_trainer_step(t), 0);
+            if (dmn__adapt_n_events(t)) first = t->step;
+        }
+        cJSON *e = cJSON_Parse(dmn__adapt_event(t, 0));
+        ASSERT(e != NULL);
+        const double b = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "params_after"));
+        const double step = cJSON_GetNumberValue(cJSON_GetObjectItem(e, "step"));
+        cJSON_Delete(e);
+        printf("    target %s: first pass at step %zu, %zu -> %.0f parameters\n",
+               below ? "4x above the net" : "4x below the net", first, p0, b);
+        ASSERT_EQ(first, below ? 4 : 8);
+        ASSERT_FLT_OP(step, ==, (double)first);
+        if (below) {
+            ASSERT_FLT_OP(b, <=, (double)T);
+            ASSERT_FLT_OP(b, >=, 0.95 * (double)T);
+        } else {
+            ASSERT_FLT_OP(b, <, (double)p0);
+        }
+        dmn_trainer_destroy(t);
+    }
+}
+
 /* adapt.target_by: with steps of 5% a target 4x below is far out of reach in the run
  * (at most 17 passes of 5%, one every 32 steps), so passes take the geometric steps that
  * reach it by the deadline; with the deadline off the same run ends above its target. From
