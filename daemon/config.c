@@ -92,6 +92,7 @@ static const char *const MODE_NAMES[] = {"rotate", "select", "factorize", NULL};
 static const char *const SOURCE_NAMES[] = {"weights", "activations", NULL};
 static const char *const RULE_NAMES[] = {"relative", "energy", "gap", NULL};
 static const char *const GROW_NAMES[] = {"orthogonal", "gradmax", "mirror", NULL};
+static const char *const VALUE_NAMES[] = {"energy", "fisher", NULL};
 static const char *const CKFAIL_NAMES[] = {"pause", "stop", NULL};
 
 // ---- string checks ----------------------------------------------------------------------
@@ -226,6 +227,9 @@ static const struct cfg_row CFG_ROWS[] = {
     R_DBL("adapt", "target_by", adapt.target_by, 0, 1, 0.5, RT,
           "the target is due by this fraction of the run: passes take the steps that reach it "
           "(0 = no deadline, steps of target_step)"),
+    R_ENUM("adapt", "target_value", adapt.target_value, VALUE_NAMES, SVD_VALUE_ENERGY, RT,
+           "what a target pass weighs a unit it may cut by, per parameter: its direction's "
+           "share of the activation energy, or the loss it carries (Fisher saliency)"),
     R_DBL("adapt", "stop_fraction", adapt.stop_fraction, 0, 1, 0.9, RT | LO_OPEN,
           "no periodic adaptation after this fraction of the run, so the last stretch trains "
           "the final widths (POST /v1/adapt still runs)"),

@@ -394,6 +394,7 @@ struct svd__gi {
     size_t kept, strict;
     double cost;   // parameters one unit of this group costs
     double mean_e; // mean of s_i^2
+    double *sal;   // target_value fisher: the m units' saliencies, ascending (else NULL)
     int cooling;
     struct svd_gstate *gs;
     struct svd_change *ch;
@@ -639,7 +640,8 @@ static int svd__plan_cuts(const struct svd_policy *p, const struct svd__gi *gi, 
         for (size_t j = 0; j < maxcut; j++) {
             size_t d = gi[i].m - 1 - j; // the (j+1)-th weakest direction
             double e = d < (size_t)gi[i].r ? (double)gi[i].s[d] * gi[i].s[d] : 0.0;
-            c[nc].value = e / (gi[i].mean_e > 0 ? gi[i].mean_e : 1.0) / gi[i].cost;
+            c[nc].value = gi[i].sal ? gi[i].sal[j] / gi[i].cost
+                                    : e / (gi[i].mean_e > 0 ? gi[i].mean_e : 1.0) / gi[i].cost;
             c[nc].g = i;
             nc++;
         }
@@ -680,6 +682,37 @@ static double svd__target_frac(const struct svd_policy *p, const struct svd_ctx 
     return need > f ? need : f;
 }
 
+static int svd__dbl_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* target_value fisher: the saliencies of the groups still to plan (not done), ascending,
+ * into gi[i].sal (rows of sal). A failure ends the pass's planning (-ENOMEM marks it). */
+static int svd__target_saliency(struct svd__pass *ps, struct svd__gi *gi, size_t ng,
+                                const int *done, double *sal)
+{
+    struct svd_gref refs[SVD_MAX_GROUPS];
+    size_t idx[SVD_MAX_GROUPS], k = 0;
+    for (size_t i = 0; i < ng && k < SVD_MAX_GROUPS; i++) {
+        gi[i].sal = NULL;
+        if (!done[i]) refs[k] = gi[i].ref, idx[k++] = i;
+    }
+    if (!k) return 0;
+    int rc = svd__saliency(*ps->n, refs, k, ps->ctx->x, ps->ctx->y, ps->ctx->B, sal, SVD_SPEC_CAP);
+    if (rc < 0) {
+        ps->oom |= rc == -ENOMEM;
+        return rc;
+    }
+    for (size_t q = 0; q < k; q++) {
+        struct svd__gi *x = &gi[idx[q]];
+        x->sal = sal + q * SVD_SPEC_CAP;
+        qsort(x->sal, x->m, sizeof(double), svd__dbl_cmp);
+    }
+    return 0;
+}
+
 /* Target above: cut the lowest-value tail directions across groups. Costs and spectra are
  * measured afresh before each round, since shrinking a group also shrinks its consumer's
  * columns and changes what its consumers see. */
@@ -694,7 +727,11 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
     size_t *cut = calloc(ng + 1, sizeof(size_t));
     float *tmp = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
     struct svd_change *saved = malloc((ng + 1) * sizeof(*saved));
-    if (!done || !cut_once || !want || !cut || !tmp || !saved) {
+    double *sal = p->target_value == SVD_VALUE_FISHER
+                      ? malloc((ng + 1) * SVD_SPEC_CAP * sizeof(double))
+                      : NULL;
+    if (!done || !cut_once || !want || !cut || !tmp || !saved ||
+        (p->target_value == SVD_VALUE_FISHER && !sal)) {
         ps->oom = 1;
         goto out;
     }
@@ -723,6 +760,7 @@ static void svd__target_shrink(struct svd__pass *ps, struct svd__gi *gi, size_t 
         }
         for (size_t i = 0; i < ng; i++)
             if (!done[i]) gi[i].cost = svd__unit_cost(*ps->n, &gi[i].ref);
+        if (sal && ps->ctx->y && svd__target_saliency(ps, gi, ng, done, sal) < 0) break;
         memset(cut, 0, (ng + 1) * sizeof(size_t));
         if (svd__plan_cuts(p, gi, ng, done, (double)(*ps->n)->n_params, goal, cut) < 0) {
             ps->oom = 1;
@@ -768,6 +806,8 @@ out:
     free(cut);
     free(tmp);
     free(saved);
+    for (size_t i = 0; i < ng; i++) gi[i].sal = NULL;
+    free(sal);
 }
 
 /* Target below: grow the most saturated groups per parameter, never past T. */

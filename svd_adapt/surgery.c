@@ -99,6 +99,66 @@ out:
     return rc;
 }
 
+int svd__saliency(struct net *n, const struct svd_gref *refs, size_t ng, const float *x,
+                  const uint8_t *y, size_t B, double *sal, size_t cap)
+{
+    struct svd__group *g = calloc(ng + 1, sizeof(*g));
+    double *tau = NULL;
+    int rc = -ENOMEM;
+    if (!g) return rc;
+    size_t mmax = 0;
+    for (size_t i = 0; i < ng; i++) {
+        if ((rc = svd__group_build(n, &refs[i], &g[i])) < 0) goto out;
+        if (g[i].m > cap) {
+            rc = -ENOSPC;
+            goto out;
+        }
+        if (g[i].m > mmax) mmax = g[i].m;
+        memset(sal + i * cap, 0, g[i].m * sizeof(double));
+    }
+    rc = -ENOMEM;
+    const size_t D = n->in_shape.c * n->in_shape.h * n->in_shape.w;
+    size_t chunk = n->ws_batch && n->ws_batch < 32 ? n->ws_batch : 32;
+    if (chunk > B) chunk = B;
+    if (!(tau = malloc((mmax + 1) * sizeof(double))) || !chunk || net_reserve(n, chunk) < 0)
+        goto out;
+    size_t K = 0;
+    for (size_t b0 = 0; b0 < B; b0 += chunk, K++) {
+        const size_t Bc = B - b0 < chunk ? B - b0 : chunk;
+        net_zero_grad(n);
+        net_forward(n, x + b0 * D, y + b0, Bc, 0);
+        net_backward(n, y + b0, Bc);
+        for (size_t i = 0; i < ng; i++) {
+            const size_t m = g[i].m;
+            memset(tau, 0, m * sizeof(double));
+            // Removing unit j zeroes its columns in every consumer: the loss changes by
+            // -sum W . dL/dW over them, to first order.
+            for (size_t ci = 0; ci < g[i].n_cols; ci++) {
+                const struct net_tensor *t = &n->tensors[g[i].cols[ci].t];
+                if (t->arena != NET_ARENA_PARAM) continue;
+                const size_t bl = g[i].cols[ci].block, D0 = t->dims[0];
+                const float *w = n->params + t->off, *gr = n->grads + t->off;
+                for (size_t o = 0; o < D0; o++)
+                    for (size_t j = 0; j < m; j++)
+                        for (size_t b = 0; b < bl; b++) {
+                            const size_t e = (o * m + j) * bl + b;
+                            tau[j] += (double)w[e] * gr[e];
+                        }
+            }
+            // The chunk's mean gradient has 1/Bc of a sample's variance: weigh by Bc.
+            for (size_t j = 0; j < m; j++) sal[i * cap + j] += (double)Bc * tau[j] * tau[j];
+        }
+    }
+    for (size_t i = 0; i < ng; i++)
+        for (size_t j = 0; j < g[i].m; j++) sal[i * cap + j] /= (double)(K ? K : 1);
+    rc = 0;
+out:
+    net_zero_grad(n);
+    free(tau);
+    free(g);
+    return rc;
+}
+
 long svd_spectrum_acts(struct net *n, const struct svd_gref *ref, const float *x, size_t B,
                        float *s, size_t cap)
 {

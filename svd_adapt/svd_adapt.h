@@ -32,6 +32,12 @@ enum svd_rule { SVD_RULE_RELATIVE, SVD_RULE_ENERGY, SVD_RULE_GAP };
  *               v is random (scaled to half the existing columns' mean norm), or, for a dense
  *               -> dense group, the top left singular vectors of the gradient correlation. */
 enum svd_grow { SVD_GROW_ORTHOGONAL, SVD_GROW_GRADMAX, SVD_GROW_MIRROR };
+/* What a unit is worth when a target pass chooses where to cut (divided by its parameters):
+ *   energy: its tail direction's share of the group's activation energy, s_i^2 / mean(s^2);
+ *   fisher: the loss it carries, to second order: F_j = mean over calibration chunks of
+ *           B_c (sum of W . dL/dW over the unit's consumer columns)^2 (Theis et al.'s Fisher
+ *           pruning with chunk gradients standing in for per-sample ones). */
+enum svd_value { SVD_VALUE_ENERGY, SVD_VALUE_FISHER };
 
 struct svd_policy {
     int enabled; // master switch for periodic adaptation
@@ -58,6 +64,7 @@ struct svd_policy {
     double target_step;   // a target pass moves this fraction of the parameters, or more
                           // when the deadline needs it:
     double target_by;     // ... the target is due by this fraction of the run (0: no deadline)
+    enum svd_value target_value; // how a target pass prices a unit it may cut
     double stop_fraction; // no periodic pass after this fraction of the run (the caller's rule)
     double max_loss_jump; // roll back a surgery whose val loss rises more than this
     int enable_shrink, enable_grow;

@@ -113,4 +113,11 @@ int svd__orth_rows(float *nw, const float *w, size_t m, size_t L, size_t extra, 
 int svd__spectra_acts(struct net *n, const struct svd_gref *refs, size_t ng, const float *x,
                       size_t B, float *s, size_t cap, long *r);
 
+/* Fisher saliency of every unit of ng groups (enum svd_value): sal + i * cap gets group i's m
+ * values, in unit order, from forward / backward passes over the B labelled calibration
+ * samples in chunks of at most 32 (n's gradients are zero again after). 0 or a negative
+ * errno (-ENOSPC: a group wider than cap). */
+int svd__saliency(struct net *n, const struct svd_gref *refs, size_t ng, const float *x,
+                  const uint8_t *y, size_t B, double *sal, size_t cap);
+
 #endif

@@ -111,7 +111,8 @@ static const char target_mlp_cfg[] =
  * params_after is on the same side of its params_before), and still learns. */
 TEST(target_params_reached_from_above_and_below)
 {
-    for (int below = 0; below < 2; below++) {
+    for (int run = 0; run < 3; run++) { // above, below, above with target_value fisher
+        const int below = run == 1;
         struct dmn_config c;
         char err[512];
         ASSERT_EQ(cfg_load_json(&c, target_mlp_cfg, sizeof target_mlp_cfg - 1, err, sizeof err), 0);
@@ -119,10 +120,11 @@ TEST(target_params_reached_from_above_and_below)
         ASSERT_EQ(dmn_trainer_create(&t, &c, err, sizeof err), 0);
         const size_t p0 = t->net->n_params, T = below ? 4 * p0 : p0 / 4;
         t->cfg.adapt.target_params = T;
+        t->cfg.adapt.target_value = run == 2 ? SVD_VALUE_FISHER : SVD_VALUE_ENERGY;
         while (!dmn_trainer_done(t)) ASSERT_EQ(dmn_trainer_step(t), 0);
         const size_t p1 = t->net->n_params;
-        printf("    start %zu, target %zu: ended at %zu (%.1f%% of the target)\n", p0, T, p1,
-               100.0 * (double)p1 / (double)T);
+        printf("    start %zu, target %zu (%s): ended at %zu (%.1f%% of the target)\n", p0, T,
+               run == 2 ? "fisher" : "energy", p1, 100.0 * (double)p1 / (double)T);
         ASSERT_LE(p1, T);
         ASSERT_GE((double)p1, 0.95 * (double)T);
         // One direction only.
