@@ -503,8 +503,9 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
     if (target < gi->m) {
         rc = svd_shrink(&c, n, &gi->ref, target, p->mode, ps->ctx->x, ps->ctx->B, err, sizeof(err));
     } else {
-        rc = svd_grow(&c, n, &gi->ref, target - gi->m, p->grow_mode, ps->ctx->x, ps->ctx->y,
-                      ps->ctx->B, ps->ctx->rng, err, sizeof(err));
+        const enum svd_grow gm = why == SVD_WHY_TARGET ? p->target_grow_mode : p->grow_mode;
+        rc = svd_grow(&c, n, &gi->ref, target - gi->m, gm, ps->ctx->x, ps->ctx->y, ps->ctx->B,
+                      ps->ctx->rng, err, sizeof(err));
         if (rc == 0 && p->param_budget && c->n_params > p->param_budget) {
             snprintf(err, sizeof(err), "param_budget %zu reached (%zu)", p->param_budget,
                      c->n_params);

@@ -45,18 +45,19 @@ struct svd_policy {
     enum svd_source source;
     enum svd_rule rule;
     enum svd_grow grow_mode;
-    double shrink_threshold; // relative rule: keep s_i >= shrink_threshold * s_1
-    double energy_eps;       // energy rule: keep 1 - eps of sum s_i^2
-    double gap_threshold;    // gap rule: cut at the first s_k / s_{k+1} > gap
-    double expand_threshold; // saturated when kept / width >= expand_threshold, where kept
-                             // counts directions above twice the shrink cut (see policy.c)
-    double growth;           // grow by ceil(growth * width)
-    size_t interval_steps;   // adapt every this many steps ...
-    size_t warmup_steps;     // ... after this many
-    size_t cooldown_steps;   // a grown layer is not re-examined for this long
-    size_t protect_steps;    // ... and a grown layer is not shrunk for this long (its new
-                             // mirror pairs start as duplicates in the spectrum)
-    size_t grow_patience;    // consecutive flat checks needed before growing
+    enum svd_grow target_grow_mode; // growth toward target_params (one big step, early)
+    double shrink_threshold;        // relative rule: keep s_i >= shrink_threshold * s_1
+    double energy_eps;              // energy rule: keep 1 - eps of sum s_i^2
+    double gap_threshold;           // gap rule: cut at the first s_k / s_{k+1} > gap
+    double expand_threshold;        // saturated when kept / width >= expand_threshold, where kept
+                                    // counts directions above twice the shrink cut (see policy.c)
+    double growth;                  // grow by ceil(growth * width)
+    size_t interval_steps;          // adapt every this many steps ...
+    size_t warmup_steps;            // ... after this many
+    size_t cooldown_steps;          // a grown layer is not re-examined for this long
+    size_t protect_steps;           // ... and a grown layer is not shrunk for this long (its new
+                                    // mirror pairs start as duplicates in the spectrum)
+    size_t grow_patience;           // consecutive flat checks needed before growing
     size_t calibration_samples;
     size_t min_width, max_width;
     size_t param_budget;  // growth stops at this many parameters (0 = no cap)

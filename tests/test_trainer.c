@@ -180,6 +180,21 @@ TEST(target_from_below_grows_after_the_lr_warmup)
         if (below) {
             ASSERT_FLT_OP(b, <=, (double)T);
             ASSERT_FLT_OP(b, >=, 0.95 * (double)T);
+            // adapt.target_grow_mode orthogonal (the default): the new units of the first
+            // group (48 -> more) have zero columns in its consumer's old rows (layer 3's first
+            // 32; its new rows are the second group's new units, with full fan-in rows).
+            const struct net_tensor *w = net_tensor_get(t->net, 3, "w");
+            ASSERT(w != NULL);
+            const size_t rows = 32, cols = w->dims[1];
+            ASSERT_GT(w->dims[0], rows);
+            ASSERT_GT(cols, 48);
+            const float *wd = net_tensor_data(t->net, w);
+            double old = 0.0, nw = 0.0;
+            for (size_t o = 0; o < rows; o++)
+                for (size_t j = 0; j < cols; j++)
+                    *(j < 48 ? &old : &nw) += fabs((double)wd[o * cols + j]);
+            ASSERT(old > 0.0);
+            ASSERT_FLT_OP(nw, ==, 0.0);
         } else {
             ASSERT_FLT_OP(b, <, (double)p0);
         }
