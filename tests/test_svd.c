@@ -2344,6 +2344,63 @@ TEST(target_pass_far_above_replans_until_its_goal)
     free(y);
 }
 
+/* A target pass that cut the net puts every group in the cool-down, the ones it did not cut
+ * too: at a pass that moves a tenth of the parameters (target_step 0.1) only some of the three
+ * groups are cut, and the next pass, one step later, looks at none; one cool-down later the
+ * pass cuts again. */
+TEST(target_pass_that_cut_cools_every_group)
+{
+    setup();
+    static const struct ndef d = {"deep",
+                                  1,
+                                  8,
+                                  8,
+                                  5,
+                                  3,
+                                  8,
+                                  {S_FLAT(), S_DENSE(48, 1), S_RELU(), S_DENSE(48, 1), S_RELU(),
+                                   S_DENSE(48, 1), S_RELU(), S_DENSE(5, 1)}};
+    const size_t B = 64;
+    float *x = rand_x(B * 64, 21);
+    uint8_t *y = rand_y(B, 5, 22);
+    struct net *n = mk(&d);
+    ASSERT(n != NULL);
+    init_net(n, 23);
+    struct svd_policy p = base_policy();
+    p.target_params = n->n_params / 10;
+    p.target_step = 0.1;
+    p.cooldown_steps = 100;
+    struct svd_state *st = svd_state_create();
+    struct vctx vc = {x, y, B, 0};
+    uint64_t rng = 24;
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+    static const size_t steps[3] = {10, 11, 110};
+    for (size_t k = 0; k < 3; k++) {
+        struct svd_event e;
+        const int kept = svd_adapt(st, &p, &n, steps[k], &ctx, &e);
+        size_t cut = 0, cooling = 0;
+        for (size_t i = 0; i < 3; i++) {
+            cut += e.changes[i].action == SVD_ACT_SHRINK && !e.changes[i].rolled_back;
+            cooling += e.changes[i].reason == SVD_WHY_COOLDOWN;
+        }
+        printf("    step %zu: %d kept, %zu groups cut, %zu cooling\n", steps[k], kept, cut,
+               cooling);
+        if (k == 1) {
+            ASSERT_EQ(kept, 0);
+            ASSERT_EQ(cooling, 3);
+        } else {
+            ASSERT_GE(kept, 1);
+            ASSERT_EQ(cooling, 0);
+        }
+        if (k == 0) ASSERT_LT(cut, 3); // the point: a group the pass did not cut cools too
+        svd_event_free(&e);
+    }
+    svd_state_destroy(st);
+    net_destroy(n);
+    free(x);
+    free(y);
+}
+
 /* The saturation test after a growth: a spectrum whose every direction but one clears the
  * cut, but only three quarters clear twice the cut (s = 1 x 6, 0.07, 0.01 against a cut of
  * 0.05). A layer with no growth behind it shrinks to the 7 directions the rule keeps; the
