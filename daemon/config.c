@@ -230,7 +230,7 @@ static const struct cfg_row CFG_ROWS[] = {
     R_DBL("adapt", "target_by", adapt.target_by, 0, 1, 0.5, RT,
           "the target is due by this fraction of the run: passes take the steps that reach it "
           "(0 = no deadline, steps of target_step)"),
-    R_ENUM("adapt", "target_value", adapt.target_value, VALUE_NAMES, SVD_VALUE_ENERGY, RT,
+    R_ENUM("adapt", "target_value", adapt.target_value, VALUE_NAMES, SVD_VALUE_FISHER, RT,
            "what a target pass weighs a unit it may cut by, per parameter: its direction's "
            "share of the activation energy, or the loss it carries (Fisher saliency)"),
     R_DBL("adapt", "stop_fraction", adapt.stop_fraction, 0, 1, 0.9, RT | LO_OPEN,
