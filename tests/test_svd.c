@@ -2290,6 +2290,17 @@ TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
     free(y);
 }
 
+/* Three adjacent dense groups of 48 on an 8 x 8 input, for the target-pass tests. */
+static const struct ndef DEEP = {"deep",
+                                 1,
+                                 8,
+                                 8,
+                                 5,
+                                 3,
+                                 8,
+                                 {S_FLAT(), S_DENSE(48, 1), S_RELU(), S_DENSE(48, 1), S_RELU(),
+                                  S_DENSE(48, 1), S_RELU(), S_DENSE(5, 1)}};
+
 /* A target pass far above its target replans after each round: three adjacent dense groups
  * (every cut also shrinks the next group's columns, so a plan that prices each direction at
  * its own group's unit cost counts those weights twice) and a first layer whose input does not
@@ -2298,19 +2309,10 @@ TEST(target_cut_rolled_back_is_halved_at_the_next_pass)
 TEST(target_pass_far_above_replans_until_its_goal)
 {
     setup();
-    static const struct ndef d = {"deep",
-                                  1,
-                                  8,
-                                  8,
-                                  5,
-                                  3,
-                                  8,
-                                  {S_FLAT(), S_DENSE(48, 1), S_RELU(), S_DENSE(48, 1), S_RELU(),
-                                   S_DENSE(48, 1), S_RELU(), S_DENSE(5, 1)}};
     const size_t B = 64;
     float *x = rand_x(B * 64, 11);
     uint8_t *y = rand_y(B, 5, 12);
-    struct net *n = mk(&d);
+    struct net *n = mk(&DEEP);
     ASSERT(n != NULL);
     init_net(n, 13);
     const size_t P0 = n->n_params;
@@ -2351,19 +2353,10 @@ TEST(target_pass_far_above_replans_until_its_goal)
 TEST(target_pass_that_cut_cools_every_group)
 {
     setup();
-    static const struct ndef d = {"deep",
-                                  1,
-                                  8,
-                                  8,
-                                  5,
-                                  3,
-                                  8,
-                                  {S_FLAT(), S_DENSE(48, 1), S_RELU(), S_DENSE(48, 1), S_RELU(),
-                                   S_DENSE(48, 1), S_RELU(), S_DENSE(5, 1)}};
     const size_t B = 64;
     float *x = rand_x(B * 64, 21);
     uint8_t *y = rand_y(B, 5, 22);
-    struct net *n = mk(&d);
+    struct net *n = mk(&DEEP);
     ASSERT(n != NULL);
     init_net(n, 23);
     struct svd_policy p = base_policy();
