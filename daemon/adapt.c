@@ -247,8 +247,9 @@ int dmn_trainer_adapt_now(struct dmn_trainer *t)
 /* The step of the early pass that grows a net under its target: the end of the learning-rate
  * warmup (step 1 without one), when that comes before adapt.warmup_steps. Growth to a target
  * needs no settled spectra, and the new units learn best from early on: a narrow start
- * grown to a 207k target at step 200 of a 5-epoch run reached 91.9% validation accuracy,
- * at step 1000 (adapt.warmup_steps) 90.6% (seed 1; a fixed net of that shape, 92.8%). */
+ * grown to a 207k target with mirror pairs at step 200 of a 5-epoch run reached 91.36% test
+ * accuracy, at step 1000 (adapt.warmup_steps) 90.06% (seed 1; a fixed net of that shape,
+ * 92.29%). */
 static size_t dmn__early_grow_step(const struct dmn_trainer *t)
 {
     const struct svd_policy *p = &t->cfg.adapt;
