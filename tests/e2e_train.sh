@@ -45,6 +45,10 @@ PY
 }
 # train_bg ARGS...: `evowidth train` in the background, output in $TMP/bg.out / bg.err.
 train_bg() {
+    # Emptied here, not by the child's redirection: that one runs after fork, and until it
+    # does, past_step would read the last run's progress and signal a process still starting.
+    : >"$TMP/bg.out"
+    : >"$TMP/bg.err"
     "$EW" train "$TMP/cfg.json" "$@" >"$TMP/bg.out" 2>"$TMP/bg.err" &
     TPID=$!
     EXTRA_PIDS=$TPID
