@@ -126,6 +126,7 @@ cJSON *dmn_event_json(const struct svd_event *e)
             cJSON_AddNumberToObject(ch, "val_loss_after", c->val_after);
             cJSON_AddBoolToObject(ch, "rolled_back", c->rolled_back);
         }
+        if (isfinite(c->gain)) cJSON_AddNumberToObject(ch, "growth_gain", c->gain);
         if (c->action == SVD_ACT_SHRINK_RANK || c->action == SVD_ACT_GROW_RANK)
             cJSON_AddBoolToObject(ch, "factorized", c->factorized);
         if (c->error[0]) cJSON_AddStringToObject(ch, "error", c->error);

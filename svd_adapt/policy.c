@@ -55,6 +55,8 @@ struct svd_gstate {
     uint64_t backoff;        // target passes: rolled-back cuts (each halves the later ones)
     uint64_t protect_until;  // step before which a grown group is not shrunk
     uint64_t grown;          // 1 while the group's last kept change was a growth
+    uint64_t grown_from;     // width before the last saturation growth, until it is judged
+    uint64_t no_gain;        // 1: a growth did not pay (grow_gain), no more saturation growth
 };
 
 struct svd_state {
@@ -83,15 +85,16 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
     return g;
 }
 
-/* The adaptation state as bytes (net/codec.h), version 4: "SVST" | u32 version | u64 count |
+/* The adaptation state as bytes (net/codec.h), version 6: "SVST" | u32 version | u64 count |
  * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff |
- * u64 protect_until | u64 grown. Version 4 (read only) had no grown, version 3 no
+ * u64 protect_until | u64 grown | u64 grown_from | u64 no_gain. Version 5 (read only) had no
+ * grown_from / no_gain, version 4 no grown, version 3 no
  * protect_until, version 2 no backoff either (read as 0). Version 1 (read
  * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
  * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
  * cannot start with "SVST". */
 #define SVD_STATE_VERSION                                                                          \
-    5u // 5: + grown; 4: + protect_until; 3: + backoff; 3, 2 and 1 (raw rows) still read
+    6u // 6: + grown_from, no_gain; 5: + grown; 4: + protect_until; 3: + backoff; all read
 #define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
 
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
@@ -107,6 +110,8 @@ int svd_state_save(const struct svd_state *s, void **out, size_t *len)
         net_wr_u64(&w, s->g[i].backoff);
         net_wr_u64(&w, s->g[i].protect_until);
         net_wr_u64(&w, s->g[i].grown);
+        net_wr_u64(&w, s->g[i].grown_from);
+        net_wr_u64(&w, s->g[i].no_gain);
     }
     if (w.oom) {
         net_wr_free(&w);
@@ -129,12 +134,10 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         version = net_rd_u32(&r);
         if (version < 2 || version > SVD_STATE_VERSION) return -EINVAL;
     }
-    const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS,
-                                      v1             ? SVD_STATE_V1_ROW
-                                      : version == 2 ? 24
-                                      : version == 3 ? 32
-                                      : version == 4 ? 40
-                                                     : 48);
+    // A row is at least its name's length and its u64 fields: versions 2..5 have as many
+    // fields as the version's number, version 6 seven.
+    const size_t fields = version >= 6 ? 7 : version;
+    const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS, v1 ? SVD_STATE_V1_ROW : 8 * (1 + fields));
     if (r.bad) return -EINVAL;
     for (size_t i = 0; i < cnt; i++) {
         struct svd_gstate *g = &tmp.g[i];
@@ -152,7 +155,8 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         if (version >= 3) g->backoff = net_rd_u64(&r); // version 3: target-pass backoff
         if (version >= 4) g->protect_until = net_rd_u64(&r);
         if (version >= 5) g->grown = net_rd_u64(&r);
-        if (g->grown > 1) return -EINVAL;
+        if (version >= 6) g->grown_from = net_rd_u64(&r), g->no_gain = net_rd_u64(&r);
+        if (g->grown > 1 || g->no_gain > 1) return -EINVAL;
         if (r.bad || !g->name[0]) return -EINVAL;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(tmp.g[j].name, g->name)) return -EINVAL;
@@ -195,8 +199,8 @@ const char *svd_action_name(enum svd_action a)
 const char *svd_reason_name(enum svd_reason r)
 {
     static const char *const names[] = {
-        "rank_rule", "saturated", "target",     "fits",     "patience", "cooldown", "min_width",
-        "max_width", "budget",    "target_met", "disabled", "error",    "protected"};
+        "rank_rule", "saturated", "target",     "fits",     "patience", "cooldown",  "min_width",
+        "max_width", "budget",    "target_met", "disabled", "error",    "protected", "no_gain"};
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "?";
 }
 
@@ -210,6 +214,7 @@ static struct svd_change *svd__change(struct svd_event *e, const char *group, si
     snprintf(c->group, sizeof(c->group), "%s", group);
     c->from = c->to = from;
     c->val_before = c->val_after = NAN;
+    c->gain = NAN;
     return c;
 }
 
@@ -532,8 +537,35 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
         // cool-down, that is the evidence patience asks for, so it grows again at once.
         if (why == SVD_WHY_SATURATED && p->grow_patience > 1)
             gi->gs->patience = p->grow_patience - 1;
+        // Its units are judged when the protection ends (grow_gain); a target's are not.
+        gi->gs->grown_from = why == SVD_WHY_SATURATED ? gi->m : 0;
     }
     return kept;
+}
+
+/* grow_gain: the mean Fisher saliency of units [from, m) (what the last growth added: new
+ * units are appended, and a protected group is not cut) over that of units [0, from). NAN
+ * when it cannot be measured (no labels, no loss on the old units, a failed pass). */
+static double svd__growth_gain(struct svd__pass *ps, const struct svd__gi *gi, size_t from)
+{
+    if (!ps->ctx->y || from == 0 || from >= gi->m || gi->m > SVD_SPEC_CAP) return NAN;
+    double *sal = malloc(SVD_SPEC_CAP * sizeof(double));
+    if (!sal) {
+        ps->oom = 1;
+        return NAN;
+    }
+    int rc =
+        svd__saliency(*ps->n, &gi->ref, 1, ps->ctx->x, ps->ctx->y, ps->ctx->B, sal, SVD_SPEC_CAP);
+    double old = 0.0, added = 0.0;
+    for (size_t j = 0; rc == 0 && j < gi->m; j++) *(j < from ? &old : &added) += sal[j];
+    free(sal);
+    if (rc < 0) {
+        ps->oom |= rc == -ENOMEM;
+        return NAN;
+    }
+    old /= (double)from;
+    added /= (double)(gi->m - from);
+    return old > 0.0 ? added / old : NAN;
 }
 
 /* Per-group thresholds (no target). */
@@ -551,6 +583,23 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     // has no such history, and asking twice the cut of it would stop a layer whose spectrum
     // is capped by its input (a 1-channel 3x3 conv: 9 linear directions) from growing
     // again. Once its protection has run out the strict count decides again.
+    /* A saturation growth is judged once, at the first look after its protection: units that
+     * carry under grow_gain of the older units' loss (Fisher saliency) did not pay for their
+     * parameters. The group goes back to its width before the growth (or to what the rank
+     * rule keeps, if less) and grows no more for saturation: a spectral rule sees no end to a
+     * layer whose activations fill any width, the loss does. */
+    if (p->grow_gain > 0 && gs->grown && gs->grown_from && step >= gs->protect_until) {
+        const size_t from = (size_t)gs->grown_from;
+        gs->grown_from = 0;
+        const double gain = svd__growth_gain(ps, gi, from);
+        if (ch) ch->gain = gain;
+        if (gain < p->grow_gain) { // NAN: not measured, the rules below decide
+            gs->no_gain = 1;
+            if (ch) ch->reason = p->enable_shrink ? SVD_WHY_NO_GAIN : SVD_WHY_DISABLED;
+            if (p->enable_shrink) svd__surgery(ps, gi, k < from ? k : from, SVD_WHY_NO_GAIN, step);
+            return;
+        }
+    }
     const double need = p->expand_threshold * (double)gi->m;
     const int saturated = (size_t)gi->r == gi->m &&
                           ((double)gi->strict >= need ||
@@ -576,6 +625,10 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     }
     if (!p->enable_grow) {
         if (ch) ch->reason = SVD_WHY_DISABLED;
+        return;
+    }
+    if (p->grow_gain > 0 && gs->no_gain) {
+        if (ch) ch->reason = SVD_WHY_NO_GAIN;
         return;
     }
     if (gi->m >= p->max_width) {

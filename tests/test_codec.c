@@ -156,13 +156,13 @@ TEST(svd_state_reads_both_versions)
     void *p = NULL;
     size_t len = 0;
     ASSERT_EQ(svd_state_save(a, &p, &len), 0);
-    // Version 5: "SVST", version, count, then name / patience / cooldown / backoff /
-    // protect_until / grown per group.
+    // Version 6: "SVST", version, count, then name / patience / cooldown / backoff /
+    // protect_until / grown / grown_from / no_gain per group.
     struct net_rd r = net_rd_make(p, len);
     char magic[5] = {0};
     net_rd_bytes(&r, magic, 4);
     ASSERT_STR_EQ(magic, "SVST");
-    ASSERT_EQ(net_rd_u32(&r), 5);
+    ASSERT_EQ(net_rd_u32(&r), 6);
     ASSERT_EQ(net_rd_u64(&r), 3);
     for (size_t i = 0; i < 3; i++) {
         char *s = net_rd_str(&r, 64, NULL);
@@ -175,11 +175,13 @@ TEST(svd_state_reads_both_versions)
         ASSERT_EQ(net_rd_u64(&r), 0); // no backoff in a version 1 state
         ASSERT_EQ(net_rd_u64(&r), 0); // nor a protection
         ASSERT_EQ(net_rd_u64(&r), 0); // nor a growth
+        ASSERT_EQ(net_rd_u64(&r), 0); // nor one to judge
+        ASSERT_EQ(net_rd_u64(&r), 0); // nor one judged
     }
     ASSERT(net_rd_done(&r));
-    for (uint32_t ver = 2; ver <= 4; ver++) {
-        // Versions 2 (no backoff), 3 (no protect_until) and 4 (no grown) still read, and
-        // save again as version 5 of the same groups.
+    for (uint32_t ver = 2; ver <= 5; ver++) {
+        // Versions 2 (no backoff), 3 (no protect_until), 4 (no grown) and 5 (no grown_from,
+        // no_gain) still read, and save again as version 6 of the same groups.
         struct net_wr w = {0};
         net_wr_bytes(&w, "SVST", 4);
         net_wr_u32(&w, ver);
@@ -190,6 +192,7 @@ TEST(svd_state_reads_both_versions)
             net_wr_u64(&w, cool[i]);
             if (ver >= 3) net_wr_u64(&w, 0);
             if (ver >= 4) net_wr_u64(&w, 0);
+            if (ver >= 5) net_wr_u64(&w, 0);
         }
         ASSERT(!w.oom);
         struct svd_state *c2 = svd_state_create();
@@ -205,10 +208,13 @@ TEST(svd_state_reads_both_versions)
     int bad = 0;
     for (size_t cut = 0; cut < len; cut++) bad += svd_state_load(b, p, cut) != -EINVAL;
     memcpy(m, p, len);
-    m[4] = 6; // version 6: unknown
+    m[4] = 7; // version 7: unknown
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
-    m[len - 8] = 2; // grown is a flag
+    m[len - 8] = 2; // no_gain is a flag
+    bad += svd_state_load(b, m, len) != -EINVAL;
+    memcpy(m, p, len);
+    m[len - 24] = 2; // so is grown
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
     uint64_t big = 129;

@@ -2475,6 +2475,114 @@ TEST(adapt_grown_layer_saturates_on_the_kept_count)
     free(y);
 }
 
+/* grow_gain, the loss-aware end of saturation growth: when a growth's protection runs out,
+ * the units it added are weighed (mean Fisher saliency) against the older ones. Orthogonal
+ * growth gives the new units zero consumer columns, so untrained they carry nothing (gain
+ * exactly 0): the group goes back to its old width, and stays there though still saturated,
+ * across a save / load of the state. New units made copies of the four most salient old
+ * units carry as much as those: the growth paid, and the rules go on as before. */
+TEST(adapt_growth_that_does_not_pay_is_cut_back)
+{
+    setup();
+    const size_t B = 64;
+    float *x = rand_x(B * 36, 71);
+    uint8_t *y = rand_y(B, 5, 72);
+    struct svd_policy p = saturation_policy();
+    p.grow_mode = SVD_GROW_ORTHOGONAL;
+    p.grow_patience = 1;
+    p.cooldown_steps = p.protect_steps = 5;
+    p.grow_gain = 0.5;
+    for (int pays = 0; pays < 2; pays++) {
+        struct net *n = flat_net(73);
+        ASSERT(n != NULL);
+        struct vctx vc = {x, y, B, 0};
+        uint64_t rng = 5;
+        struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+        struct svd_state *st = svd_state_create();
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
+        ASSERT_EQ(e.changes[0].action, SVD_ACT_GROW);
+        ASSERT_EQ(e.changes[0].reason, SVD_WHY_SATURATED);
+        ASSERT(isnan(e.changes[0].gain));
+        svd_event_free(&e);
+        ASSERT_EQ(n->layers[1].spec.out, 12);
+        struct svd_gref g;
+        ASSERT_EQ(svd_groups(n, &g, 1), 1);
+        double sal[12];
+        if (pays) { // units 8..11 become copies of the four most salient of units 0..7
+            ASSERT_EQ(svd__saliency(n, &g, 1, x, y, B, sal, 12), 0);
+            size_t top[4] = {0};
+            int used[8] = {0};
+            for (size_t q = 0; q < 4; q++) {
+                size_t b = 8;
+                for (size_t j = 0; j < 8; j++)
+                    if (!used[j] && (b == 8 || sal[j] > sal[b])) b = j;
+                used[b] = 1, top[q] = b;
+            }
+            float *w = net_tensor_data(n, net_tensor_get(n, 1, "w"));
+            float *bias = net_tensor_data(n, net_tensor_get(n, 1, "b"));
+            float *w2 = net_tensor_data(n, net_tensor_get(n, 3, "w"));
+            for (size_t q = 0; q < 4; q++) {
+                memcpy(w + (8 + q) * 36, w + top[q] * 36, 36 * sizeof(float));
+                bias[8 + q] = bias[top[q]];
+                for (size_t o = 0; o < 5; o++) w2[o * 12 + 8 + q] = w2[o * 12 + top[q]];
+            }
+        }
+        // What the judge should find: the added units' mean saliency over the older ones'.
+        ASSERT_EQ(svd__saliency(n, &g, 1, x, y, B, sal, 12), 0);
+        double old = 0, added = 0;
+        for (size_t j = 0; j < 12; j++) *(j < 8 ? &old : &added) += sal[j];
+        const double want = (added / 4) / (old / 8);
+        printf("    %s: gain %.4f\n", pays ? "copies of the top units" : "untrained", want);
+        if (pays)
+            ASSERT_FLT_OP(want, >, 0.5);
+        else
+            ASSERT_EQ(want, 0.0);
+        // Steps 11..14: cooling down and protected. Step 15: the judgement.
+        ASSERT_EQ(svd_adapt(st, &p, &n, 12, &ctx, &e), 0);
+        ASSERT_EQ(e.changes[0].reason, SVD_WHY_COOLDOWN);
+        svd_event_free(&e);
+        int r = svd_adapt(st, &p, &n, 15, &ctx, &e);
+        printf("    step 15: %s (%s), width %zu\n", svd_action_name(e.changes[0].action),
+               svd_reason_name(e.changes[0].reason), n->layers[1].spec.out);
+        ASSERT_NEAR(e.changes[0].gain, want, 1e-9 * (1 + want));
+        if (!pays) {
+            ASSERT_EQ(r, 1);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+            ASSERT_EQ(e.changes[0].reason, SVD_WHY_NO_GAIN);
+            ASSERT_EQ(n->layers[1].spec.out, 8);
+        } else {
+            ASSERT(e.changes[0].reason != SVD_WHY_NO_GAIN);
+        }
+        svd_event_free(&e);
+        if (!pays) {
+            // Still saturated (8 orthogonal units), it grows no more, after a save / load too;
+            // with grow_gain off it would.
+            void *blob = NULL;
+            size_t len = 0;
+            struct svd_state *st2 = svd_state_create();
+            ASSERT_EQ(svd_state_save(st, &blob, &len), 0);
+            ASSERT_EQ(svd_state_load(st2, blob, len), 0);
+            free(blob);
+            ASSERT_EQ(svd_adapt(st2, &p, &n, 30, &ctx, &e), 0);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_KEEP);
+            ASSERT_EQ(e.changes[0].reason, SVD_WHY_NO_GAIN);
+            svd_event_free(&e);
+            ASSERT_EQ(n->layers[1].spec.out, 8);
+            struct svd_policy off = p;
+            off.grow_gain = 0;
+            ASSERT_EQ(svd_adapt(st2, &off, &n, 31, &ctx, &e), 1);
+            ASSERT_EQ(e.changes[0].action, SVD_ACT_GROW);
+            svd_event_free(&e);
+            svd_state_destroy(st2);
+        }
+        svd_state_destroy(st);
+        net_destroy(n);
+    }
+    free(x);
+    free(y);
+}
+
 /* Mean cross-entropy of n on (x, y). */
 static double batch_loss(struct net *n, const float *x, const uint8_t *y, size_t B)
 {
