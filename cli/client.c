@@ -320,7 +320,7 @@ static const char *cli_reason_text(const char *r)
         {"disabled", "shrink / grow disabled"},
         {"error", "the decomposition or surgery failed"},
         {"protected", "redundant, but grown less than protect_steps ago"},
-        {"no_gain", "its last growth did not pay (grow_gain): cut back, grows no more"},
+        {"no_gain", "the loss did not need its last growth (grow_gain): cut back, grows no more"},
     };
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
         if (strcmp(r, map[i][0]) == 0) return map[i][1];

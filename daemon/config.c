@@ -216,9 +216,9 @@ static const struct cfg_row CFG_ROWS[] = {
     R_SIZE("adapt", "grow_patience", adapt.grow_patience, 1, 1e6, 2, RT,
            "consecutive saturated checks needed before growing"),
     R_DBL("adapt", "grow_gain", adapt.grow_gain, 0, 10, 0, RT,
-          "when a saturation growth's protection ends, its units must carry this fraction of "
-          "the older units' mean Fisher saliency, or the layer is cut back and grows no more "
-          "(0 = off)"),
+          "a saturation growth is judged at its protection's end (or before the layer grows "
+          "again) by cutting it back: a validation loss rise under this fraction keeps the cut "
+          "and the layer grows no more (0 = off)"),
     R_SIZE("adapt", "calibration_samples", adapt.calibration_samples, 16, 65536, 512, RT,
            "samples in the calibration batch for activation spectra"),
     R_SIZE("adapt", "min_width", adapt.min_width, 1, 1 << 20, 4, RT, "no layer shrinks below"),

@@ -543,29 +543,49 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
     return kept;
 }
 
-/* grow_gain: the mean Fisher saliency of units [from, m) (what the last growth added: new
- * units are appended, and a protected group is not cut) over that of units [0, from). NAN
- * when it cannot be measured (no labels, no loss on the old units, a failed pass). */
-static double svd__growth_gain(struct svd__pass *ps, const struct svd__gi *gi, size_t from)
+/* grow_gain: the trial that judges a saturation growth. The group is cut back to `from`, its
+ * width before the growth (or to `k`, what the rank rule keeps, if less), by the shrink mode
+ * (which refits the consumers), and the validation loss decides: a rise under grow_gain of
+ * the loss (relative) says the net did not need what it grew, and the cut is kept. Returns
+ * 1 when the cut was kept; the relative rise goes into ch->gain (NAN if the trial failed). */
+static int svd__growth_trial(struct svd__pass *ps, struct svd__gi *gi, size_t from, size_t k)
 {
-    if (!ps->ctx->y || from == 0 || from >= gi->m || gi->m > SVD_SPEC_CAP) return NAN;
-    double *sal = malloc(SVD_SPEC_CAP * sizeof(double));
-    if (!sal) {
-        ps->oom = 1;
-        return NAN;
-    }
+    const struct svd_policy *p = ps->p;
+    struct svd_change *ch = gi->ch;
+    const size_t to = k < from ? k : from;
+    if (to >= gi->m) return 0;
+    char err[256] = "";
+    struct net *c = NULL;
     int rc =
-        svd__saliency(*ps->n, &gi->ref, 1, ps->ctx->x, ps->ctx->y, ps->ctx->B, sal, SVD_SPEC_CAP);
-    double old = 0.0, added = 0.0;
-    for (size_t j = 0; rc == 0 && j < gi->m; j++) *(j < from ? &old : &added) += sal[j];
-    free(sal);
+        svd_shrink(&c, *ps->n, &gi->ref, to, p->mode, ps->ctx->x, ps->ctx->B, err, sizeof(err));
     if (rc < 0) {
         ps->oom |= rc == -ENOMEM;
-        return NAN;
+        return 0;
     }
-    old /= (double)from;
-    added /= (double)(gi->m - from);
-    return old > 0.0 ? added / old : NAN;
+    if (isnan(ps->val)) ps->val = ps->ctx->val_loss(ps->ctx->user, *ps->n);
+    const double v = ps->ctx->val_loss(ps->ctx->user, c);
+    const double rise = (v - ps->val) / (ps->val > 0 ? ps->val : 1.0);
+    if (ch) ch->gain = rise;
+    if (!(rise < p->grow_gain)) {
+        net_destroy(c);
+        return 0;
+    }
+    if (ch) {
+        ch->action = SVD_ACT_SHRINK;
+        ch->reason = SVD_WHY_NO_GAIN;
+        ch->to = to;
+        ch->judged = 1;
+        ch->val_before = ps->val;
+        ch->val_after = v;
+    }
+    net_destroy(*ps->n);
+    *ps->n = c;
+    ps->val = v;
+    ps->kept++;
+    gi->gs->grown = 0;
+    gi->gs->patience = 0;
+    gi->gs->cooldown_until = gi->gs->protect_until = 0;
+    return 1;
 }
 
 /* Per-group thresholds (no target). */
@@ -583,27 +603,25 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     // has no such history, and asking twice the cut of it would stop a layer whose spectrum
     // is capped by its input (a 1-channel 3x3 conv: 9 linear directions) from growing
     // again. Once its protection has run out the strict count decides again.
-    /* A saturation growth is judged once, at the first look after its protection: units that
-     * carry under grow_gain of the older units' loss (Fisher saliency) did not pay for their
-     * parameters. The group goes back to its width before the growth (or to what the rank
-     * rule keeps, if less) and grows no more for saturation: a spectral rule sees no end to a
-     * layer whose activations fill any width, the loss does. */
-    if (p->grow_gain > 0 && gs->grown && gs->grown_from && step >= gs->protect_until) {
-        const size_t from = (size_t)gs->grown_from;
-        gs->grown_from = 0;
-        const double gain = svd__growth_gain(ps, gi, from);
-        if (ch) ch->gain = gain;
-        if (gain < p->grow_gain) { // NAN: not measured, the rules below decide
-            gs->no_gain = 1;
-            if (ch) ch->reason = p->enable_shrink ? SVD_WHY_NO_GAIN : SVD_WHY_DISABLED;
-            if (p->enable_shrink) svd__surgery(ps, gi, k < from ? k : from, SVD_WHY_NO_GAIN, step);
-            return;
-        }
-    }
     const double need = p->expand_threshold * (double)gi->m;
     const int saturated = (size_t)gi->r == gi->m &&
                           ((double)gi->strict >= need ||
                            (gs->grown && step < gs->protect_until && (double)gi->kept >= need));
+    /* A saturation growth is judged once, at the first look after its protection or before
+     * the group grows again, whichever comes first, by cutting it back (svd__growth_trial):
+     * if the validation loss hardly notices, the net did not need it, and the group grows no
+     * more for saturation. A spectral rule sees no end to a layer whose activations fill any
+     * width (conv3 of configs/narrow.json); the loss does. */
+    if (p->grow_gain > 0 && gs->grown && gs->grown_from &&
+        (step >= gs->protect_until || saturated)) {
+        const size_t from = (size_t)gs->grown_from;
+        gs->grown_from = 0;
+        if (p->enable_shrink && svd__growth_trial(ps, gi, from, k)) {
+            gs->no_gain = 1;
+            gs->cooldown_until = step + p->cooldown_steps;
+            return;
+        }
+    }
     if (ch) ch->reason = SVD_WHY_FITS;
     if (k < gi->m && !saturated) {
         if (!p->enable_shrink) {

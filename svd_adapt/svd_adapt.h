@@ -58,9 +58,9 @@ struct svd_policy {
     size_t protect_steps;           // ... and a grown layer is not shrunk for this long (its new
                                     // mirror pairs start as duplicates in the spectrum)
     size_t grow_patience;           // consecutive flat checks needed before growing
-    double grow_gain; // when a saturation growth's protection ends, the units it added must
-                      // carry this fraction of the older units' mean Fisher saliency, or the
-                      // group is cut back and grows no more for saturation (0 = off)
+    double grow_gain; // a saturation growth is judged (at its protection's end, or before the
+                      // group grows again) by cutting it back: a validation loss rise under
+                      // this fraction keeps the cut, and the group grows no more (0 = off)
     size_t calibration_samples;
     size_t min_width, max_width;
     size_t param_budget;  // growth stops at this many parameters (0 = no cap)
@@ -183,8 +183,8 @@ enum svd_reason {
     SVD_WHY_DISABLED,   // keep: enable_shrink / enable_grow off
     SVD_WHY_ERROR,      // the decomposition or the surgery failed (error says which)
     SVD_WHY_PROTECTED,  // keep: redundant, but grown less than protect_steps ago
-    SVD_WHY_NO_GAIN,    // the units a growth added carry under grow_gain of the others' loss:
-                        // cut back to the width before it, and no more saturation growth
+    SVD_WHY_NO_GAIN,    // cut back to its width before its last growth, which the validation
+                        // loss did not need (grow_gain); no more saturation growth
 };
 #define SVD_EV_NAME 48
 #define SVD_EV_TOP 8
@@ -200,8 +200,8 @@ struct svd_change {
     double val_before, val_after;
     int rolled_back;
     int factorized; // rank actions: the layer is held as two factors afterwards
-    double gain;    // a growth judged (grow_gain): the added units' mean Fisher saliency over
-                    // the older units' (NAN when not judged at this pass)
+    double gain;    // a growth judged (grow_gain): the relative rise of the validation loss
+                    // when the group is cut back to its width before it (NAN: not judged)
     char error[256];
 };
 struct svd_width {
