@@ -321,6 +321,7 @@ static const char *cli_reason_text(const char *r)
         {"error", "the decomposition or surgery failed"},
         {"protected", "redundant, but grown less than protect_steps ago"},
         {"no_gain", "the loss did not need its last growth (grow_gain): cut back, grows no more"},
+        {"settled", "saturated, but the rank rule has cut this net: no growth after a shrink"},
     };
     for (size_t i = 0; i < sizeof(map) / sizeof(map[0]); i++)
         if (strcmp(r, map[i][0]) == 0) return map[i][1];

@@ -57,6 +57,7 @@ struct svd_gstate {
     uint64_t grown;          // 1 while the group's last kept change was a growth
     uint64_t grown_from;     // width before the last saturation growth, until it is judged
     uint64_t no_gain;        // 1: a growth did not pay (grow_gain), no more saturation growth
+    uint64_t shrunk;         // 1: the rank rule has cut this group (the net is settled)
 };
 
 struct svd_state {
@@ -87,14 +88,14 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
 
 /* The adaptation state as bytes (net/codec.h), version 6: "SVST" | u32 version | u64 count |
  * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff |
- * u64 protect_until | u64 grown | u64 grown_from | u64 no_gain. Version 5 (read only) had no
- * grown_from / no_gain, version 4 no grown, version 3 no
+ * u64 protect_until | u64 grown | u64 grown_from | u64 no_gain | u64 shrunk. Version 5 (read
+ * only) had none of the last four but grown, version 4 no grown, version 3 no
  * protect_until, version 2 no backoff either (read as 0). Version 1 (read
  * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
  * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
  * cannot start with "SVST". */
 #define SVD_STATE_VERSION                                                                          \
-    6u // 6: + grown_from, no_gain; 5: + grown; 4: + protect_until; 3: + backoff; all read
+    6u // 6: + grown_from, no_gain, shrunk; 5: + grown; 4: + protect_until; 3: + backoff
 #define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
 
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
@@ -112,6 +113,7 @@ int svd_state_save(const struct svd_state *s, void **out, size_t *len)
         net_wr_u64(&w, s->g[i].grown);
         net_wr_u64(&w, s->g[i].grown_from);
         net_wr_u64(&w, s->g[i].no_gain);
+        net_wr_u64(&w, s->g[i].shrunk);
     }
     if (w.oom) {
         net_wr_free(&w);
@@ -135,8 +137,8 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         if (version < 2 || version > SVD_STATE_VERSION) return -EINVAL;
     }
     // A row is at least its name's length and its u64 fields: versions 2..5 have as many
-    // fields as the version's number, version 6 seven.
-    const size_t fields = version >= 6 ? 7 : version;
+    // fields as the version's number, version 6 eight.
+    const size_t fields = version >= 6 ? 8 : version;
     const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS, v1 ? SVD_STATE_V1_ROW : 8 * (1 + fields));
     if (r.bad) return -EINVAL;
     for (size_t i = 0; i < cnt; i++) {
@@ -155,8 +157,12 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         if (version >= 3) g->backoff = net_rd_u64(&r); // version 3: target-pass backoff
         if (version >= 4) g->protect_until = net_rd_u64(&r);
         if (version >= 5) g->grown = net_rd_u64(&r);
-        if (version >= 6) g->grown_from = net_rd_u64(&r), g->no_gain = net_rd_u64(&r);
-        if (g->grown > 1 || g->no_gain > 1) return -EINVAL;
+        if (version >= 6) {
+            g->grown_from = net_rd_u64(&r);
+            g->no_gain = net_rd_u64(&r);
+            g->shrunk = net_rd_u64(&r);
+        }
+        if (g->grown > 1 || g->no_gain > 1 || g->shrunk > 1) return -EINVAL;
         if (r.bad || !g->name[0]) return -EINVAL;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(tmp.g[j].name, g->name)) return -EINVAL;
@@ -198,9 +204,10 @@ const char *svd_action_name(enum svd_action a)
 
 const char *svd_reason_name(enum svd_reason r)
 {
-    static const char *const names[] = {
-        "rank_rule", "saturated", "target",     "fits",     "patience", "cooldown",  "min_width",
-        "max_width", "budget",    "target_met", "disabled", "error",    "protected", "no_gain"};
+    static const char *const names[] = {"rank_rule", "saturated",  "target",    "fits",
+                                        "patience",  "cooldown",   "min_width", "max_width",
+                                        "budget",    "target_met", "disabled",  "error",
+                                        "protected", "no_gain",    "settled"};
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "?";
 }
 
@@ -285,6 +292,7 @@ struct svd__pass {
     int kept;
     int oom; // an allocation failed somewhere in the pass
     struct svd_event *ev;
+    int shrunk; // the rank rule has cut some group of this net (svd_gstate.shrunk)
 };
 
 /* Judges candidate c against *n; adopts or discards it. Returns 1 if adopted. */
@@ -531,6 +539,7 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
     }
     const int grew = target > gi->m, kept = svd__judge(ps, c, ch);
     if (kept) gi->gs->grown = (uint64_t)grew;
+    if (kept && why == SVD_WHY_RANK_RULE) gi->gs->shrunk = 1, ps->shrunk = 1;
     if (kept && grew) {
         gi->gs->protect_until = step + p->protect_steps;
         // It grew because it was saturated: if it still is at its first look after the
@@ -647,6 +656,14 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     }
     if (p->grow_gain > 0 && gs->no_gain) {
         if (ch) ch->reason = SVD_WHY_NO_GAIN;
+        return;
+    }
+    /* A net the rank rule has cut anywhere was found over-sized: growing another of its layers
+     * would be the grow / prune oscillation in other clothes. Without this, the main job's
+     * conv3 (64 channels, all of them clear of twice the cut) doubles twice after the first
+     * pass has cut the net from 862k to 275k parameters, and the run ends at a million. */
+    if (ps->shrunk && !p->grow_after_shrink) {
+        if (ch) ch->reason = SVD_WHY_SETTLED;
         return;
     }
     if (gi->m >= p->max_width) {
@@ -974,6 +991,7 @@ static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t s
     const struct svd_policy *p = ps->p;
     struct svd_gref g[SVD_MAX_GROUPS];
     const size_t ng = svd_groups(*ps->n, g, SVD_MAX_GROUPS);
+    for (size_t i = 0; i < st->n; i++) ps->shrunk |= st->g[i].shrunk != 0;
     struct svd__gi *gi = calloc(ng + 1, sizeof(*gi));
     float *spec = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
     float *tmp = malloc((ng + 1) * SVD_SPEC_CAP * sizeof(float));
@@ -1059,7 +1077,7 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
     float *s = malloc(SVD_SPEC_CAP * sizeof(float));
     if (ev) memset(ev, 0, sizeof(*ev));
     if (!s) return -ENOMEM;
-    struct svd__pass ps = {p, ctx, n, NAN, 0, 0, ev};
+    struct svd__pass ps = {p, ctx, n, NAN, 0, 0, ev, 0};
     if (ev) {
         ev->step = step;
         ev->time = (double)time(NULL);

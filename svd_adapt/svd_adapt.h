@@ -72,6 +72,8 @@ struct svd_policy {
     double stop_fraction; // no periodic pass after this fraction of the run (the caller's rule)
     double max_loss_jump; // roll back a surgery whose val loss rises more than this
     int enable_shrink, enable_grow;
+    int grow_after_shrink; // 0: once the rank rule has cut any group, no group grows for
+                           // saturation (a net found over-sized is not grown back elsewhere)
 };
 
 
@@ -185,6 +187,8 @@ enum svd_reason {
     SVD_WHY_PROTECTED,  // keep: redundant, but grown less than protect_steps ago
     SVD_WHY_NO_GAIN,    // cut back to its width before its last growth, which the validation
                         // loss did not need (grow_gain); no more saturation growth
+    SVD_WHY_SETTLED,    // keep: saturated, but the rank rule has cut this net, which therefore
+                        // grows no more for saturation (unless grow_after_shrink)
 };
 #define SVD_EV_NAME 48
 #define SVD_EV_TOP 8

@@ -157,7 +157,7 @@ TEST(svd_state_reads_both_versions)
     size_t len = 0;
     ASSERT_EQ(svd_state_save(a, &p, &len), 0);
     // Version 6: "SVST", version, count, then name / patience / cooldown / backoff /
-    // protect_until / grown / grown_from / no_gain per group.
+    // protect_until / grown / grown_from / no_gain / shrunk per group.
     struct net_rd r = net_rd_make(p, len);
     char magic[5] = {0};
     net_rd_bytes(&r, magic, 4);
@@ -177,6 +177,7 @@ TEST(svd_state_reads_both_versions)
         ASSERT_EQ(net_rd_u64(&r), 0); // nor a growth
         ASSERT_EQ(net_rd_u64(&r), 0); // nor one to judge
         ASSERT_EQ(net_rd_u64(&r), 0); // nor one judged
+        ASSERT_EQ(net_rd_u64(&r), 0); // nor a cut by the rank rule
     }
     ASSERT(net_rd_done(&r));
     for (uint32_t ver = 2; ver <= 5; ver++) {
@@ -211,10 +212,13 @@ TEST(svd_state_reads_both_versions)
     m[4] = 7; // version 7: unknown
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
-    m[len - 8] = 2; // no_gain is a flag
+    m[len - 8] = 2; // shrunk is a flag
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
-    m[len - 24] = 2; // so is grown
+    m[len - 16] = 2; // so is no_gain
+    bad += svd_state_load(b, m, len) != -EINVAL;
+    memcpy(m, p, len);
+    m[len - 32] = 2; // and grown
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
     uint64_t big = 129;

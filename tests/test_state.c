@@ -269,6 +269,7 @@ static int svd_groups_of(struct dmn_trainer *t, char names[][48], size_t max, si
         net_rd_u64(&s); // grown
         net_rd_u64(&s); // grown_from
         net_rd_u64(&s); // no_gain
+        net_rd_u64(&s); // shrunk
     }
     *n = (size_t)cnt;
     free(p);

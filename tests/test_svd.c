@@ -2180,6 +2180,60 @@ TEST(adapt_saturation_grows_saturated_and_not_redundant_layers)
     }
 }
 
+/* A net the rank rule has cut is settled: no group of it grows for saturation any more (reason
+ * "settled"), across a save / load of the state, unless grow_after_shrink. The redundant layer
+ * (4 duplicated units) is cut to 8; the state then meets a saturated layer of the same name. */
+TEST(adapt_net_cut_by_the_rank_rule_grows_no_more)
+{
+    setup();
+    const size_t B = 64, dup[4] = {1, 6, 10, 11}, src[4] = {3, 0, 8, 2};
+    struct svd_policy p = saturation_policy();
+    float *x = rand_x(B * 36, 62);
+    uint8_t *y = rand_y(B, 5, 63);
+    struct vctx vc = {x, y, B, 0};
+    uint64_t rng = 4;
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+    struct net *r = dup_net(12, dup, src, 4, 0.5f, 61, 0), *n = flat_net(61);
+    ASSERT(r && n);
+    struct svd_state *st = svd_state_create(), *st2 = svd_state_create();
+    struct svd_event e;
+    ASSERT_EQ(svd_adapt(st, &p, &r, 10, &ctx, &e), 1);
+    ASSERT_EQ(e.changes[0].action, SVD_ACT_SHRINK);
+    ASSERT_EQ(e.changes[0].reason, SVD_WHY_RANK_RULE);
+    svd_event_free(&e);
+    void *blob = NULL;
+    size_t len = 0;
+    ASSERT_EQ(svd_state_save(st, &blob, &len), 0);
+    ASSERT_EQ(svd_state_load(st2, blob, len), 0);
+    free(blob);
+    for (int after = 0; after < 2; after++) {
+        p.grow_after_shrink = after;
+        ASSERT_EQ(svd_adapt(st2, &p, &n, 30, &ctx, &e), after);
+        printf("    grow_after_shrink %d: %s (%s), width %zu\n", after,
+               svd_action_name(e.changes[0].action), svd_reason_name(e.changes[0].reason),
+               n->layers[1].spec.out);
+        ASSERT_EQ(e.changes[0].action, after ? SVD_ACT_GROW : SVD_ACT_KEEP);
+        ASSERT_EQ(e.changes[0].reason, after ? SVD_WHY_SATURATED : SVD_WHY_SETTLED);
+        ASSERT_EQ(n->layers[1].spec.out, after ? 12 : 8);
+        svd_event_free(&e);
+    }
+    // A fresh state: the same saturated layer grows (nothing was cut).
+    struct svd_state *st3 = svd_state_create();
+    struct net *n2 = flat_net(61);
+    p.grow_after_shrink = 0;
+    ASSERT_EQ(svd_adapt(st3, &p, &n2, 30, &ctx, &e), 1);
+    ASSERT_EQ(e.changes[0].action, SVD_ACT_GROW);
+    svd_event_free(&e);
+    svd_state_destroy(st);
+    svd_state_destroy(st2);
+    svd_state_destroy(st3);
+    net_destroy(r);
+    net_destroy(n);
+    net_destroy(n2);
+    free(x);
+    free(y);
+}
+
 /* A grown layer's mirror pairs start as duplicates in the activation spectrum, so the rank
  * rule would cut them on the next look; protect_steps keeps them (reason "protected") and
  * lets the rule act again once it has passed. Without it the next pass shrinks. */
