@@ -62,8 +62,8 @@ while pos < len(b) - 4:
 PY
 }
 
-# ---- 1. two ranks through a shrink and a grow --------------------------------------------------
-cfg "$TMP/adapt.json" 3 'c["adapt"].update(interval_steps=4, warmup_steps=4, cooldown_steps=4)'
+# ---- 1. two ranks through a shrink and a grow (grow_after_shrink: both kinds of surgery) ------
+cfg "$TMP/adapt.json" 3 'c["adapt"].update(interval_steps=4, warmup_steps=4, cooldown_steps=4, grow_after_shrink=True)'
 timeout "$T" "${MPI[@]}" -np 2 "$EW" train "$TMP/adapt.json" --quiet -o "$TMP/r2.evow" \
     --report "$TMP/r2.json" >"$TMP/r2.out" 2>"$TMP/r2.err" ||
     die "mpirun -np 2 evowidth train" "$(tail -n 5 "$TMP/r2.err")"
