@@ -295,6 +295,15 @@ struct svd__pass {
     int shrunk; // the rank rule has cut some group of this net (svd_gstate.shrunk)
 };
 
+/* Makes candidate c, of validation loss v, the pass's net. */
+static void svd__adopt(struct svd__pass *ps, struct net *c, double v)
+{
+    net_destroy(*ps->n);
+    *ps->n = c;
+    ps->val = v;
+    ps->kept++;
+}
+
 /* Judges candidate c against *n; adopts or discards it. Returns 1 if adopted. */
 static int svd__judge(struct svd__pass *ps, struct net *c, struct svd_change *ch)
 {
@@ -311,10 +320,7 @@ static int svd__judge(struct svd__pass *ps, struct net *c, struct svd_change *ch
         net_destroy(c);
         return 0;
     }
-    net_destroy(*ps->n);
-    *ps->n = c;
-    ps->val = v;
-    ps->kept++;
+    svd__adopt(ps, c, v);
     return 1;
 }
 
@@ -587,10 +593,7 @@ static int svd__growth_trial(struct svd__pass *ps, struct svd__gi *gi, size_t fr
         ch->val_before = ps->val;
         ch->val_after = v;
     }
-    net_destroy(*ps->n);
-    *ps->n = c;
-    ps->val = v;
-    ps->kept++;
+    svd__adopt(ps, c, v);
     gi->gs->grown = 0;
     gi->gs->patience = 0;
     gi->gs->cooldown_until = gi->gs->protect_until = 0;
