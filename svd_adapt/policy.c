@@ -293,6 +293,7 @@ struct svd__pass {
     int oom; // an allocation failed somewhere in the pass
     struct svd_event *ev;
     int shrunk; // the rank rule has cut some group of this net (svd_gstate.shrunk)
+    int over;   // ... or would cut one at this pass (protected, or judged later)
 };
 
 /* Makes candidate c, of validation loss v, the pass's net. */
@@ -600,6 +601,27 @@ static int svd__growth_trial(struct svd__pass *ps, struct svd__gi *gi, size_t fr
     return 1;
 }
 
+/* Saturated: the rule keeps (nearly) every direction at twice its cut, or, for a group that
+ * grew and is still protected, at the cut itself. The strict count is the hysteresis that
+ * stops a freshly shrunk layer from growing back; a freshly grown layer has no such history,
+ * and asking twice the cut of it would stop a layer whose spectrum is capped by its input (a
+ * 1-channel 3x3 conv: 9 linear directions) from growing again. Once its protection has run
+ * out the strict count decides again. */
+static int svd__saturated(const struct svd_policy *p, const struct svd__gi *gi, size_t step)
+{
+    const double need = p->expand_threshold * (double)gi->m;
+    return (size_t)gi->r == gi->m &&
+           ((double)gi->strict >= need ||
+            (gi->gs->grown && step < gi->gs->protect_until && (double)gi->kept >= need));
+}
+
+/* The rank rule would cut this measured group (whether or not it may yet). */
+static int svd__wants_cut(const struct svd_policy *p, const struct svd__gi *gi, size_t step)
+{
+    const size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
+    return gi->r > 0 && k < gi->m && !svd__saturated(p, gi, step);
+}
+
 /* Per-group thresholds (no target). */
 static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t step)
 {
@@ -609,16 +631,7 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     if (gi->r <= 0) return;
     gi->cost = svd__unit_cost(*ps->n, &gi->ref);
     size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
-    // Saturated: the rule keeps (nearly) every direction at twice its cut, or, for a group
-    // that grew and is still protected, at the cut itself. The strict count is the
-    // hysteresis that stops a freshly shrunk layer from growing back; a freshly grown layer
-    // has no such history, and asking twice the cut of it would stop a layer whose spectrum
-    // is capped by its input (a 1-channel 3x3 conv: 9 linear directions) from growing
-    // again. Once its protection has run out the strict count decides again.
-    const double need = p->expand_threshold * (double)gi->m;
-    const int saturated = (size_t)gi->r == gi->m &&
-                          ((double)gi->strict >= need ||
-                           (gs->grown && step < gs->protect_until && (double)gi->kept >= need));
+    const int saturated = svd__saturated(p, gi, step);
     /* A saturation growth is judged once, at the first look after its protection or before
      * the group grows again, whichever comes first, by cutting it back (svd__growth_trial):
      * if the validation loss hardly notices, the net did not need it, and the group grows no
@@ -664,8 +677,11 @@ static void svd__width_step(struct svd__pass *ps, struct svd__gi *gi, size_t ste
     /* A net the rank rule has cut anywhere was found over-sized: growing another of its layers
      * would be the grow / prune oscillation in other clothes. Without this, the main job's
      * conv3 (64 channels, all of them clear of twice the cut) doubles twice after the first
-     * pass has cut the net from 862k to 275k parameters, and the run ends at a million. */
-    if (ps->shrunk && !p->grow_after_shrink) {
+     * pass has cut the net from 862k to 275k parameters, and the run ends at a million. The
+     * same holds while the rule would cut a group it may not cut yet (a grown group still
+     * protected): from 8-8-8-16, configs/narrow.json's conv1 grew past its need at step
+     * 2,500, and conv2 and conv3 then doubled twice more before that cut could be made. */
+    if ((ps->shrunk || ps->over) && !p->grow_after_shrink) {
         if (ch) ch->reason = SVD_WHY_SETTLED;
         return;
     }
@@ -1052,6 +1068,9 @@ static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t s
             if (!want[i]) continue;
             if (stale) {
                 svd__measure(ps, gi, ng, want, tmp);
+                if (!ps->over && p->enable_shrink) // grow-only runs never settle
+                    for (size_t j = i; j < ng; j++)
+                        if (want[j] && svd__wants_cut(p, &gi[j], step)) ps->over = 1;
                 stale = 0;
             }
             want[i] = 0;
@@ -1080,7 +1099,7 @@ int svd_adapt(struct svd_state *st, const struct svd_policy *p, struct net **n, 
     float *s = malloc(SVD_SPEC_CAP * sizeof(float));
     if (ev) memset(ev, 0, sizeof(*ev));
     if (!s) return -ENOMEM;
-    struct svd__pass ps = {p, ctx, n, NAN, 0, 0, ev, 0};
+    struct svd__pass ps = {p, ctx, n, NAN, 0, 0, ev, 0, 0};
     if (ev) {
         ev->step = step;
         ev->time = (double)time(NULL);

@@ -2234,6 +2234,80 @@ TEST(adapt_net_cut_by_the_rank_rule_grows_no_more)
     free(y);
 }
 
+/* Two dense groups, 36 -> 12 -> 8 -> 5, each with orthogonal weights (scale 0.5), so the rank
+ * rule keeps every direction of both. */
+static struct net *two_net(uint64_t seed)
+{
+    static const struct ndef d = {
+        "two", 1, 6, 6,
+        5,     2, 6, {S_FLAT(), S_DENSE(12, 1), S_RELU(), S_DENSE(8, 1), S_RELU(), S_DENSE(5, 1)}};
+    struct net *n = mk(&d);
+    if (!n) return NULL;
+    init_net(n, seed);
+    const size_t li[2] = {1, 3}, in[2] = {36, 12}, out[2] = {12, 8};
+    uint64_t rng = seed;
+    for (int g = 0; g < 2; g++) {
+        double q[36 * 12];
+        rand_orth(q, in[g], out[g], &rng);
+        float *w = net_tensor_data(n, net_tensor_get(n, li[g], "w"));
+        for (size_t i = 0; i < out[g]; i++)
+            for (size_t j = 0; j < in[g]; j++) w[i * in[g] + j] = (float)(0.5 * q[j * out[g] + i]);
+    }
+    moments_from_params(n);
+    return n;
+}
+
+/* A grown group the rank rule would cut but may not yet (it is protected) settles the net
+ * as a kept cut does: the other, saturated group does not grow. Group 2 grows first while
+ * group 1 sits at max_width; then, with max_width raised, group 1 is saturated and group 2's
+ * mirror pairs are duplicates the rule would cut. */
+TEST(adapt_net_with_a_protected_cut_waiting_grows_no_more)
+{
+    setup();
+    const size_t B = 64;
+    float *x = rand_x(B * 36, 62);
+    uint8_t *y = rand_y(B, 5, 63);
+    struct vctx vc = {x, y, B, 0};
+    uint64_t rng = 4;
+    struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
+    for (int after = 0; after < 2; after++) {
+        struct svd_policy p = saturation_policy();
+        p.grow_patience = 1;
+        p.cooldown_steps = 0;
+        p.protect_steps = 100;
+        p.max_width = 12;
+        p.grow_after_shrink = after;
+        struct net *n = two_net(71);
+        ASSERT(n != NULL);
+        struct svd_state *st = svd_state_create();
+        struct svd_event e;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
+        ASSERT_EQ(e.n_changes, 2);
+        ASSERT_EQ(e.changes[0].reason, SVD_WHY_MAX_WIDTH);
+        ASSERT_EQ(e.changes[1].action, SVD_ACT_GROW);
+        ASSERT_EQ(n->layers[3].spec.out, 12);
+        svd_event_free(&e);
+        p.max_width = 64;
+        ASSERT_EQ(svd_adapt(st, &p, &n, 11, &ctx, &e), after);
+        printf("    grow_after_shrink %d: %s %s (%s) kept %zu of 12; %s %s (%s) kept %zu of 12\n",
+               after, e.changes[0].group, svd_action_name(e.changes[0].action),
+               svd_reason_name(e.changes[0].reason), e.changes[0].kept, e.changes[1].group,
+               svd_action_name(e.changes[1].action), svd_reason_name(e.changes[1].reason),
+               e.changes[1].kept);
+        ASSERT_EQ(e.changes[1].action, SVD_ACT_KEEP);
+        ASSERT_EQ(e.changes[1].reason, SVD_WHY_PROTECTED);
+        ASSERT_LT(e.changes[1].kept, 12);
+        ASSERT_EQ(e.changes[0].action, after ? SVD_ACT_GROW : SVD_ACT_KEEP);
+        ASSERT_EQ(e.changes[0].reason, after ? SVD_WHY_SATURATED : SVD_WHY_SETTLED);
+        ASSERT_EQ(n->layers[1].spec.out, after ? 18 : 12);
+        svd_event_free(&e);
+        svd_state_destroy(st);
+        net_destroy(n);
+    }
+    free(x);
+    free(y);
+}
+
 /* A grown layer's mirror pairs start as duplicates in the activation spectrum, so the rank
  * rule would cut them on the next look; protect_steps keeps them (reason "protected") and
  * lets the rule act again once it has passed. Without it the next pass shrinks. */
