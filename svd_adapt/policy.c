@@ -58,6 +58,7 @@ struct svd_gstate {
     uint64_t grown_from;     // width before the last saturation growth, until it is judged
     uint64_t no_gain;        // 1: a growth did not pay (grow_gain), no more saturation growth
     uint64_t shrunk;         // 1: the rank rule has cut this group (the net is settled)
+    uint64_t wish;           // consecutive looks at which the rank rule would cut it
 };
 
 struct svd_state {
@@ -86,16 +87,17 @@ static struct svd_gstate *svd__gs(struct svd_state *s, const char *name)
     return g;
 }
 
-/* The adaptation state as bytes (net/codec.h), version 6: "SVST" | u32 version | u64 count |
+/* The adaptation state as bytes (net/codec.h), version 7: "SVST" | u32 version | u64 count |
  * per group: u64 name length | name | u64 patience | u64 cooldown_until | u64 backoff |
- * u64 protect_until | u64 grown | u64 grown_from | u64 no_gain | u64 shrunk. Version 5 (read
- * only) had none of the last four but grown, version 4 no grown, version 3 no
+ * u64 protect_until | u64 grown | u64 grown_from | u64 no_gain | u64 shrunk | u64 wish.
+ * Version 6 (read only) had no wish, version 5 none of the last four but grown, version 4
+ * no grown, version 3 no
  * protect_until, version 2 no backoff either (read as 0). Version 1 (read
  * only) was the raw array: u64 count | per group char name[40] | u64 patience | u64
  * cooldown_until; its count is at most SVD_MAX_GROUPS, so its bytes 1..3 are zero and it
  * cannot start with "SVST". */
 #define SVD_STATE_VERSION                                                                          \
-    6u // 6: + grown_from, no_gain, shrunk; 5: + grown; 4: + protect_until; 3: + backoff
+    7u // 7: + wish; 6: + grown_from, no_gain, shrunk; 5: + grown; 4: + protect_until; ...
 #define SVD_STATE_V1_ROW (NET_NAME_MAX + 8 + 16)
 
 int svd_state_save(const struct svd_state *s, void **out, size_t *len)
@@ -114,6 +116,7 @@ int svd_state_save(const struct svd_state *s, void **out, size_t *len)
         net_wr_u64(&w, s->g[i].grown_from);
         net_wr_u64(&w, s->g[i].no_gain);
         net_wr_u64(&w, s->g[i].shrunk);
+        net_wr_u64(&w, s->g[i].wish);
     }
     if (w.oom) {
         net_wr_free(&w);
@@ -137,8 +140,9 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
         if (version < 2 || version > SVD_STATE_VERSION) return -EINVAL;
     }
     // A row is at least its name's length and its u64 fields: versions 2..5 have as many
-    // fields as the version's number, version 6 eight.
-    const size_t fields = version >= 6 ? 8 : version;
+    // fields as the version's number, versions 6 and 7 two more. Arithmetic, not a chain of
+    // ternaries: GCC 12.2 at -O2 -march=native miscompiled one here (a cmov on stale flags).
+    const size_t fields = version + 2 * (version >= 6);
     const uint64_t cnt = net_rd_count(&r, SVD_MAX_GROUPS, v1 ? SVD_STATE_V1_ROW : 8 * (1 + fields));
     if (r.bad) return -EINVAL;
     for (size_t i = 0; i < cnt; i++) {
@@ -162,6 +166,7 @@ int svd_state_load(struct svd_state *s, const void *data, size_t len)
             g->no_gain = net_rd_u64(&r);
             g->shrunk = net_rd_u64(&r);
         }
+        if (version >= 7) g->wish = net_rd_u64(&r);
         if (g->grown > 1 || g->no_gain > 1 || g->shrunk > 1) return -EINVAL;
         if (r.bad || !g->name[0]) return -EINVAL;
         for (size_t j = 0; j < i; j++)
@@ -545,7 +550,7 @@ static int svd__surgery(struct svd__pass *ps, struct svd__gi *gi, size_t target,
         return 0;
     }
     const int grew = target > gi->m, kept = svd__judge(ps, c, ch);
-    if (kept) gi->gs->grown = (uint64_t)grew;
+    if (kept) gi->gs->grown = (uint64_t)grew, gi->gs->wish = 0;
     if (kept && why == SVD_WHY_RANK_RULE) gi->gs->shrunk = 1, ps->shrunk = 1;
     if (kept && grew) {
         gi->gs->protect_until = step + p->protect_steps;
@@ -1063,14 +1068,19 @@ static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t s
         /* Layers are never added or removed, so the references stay valid across surgeries.
          * All spectra come from one set of forward passes, measured again for the groups
          * still to come only after a surgery changed the net. */
-        int stale = 1, kept = ps->kept;
+        int stale = 1, kept = ps->kept, first = 1;
         for (size_t i = 0; i < ng; i++) {
             if (!want[i]) continue;
             if (stale) {
                 svd__measure(ps, gi, ng, want, tmp);
-                if (!ps->over && p->enable_shrink) // grow-only runs never settle
-                    for (size_t j = i; j < ng; j++)
-                        if (want[j] && svd__wants_cut(p, &gi[j], step)) ps->over = 1;
+                if (first && p->enable_shrink) // grow-only runs never settle
+                    for (size_t j = i; j < ng; j++) {
+                        if (!want[j]) continue;
+                        struct svd_gstate *gs = gi[j].gs;
+                        gs->wish = svd__wants_cut(p, &gi[j], step) ? gs->wish + 1 : 0;
+                        if (gs->wish >= p->grow_patience) ps->over = 1;
+                    }
+                first = 0;
                 stale = 0;
             }
             want[i] = 0;

@@ -156,13 +156,13 @@ TEST(svd_state_reads_both_versions)
     void *p = NULL;
     size_t len = 0;
     ASSERT_EQ(svd_state_save(a, &p, &len), 0);
-    // Version 6: "SVST", version, count, then name / patience / cooldown / backoff /
-    // protect_until / grown / grown_from / no_gain / shrunk per group.
+    // Version 7: "SVST", version, count, then name / patience / cooldown / backoff /
+    // protect_until / grown / grown_from / no_gain / shrunk / wish per group.
     struct net_rd r = net_rd_make(p, len);
     char magic[5] = {0};
     net_rd_bytes(&r, magic, 4);
     ASSERT_STR_EQ(magic, "SVST");
-    ASSERT_EQ(net_rd_u32(&r), 6);
+    ASSERT_EQ(net_rd_u32(&r), 7);
     ASSERT_EQ(net_rd_u64(&r), 3);
     for (size_t i = 0; i < 3; i++) {
         char *s = net_rd_str(&r, 64, NULL);
@@ -178,11 +178,12 @@ TEST(svd_state_reads_both_versions)
         ASSERT_EQ(net_rd_u64(&r), 0); // nor one to judge
         ASSERT_EQ(net_rd_u64(&r), 0); // nor one judged
         ASSERT_EQ(net_rd_u64(&r), 0); // nor a cut by the rank rule
+        ASSERT_EQ(net_rd_u64(&r), 0); // nor one waiting
     }
     ASSERT(net_rd_done(&r));
-    for (uint32_t ver = 2; ver <= 5; ver++) {
-        // Versions 2 (no backoff), 3 (no protect_until), 4 (no grown) and 5 (no grown_from,
-        // no_gain) still read, and save again as version 6 of the same groups.
+    for (uint32_t ver = 2; ver <= 6; ver++) {
+        // Versions 2 (no backoff), 3 (no protect_until), 4 (no grown), 5 (no grown_from,
+        // no_gain, shrunk) and 6 (no wish) still read, and save again as version 7.
         struct net_wr w = {0};
         net_wr_bytes(&w, "SVST", 4);
         net_wr_u32(&w, ver);
@@ -194,6 +195,7 @@ TEST(svd_state_reads_both_versions)
             if (ver >= 3) net_wr_u64(&w, 0);
             if (ver >= 4) net_wr_u64(&w, 0);
             if (ver >= 5) net_wr_u64(&w, 0);
+            if (ver >= 6) net_wr_u64(&w, 0), net_wr_u64(&w, 0), net_wr_u64(&w, 0);
         }
         ASSERT(!w.oom);
         struct svd_state *c2 = svd_state_create();
@@ -209,16 +211,16 @@ TEST(svd_state_reads_both_versions)
     int bad = 0;
     for (size_t cut = 0; cut < len; cut++) bad += svd_state_load(b, p, cut) != -EINVAL;
     memcpy(m, p, len);
-    m[4] = 7; // version 7: unknown
+    m[4] = 8; // version 8: unknown
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
-    m[len - 8] = 2; // shrunk is a flag
+    m[len - 16] = 2; // shrunk is a flag
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
-    m[len - 16] = 2; // so is no_gain
+    m[len - 24] = 2; // so is no_gain
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
-    m[len - 32] = 2; // and grown
+    m[len - 40] = 2; // and grown
     bad += svd_state_load(b, m, len) != -EINVAL;
     memcpy(m, p, len);
     uint64_t big = 129;

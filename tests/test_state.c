@@ -254,7 +254,7 @@ static int svd_groups_of(struct dmn_trainer *t, char names[][48], size_t max, si
     net_rd_bytes(&s, magic, 4);
     uint32_t ver = net_rd_u32(&s);
     uint64_t cnt = net_rd_u64(&s);
-    int rc = (!s.bad && memcmp(magic, "SVST", 4) == 0 && ver == 6 && cnt <= max) ? 0 : -1;
+    int rc = (!s.bad && memcmp(magic, "SVST", 4) == 0 && ver == 7 && cnt <= max) ? 0 : -1;
     for (size_t i = 0; rc == 0 && i < cnt; i++) {
         char *nm = net_rd_str(&s, 47, NULL);
         if (!nm)
@@ -270,6 +270,7 @@ static int svd_groups_of(struct dmn_trainer *t, char names[][48], size_t max, si
         net_rd_u64(&s); // grown_from
         net_rd_u64(&s); // no_gain
         net_rd_u64(&s); // shrunk
+        net_rd_u64(&s); // wish
     }
     *n = (size_t)cnt;
     free(p);

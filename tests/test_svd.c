@@ -2258,9 +2258,10 @@ static struct net *two_net(uint64_t seed)
 }
 
 /* A grown group the rank rule would cut but may not yet (it is protected) settles the net
- * as a kept cut does: the other, saturated group does not grow. Group 2 grows first while
- * group 1 sits at max_width; then, with max_width raised, group 1 is saturated and group 2's
- * mirror pairs are duplicates the rule would cut. */
+ * as a kept cut does, once the rule has asked for the cut at grow_patience looks in a row:
+ * the other, saturated group then does not grow. Group 2 grows first while group 1 sits at
+ * max_width; then, with max_width raised, group 1 is saturated and group 2's mirror pairs
+ * are duplicates the rule would cut. The count of those looks survives a save and load. */
 TEST(adapt_net_with_a_protected_cut_waiting_grows_no_more)
 {
     setup();
@@ -2272,36 +2273,54 @@ TEST(adapt_net_with_a_protected_cut_waiting_grows_no_more)
     struct svd_ctx ctx = {x, y, B, val_loss_cb, &vc, &rng, 0};
     for (int after = 0; after < 2; after++) {
         struct svd_policy p = saturation_policy();
-        p.grow_patience = 1;
+        p.grow_patience = 2;
         p.cooldown_steps = 0;
         p.protect_steps = 100;
         p.max_width = 12;
         p.grow_after_shrink = after;
         struct net *n = two_net(71);
         ASSERT(n != NULL);
-        struct svd_state *st = svd_state_create();
+        struct svd_state *st = svd_state_create(), *st2 = svd_state_create();
         struct svd_event e;
-        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
+        ASSERT_EQ(svd_adapt(st, &p, &n, 9, &ctx, &e), 0);
         ASSERT_EQ(e.n_changes, 2);
         ASSERT_EQ(e.changes[0].reason, SVD_WHY_MAX_WIDTH);
+        ASSERT_EQ(e.changes[1].reason, SVD_WHY_PATIENCE);
+        svd_event_free(&e);
+        ASSERT_EQ(svd_adapt(st, &p, &n, 10, &ctx, &e), 1);
         ASSERT_EQ(e.changes[1].action, SVD_ACT_GROW);
         ASSERT_EQ(n->layers[3].spec.out, 12);
         svd_event_free(&e);
         p.max_width = 64;
-        ASSERT_EQ(svd_adapt(st, &p, &n, 11, &ctx, &e), after);
-        printf("    grow_after_shrink %d: %s %s (%s) kept %zu of 12; %s %s (%s) kept %zu of 12\n",
-               after, e.changes[0].group, svd_action_name(e.changes[0].action),
-               svd_reason_name(e.changes[0].reason), e.changes[0].kept, e.changes[1].group,
-               svd_action_name(e.changes[1].action), svd_reason_name(e.changes[1].reason),
-               e.changes[1].kept);
-        ASSERT_EQ(e.changes[1].action, SVD_ACT_KEEP);
-        ASSERT_EQ(e.changes[1].reason, SVD_WHY_PROTECTED);
-        ASSERT_LT(e.changes[1].kept, 12);
-        ASSERT_EQ(e.changes[0].action, after ? SVD_ACT_GROW : SVD_ACT_KEEP);
-        ASSERT_EQ(e.changes[0].reason, after ? SVD_WHY_SATURATED : SVD_WHY_SETTLED);
-        ASSERT_EQ(n->layers[1].spec.out, after ? 18 : 12);
-        svd_event_free(&e);
+        for (size_t step = 11; step <= 12; step++) {
+            // The first look that wants the cut does not settle the net; the second does.
+            const int settle = step == 12;
+            ASSERT_EQ(svd_adapt(step == 12 ? st2 : st, &p, &n, step, &ctx, &e), settle && after);
+            printf("    grow_after_shrink %d, step %zu: %s %s (%s) kept %zu; %s %s (%s) kept %zu\n",
+                   after, step, e.changes[0].group, svd_action_name(e.changes[0].action),
+                   svd_reason_name(e.changes[0].reason), e.changes[0].kept, e.changes[1].group,
+                   svd_action_name(e.changes[1].action), svd_reason_name(e.changes[1].reason),
+                   e.changes[1].kept);
+            ASSERT_EQ(e.changes[1].action, SVD_ACT_KEEP);
+            ASSERT_EQ(e.changes[1].reason, SVD_WHY_PROTECTED);
+            ASSERT_LT(e.changes[1].kept, 12);
+            const enum svd_reason why = !settle ? SVD_WHY_PATIENCE
+                                        : after ? SVD_WHY_SATURATED
+                                                : SVD_WHY_SETTLED;
+            ASSERT_EQ(e.changes[0].reason, why);
+            ASSERT_EQ(e.changes[0].action, settle && after ? SVD_ACT_GROW : SVD_ACT_KEEP);
+            ASSERT_EQ(n->layers[1].spec.out, settle && after ? 18 : 12);
+            svd_event_free(&e);
+            if (step == 11) { // a resume between the two looks
+                void *blob = NULL;
+                size_t len = 0;
+                ASSERT_EQ(svd_state_save(st, &blob, &len), 0);
+                ASSERT_EQ(svd_state_load(st2, blob, len), 0);
+                free(blob);
+            }
+        }
         svd_state_destroy(st);
+        svd_state_destroy(st2);
         net_destroy(n);
     }
     free(x);
