@@ -245,8 +245,9 @@ static const struct cfg_row CFG_ROWS[] = {
     R_BOOL("adapt", "enable_shrink", adapt.enable_shrink, 1, RT, "allow shrinking"),
     R_BOOL("adapt", "enable_grow", adapt.enable_grow, 1, RT, "allow growing"),
     R_BOOL("adapt", "grow_after_shrink", adapt.grow_after_shrink, 0, RT,
-           "saturated layers may still grow once the rank rule has cut the net (off: a net "
-           "found over-sized is not grown back elsewhere)"),
+           "saturated layers may still grow once the rank rule has cut the net, or has asked "
+           "for a cut on grow_patience looks in a row (off: a net found over-sized is not "
+           "grown back elsewhere)"),
 
     R_STR("daemon", "listen", daemon.listen, "127.0.0.1:7070", check_listen, IMM,
           "HTTP address; off loopback a token_file is required"),

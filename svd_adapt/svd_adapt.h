@@ -187,8 +187,9 @@ enum svd_reason {
     SVD_WHY_PROTECTED,  // keep: redundant, but grown less than protect_steps ago
     SVD_WHY_NO_GAIN,    // cut back to its width before its last growth, which the validation
                         // loss did not need (grow_gain); no more saturation growth
-    SVD_WHY_SETTLED,    // keep: saturated, but the rank rule has cut this net, which therefore
-                        // grows no more for saturation (unless grow_after_shrink)
+    SVD_WHY_SETTLED,    // keep: saturated, but the rank rule has cut this net (or asked for a
+                        // cut on grow_patience looks in a row), which therefore grows no
+                        // more for saturation (unless grow_after_shrink)
 };
 #define SVD_EV_NAME 48
 #define SVD_EV_TOP 8
