@@ -298,7 +298,7 @@ struct svd__pass {
     int oom; // an allocation failed somewhere in the pass
     struct svd_event *ev;
     int shrunk; // the rank rule has cut some group of this net (svd_gstate.shrunk)
-    int over;   // ... or would cut one at this pass (protected, or judged later)
+    int over;   // ... or has asked to cut one (protected) on grow_patience looks in a row
 };
 
 /* Makes candidate c, of validation loss v, the pass's net. */
@@ -625,6 +625,22 @@ static int svd__wants_cut(const struct svd_policy *p, const struct svd__gi *gi, 
 {
     const size_t k = gi->kept < p->min_width ? p->min_width : gi->kept;
     return gi->r > 0 && k < gi->m && !svd__saturated(p, gi, step);
+}
+
+/* Counts, for every measured group, the consecutive looks at which the rank rule would cut
+ * it (svd_gstate.wish; a kept surgery resets it); a count at grow_patience settles the pass's
+ * net as a kept cut does. Grow-only runs never settle. */
+static void svd__count_wishes(struct svd__pass *ps, struct svd__gi *gi, size_t ng, const int *want,
+                              size_t step)
+{
+    const struct svd_policy *p = ps->p;
+    if (!p->enable_shrink) return;
+    for (size_t j = 0; j < ng; j++) {
+        if (!want[j]) continue;
+        struct svd_gstate *gs = gi[j].gs;
+        gs->wish = svd__wants_cut(p, &gi[j], step) ? gs->wish + 1 : 0;
+        if (gs->wish >= p->grow_patience) ps->over = 1;
+    }
 }
 
 /* Per-group thresholds (no target). */
@@ -1068,19 +1084,16 @@ static void svd__width_pass(struct svd__pass *ps, struct svd_state *st, size_t s
         /* Layers are never added or removed, so the references stay valid across surgeries.
          * All spectra come from one set of forward passes, measured again for the groups
          * still to come only after a surgery changed the net. */
-        int stale = 1, kept = ps->kept, first = 1;
+        int any = 0, stale = 0, kept = ps->kept;
+        for (size_t i = 0; i < ng; i++) any |= want[i];
+        if (any) {
+            svd__measure(ps, gi, ng, want, tmp);
+            svd__count_wishes(ps, gi, ng, want, step);
+        }
         for (size_t i = 0; i < ng; i++) {
             if (!want[i]) continue;
             if (stale) {
                 svd__measure(ps, gi, ng, want, tmp);
-                if (first && p->enable_shrink) // grow-only runs never settle
-                    for (size_t j = i; j < ng; j++) {
-                        if (!want[j]) continue;
-                        struct svd_gstate *gs = gi[j].gs;
-                        gs->wish = svd__wants_cut(p, &gi[j], step) ? gs->wish + 1 : 0;
-                        if (gs->wish >= p->grow_patience) ps->over = 1;
-                    }
-                first = 0;
                 stale = 0;
             }
             want[i] = 0;
