@@ -1,15 +1,18 @@
 /* bench/train_step.c: times one training step of the reference nets, phase by phase, on
  * synthetic data (no data loading, no batcher: the engine alone).
  *
- * usage: build/train_step [ARCH] [STEPS]   (ARCH mlp | cnn | resnet | main, default mlp;
- *                                           STEPS default 300; threads: OMP_NUM_THREADS)
+ * usage: build/train_step [ARCH] [STEPS] [fused|separate]
+ *        (ARCH mlp | cnn | resnet | main, default mlp; STEPS default 300; threads:
+ *        OMP_NUM_THREADS)
  *
  * Builds the net of configs/ref_ARCH.json (main: configs/default.json's model) with
- * net_create, runs 20 warm-up steps, then STEPS steps of net_forward, net_backward and
- * net_optim_step (SGD, momentum 0.9) at batch 64, and prints the fastest step and the
- * fastest time of each phase (what the code costs when nothing preempts it), then the median
- * step and samples/s. Only the public net.h interface is used, so
- * the same file builds against an older tree (for A B A B comparisons):
+ * net_create, runs 20 warm-up steps, then STEPS steps of net_forward and, as the trainer does,
+ * net_backward_update (SGD, momentum 0.9: the dense weights step as their gradient is stored)
+ * at batch 64; "separate" runs net_backward then net_optim_step instead. Prints the fastest
+ * step and the fastest time of each phase (what the code costs when nothing preempts it;
+ * fused, "backward" is the whole net_backward_update and "optimizer" 0), then the median
+ * step and samples/s. Only the public net.h interface is used, so the same file builds
+ * against an older tree (for A B A B comparisons; -DTS_NO_FUSED before net_backward_update):
  *   gcc -std=c11 -O3 -march=native -fopenmp -I. bench/train_step.c build/libnet.a \
  *       $(pkg-config --libs openblas) -llapacke -lm */
 #define _POSIX_C_SOURCE 200809L
@@ -75,12 +78,17 @@ int main(int argc, char **argv)
 {
     const char *arch = argc > 1 ? argv[1] : "mlp";
     const int steps = argc > 2 ? atoi(argv[2]) : 300;
+    const char *mode = argc > 3 ? argv[3] : "fused";
     struct net_layer_spec specs[32];
     const size_t ns = specs_of(arch, specs);
-    if (!ns || steps < 1) {
-        fprintf(stderr, "usage: train_step [mlp|cnn|resnet|main] [STEPS >= 1]\n");
+    int fused = strcmp(mode, "fused") == 0;
+    if (!ns || steps < 1 || (!fused && strcmp(mode, "separate") != 0)) {
+        fprintf(stderr, "usage: train_step [mlp|cnn|resnet|main] [STEPS >= 1] [fused|separate]\n");
         return 2;
     }
+#ifdef TS_NO_FUSED
+    fused = 0;
+#endif
     const char *th = getenv("OMP_NUM_THREADS");
     net_set_threads(th ? atoi(th) : 2);
     const size_t B = 64;
@@ -107,10 +115,21 @@ int main(int argc, char **argv)
         double t0 = now();
         loss = net_forward(n, x, y, B, 1);
         double t1 = now();
-        net_backward(n, y, B);
-        double t2 = now();
-        net_optim_step(n, &o, 0.01f);
-        double t3 = now();
+        double t2, t3;
+#ifndef TS_NO_FUSED
+        if (fused) {
+            // The backward with the dense weights' update, then net_optim_step for the rest
+            // (timed as net_backward_update does it: one call; the split is not observable).
+            net_backward_update(n, y, B, &o, 0.01f);
+            t2 = t3 = now();
+        } else
+#endif
+        {
+            net_backward(n, y, B);
+            t2 = now();
+            net_optim_step(n, &o, 0.01f);
+            t3 = now();
+        }
         if (s < 0) continue;
         tf[s] = t1 - t0, tb[s] = t2 - t1, to[s] = t3 - t2, ts[s] = t3 - t0;
     }
@@ -122,11 +141,12 @@ int main(int argc, char **argv)
     const double gf = 6.0 * (double)net_macs(n) * (double)B / ts[m] / 1e9;
     // The minimum is the step undisturbed by other processes (a shared machine preempts).
     const double gfm = 6.0 * (double)net_macs(n) * (double)B / ts[0] / 1e9;
-    printf("%s: best step %.1f us (forward %.1f, backward %.1f, optimizer %.1f), %.1f GFLOP/s; "
+    printf("%s (%s): best step %.1f us (forward %.1f, backward %.1f, optimizer %.1f), %.1f "
+           "GFLOP/s; "
            "median step %.1f us (%.0f samples/s, %.1f GFLOP/s) of %d; GFLOP/s = 3 x 2 x fwd "
            "MACs / time; final loss %.4f\n",
-           arch, 1e6 * ts[0], 1e6 * tf[0], 1e6 * tb[0], 1e6 * to[0], gfm, 1e6 * ts[m],
-           (double)B / ts[m], gf, steps, (double)loss);
+           arch, fused ? "fused update" : "separate update", 1e6 * ts[0], 1e6 * tf[0], 1e6 * tb[0],
+           1e6 * to[0], gfm, 1e6 * ts[m], (double)B / ts[m], gf, steps, (double)loss);
     free(tf), free(tb), free(to), free(ts), free(x);
     net_destroy(n);
     return 0;

@@ -248,11 +248,16 @@ int dmn_trainer_step(struct dmn_trainer *t)
     }
     dmn__dist_step(t->net, &loss, &correct, nb, B); // global loss, BN statistics averaged
     if (!isfinite(loss)) return oom ? -ENOMEM : -EDOM;
-    net_backward(t->net, ys, nb);
-    dmn__dist_grads(t->net, nb, B); // the global mean gradient on every rank
-    dmn__group_lasso(t);
     t->lr = net_sched_lr(&t->sched, t->step);
-    net_optim_step(t->net, &t->opt, (float)t->lr);
+    if (dmn_dist_size() == 1 && !(t->cfg.optimizer.group_lasso > 0.0)) {
+        // Nothing reads the gradient before the step: dense weights step as it is stored.
+        net_backward_update(t->net, ys, nb, &t->opt, (float)t->lr);
+    } else {
+        net_backward(t->net, ys, nb);
+        dmn__dist_grads(t->net, nb, B); // the global mean gradient on every rank
+        dmn__group_lasso(t);
+        net_optim_step(t->net, &t->opt, (float)t->lr);
+    }
     t->step++;
 
     t->run_loss += (double)loss * (double)B;

@@ -13,6 +13,9 @@
  *                 dW += dout^T x is A = dout read transposed; the data gradient
  *                 dx = dout W is A = dout, B = W, with the ReLU before the layer applied by
  *                 the store (gate >= 0 keeps, as layer_act.c's derivative at 0).
+ *   net__gemm_bc_sgd  the weight gradient's tiles step the weights instead of being stored
+ *                 (SGD fused into the backward: net_backward_update), their w and momentum
+ *                 rows prefetched while the tile's FMAs run.
  * Row and column tails reuse the last valid row / column of the operands (the spare results
  * are not stored); K tails are masked. Tiles are split over OpenMP threads by column strips
  * (each C element written by one thread). Level 0 (no x86 SIMD, or EVOWIDTH_DENSE=blas) uses
@@ -85,6 +88,17 @@ static void bc_ref(float *C, const float *A, const float *Bm, const float *gate,
             for (size_t n = 0; n < N; n++)
                 if (!(gate[m * ldc + n] >= 0.0f)) C[m * ldc + n] = 0.0f;
 }
+
+/* Where a broadcast tile's results go: C[m * ldc + n] (+)= acc, zeroed where gate < 0; or,
+ * with sgd, nowhere: each row of accumulators (the finished gradient) steps the weights and
+ * momenta (net__sgd_span's arithmetic) straight from the registers, and C stays zero. */
+struct bc_out {
+    float *C;
+    const float *gate;
+    size_t ldc;
+    int accum;
+    const struct net__sgd *sgd;
+};
 
 #if NET__GSIMD
 
@@ -189,13 +203,19 @@ static void NET__G512 nt_tile512(float *C, float *C2, const float *A, const floa
 /* One MR x (16 NV) tile of net__gemm_bc at (m0, n0); MR and NV are constants after inlining
  * (8 x 3 and 6 x 4: 24 accumulators either way). */
 static inline __attribute__((always_inline)) NET__G512 void bc_tile512(
-    float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N, size_t K,
-    size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum, size_t m0, size_t n0, const int MR,
-    const int NV)
+    const struct bc_out *o, const float *A, const float *Bm, size_t M, size_t N, size_t K,
+    size_t rsa, size_t csa, size_t ldb, size_t m0, size_t n0, const int MR, const int NV)
 {
     const float *a[8];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) a[i] = A + (m0 + (size_t)i < M ? m0 + (size_t)i : M - 1) * rsa;
+    if (o->sgd) // the weights and momenta the epilogue steps arrive while the FMAs run
+        for (int i = 0; i < MR && m0 + (size_t)i < M; i++)
+            for (int j = 0; j < NV; j++) {
+                const size_t e = (m0 + (size_t)i) * o->ldc + n0 + 16 * (size_t)j;
+                _mm_prefetch((const char *)(o->sgd->w + e), _MM_HINT_T0);
+                _mm_prefetch((const char *)(o->sgd->m + e), _MM_HINT_T0);
+            }
     __mmask16 nm[4];
 #pragma GCC unroll 16
     for (int j = 0; j < NV; j++)
@@ -218,17 +238,35 @@ static inline __attribute__((always_inline)) NET__G512 void bc_tile512(
             for (int j = 0; j < NV; j++) acc[i][j] = _mm512_fmadd_ps(av, bv[j], acc[i][j]);
         }
     }
+    const size_t ldc = o->ldc;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
         if (m0 + (size_t)i >= M) break;
-        float *c = C + (m0 + (size_t)i) * ldc + n0;
+        float *c = o->C + (m0 + (size_t)i) * ldc + n0;
+        if (o->sgd) { // the step from the registers: C (zero) is not touched
+            const struct net__sgd *sg = o->sgd;
+            const __m512 lr = _mm512_set1_ps(sg->lr), mu = _mm512_set1_ps(sg->mu);
+            const __m512 d = _mm512_set1_ps(sg->d);
+            const size_t e = (m0 + (size_t)i) * ldc + n0;
+#pragma GCC unroll 16
+            for (int j = 0; j < NV; j++) {
+                float *w = sg->w + e + 16 * j, *mo = sg->m + e + 16 * j;
+                const __m512 wv = _mm512_maskz_loadu_ps(nm[j], w);
+                const __m512 gi = _mm512_fmadd_ps(d, wv, acc[i][j]);
+                const __m512 mv = _mm512_fmadd_ps(mu, _mm512_maskz_loadu_ps(nm[j], mo), gi);
+                const __m512 st = sg->nest ? _mm512_fmadd_ps(mu, mv, gi) : mv;
+                _mm512_mask_storeu_ps(mo, nm[j], mv);
+                _mm512_mask_storeu_ps(w, nm[j], _mm512_fnmadd_ps(lr, st, wv));
+            }
+            continue;
+        }
 #pragma GCC unroll 16
         for (int j = 0; j < NV; j++) {
             __m512 v = acc[i][j];
-            if (accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(nm[j], c + 16 * j));
-            if (gate) {
-                const __m512 g = _mm512_maskz_loadu_ps(nm[j], gate + (m0 + (size_t)i) * ldc + n0 +
-                                                                  16 * (size_t)j);
+            if (o->accum) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(nm[j], c + 16 * j));
+            if (o->gate) {
+                const __m512 g = _mm512_maskz_loadu_ps(nm[j], o->gate + (m0 + (size_t)i) * ldc +
+                                                                  n0 + 16 * (size_t)j);
                 v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_GE_OQ), v);
             }
             _mm512_mask_storeu_ps(c + 16 * j, nm[j], v);
@@ -236,18 +274,18 @@ static inline __attribute__((always_inline)) NET__G512 void bc_tile512(
     }
 }
 
-static void NET__G512 bc_tile512_8x3(float *C, const float *A, const float *Bm, const float *gate,
+static void NET__G512 bc_tile512_8x3(const struct bc_out *o, const float *A, const float *Bm,
                                      size_t M, size_t N, size_t K, size_t rsa, size_t csa,
-                                     size_t ldb, size_t ldc, int accum, size_t m0, size_t n0)
+                                     size_t ldb, size_t m0, size_t n0)
 {
-    bc_tile512(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum, m0, n0, 8, 3);
+    bc_tile512(o, A, Bm, M, N, K, rsa, csa, ldb, m0, n0, 8, 3);
 }
 
-static void NET__G512 bc_tile512_6x4(float *C, const float *A, const float *Bm, const float *gate,
+static void NET__G512 bc_tile512_6x4(const struct bc_out *o, const float *A, const float *Bm,
                                      size_t M, size_t N, size_t K, size_t rsa, size_t csa,
-                                     size_t ldb, size_t ldc, int accum, size_t m0, size_t n0)
+                                     size_t ldb, size_t m0, size_t n0)
 {
-    bc_tile512(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum, m0, n0, 6, 4);
+    bc_tile512(o, A, Bm, M, N, K, rsa, csa, ldb, m0, n0, 6, 4);
 }
 
 // ---- AVX2 + FMA -----------------------------------------------------------------------------
@@ -312,10 +350,14 @@ static void NET__G256 nt_tile256(float *C, float *C2, const float *A, const floa
 }
 
 /* One 4 x 16 tile of net__gemm_bc at (m0, n0). */
-static void NET__G256 bc_tile256(float *C, const float *A, const float *Bm, const float *gate,
-                                 size_t M, size_t N, size_t K, size_t rsa, size_t csa, size_t ldb,
-                                 size_t ldc, int accum, size_t m0, size_t n0)
+static void NET__G256 bc_tile256(const struct bc_out *o, const float *A, const float *Bm, size_t M,
+                                 size_t N, size_t K, size_t rsa, size_t csa, size_t ldb, size_t m0,
+                                 size_t n0)
 {
+    float *C = o->C;
+    const float *gate = o->gate;
+    const size_t ldc = o->ldc;
+    const int accum = o->accum;
     const float *a[4];
 #pragma GCC unroll 16
     for (size_t i = 0; i < 4; i++) a[i] = A + (m0 + i < M ? m0 + i : M - 1) * rsa;
@@ -348,6 +390,24 @@ static void NET__G256 bc_tile256(float *C, const float *A, const float *Bm, cons
     for (size_t i = 0; i < 4; i++) {
         if (m0 + i >= M) break;
         float *c = C + (m0 + i) * ldc + n0;
+        if (o->sgd) { // as bc_tile512's step: from the registers, C untouched
+            const struct net__sgd *sg = o->sgd;
+            const __m256 lr = _mm256_set1_ps(sg->lr), mu = _mm256_set1_ps(sg->mu);
+            const __m256 d = _mm256_set1_ps(sg->d);
+            const size_t e = (m0 + i) * ldc + n0;
+#pragma GCC unroll 16
+            for (int j = 0; j < 2; j++) {
+                const __m256i mk = j ? m1v : m0v;
+                float *w = sg->w + e + 8 * j, *mo = sg->m + e + 8 * j;
+                const __m256 wv = _mm256_maskload_ps(w, mk);
+                const __m256 gi = _mm256_fmadd_ps(d, wv, acc[i][j]);
+                const __m256 mv = _mm256_fmadd_ps(mu, _mm256_maskload_ps(mo, mk), gi);
+                const __m256 st = sg->nest ? _mm256_fmadd_ps(mu, mv, gi) : mv;
+                _mm256_maskstore_ps(mo, mk, mv);
+                _mm256_maskstore_ps(w, mk, _mm256_fnmadd_ps(lr, st, wv));
+            }
+            continue;
+        }
 #pragma GCC unroll 16
         for (int j = 0; j < 2; j++) {
             const __m256i mk = j ? m1v : m0v;
@@ -367,14 +427,45 @@ static void NET__G256 bc_tile256(float *C, const float *A, const float *Bm, cons
 // ---- drivers (no target attribute: GCC's outlined OpenMP body would not inherit it) ----------
 
 /* dst (cols, rows) = src (rows, cols)^T, src row stride lds; 16 x 16 blocks. */
-static void transpose(float *dst, const float *src, size_t rows, size_t cols, size_t lds)
+static void transpose(float *dst, const float *src, size_t rows, size_t cols, size_t lds, int T)
 {
-    for (size_t r0 = 0; r0 < rows; r0 += 16)
-        for (size_t c0 = 0; c0 < cols; c0 += 16) {
+    (void)T; // read by the pragma only
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+    for (size_t c0 = 0; c0 < cols; c0 += 16)
+        for (size_t r0 = 0; r0 < rows; r0 += 16) {
             const size_t r1 = r0 + 16 < rows ? r0 + 16 : rows, c1 = c0 + 16 < cols ? c0 + 16 : cols;
             for (size_t c = c0; c < c1; c++)
                 for (size_t r = r0; r < r1; r++) dst[c * rows + r] = src[r * lds + c];
         }
+}
+
+/* The broadcast kernel over all tiles of an M x N product (lvl 1 or 2). */
+static void bc_run(const struct bc_out *o, int lvl, const float *A, const float *Bm, size_t M,
+                   size_t N, size_t K, size_t rsa, size_t csa, size_t ldb)
+{
+#if NET__GSIMD
+    // AVX-512: 6 x 64 tiles when they waste fewer columns than 8 x 48 ones (N = 64, 512).
+    const int wide = lvl == 2 && (N + 63) / 64 * 64 - N <= (N + 47) / 48 * 48 - N;
+    const size_t mr = lvl == 2 ? (wide ? 6 : 8) : 4, nr = lvl == 2 ? (wide ? 64 : 48) : 16;
+    const size_t tm = (M + mr - 1) / mr, tn = (N + nr - 1) / nr;
+    const int T = gemm_threads(M, N, K);
+    (void)T; // read by the pragma only: a build without OpenMP (the fuzzers') ignores it
+    // Column strips outer (a strip of B stays in L1/L2 across the row tiles), split over
+    // threads as one range of (strip, row tile) pairs.
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+    for (size_t t = 0; t < tn * tm; t++) {
+        const size_t jn = t / tm, im = t % tm;
+        if (lvl == 1)
+            bc_tile256(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
+        else if (wide)
+            bc_tile512_6x4(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
+        else
+            bc_tile512_8x3(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
+    }
+#else
+    (void)o, (void)lvl, (void)A, (void)Bm, (void)M, (void)N, (void)K, (void)rsa, (void)csa,
+        (void)ldb;
+#endif
 }
 
 void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const float *bias, size_t M,
@@ -390,8 +481,12 @@ void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const fl
         /* C^T (N, M) = B (N, K) . A^T (K, M) by the broadcast kernel, which beats the dot
          * kernel's L2-bound A reads; A^T and C^T are the small batch-sized operands. */
         float *at = scratch, *ct = scratch + K * M;
-        transpose(at, A, M, K, lda);
-        net__gemm_bc(ct, Bm, at, NULL, N, M, K, ldb, 1, M, M, 0);
+        const int T = gemm_threads(M, N, 16);
+        (void)T; // read by the pragma only
+        transpose(at, A, M, K, lda, T);
+        const struct bc_out o = {.C = ct, .ldc = M};
+        bc_run(&o, lvl, Bm, at, N, M, K, ldb, 1, M);
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
         for (size_t m = 0; m < M; m++) {
             float *c = C + m * ldc, *c2 = C2 ? C2 + m * ldc : NULL;
             for (size_t n = 0; n < N; n++) {
@@ -419,41 +514,41 @@ void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const fl
 #endif
 }
 
-void net__gemm_bc(float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N,
-                  size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum)
+static void gemm_bc(const struct bc_out *o, const float *A, const float *Bm, size_t M, size_t N,
+                    size_t K, size_t rsa, size_t csa, size_t ldb)
 {
     if (!M || !N) return;
     const int lvl = gemm_level();
     if (lvl == 0 || K == 0) {
+        float *C = o->C;
+        const float *gate = o->gate;
+        const size_t ldc = o->ldc;
         if (K == 0) {
             for (size_t m = 0; m < M; m++)
                 for (size_t n = 0; n < N; n++) {
                     float *c = C + m * ldc + n;
-                    if (!accum || (gate && !(gate[m * ldc + n] >= 0.0f))) *c = 0.0f;
+                    if (!o->accum || (gate && !(gate[m * ldc + n] >= 0.0f))) *c = 0.0f;
                 }
-            return;
+        } else {
+            bc_ref(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, o->accum);
         }
-        bc_ref(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum);
+        if (o->sgd)
+            for (size_t m = 0; m < M; m++) net__sgd_span(o->sgd, C + m * ldc, m * ldc, N);
         return;
     }
-#if NET__GSIMD
-    // AVX-512: 6 x 64 tiles when they waste fewer columns than 8 x 48 ones (N = 64, 512).
-    const int wide = lvl == 2 && (N + 63) / 64 * 64 - N <= (N + 47) / 48 * 48 - N;
-    const size_t mr = lvl == 2 ? (wide ? 6 : 8) : 4, nr = lvl == 2 ? (wide ? 64 : 48) : 16;
-    const size_t tm = (M + mr - 1) / mr, tn = (N + nr - 1) / nr;
-    const int T = gemm_threads(M, N, K);
-    (void)T; // read by the pragma only: a build without OpenMP (the fuzzers') ignores it
-    // Column strips outer (a strip of B stays in L1/L2 across the row tiles), split over
-    // threads as one range of (strip, row tile) pairs.
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-    for (size_t t = 0; t < tn * tm; t++) {
-        const size_t jn = t / tm, im = t % tm;
-        if (lvl == 1)
-            bc_tile256(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum, im * mr, jn * nr);
-        else if (wide)
-            bc_tile512_6x4(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum, im * mr, jn * nr);
-        else
-            bc_tile512_8x3(C, A, Bm, gate, M, N, K, rsa, csa, ldb, ldc, accum, im * mr, jn * nr);
-    }
-#endif
+    bc_run(o, lvl, A, Bm, M, N, K, rsa, csa, ldb);
+}
+
+void net__gemm_bc(float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N,
+                  size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum)
+{
+    const struct bc_out o = {.C = C, .gate = gate, .ldc = ldc, .accum = accum};
+    gemm_bc(&o, A, Bm, M, N, K, rsa, csa, ldb);
+}
+
+void net__gemm_bc_sgd(float *C, const float *A, const float *Bm, size_t M, size_t N, size_t K,
+                      size_t rsa, size_t csa, size_t ldb, size_t ldc, const struct net__sgd *s)
+{
+    const struct bc_out o = {.C = C, .ldc = ldc, .sgd = s};
+    gemm_bc(&o, A, Bm, M, N, K, rsa, csa, ldb);
 }

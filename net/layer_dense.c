@@ -101,13 +101,27 @@ static void dense_forward(struct net *n, struct net_layer *l, float *out, const 
     net__dense_fwd_relu(n, l, out, NULL, inp, B);
 }
 
-/* dw (NO, NI) += dout^T (NO, B) . inp (B, NI); dinp (B, NI) = dout (B, NO) . w (NO, NI), gated
- * by gate (B, NI) >= 0 when gate is not NULL. */
-static void dense_mm_bwd(float *dinp, float *dw, const float *dout, const float *inp,
-                         const float *w, const float *gate, size_t B, size_t NI, size_t NO)
+/* For the layer's k-th tensor w (NO, NI): dinp (B, NI) = dout (B, NO) . w, gated by gate
+ * (B, NI) >= 0 when gate is not NULL; then dw (NO, NI) += dout^T (NO, B) . inp (B, NI), or =
+ * on a zero arena (n->bwd_store), or, in net_backward_update, w's SGD step fused into that
+ * store (dinp comes first: it needs w before the step). */
+static void dense_mm_bwd(struct net *n, const struct net_layer *l, size_t k, float *dinp,
+                         const float *dout, const float *inp, const float *gate, size_t B,
+                         size_t NI, size_t NO)
 {
-    net__gemm_bc(dw, dout, inp, NULL, NO, NI, B, 1, NO, NI, NI, 1);
+    struct net_tensor *t = &n->tensors[l->t0 + k];
+    float *w = net__p(n, l, k), *dw = net__g(n, l, k);
     if (dinp) net__gemm_bc(dinp, dout, w, gate, B, NI, NO, NO, 1, NI, NI, 0);
+    if (n->fuse && n->bwd_store) {
+        const struct net_optim *o = n->fuse;
+        const struct net__sgd s = {
+            w,          n->m + t->off, n->fuse_lr, o->momentum, t->decay ? o->weight_decay : 0.0f,
+            o->nesterov};
+        net__gemm_bc_sgd(dw, dout, inp, NO, NI, B, 1, NO, NI, NI, &s);
+        t->fused = 1;
+    } else {
+        net__gemm_bc(dw, dout, inp, NULL, NO, NI, B, 1, NO, NI, NI, !n->bwd_store);
+    }
 }
 
 /* db (NO) += column sums of dout (B, NO). */
@@ -126,10 +140,10 @@ void net__dense_bwd_gate(struct net *n, struct net_layer *l, float *dinp, const 
     if (l->spec.bias) dense_bias_grad(net__g(n, l, R ? 2 : 1), dout, B, OUT);
     if (R) {
         float *dt = n->scratch;
-        dense_mm_bwd(dt, net__g(n, l, 0), dout, l->ws, net__p(n, l, 0), NULL, B, R, OUT);
-        dense_mm_bwd(dinp, net__g(n, l, 1), dt, inp, net__p(n, l, 1), gate, B, IN, R);
+        dense_mm_bwd(n, l, 0, dt, dout, l->ws, NULL, B, R, OUT);
+        dense_mm_bwd(n, l, 1, dinp, dt, inp, gate, B, IN, R);
     } else {
-        dense_mm_bwd(dinp, net__g(n, l, 0), dout, inp, net__p(n, l, 0), gate, B, IN, OUT);
+        dense_mm_bwd(n, l, 0, dinp, dout, inp, gate, B, IN, OUT);
     }
 }
 

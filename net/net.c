@@ -456,6 +456,7 @@ float net_forward(struct net *n, const float *x, const uint8_t *y, size_t B, int
 
 void net_backward(struct net *n, const uint8_t *y, size_t B)
 {
+    n->bwd_store = n->grads_zero; // each weight gradient is written once: no need to add
     n->grads_zero = 0;
     const size_t K = n->n_classes, L = n->n_layers;
     float *dz = n->dacts[L];

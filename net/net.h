@@ -67,6 +67,7 @@ struct net_tensor {
     size_t dims[4]; // unused trailing dims are 1
     int nd;
     int decay;    // 1 = weight decay applies (weights, not biases / BN)
+    int fused;    // 1 = the last net_backward_update already stepped it: net_optim_step skips
     size_t layer; // owning layer index
 };
 
@@ -79,6 +80,8 @@ struct net_layer {
 
 /* Initialisation schemes (net_init_params_with). */
 enum net_init { NET_INIT_HE, NET_INIT_TORCH };
+
+struct net_optim;
 
 struct net {
     struct net_shape in_shape;
@@ -97,10 +100,13 @@ struct net {
     float **acts, **dacts;
     float *ws_pool, *scratch;
     size_t scratch_n;
-    float *probs;       // (ws_batch, n_classes) softmax of the last forward
-    int training;       // 1 after a training forward (BN used batch stats)
-    int grads_zero;     // 1 while the gradient arena is known to be all zero
-    enum net_init init; // the scheme of the running net_init_params_with
+    float *probs;   // (ws_batch, n_classes) softmax of the last forward
+    int training;   // 1 after a training forward (BN used batch stats)
+    int grads_zero; // 1 while the gradient arena is known to be all zero
+    int bwd_store;  // 1 in a backward that began on a zero arena: dense layers store dW
+    const struct net_optim *fuse; // set during net_backward_update (SGD): dense weights step
+    float fuse_lr;                //   as their gradient is stored, at this learning rate
+    enum net_init init;           // the scheme of the running net_init_params_with
 };
 
 /* Builds a net (no parameter values yet: all zero). Validates every spec against its input
@@ -180,6 +186,14 @@ struct net_optim {
 /* One update with learning rate lr, using n->grads and the m/v arenas; each gradient is
  * zeroed as it is read (grads_zero = 1 after). */
 void net_optim_step(struct net *n, struct net_optim *o, float lr);
+/* net_backward then net_optim_step, with the step of every dense weight fused into the store
+ * of its gradient (SGD on a zero gradient arena: each tile of dW updates w and its momentum
+ * while it is in cache, and the gradient is never written). The same arithmetic as the two
+ * calls, so the same result to rounding; AdamW, or a gradient arena not known to be zero,
+ * takes the two calls as they are. Use it when nothing reads the gradient between them
+ * (no group lasso, no allreduce). Returns how many tensors were stepped in the store. */
+size_t net_backward_update(struct net *n, const uint8_t *y, size_t B, struct net_optim *o,
+                           float lr);
 
 /* Group lasso (structured sparsity, Wen et al. 2016): adds lambda * sum_g ||w_g||_2 over the
  * rows (output units / filters) and the columns (input features / input-channel slices) of

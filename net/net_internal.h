@@ -98,6 +98,33 @@ void net__gemm_nt(float *C, float *C2, const float *A, const float *Bm, const fl
  * gate is not NULL (layout of C), C = gate >= 0 ? C : 0. rsa == 1 or csa == 1. */
 void net__gemm_bc(float *C, const float *A, const float *Bm, const float *gate, size_t M, size_t N,
                   size_t K, size_t rsa, size_t csa, size_t ldb, size_t ldc, int accum);
+/* One SGD step on n elements (net_optim_step's arithmetic; the gradient is zeroed as read):
+ * g' = g + d w; m = mu m + g'; w -= lr (nesterov ? g' + mu m : m). Inline, so each caller's
+ * ISA vectorizes it. */
+struct net__sgd {
+    float *w, *m; // the tensor's weights and momentum, laid out as its gradient
+    float lr, mu, d;
+    int nest;
+};
+static inline __attribute__((always_inline)) void net__sgd_span(const struct net__sgd *s, float *g,
+                                                                size_t off, size_t n)
+{
+    float *w = s->w + off, *m = s->m + off;
+    const float lr = s->lr, mu = s->mu, d = s->d;
+    const int nest = s->nest;
+    for (size_t i = 0; i < n; i++) {
+        const float gi = g[i] + d * w[i];
+        g[i] = 0.0f;
+        m[i] = mu * m[i] + gi;
+        w[i] -= lr * (nest ? gi + mu * m[i] : m[i]);
+    }
+}
+/* The weight gradient A . B of net__gemm_bc (no accumulation, no gate) spent on s's step of
+ * s->w, s->m (laid out as C) as each tile is finished, so the gradient never goes through
+ * memory. C must be zero (a zero gradient arena) and is zero on return: the SIMD levels never
+ * write it, the reference level computes into it and clears it as it steps. */
+void net__gemm_bc_sgd(float *C, const float *A, const float *Bm, size_t M, size_t N, size_t K,
+                      size_t rsa, size_t csa, size_t ldb, size_t ldc, const struct net__sgd *s);
 /* Tests: use level 2 (AVX-512), 1 (AVX2) or 0 (reference) from now on, capped by the CPU;
  * returns the previous level. */
 int net__gemm_force(int level);

@@ -7,6 +7,7 @@
 #include <math.h>
 
 #include "net/net.h"
+#include "net/net_internal.h"
 
 void net_optim_step(struct net *n, struct net_optim *o, float lr)
 {
@@ -23,14 +24,14 @@ void net_optim_step(struct net *n, struct net_optim *o, float lr)
         const float d = t->decay ? wd : 0.0f;
         const size_t N = t->n;
         if (o->kind == NET_SGD) {
-            const int nest = o->nesterov;
-#pragma omp parallel for schedule(static) if (N > 32768)
-            for (size_t i = 0; i < N; i++) {
-                float gi = g[i] + d * w[i];
-                g[i] = 0.0f;
-                m[i] = mu * m[i] + gi;
-                w[i] -= lr * (nest ? gi + mu * m[i] : m[i]);
+            if (n->tensors[ti].fused) { // stepped by net_backward_update already
+                n->tensors[ti].fused = 0;
+                continue;
             }
+            const struct net__sgd s = {w, m, lr, mu, d, o->nesterov};
+            const size_t CH = 4096;
+#pragma omp parallel for schedule(static) if (N > 32768)
+            for (size_t c = 0; c < N; c += CH) net__sgd_span(&s, g + c, c, N - c < CH ? N - c : CH);
         } else {
 #pragma omp parallel for schedule(static) if (N > 32768)
             for (size_t i = 0; i < N; i++) {
@@ -44,6 +45,18 @@ void net_optim_step(struct net *n, struct net_optim *o, float lr)
         }
     }
     n->grads_zero = 1;
+}
+
+size_t net_backward_update(struct net *n, const uint8_t *y, size_t B, struct net_optim *o, float lr)
+{
+    n->fuse = o->kind == NET_SGD && n->grads_zero ? o : NULL;
+    n->fuse_lr = lr;
+    net_backward(n, y, B);
+    n->fuse = NULL;
+    size_t fused = 0;
+    for (size_t ti = 0; ti < n->n_tensors; ti++) fused += n->tensors[ti].fused != 0;
+    net_optim_step(n, o, lr);
+    return fused;
 }
 
 float net_sched_lr(const struct net_sched *s, size_t step)

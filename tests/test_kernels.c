@@ -346,6 +346,61 @@ TEST(dense_gemm_bc_matches_reference)
     });
 }
 
+/* net__gemm_bc_sgd against the double loop: the gradient g = A B (never left in C: C must be
+ * zero after) steps w and the momentum m by net_optim_step's SGD, with or without Nesterov. */
+static int check_bc_sgd(size_t M, size_t N, size_t K, int trans, int nest, int lv)
+{
+    const size_t ldb = N + 5, ldc = N + 1;
+    const size_t rsa = trans ? 1 : K + 2, csa = trans ? M + 3 : 1;
+    const float lr = 0.1f, mu = 0.9f, d = 0.01f;
+    float *A = rand_buf(trans ? K * csa : M * rsa), *Bm = rand_buf(K * ldb);
+    float *C = calloc(M * ldc, sizeof(float)), *w = rand_buf(M * ldc), *m = rand_buf(M * ldc);
+    float *w0 = malloc(M * ldc * sizeof(float)), *m0 = malloc(M * ldc * sizeof(float));
+    memcpy(w0, w, M * ldc * sizeof(float));
+    memcpy(m0, m, M * ldc * sizeof(float));
+    const struct net__sgd s = {w, m, lr, mu, d, nest};
+    net__gemm_bc_sgd(C, A, Bm, M, N, K, rsa, csa, ldb, ldc, &s);
+    int ok = 1;
+    char what[112];
+    snprintf(what, sizeof what, "gemm_bc_sgd M%zu N%zu K%zu trans %d nesterov %d level %d", M, N, K,
+             trans, nest, lv);
+    for (size_t i = 0; i < M && ok; i++)
+        for (size_t j = 0; j < ldc && ok; j++) {
+            const size_t e = i * ldc + j;
+            if (C[e] != 0.0f) {
+                fprintf(stderr, "%s: gradient left in C[%zu][%zu]\n", what, i, j);
+                ok = 0;
+            } else if (j >= N) { // the padding past N is not touched
+                ok = w[e] == w0[e] && m[e] == m0[e];
+                if (!ok) fprintf(stderr, "%s: stepped past N at row %zu\n", what, i);
+            } else {
+                double g = 0.0, mag = 0.0;
+                for (size_t k = 0; k < K; k++) {
+                    const double p = (double)A[i * rsa + k * csa] * Bm[k * ldb + j];
+                    g += p, mag += fabs(p);
+                }
+                const double gi = g + d * (double)w0[e], mi = mu * (double)m0[e] + gi;
+                const double wi = w0[e] - lr * (nest ? gi + mu * mi : mi);
+                ok = close_to(m[e], mi, mag + 2.0, what, i, j) &&
+                     close_to(w[e], wi, lr * 2.0 * (mag + 2.0) + 1.0, what, i, j);
+            }
+        }
+    free(A), free(Bm), free(C), free(w), free(m), free(w0), free(m0);
+    return ok;
+}
+
+TEST(dense_gemm_bc_sgd_steps_as_the_optimizer)
+{
+    // The MLP's weight gradients (K = batch), then the tails of every tile.
+    static const size_t shapes[][3] = {{512, 784, 64}, {10, 256, 64}, {1, 1, 1},   {9, 49, 3},
+                                       {7, 64, 5},     {13, 65, 17},  {3, 15, 40}, {8, 47, 9}};
+    FOR_EACH_GEMM_LEVEL({
+        for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+            for (int v = 0; v < 4; v++)
+                ASSERT(check_bc_sgd(shapes[i][0], shapes[i][1], shapes[i][2], v & 1, v >> 1, lv_));
+    });
+}
+
 /* The fused BN + ReLU backward against net__bn_bwd of the ReLU-gated gradient (the gate
  * recomputed from the forward's output), per channel layout and mode, within 1e-5 of the
  * scale; dinp aliasing dout is allowed. */

@@ -1153,6 +1153,75 @@ TEST(optim_weight_decay_only_on_weights)
     ASSERT_FLT_OP(adam[5], ==, -0.2f);
 }
 
+/* Three steps of net_backward_update on one net and of net_backward + net_optim_step on its
+ * twin: the weights (plain and factorized dense, biases, conv) and momenta agree within 1e-6
+ * of their scale, every gradient is zero after, and no tensor stays marked as stepped. */
+static int fused_case(struct net_optim o, int *fused_any)
+{
+    const struct net_shape in = shp(2, 5, 5);
+    const struct net_layer_spec s[] = {
+        S_CONV(3, 3, 1, 1, 1), S_RELU(), S_FLAT(),     S_DENSE(37, 1), S_RELU(),
+        S_DENSER(19, 5, 1),    S_RELU(), S_DENSE(4, 0)};
+    struct net *a[2];
+    for (int k = 0; k < 2; k++) {
+        uint64_t rng = 5;
+        a[k] = mk_init(&in, 4, s, N_OF(s), &rng);
+        if (!a[k] || net_reserve(a[k], 6)) return -1;
+    }
+    float x[6 * 50];
+    uint8_t y[6];
+    uint64_t rng = 11;
+    struct net_optim oo[2] = {o, o};
+    *fused_any = 0;
+    for (int step = 0; step < 3; step++) {
+        for (size_t i = 0; i < N_OF(x); i++) x[i] = net_rand_normal(&rng);
+        for (int b = 0; b < 6; b++) y[b] = (uint8_t)((b + step) % 4);
+        for (int k = 0; k < 2; k++) {
+            net_zero_grad(a[k]);
+            net_forward(a[k], x, y, 6, 1);
+        }
+        net_backward(a[0], y, 6);
+        net_optim_step(a[0], &oo[0], 0.05f);
+        *fused_any += (int)net_backward_update(a[1], y, 6, &oo[1], 0.05f);
+        if (!a[1]->grads_zero) return printf("    grads_zero not set\n"), -1;
+    }
+    for (size_t ti = 0; ti < a[1]->n_tensors; ti++) {
+        const struct net_tensor *t = &a[1]->tensors[ti];
+        if (t->fused) return printf("    %s still marked stepped\n", t->name), -1;
+    }
+    double scale = 0.0, dw = 0.0, dm = 0.0;
+    for (size_t i = 0; i < a[0]->n_params; i++) {
+        scale = fmax(scale, fabs(a[0]->params[i]));
+        dw = fmax(dw, fabs(a[0]->params[i] - a[1]->params[i]));
+        dm = fmax(dm, fabs(a[0]->m[i] - a[1]->m[i]));
+        if (a[1]->grads[i] != 0.0f) return printf("    gradient %zu left\n", i), -1;
+    }
+    net_destroy(a[0]);
+    net_destroy(a[1]);
+    if (dw > 1e-6 * scale || dm > 1e-6 * scale)
+        return printf("    fused and separate steps differ: w by %g, m by %g (scale %g)\n", dw, dm,
+                      scale),
+               -1;
+    return 0;
+}
+
+TEST(backward_update_matches_backward_then_step)
+{
+    // SGD fuses the four dense weight tensors (the factorized layer has two) on each of the
+    // three steps; AdamW fuses nothing.
+    int fz = 0;
+    struct net_optim sgd = {.kind = NET_SGD, .momentum = 0.9f, .weight_decay = 0.01f};
+    ASSERT_EQ(fused_case(sgd, &fz), 0);
+    ASSERT_EQ(fz, 12);
+    sgd.nesterov = 1;
+    ASSERT_EQ(fused_case(sgd, &fz), 0);
+    ASSERT_EQ(fz, 12);
+    struct net_optim adam = {
+        .kind = NET_ADAMW, .weight_decay = 0.01f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    ASSERT_EQ(fused_case(adam, &fz), 0);
+    ASSERT_EQ(fz, 0);
+}
+
 TEST(init_schemes)
 {
     // He: normal weights (std sqrt(2 / fan_in)), zero biases, branch conv2 at 0.1x without
