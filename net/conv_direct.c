@@ -235,6 +235,14 @@ static uint16_t tail_mask(size_t p0, size_t N)
 
 #if NET__DIRECT
 
+/* The 16 lanes of v summed pairwise into 8 doubles (the low and high halves widened). */
+NET__AVX512 static NET__INLINE __m512d lanes_pd(__m512 v)
+{
+    return _mm512_add_pd(
+        _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+}
+
 /* One forward tile: out rows [o0, o0 + rows) (rows <= 8) at pixels [p0, p0 + 48).
  * wp: this block's packed weights [Cin][KK][8]; km: the tile's masks [KK][3], tail included.
  * Channel-outer order: all taps of one input channel run while its few cache lines are hot
@@ -243,7 +251,7 @@ static uint16_t tail_mask(size_t p0, size_t N)
 NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp, const float *bias,
                                     size_t Cin, size_t o0, size_t rows, size_t p0,
                                     const __mmask16 *km, const struct dconv *d,
-                                    const struct net__epi *e)
+                                    const struct net__epi *e, double *st)
 {
     const size_t N = d->N, KK = d->KK;
     __m512 acc[NET__DMR][3];
@@ -282,31 +290,57 @@ NET__AVX512 static void direct_tile(float *out, const float *in, const float *wp
             }
             if (e->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
             _mm512_mask_storeu_ps(dst + 16 * j, tm[j], v);
+            acc[m][j] = _mm512_maskz_mov_ps(tm[j], v); // what was stored, 0 past the end
+        }
+        if (st) { // the channel's sum and sum of squares: 3 vectors to 16 lanes, then double
+            const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[m][0], acc[m][1]), acc[m][2]);
+            __m512 q = _mm512_mul_ps(acc[m][0], acc[m][0]);
+            q = _mm512_fmadd_ps(acc[m][1], acc[m][1], q);
+            q = _mm512_fmadd_ps(acc[m][2], acc[m][2], q);
+            st[2 * (o0 + (size_t)m)] += _mm512_reduce_add_pd(lanes_pd(s));
+            st[2 * (o0 + (size_t)m) + 1] += _mm512_reduce_add_pd(lanes_pd(q));
         }
     }
 }
 
-/* out (Cout, N) (+)= direct conv of in (Cin, N) with packed weights wp [ob][Cin][KK][8].
+/* All output channels of the 48 pixels at tile ti. */
+static void direct_column(float *out, const float *in, const float *wp, const float *bias,
+                          size_t Cin, size_t Cout, size_t ti, const struct dconv *d,
+                          const struct net__epi *e, double *st)
+{
+    const size_t N = d->N, KK = d->KK, nob = (Cout + 7) / 8, blk = KK * Cin * NET__DMR;
+    const size_t p0 = ti * NET__DTILE;
+    __mmask16 km[NET__DMAXK * NET__DMAXK * 3];
+    for (size_t j = 0; j < 3; j++) {
+        const uint16_t *mr = d->mask + ((p0 / 16 + j) % d->period) * KK;
+        const uint16_t tm = tail_mask(p0 + 16 * j, N);
+        for (size_t t = 0; t < KK; t++) km[3 * t + j] = (__mmask16)(mr[t] & tm);
+    }
+    for (size_t ob = 0; ob < nob; ob++) {
+        size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
+        direct_tile(out, in, wp + ob * blk, bias, Cin, o0, rows, p0, km, d, e, st);
+    }
+}
+
+/* out (Cout, N) (+)= direct conv of in (Cin, N) with packed weights wp [ob][Cin][KK][8];
+ * e->stats (when not NULL) gets each channel's sum and sum of squares of what is stored, one
+ * private copy per thread (an OpenMP array reduction) added into it at the end.
  * (No target attribute here: GCC's outlined OpenMP body would not inherit it.) */
 static void direct_run(float *out, const float *in, const float *wp, const float *bias, size_t Cin,
                        size_t Cout, const struct dconv *d, const struct net__epi *e)
 {
-    const size_t N = d->N, KK = d->KK;
-    const size_t tiles = (N + NET__DTILE - 1) / NET__DTILE, nob = (Cout + 7) / 8;
-    const size_t blk = KK * Cin * NET__DMR;
-#pragma omp parallel for schedule(static) if (tiles * Cout * Cin * KK > 200000)
-    for (size_t ti = 0; ti < tiles; ti++) {
-        const size_t p0 = ti * NET__DTILE;
-        __mmask16 km[NET__DMAXK * NET__DMAXK * 3];
-        for (size_t j = 0; j < 3; j++) {
-            const uint16_t *mr = d->mask + ((p0 / 16 + j) % d->period) * KK;
-            const uint16_t tm = tail_mask(p0 + 16 * j, N);
-            for (size_t t = 0; t < KK; t++) km[3 * t + j] = (__mmask16)(mr[t] & tm);
-        }
-        for (size_t ob = 0; ob < nob; ob++) {
-            size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
-            direct_tile(out, in, wp + ob * blk, bias, Cin, o0, rows, p0, km, d, e);
-        }
+    const size_t tiles = (d->N + NET__DTILE - 1) / NET__DTILE;
+    const int par = tiles * Cout * Cin * d->KK > 200000;
+    double *st = e->stats;
+    (void)par; // read by the pragmas only
+    if (st) {
+#pragma omp parallel for schedule(static) reduction(+ : st[:2 * Cout]) if (par)
+        for (size_t ti = 0; ti < tiles; ti++)
+            direct_column(out, in, wp, bias, Cin, Cout, ti, d, e, st);
+    } else {
+#pragma omp parallel for schedule(static) if (par)
+        for (size_t ti = 0; ti < tiles; ti++)
+            direct_column(out, in, wp, bias, Cin, Cout, ti, d, e, NULL);
     }
 }
 
@@ -426,13 +460,19 @@ NET__AVX2 static void tail_vec2(__m256i *lo, __m256i *hi, size_t p0, size_t N)
     *hi = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8), idx);
 }
 
+NET__AVX2 static NET__INLINE double hsum4_pd(__m256d v)
+{
+    const __m128d h = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
 /* Forward tile, AVX2: rows [o0 + m0, o0 + m0 + 4) of an 8-row packed block at the 16 pixels
  * of unit p0; km: [KK][2] mask vectors (tail included). 8 accumulators; per tap and input
  * channel 2 masked loads and 4 broadcasts for 8 FMAs. */
 NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp, const float *bias,
                                    size_t Cin, size_t o0, size_t m0, size_t rows, size_t p0,
                                    const __m256i *km, const struct dconv *d,
-                                   const struct net__epi *e)
+                                   const struct net__epi *e, double *st)
 {
     const size_t N = d->N, KK = d->KK;
     __m256 acc[4][2];
@@ -470,13 +510,23 @@ NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp,
             }
             if (e->relu) v = _mm256_max_ps(v, zero);
             _mm256_maskstore_ps(dst + 8 * j, tm[j], v);
+            acc[m][j] = _mm256_and_ps(v, _mm256_castsi256_ps(tm[j])); // 0 past the end
+        }
+        if (st) { // as direct_tile: 2 vectors to 8 lanes, then double
+            const __m256 s = _mm256_add_ps(acc[m][0], acc[m][1]);
+            const __m256 q =
+                _mm256_fmadd_ps(acc[m][1], acc[m][1], _mm256_mul_ps(acc[m][0], acc[m][0]));
+            st[2 * o] += hsum4_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(s)),
+                                                _mm256_cvtps_pd(_mm256_extractf128_ps(s, 1))));
+            st[2 * o + 1] += hsum4_pd(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(q)),
+                                                    _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1))));
         }
     }
 }
 
 NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp, const float *bias,
                                    size_t Cin, size_t Cout, size_t p0, const struct dconv *d,
-                                   const struct net__epi *e)
+                                   const struct net__epi *e, double *st)
 {
     const size_t N = d->N, KK = d->KK, nob = (Cout + 7) / 8, blk = KK * Cin * NET__DMR;
     __m256i km[NET__DMAXK * NET__DMAXK * 2];
@@ -491,7 +541,7 @@ NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp,
     for (size_t ob = 0; ob < nob; ob++) {
         const size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
         for (size_t m0 = 0; m0 < rows; m0 += 4)
-            direct_tile2(out, in, wp + ob * blk, bias, Cin, o0, m0, rows, p0, km, d, e);
+            direct_tile2(out, in, wp + ob * blk, bias, Cin, o0, m0, rows, p0, km, d, e, st);
     }
 }
 
@@ -499,8 +549,18 @@ static void direct_run2(float *out, const float *in, const float *wp, const floa
                         size_t Cout, const struct dconv *d, const struct net__epi *e)
 {
     const size_t units = (d->N + 15) / 16;
-#pragma omp parallel for schedule(static) if (units * Cout * Cin * d->KK > 200000)
-    for (size_t u = 0; u < units; u++) direct_unit2(out, in, wp, bias, Cin, Cout, u * 16, d, e);
+    const int par = units * Cout * Cin * d->KK > 200000;
+    double *st = e->stats;
+    (void)par; // read by the pragmas only
+    if (st) {
+#pragma omp parallel for schedule(static) reduction(+ : st[:2 * Cout]) if (par)
+        for (size_t u = 0; u < units; u++)
+            direct_unit2(out, in, wp, bias, Cin, Cout, u * 16, d, e, st);
+    } else {
+#pragma omp parallel for schedule(static) if (par)
+        for (size_t u = 0; u < units; u++)
+            direct_unit2(out, in, wp, bias, Cin, Cout, u * 16, d, e, NULL);
+    }
 }
 
 /* Weight gradient, AVX2: MR rows x the K taps of kernel row ki of input channel c, over

@@ -191,10 +191,12 @@ void net__conv_fwd_epi(float *out, float *col, const float *inp, const float *w,
 {
     if (net__conv_direct_ok(g)) {
         net__conv_direct_fwd(out, col, inp, w, b, g, B, e);
-    } else {
-        net__conv_fwd_im2col(out, col, inp, w, b, g, B);
-        net__epi_apply(out, e, g->OC * B * g->OH * g->OW);
+        return;
     }
+    net__conv_fwd_im2col(out, col, inp, w, b, g, B);
+    const size_t N = B * g->OH * g->OW;
+    net__epi_apply(out, e, g->OC * N);
+    if (e && e->stats) net__chan_stats(e->stats, out, g->OC, N);
 }
 
 void net__conv_fwd(float *out, float *col, const float *inp, const float *w, const float *b,
@@ -337,9 +339,27 @@ static void bn_sums(const float *a, const float *b, size_t n, size_t is, double 
 #undef BN_PLAIN
 }
 
+void net__chan_stats(double *st, const float *x, size_t C, size_t N)
+{
+#pragma omp parallel for schedule(static) if (C * N > 32768)
+    for (size_t c = 0; c < C; c++) {
+        double s, s2;
+        bn_sums(x + c * N, x + c * N, N, 1, &s, &s2);
+        st[2 * c] += s, st[2 * c + 1] += s2;
+    }
+}
+
 void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar, const float *inp,
                  const float *gamma, const float *beta, size_t C, size_t N, size_t cs, size_t is,
                  int training)
+{
+    net__bn_fwd_relu(out, NULL, xhat, inv, rmean, rvar, inp, gamma, beta, C, N, cs, is, training,
+                     NULL);
+}
+
+void net__bn_fwd_relu(float *out, float *out2, float *xhat, float *inv, float *rmean, float *rvar,
+                      const float *inp, const float *gamma, const float *beta, size_t C, size_t N,
+                      size_t cs, size_t is, int training, const double *stats)
 {
 #pragma omp parallel for schedule(static) if (C * N > 32768)
     for (size_t c = 0; c < C; c++) {
@@ -347,7 +367,10 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
         float mean, istd;
         if (training) {
             double s, s2;
-            bn_sums(x, x, N, is, &s, &s2);
+            if (stats)
+                s = stats[2 * c], s2 = stats[2 * c + 1];
+            else
+                bn_sums(x, x, N, is, &s, &s2);
             double mu = s / (double)N;
             double var = s2 / (double)N - mu * mu;
             if (var < 0.0) var = 0.0;
@@ -366,7 +389,17 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
         const float gc = gamma[c], bc = beta[c];
         float *o = out + c * cs;
         float *xh = xhat ? xhat + c * cs : NULL;
-        if (is == 1 && xh) { // the common case, written so that it vectorises
+        float *o2 = out2 ? out2 + c * cs : NULL;
+        if (is == 1 && xh && o2) { // the common cases, written so that they vectorise
+            for (size_t i = 0; i < N; i++) {
+                const float h = (x[i] - mean) * istd, y = gc * h + bc;
+                xh[i] = h;
+                o[i] = y;
+                o2[i] = y > 0.0f ? y : 0.0f;
+            }
+            continue;
+        }
+        if (is == 1 && xh) {
             for (size_t i = 0; i < N; i++) {
                 const float h = (x[i] - mean) * istd;
                 xh[i] = h;
@@ -375,9 +408,10 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
             continue;
         }
         for (size_t i = 0; i < N; i++) {
-            float h = (x[i * is] - mean) * istd;
+            float h = (x[i * is] - mean) * istd, y = gc * h + bc;
             if (xh) xh[i * is] = h;
-            o[i * is] = gc * h + bc;
+            o[i * is] = y;
+            if (o2) o2[i * is] = y > 0.0f ? y : 0.0f;
         }
     }
 }

@@ -52,14 +52,20 @@ static void bn_layout(const struct net_layer *l, size_t B, size_t *N, size_t *cs
     }
 }
 
-static void bn_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
-                       int training)
+void net__bn_forward_relu(struct net *n, struct net_layer *l, float *out, float *relu,
+                          const float *inp, size_t B, int training, const double *stats)
 {
     size_t N, cs, is;
     bn_layout(l, B, &N, &cs, &is);
     float *inv = l->ws + B * l->in.c * l->in.h * l->in.w;
-    net__bn_fwd(out, l->ws, inv, net__p(n, l, 2), net__p(n, l, 3), inp, net__p(n, l, 0),
-                net__p(n, l, 1), l->in.c, N, cs, is, training);
+    net__bn_fwd_relu(out, relu, l->ws, inv, net__p(n, l, 2), net__p(n, l, 3), inp, net__p(n, l, 0),
+                     net__p(n, l, 1), l->in.c, N, cs, is, training, stats);
+}
+
+static void bn_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                       int training)
+{
+    net__bn_forward_relu(n, l, out, NULL, inp, B, training, NULL);
 }
 
 static void bn_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,

@@ -81,19 +81,26 @@ static void conv_init(struct net *n, struct net_layer *l, uint64_t *rng)
     }
 }
 
-static void conv_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
-                         int training)
+void net__conv_forward_stats(struct net *n, struct net_layer *l, float *out, const float *inp,
+                             size_t B, double *stats)
 {
     struct net__conv g, g1;
     conv_geoms(l, &g, &g1);
     size_t R = l->spec.rank;
     const float *b = l->spec.bias ? net__p(n, l, R ? 2 : 1) : NULL;
+    const struct net__epi e = {.stats = stats};
     if (R) {
         net__conv_fwd(l->ws, n->scratch, inp, net__p(n, l, 1), NULL, &g, B);
-        net__conv_fwd(out, NULL, l->ws, net__p(n, l, 0), b, &g1, B);
+        net__conv_fwd_epi(out, NULL, l->ws, net__p(n, l, 0), b, &g1, B, &e);
     } else {
-        net__conv_fwd(out, n->scratch, inp, net__p(n, l, 0), b, &g, B);
+        net__conv_fwd_epi(out, n->scratch, inp, net__p(n, l, 0), b, &g, B, &e);
     }
+}
+
+static void conv_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                         int training)
+{
+    net__conv_forward_stats(n, l, out, inp, B, NULL);
 }
 
 static void conv_backward(struct net *n, struct net_layer *l, float *dinp, const float *dout,

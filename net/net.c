@@ -157,6 +157,7 @@ void net_destroy(struct net *n)
     free(n->params);
     free(n->grads);
     free(n->m);
+    free(n->chan_stats);
     free(n->v);
     free(n->state);
     free(n);
@@ -272,7 +273,8 @@ int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_c
     n->m = calloc(n->n_params + 1, sizeof(float));
     n->v = calloc(n->n_params + 1, sizeof(float));
     n->state = calloc(n->n_state + 1, sizeof(float));
-    if (!n->params || !n->grads || !n->m || !n->v || !n->state) {
+    n->chan_stats = calloc(n->n_state + 2, sizeof(double)); // a BN's 2 C <= n_state
+    if (!n->params || !n->grads || !n->m || !n->v || !n->state || !n->chan_stats) {
         snprintf(err, errlen, "model: out of memory for %zu parameters", n->n_params);
         rc = -ENOMEM;
         goto fail;
@@ -409,12 +411,32 @@ static void net__forward_layers(struct net *n, const float *x, size_t B, int tra
             for (size_t c = 0; c < C; c++)
                 memcpy(a0 + (c * B + b) * HW, x + (b * C + c) * HW, HW * sizeof(float));
     }
-    for (size_t i = 0; i < upto && i < n->n_layers; i++) {
+    const size_t end = upto < n->n_layers ? upto : n->n_layers;
+    for (size_t i = 0; i < end; i++) {
         struct net_layer *l = &n->layers[i];
         if (l->spec.kind == NET_DENSE && i + 1 < n->n_layers &&
             n->layers[i + 1].spec.kind == NET_RELU) {
             // Dense -> ReLU: one store writes both (net_internal.h).
             net__dense_fwd_relu(n, l, n->acts[i + 1], n->acts[i + 2], n->acts[i], B);
+            i++;
+            continue;
+        }
+        const int bn_next = i + 1 < end && n->layers[i + 1].spec.kind == NET_BN;
+        if (l->spec.kind == NET_CONV && bn_next && training) {
+            // Conv -> BN [-> ReLU]: the BN's batch statistics from the conv's store, the
+            // ReLU's output from the BN's (net_internal.h).
+            double *st = n->chan_stats;
+            memset(st, 0, 2 * l->out.c * sizeof(double));
+            net__conv_forward_stats(n, l, n->acts[i + 1], n->acts[i], B, st);
+            const int relu = i + 2 < end && n->layers[i + 2].spec.kind == NET_RELU;
+            net__bn_forward_relu(n, &n->layers[i + 1], n->acts[i + 2], relu ? n->acts[i + 3] : NULL,
+                                 n->acts[i + 1], B, training, st);
+            i += 1 + (size_t)relu;
+            continue;
+        }
+        if (l->spec.kind == NET_BN && i + 1 < end && n->layers[i + 1].spec.kind == NET_RELU) {
+            net__bn_forward_relu(n, l, n->acts[i + 1], n->acts[i + 2], n->acts[i], B, training,
+                                 NULL);
             i++;
             continue;
         }

@@ -100,10 +100,11 @@ struct net {
     float **acts, **dacts;
     float *ws_pool, *scratch;
     size_t scratch_n;
-    float *probs;   // (ws_batch, n_classes) softmax of the last forward
-    int training;   // 1 after a training forward (BN used batch stats)
-    int grads_zero; // 1 while the gradient arena is known to be all zero
-    int bwd_store;  // 1 in a backward that began on a zero arena: dense layers store dW
+    float *probs;       // (ws_batch, n_classes) softmax of the last forward
+    int training;       // 1 after a training forward (BN used batch stats)
+    double *chan_stats; // n_state + 2: a conv's channel sums for the BN after it (net.c)
+    int grads_zero;     // 1 while the gradient arena is known to be all zero
+    int bwd_store;      // 1 in a backward that began on a zero arena: dense layers store dW
     const struct net_optim *fuse; // set during net_backward_update (SGD): dense weights step
     float fuse_lr;                //   as their gradient is stored, at this learning rate
     enum net_init init;           // the scheme of the running net_init_params_with

@@ -149,6 +149,8 @@ struct net__epi {
     const float *gate; // a ReLU output whose zeros block the gradient, or NULL
     int accum;         // add to what the output holds
     int relu;          // ReLU forward
+    double *stats;     // forward only, or NULL: stats[2 o] += sum over the stored channel o,
+                       // stats[2 o + 1] += its sum of squares (a following BN's batch stats)
 };
 
 /* out (OC, B, OH, OW) = w (OC, C*K*K) * im2col(inp) + b. b may be NULL. */
@@ -213,6 +215,14 @@ void net__epi_apply(float *x, const struct net__epi *e, size_t n);
 void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar, const float *inp,
                  const float *gamma, const float *beta, size_t C, size_t N, size_t cs, size_t is,
                  int training);
+/* The same, and when out2 is not NULL out2 = relu(out) (a BN -> ReLU pair in one pass); in
+ * training, stats (when not NULL) are the channels' sums and sums of squares over the N items
+ * ([C][2], from the conv's store: net__epi.stats) instead of a pass over inp. */
+void net__bn_fwd_relu(float *out, float *out2, float *xhat, float *inv, float *rmean, float *rvar,
+                      const float *inp, const float *gamma, const float *beta, size_t C, size_t N,
+                      size_t cs, size_t is, int training, const double *stats);
+/* st[2 c] += sum of x[c * N + i] over i < N, st[2 c + 1] += sum of its squares. */
+void net__chan_stats(double *st, const float *x, size_t C, size_t N);
 /* dinp = BN backward (overwrites); dgamma, dbeta accumulate. dinp may alias dout.
  * training says which forward it follows. */
 void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, const float *xhat,
@@ -225,6 +235,14 @@ void net__bn_bwd(float *dinp, float *dgamma, float *dbeta, const float *dout, co
 void net__bn_bwd_relu(float *dinp, float *dgamma, float *dbeta, const float *dout,
                       const float *xhat, const float *inv, const float *gamma, const float *beta,
                       size_t C, size_t N, size_t cs, size_t is, int training);
+/* Conv -> BN (training): the conv adds its channels' sums and sums of squares into stats
+ * ([C][2], zeroed by the caller) as it stores (net__epi.stats), and the BN takes its batch
+ * statistics from them instead of a pass over its input. BN -> ReLU: the BN also writes the
+ * ReLU's output (relu, when not NULL) and the ReLU's forward is skipped. */
+void net__conv_forward_stats(struct net *n, struct net_layer *l, float *out, const float *inp,
+                             size_t B, double *stats);
+void net__bn_forward_relu(struct net *n, struct net_layer *l, float *out, float *relu,
+                          const float *inp, size_t B, int training, const double *stats);
 /* The layer's half of it (layer_bn.c): BN layer l, dout = the ReLU's output gradient. */
 void net__bn_backward_relu(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                            size_t B);

@@ -150,7 +150,9 @@ TEST(conv_direct_matches_im2col_5x5_and_7x7)
 }
 
 /* The fused epilogues against the unfused path: forward relu(conv + b + add), data gradient
- * overwritten and gated by a ReLU output (zeros, negatives and positives all present). */
+ * overwritten and gated by a ReLU output (zeros, negatives and positives all present); the
+ * forward's channel sums and sums of squares (added to what stats held) against a double loop
+ * over the unfused output, within 1e-6 of the sums of magnitudes. */
 static int compare_epilogues(size_t C, size_t OC, size_t H, size_t W, size_t B)
 {
     struct net__conv g;
@@ -163,7 +165,9 @@ static int compare_epilogues(size_t C, size_t OC, size_t H, size_t W, size_t B)
     float *scr = malloc(dsz * sizeof(float)), *dw = calloc(OC * C * 9, sizeof(float));
     float *o1 = malloc(OC * N * sizeof(float)), *o2 = malloc(OC * N * sizeof(float));
     float *d1 = rand_buf(C * N), *d2 = rand_buf(C * N); // garbage: must be overwritten
-    const struct net__epi fe = {.add = add, .relu = 1}, be = {.gate = gate};
+    double *st = malloc(2 * OC * sizeof(double));
+    for (size_t i = 0; i < 2 * OC; i++) st[i] = 1.0; // the kernel adds to it
+    const struct net__epi fe = {.add = add, .relu = 1, .stats = st}, be = {.gate = gate};
 
     net__conv_fwd_im2col(o1, col, inp, w, b, &g, B);
     net__epi_apply(o1, &fe, OC * N);
@@ -190,6 +194,19 @@ static int compare_epilogues(size_t C, size_t OC, size_t H, size_t W, size_t B)
             fprintf(stderr, "gradient %g passed a closed gate at %zu\n", d2[i], i);
             bad = 1;
         }
+    for (size_t o = 0; o < OC && !bad; o++) {
+        double s1 = 1.0, s2 = 1.0, m1 = 1.0, m2 = 1.0;
+        for (size_t i = 0; i < N; i++) {
+            const double v = o1[o * N + i];
+            s1 += v, s2 += v * v, m1 += fabs(v), m2 += v * v;
+        }
+        if (fabs(st[2 * o] - s1) > 1e-6 * m1 || fabs(st[2 * o + 1] - s2) > 1e-6 * m2) {
+            fprintf(stderr, "channel %zu: sums %.9g %.9g, want %.9g %.9g\n", o, st[2 * o],
+                    st[2 * o + 1], s1, s2);
+            bad = 1;
+        }
+    }
+    free(st);
     free(inp), free(w), free(b), free(add), free(gate), free(dout), free(col), free(dcol);
     free(scr), free(dw), free(o1), free(o2), free(d1), free(d2);
     return bad;

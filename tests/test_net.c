@@ -1153,6 +1153,84 @@ TEST(optim_weight_decay_only_on_weights)
     ASSERT_FLT_OP(adam[5], ==, -0.2f);
 }
 
+/* Batch norm layer bi of a net after a forward: its output is gamma * (x - mean) / sqrt(var +
+ * eps) + beta of its input x (batch statistics in training, running ones in eval), within 1e-5;
+ * in training the running statistics moved by 0.1 toward the batch's (unbiased variance) from
+ * rm0 / rv0; a ReLU after it holds exactly max(output, 0). */
+static int bn_known(const struct net *n, size_t bi, size_t B, int training, const float *rm0,
+                    const float *rv0)
+{
+    const struct net_layer *l = &n->layers[bi];
+    const size_t C = l->in.c, HW = l->in.h * l->in.w, M = B * HW;
+    const float *x = n->acts[bi], *y = n->acts[bi + 1];
+    const float *g = net_tensor_data(n, net_tensor_get(n, bi, "gamma"));
+    const float *be = net_tensor_data(n, net_tensor_get(n, bi, "beta"));
+    const float *rm = net_tensor_data(n, net_tensor_get(n, bi, "mean"));
+    const float *rv = net_tensor_data(n, net_tensor_get(n, bi, "var"));
+    const int relu = bi + 1 < n->n_layers && n->layers[bi + 1].spec.kind == NET_RELU;
+    for (size_t c = 0; c < C; c++) {
+        // Element i of channel c: (C, B, H, W) planes when spatial, (B, C) rows when flat.
+#define AT(a, i) (l->in.spatial ? (a)[c * M + (i)] : (a)[(i)*C + c])
+        double s = 0.0, s2 = 0.0;
+        for (size_t i = 0; i < M; i++) s += AT(x, i);
+        const double mu = s / (double)M;
+        for (size_t i = 0; i < M; i++) s2 += (AT(x, i) - mu) * (AT(x, i) - mu);
+        const double var = s2 / (double)M;
+        const double mean = training ? mu : rm[c], v = training ? var : rv[c];
+        if (training && (fabs(rm[c] - (0.9 * rm0[c] + 0.1 * mu)) > 1e-5 * (1 + fabs(mu)) ||
+                         fabs(rv[c] - (0.9 * rv0[c] + 0.1 * var * M / (M - 1))) > 1e-5 * (1 + var)))
+            return printf("    bn %zu channel %zu: running %g %g, batch %g %g\n", bi, c,
+                          (double)rm[c], (double)rv[c], mu, var),
+                   -1;
+        for (size_t i = 0; i < M; i++) {
+            const double want = g[c] * (AT(x, i) - mean) / sqrt(v + 1e-5) + be[c];
+            if (fabs(AT(y, i) - want) > 1e-5 * (1 + fabs(want)))
+                return printf("    bn %zu channel %zu item %zu: %g, want %g\n", bi, c, i,
+                              (double)AT(y, i), want),
+                       -1;
+            if (relu && AT(n->acts[bi + 2], i) != (AT(y, i) > 0.0f ? AT(y, i) : 0.0f))
+                return printf("    relu after bn %zu: %g at %zu\n", bi,
+                              (double)AT(n->acts[bi + 2], i), i),
+                       -1;
+        }
+#undef AT
+    }
+    return 0;
+}
+
+TEST(bn_forward_fusions_keep_the_known_answer)
+{
+    // Conv -> BN -> ReLU (statistics from the conv's store, the ReLU from the BN's), conv ->
+    // BN without a ReLU, a flat BN -> ReLU; training twice (the running statistics move),
+    // then eval (running statistics, the BN -> ReLU fusion only).
+    const struct net_shape in = shp(2, 7, 5);
+    const struct net_layer_spec s[] = {
+        S_CONV(6, 3, 1, 1, 1), S_BN(), S_RELU(), S_CONV(5, 3, 1, 1, 1), S_BN(), S_FLAT(),
+        S_DENSE(7, 1),         S_BN(), S_RELU(), S_DENSE(3, 1)};
+    const size_t bns[] = {1, 4, 7}, B = 6;
+    uint64_t rng = 21;
+    struct net *n = mk_init(&in, 3, s, N_OF(s), &rng);
+    ASSERT(n);
+    ASSERT_EQ(net_reserve(n, B), 0);
+    float x[6 * 70];
+    uint8_t y[6] = {0, 1, 2, 0, 1, 2};
+    for (int pass = 0; pass < 3; pass++) {
+        const int training = pass < 2;
+        float rm0[3][8], rv0[3][8];
+        for (size_t k = 0; k < 3; k++) {
+            const struct net_tensor *tm = net_tensor_get(n, bns[k], "mean");
+            memcpy(rm0[k], net_tensor_data(n, tm), tm->n * sizeof(float));
+            memcpy(rv0[k], net_tensor_data(n, net_tensor_get(n, bns[k], "var")),
+                   tm->n * sizeof(float));
+        }
+        for (size_t i = 0; i < N_OF(x); i++) x[i] = 2.0f + 3.0f * net_rand_normal(&rng);
+        ASSERT(isfinite(net_forward(n, x, y, B, training)));
+        for (size_t k = 0; k < 3; k++)
+            ASSERT_EQ(bn_known(n, bns[k], B, training, rm0[k], rv0[k]), 0);
+    }
+    net_destroy(n);
+}
+
 /* Three steps of net_backward_update on one net and of net_backward + net_optim_step on its
  * twin: the weights (plain and factorized dense, biases, conv) and momenta agree within 1e-6
  * of their scale, every gradient is zero after, and no tensor stays marked as stepped. */
