@@ -65,7 +65,7 @@ static size_t mp_ws(const struct net_layer *l, size_t B)
  * into even and odd columns with one permute each, then the first-maximum rule of the scalar
  * code (top-left, top-right, bottom-left, bottom-right) runs on masks. */
 MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, size_t W, size_t OH,
-                                    size_t OW)
+                                    size_t OW, int relu)
 {
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
@@ -79,10 +79,13 @@ MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, s
             const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
             const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
             const float *p0 = r0 + 2 * ow, *p1 = r1 + 2 * ow;
-            const __m512 l0 = _mm512_maskz_loadu_ps(ml, p0),
-                         h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
-            const __m512 l1 = _mm512_maskz_loadu_ps(ml, p1),
-                         h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
+            __m512 l0 = _mm512_maskz_loadu_ps(ml, p0), h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
+            __m512 l1 = _mm512_maskz_loadu_ps(ml, p1), h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
+            if (relu) { // max(x, 0) returns its second operand, 0, for a NaN x: as relu_forward
+                const __m512 zero = _mm512_setzero_ps();
+                l0 = _mm512_max_ps(l0, zero), h0 = _mm512_max_ps(h0, zero);
+                l1 = _mm512_max_ps(l1, zero), h1 = _mm512_max_ps(h1, zero);
+            }
             const __m512 v0 = _mm512_permutex2var_ps(l0, ev, h0),
                          v1 = _mm512_permutex2var_ps(l0, od, h0);
             const __m512 v2 = _mm512_permutex2var_ps(l1, ev, h1),
@@ -157,8 +160,9 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
 }
 #endif
 
-static void mp_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
-                       int training)
+/* The max pool of inp, or with relu of max(inp, 0) read on the fly (a ReLU before the pool,
+ * whose output is then never written). */
+static void mp_fwd(struct net_layer *l, float *out, const float *inp, size_t B, int relu)
 {
     const size_t C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
     const size_t K = l->spec.k, S = mp_stride(l);
@@ -172,10 +176,11 @@ static void mp_forward(struct net *n, struct net_layer *l, float *out, const flo
         uint32_t *a = arg + p * OH * OW;
 #if MP_AVX512
         if (K == 2 && S == 2 && simd) {
-            mp2_fwd_plane(dst, a, src, W, OH, OW);
+            mp2_fwd_plane(dst, a, src, W, OH, OW, relu);
             continue;
         }
 #endif
+#define MP_IN(idx) (relu ? (src[idx] > 0.0f ? src[idx] : 0.0f) : src[idx])
         if (K == 2 && S == 2) {
             /* The common 2x2 / 2 window, branch-free so the compiler vectorises it (random
              * data makes the comparisons unpredictable); same first-maximum tie rule. */
@@ -186,7 +191,11 @@ static void mp_forward(struct net *n, struct net_layer *l, float *out, const flo
                 const uint32_t base = (uint32_t)(2 * oh * W), w = (uint32_t)W;
                 for (size_t ow = 0; ow < OW; ow++) {
                     const size_t j = 2 * ow;
-                    const float v0 = r0[j], v1 = r0[j + 1], v2 = r1[j], v3 = r1[j + 1];
+                    float v0 = r0[j], v1 = r0[j + 1], v2 = r1[j], v3 = r1[j + 1];
+                    if (relu) {
+                        v0 = v0 > 0.0f ? v0 : 0.0f, v1 = v1 > 0.0f ? v1 : 0.0f;
+                        v2 = v2 > 0.0f ? v2 : 0.0f, v3 = v3 > 0.0f ? v3 : 0.0f;
+                    }
                     const uint32_t i0 = base + (uint32_t)j;
                     float m = v0;
                     uint32_t at = i0;
@@ -205,12 +214,12 @@ static void mp_forward(struct net *n, struct net_layer *l, float *out, const flo
         for (size_t oh = 0; oh < OH; oh++) {
             for (size_t ow = 0; ow < OW; ow++) {
                 size_t best = oh * S * W + ow * S;
-                float bv = src[best];
+                float bv = MP_IN(best);
                 for (size_t i = 0; i < K; i++) {
                     for (size_t j = 0; j < K; j++) {
                         size_t idx = (oh * S + i) * W + ow * S + j;
-                        if (src[idx] > bv) {
-                            bv = src[idx];
+                        if (MP_IN(idx) > bv) {
+                            bv = MP_IN(idx);
                             best = idx;
                         }
                     }
@@ -219,7 +228,19 @@ static void mp_forward(struct net *n, struct net_layer *l, float *out, const flo
                 a[oh * OW + ow] = (uint32_t)best;
             }
         }
+#undef MP_IN
     }
+}
+
+static void mp_forward(struct net *n, struct net_layer *l, float *out, const float *inp, size_t B,
+                       int training)
+{
+    mp_fwd(l, out, inp, B, 0);
+}
+
+void net__mp_forward_relu(struct net_layer *l, float *out, const float *z, size_t B)
+{
+    mp_fwd(l, out, z, B, 1);
 }
 
 /* One plane's input gradient d (overwritten) from its outputs' gradient g and argmaxes;

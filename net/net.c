@@ -421,6 +421,10 @@ static void net__forward_layers(struct net *n, const float *x, size_t B, int tra
             i++;
             continue;
         }
+        // A ReLU followed by a max pool is left to the pool (below).
+#define RELU_ALONE(j)                                                                              \
+    (j < end && n->layers[j].spec.kind == NET_RELU &&                                              \
+     !(j + 1 < end && n->layers[j + 1].spec.kind == NET_MAXPOOL))
         const int bn_next = i + 1 < end && n->layers[i + 1].spec.kind == NET_BN;
         if (l->spec.kind == NET_CONV && bn_next && training) {
             // Conv -> BN [-> ReLU]: the BN's batch statistics from the conv's store, the
@@ -428,15 +432,22 @@ static void net__forward_layers(struct net *n, const float *x, size_t B, int tra
             double *st = n->chan_stats;
             memset(st, 0, 2 * l->out.c * sizeof(double));
             net__conv_forward_stats(n, l, n->acts[i + 1], n->acts[i], B, st);
-            const int relu = i + 2 < end && n->layers[i + 2].spec.kind == NET_RELU;
+            const int relu = RELU_ALONE(i + 2);
             net__bn_forward_relu(n, &n->layers[i + 1], n->acts[i + 2], relu ? n->acts[i + 3] : NULL,
                                  n->acts[i + 1], B, training, st);
             i += 1 + (size_t)relu;
             continue;
         }
-        if (l->spec.kind == NET_BN && i + 1 < end && n->layers[i + 1].spec.kind == NET_RELU) {
+        if (l->spec.kind == NET_BN && RELU_ALONE(i + 1)) {
             net__bn_forward_relu(n, l, n->acts[i + 1], n->acts[i + 2], n->acts[i], B, training,
                                  NULL);
+            i++;
+            continue;
+        }
+#undef RELU_ALONE
+        if (l->spec.kind == NET_RELU && i + 1 < end && n->layers[i + 1].spec.kind == NET_MAXPOOL) {
+            // ReLU -> max pool: the pool applies the ReLU as it reads (net_internal.h).
+            net__mp_forward_relu(&n->layers[i + 1], n->acts[i + 2], n->acts[i], B);
             i++;
             continue;
         }

@@ -95,7 +95,8 @@ struct net {
     float *params, *grads, *m, *v; // (n_params) each, identical layout
     float *state;                  // (n_state) BN running mean / var
     /* workspace, sized for ws_batch samples; acts[i] is the input of layer i, acts[n_layers]
-     * the logits; dacts likewise for gradients. */
+     * the logits; dacts likewise for gradients. The output of a ReLU followed by a max pool
+     * is not written (the pool reads the ReLU's input: net_internal.h). */
     size_t ws_batch;
     float **acts, **dacts;
     float *ws_pool, *scratch;

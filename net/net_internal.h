@@ -50,6 +50,10 @@ struct net__ops {
  * was measured slower than the separate pass: two store streams.) */
 void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, const float *z,
                            size_t B);
+/* ReLU -> max pool forward: the pool reads max(z, 0) of the ReLU's input z (the same maxima
+ * and argmaxes as over the ReLU's output) and the ReLU's forward is skipped: its output
+ * activations are not written (nothing reads them: the backward above gates on z). */
+void net__mp_forward_relu(struct net_layer *l, float *out, const float *z, size_t B);
 
 /* Dense -> ReLU: the dense layer writes its output out and relu = max(out, 0) from one
  * store, and the ReLU's forward is skipped. ReLU -> dense: the dense layer's data gradient

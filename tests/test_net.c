@@ -1231,6 +1231,60 @@ TEST(bn_forward_fusions_keep_the_known_answer)
     net_destroy(n);
 }
 
+/* Conv -> ReLU -> max pool (k, s): the pool's output is exactly the window maxima of max(z, 0)
+ * of the conv's output z (the ReLU is applied by the pool as it reads), on a plane with odd
+ * sides, in training and in eval. */
+static int relu_pool_known(size_t k, size_t st)
+{
+    const struct net_shape in = shp(2, 9, 7);
+    const struct net_layer_spec s[] = {S_CONV(5, 3, 1, 1, 1), S_RELU(), S_POOL(k, st), S_FLAT(),
+                                       S_DENSE(3, 1)};
+    const size_t B = 3;
+    uint64_t rng = 31;
+    struct net *n = mk_init(&in, 3, s, N_OF(s), &rng);
+    if (!n || net_reserve(n, B)) return -1;
+    const struct net_tensor *cb = net_tensor_get(n, 0, "b");
+    for (size_t c = 0; c < cb->n; c++) net_tensor_data(n, cb)[c] = -1.5f; // many windows <= 0
+    float x[3 * 126];
+    const uint8_t y[3] = {0, 1, 2};
+    int bad = 0;
+    for (int pass = 0; pass < 2 && !bad; pass++) {
+        for (size_t i = 0; i < N_OF(x); i++) x[i] = net_rand_normal(&rng);
+        net_forward(n, x, y, B, pass == 0);
+        const struct net_shape *o = &n->layers[2].out;
+        size_t zeros = 0, pos = 0;
+        for (size_t p = 0; p < 5 * B && !bad; p++)
+            for (size_t oh = 0; oh < o->h && !bad; oh++)
+                for (size_t ow = 0; ow < o->w; ow++) {
+                    float m = 0.0f;
+                    for (size_t i = 0; i < k; i++)
+                        for (size_t j = 0; j < k; j++) {
+                            const float v = n->acts[1][p * 63 + (oh * st + i) * 7 + ow * st + j];
+                            m = v > m ? v : m;
+                        }
+                    const float got = n->acts[3][p * o->h * o->w + oh * o->w + ow];
+                    zeros += got == 0.0f, pos += got > 0.0f;
+                    if (got != m) {
+                        printf("    pool %zu/%zu plane %zu (%zu, %zu): %g, want %g\n", k, st, p, oh,
+                               ow, (double)got, (double)m);
+                        bad = 1;
+                        break;
+                    }
+                }
+        if (!bad && (zeros == 0 || pos == 0))
+            printf("    pool %zu/%zu: %zu zero and %zu positive maxima\n", k, st, zeros, pos),
+                bad = 1;
+    }
+    net_destroy(n);
+    return bad ? -1 : 0;
+}
+
+TEST(relu_pool_fusion_keeps_the_known_answer)
+{
+    ASSERT_EQ(relu_pool_known(2, 2), 0); // the AVX-512 plane (or the vectorised 2x2 loop)
+    ASSERT_EQ(relu_pool_known(3, 2), 0); // the general window
+}
+
 /* Three steps of net_backward_update on one net and of net_backward + net_optim_step on its
  * twin: the weights (plain and factorized dense, biases, conv) and momenta agree within 1e-6
  * of their scale, every gradient is zero after, and no tensor stays marked as stepped. */
