@@ -166,11 +166,12 @@ static int dw_rows(size_t K)
     return K <= 3 ? 8 : K <= 5 ? 4 : 3;
 }
 
-/* Floats of vector partials the weight gradient keeps: one [MR][K][16] block per item. */
+/* Floats of vector partials the weight gradient keeps: one [MR][K][16] block per item, then
+ * the bias gradient's [nob * MR][16]. */
 static size_t dw_part_floats(size_t C, size_t OC, size_t K)
 {
     size_t mr = (size_t)dw_rows(K), nob = (OC + mr - 1) / mr;
-    return nob * C * K * mr * K * 16;
+    return nob * C * K * mr * K * 16 + nob * mr * 16;
 }
 
 size_t net__conv_direct_scratch(const struct net__conv *g)
@@ -654,13 +655,17 @@ NET__AVX2 static void dw_pack2(float *dbuf, const float *dout, size_t o0, size_t
  * by every (channel, kernel row) item of that block. Each item owns its partials and its dw
  * entries, and every pixel block splits the same items the same static way, so threads
  * never share an entry. */
-static void direct_dw(float *dw, float *part, const float *dout, const float *in, size_t C,
-                      size_t OC, size_t K, const struct dconv *d, int avx2)
+static void direct_dw(float *dw, float *db, float *part, const float *dout, const float *in,
+                      size_t C, size_t OC, size_t K, const struct dconv *d, int avx2)
 {
     const size_t mr = (size_t)(avx2 ? dw_rows2(K) : dw_rows(K));
     const size_t nob = (OC + mr - 1) / mr, items = nob * C * K;
     const size_t N = d->N, blk = mr * K * 16;
-    memset(part, 0, items * blk * sizeof(float));
+    /* The bias gradient db[o] += sum_p dout[o][p] rides on the packing: item (ob, c 0, ki 0)
+     * adds its packed rows into bpart[o][16]. Static schedules give that item the same thread
+     * in every pixel block, so each lane has one writer. */
+    float *bpart = part + items * blk;
+    memset(part, 0, (items * blk + (db ? nob * mr * 16 : 0)) * sizeof(float));
 #pragma omp parallel if (N * OC * C * d->KK > 200000)
     {
         _Alignas(64) float dbuf[8 * NET__DPB];
@@ -677,6 +682,12 @@ static void direct_dw(float *dw, float *part, const float *dout, const float *in
                     else
                         dw_pack(dbuf, dout, o0, rows, pb, pe, N);
                     packed = ob;
+                }
+                if (db && c == 0 && ki == 0) { // dbuf: [vector][rows][16], 0 past the end
+                    const float *v = dbuf;
+                    for (size_t p = pb; p < pe; p += 16)
+                        for (size_t m = 0; m < rows; m++, v += 16)
+                            for (int l = 0; l < 16; l++) bpart[(o0 + m) * 16 + l] += v[l];
                 }
                 if (avx2)
                     dw_item2(part + it * blk, dbuf, in, c, ki, rows, pb, pe, d, K);
@@ -695,6 +706,14 @@ static void direct_dw(float *dw, float *part, const float *dout, const float *in
                     for (int l = 0; l < 16; l++) s += v[l];
                     dw[((o0 + m) * C + c) * d->KK + ki * K + kj] += s;
                 }
+        }
+        if (db) { // bpart is complete: the loop above ended with a barrier
+#pragma omp for schedule(static)
+            for (size_t o = 0; o < OC; o++) {
+                float s = 0.0f;
+                for (int l = 0; l < 16; l++) s += bpart[o * 16 + l];
+                db[o] += s;
+            }
         }
     }
 }
@@ -736,7 +755,7 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
 #endif
 }
 
-void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *dout,
+void net__conv_direct_bwd(float *dinp, float *dw, float *db, float *scratch, const float *dout,
                           const float *inp, const float *w, const struct net__conv *g, size_t B,
                           const struct net__epi *e)
 {
@@ -744,7 +763,7 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
     static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
-    direct_dw(dw, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
+    direct_dw(dw, db, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
     if (dinp) {
         pack_weights(wp, w, g->C, g->OC, d.KK, 1);
         if (d.mvec)
@@ -753,7 +772,7 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *d
             direct_run(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
     }
 #else
-    (void)dinp, (void)dw, (void)scratch, (void)dout, (void)inp, (void)w, (void)g, (void)B;
+    (void)dinp, (void)dw, (void)db, (void)scratch, (void)dout, (void)inp, (void)w, (void)g, (void)B;
     (void)e;
 #endif
 }

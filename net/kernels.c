@@ -261,8 +261,7 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
         if (dinp) net__epi_apply(dinp, e, n);
         return;
     }
-    if (db) conv_bias_grad(db, dout, g->OC, B * g->OH * g->OW);
-    net__conv_direct_bwd(dinp, dw, col, dout, inp, w, g, B, e);
+    net__conv_direct_bwd(dinp, dw, db, col, dout, inp, w, g, B, e);
 }
 
 void net__conv_bwd(float *dinp, float *dw, float *db, float *col, float *dcol, const float *dout,

@@ -196,8 +196,9 @@ size_t net__conv_direct_scratch(const struct net__conv *g);
 void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const float *w,
                           const float *b, const struct net__conv *g, size_t B,
                           const struct net__epi *e);
-/* dw += weight gradient; dinp = epilogue(data gradient) when dinp != NULL. */
-void net__conv_direct_bwd(float *dinp, float *dw, float *scratch, const float *dout,
+/* dw += weight gradient; db += bias gradient (row sums of dout, taken while the weight
+ * gradient packs dout) when db != NULL; dinp = epilogue(data gradient) when dinp != NULL. */
+void net__conv_direct_bwd(float *dinp, float *dw, float *db, float *scratch, const float *dout,
                           const float *inp, const float *w, const struct net__conv *g, size_t B,
                           const struct net__epi *e);
 /* The im2col + sgemm path whatever the CPU (tests compare the two); plain epilogues. */

@@ -175,7 +175,7 @@ static int compare_epilogues(size_t C, size_t OC, size_t H, size_t W, size_t B)
     memset(d1, 0, C * N * sizeof(float));
     net__conv_bwd_im2col(d1, dw, NULL, col, dcol, dout, inp, w, &g, B);
     net__epi_apply(d1, &be, C * N);
-    net__conv_direct_bwd(d2, dw, scr, dout, inp, w, &g, B, &be);
+    net__conv_direct_bwd(d2, dw, NULL, scr, dout, inp, w, &g, B, &be);
 
     int bad = 0;
     double s, d;
