@@ -14,8 +14,8 @@
  *                 dx = dout W is A = dout, B = W, with the ReLU before the layer applied by
  *                 the store (gate >= 0 keeps, as layer_act.c's derivative at 0).
  *   net__gemm_bc_sgd  the weight gradient's tiles step the weights instead of being stored
- *                 (SGD fused into the backward: net_backward_update), their w and momentum
- *                 rows prefetched while the tile's FMAs run.
+ *                 (SGD fused into the backward: net_backward_update). (Prefetching the
+ *                 tile's w and momentum rows during its FMAs was measured: no effect.)
  * Row and column tails reuse the last valid row / column of the operands (the spare results
  * are not stored); K tails are masked. Tiles are split over OpenMP threads by column strips
  * (each C element written by one thread). Level 0 (no x86 SIMD, or EVOWIDTH_DENSE=blas) uses
@@ -209,13 +209,6 @@ static inline __attribute__((always_inline)) NET__G512 void bc_tile512(
     const float *a[8];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) a[i] = A + (m0 + (size_t)i < M ? m0 + (size_t)i : M - 1) * rsa;
-    if (o->sgd) // the weights and momenta the epilogue steps arrive while the FMAs run
-        for (int i = 0; i < MR && m0 + (size_t)i < M; i++)
-            for (int j = 0; j < NV; j++) {
-                const size_t e = (m0 + (size_t)i) * o->ldc + n0 + 16 * (size_t)j;
-                _mm_prefetch((const char *)(o->sgd->w + e), _MM_HINT_T0);
-                _mm_prefetch((const char *)(o->sgd->m + e), _MM_HINT_T0);
-            }
     __mmask16 nm[4];
 #pragma GCC unroll 16
     for (int j = 0; j < NV; j++)
