@@ -17,7 +17,7 @@
  * Used by net__conv_fwd / net__conv_bwd (kernels.c) when net__conv_direct_ok says so; the
  * im2col + sgemm path stays for strided, valid-padding and 1x1 convolutions and for CPUs
  * with neither AVX-512 nor AVX2. The AVX2 + FMA versions (8 lanes, 16 registers) run the
- * same algorithms on smaller blocks (4 output channels x 16 pixels; 4 rows x one kernel row)
+ * same algorithms on smaller blocks (6 output channels x 16 pixels; 4 rows x one kernel row)
  * and mask with int32 vectors built from the same table. Owner: net/. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -155,15 +155,18 @@ static size_t direct_period(const struct net__conv *g)
     return HW / gcd_size(HW, 16);
 }
 
-static size_t pad8(size_t n)
-{
-    return (n + NET__DMR - 1) / NET__DMR * NET__DMR;
-}
-
 /* Rows per weight-gradient block for kernel size K: MR*K accumulators + K inputs + 1 <= 32. */
 static int dw_rows(size_t K)
 {
     return K <= 3 ? 8 : K <= 5 ? 4 : 3;
+}
+
+/* Rows per AVX2 weight-gradient block: MR*K accumulators + K inputs + 1 below 16, a register
+ * left for the masks (K 3 at 4 rows filled all 16 and GCC reloaded each gradient vector for
+ * each FMA: ~12% slower on Zen 3). */
+static int dw_rows2(size_t K)
+{
+    return K <= 3 ? 3 : K <= 5 ? 2 : 1;
 }
 
 /* Floats of vector partials the weight gradient keeps: one [MR][K][16] block per item, then
@@ -171,7 +174,9 @@ static int dw_rows(size_t K)
 static size_t dw_part_floats(size_t C, size_t OC, size_t K)
 {
     size_t mr = (size_t)dw_rows(K), nob = (OC + mr - 1) / mr;
-    return nob * C * K * mr * K * 16 + nob * mr * 16;
+    size_t mr2 = (size_t)dw_rows2(K), nob2 = (OC + mr2 - 1) / mr2; // AVX2's blocks
+    size_t rows = nob * mr > nob2 * mr2 ? nob * mr : nob2 * mr2;
+    return rows * C * K * K * 16 + rows * 16;
 }
 
 size_t net__conv_direct_scratch(const struct net__conv *g)
@@ -179,7 +184,8 @@ size_t net__conv_direct_scratch(const struct net__conv *g)
     size_t KK = g->K * g->K, big = g->C > g->OC ? g->C : g->OC;
     size_t mask_floats = (direct_period(g) * KK + 1) / 2;
     size_t mvec = direct_period(g) * KK * 16; // AVX2: the masks as int32 vectors
-    size_t wpk = pad8(big) * KK * big, part = dw_part_floats(g->C, g->OC, g->K);
+    // Packed weights: 8-row blocks (AVX-512) or 6-row ones (AVX2); 24 rows cover both.
+    size_t wpk = (big + 23) / 24 * 24 * KK * big, part = dw_part_floats(g->C, g->OC, g->K);
     return mask_floats + 16 + mvec + (wpk > part ? wpk : part);
 }
 
@@ -451,6 +457,7 @@ NET__AVX512 static void dw_pack(float *dbuf, const float *dout, size_t o0, size_
 // ---- AVX2 + FMA (8 lanes, 16 registers): the same algorithms, smaller blocks -------------
 
 #define NET__AVX2 __attribute__((target("avx2,fma")))
+#define NET__DMR2 6 // output channels per AVX2 forward tile (and packed block)
 
 /* Lane mask of the first n (0..16) pixels of a 16-pixel unit, as two int32 vectors. */
 NET__AVX2 static void tail_vec2(__m256i *lo, __m256i *hi, size_t p0, size_t N)
@@ -467,26 +474,27 @@ NET__AVX2 static NET__INLINE double hsum4_pd(__m256d v)
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
 }
 
-/* Forward tile, AVX2: rows [o0 + m0, o0 + m0 + 4) of an 8-row packed block at the 16 pixels
- * of unit p0; km: [KK][2] mask vectors (tail included). 8 accumulators; per tap and input
- * channel 2 masked loads and 4 broadcasts for 8 FMAs. */
+/* Forward tile, AVX2: the rows [o0, o0 + rows) (rows <= 6) of a 6-row packed block
+ * (wp: [Cin][KK][6]) at the 16 pixels of unit p0; km: [KK][2] mask vectors (tail included).
+ * 12 accumulators; per tap and input channel 2 masked loads (and their 2 masks) and 6
+ * broadcasts for 12 FMAs. (A 4-row tile, 8 accumulators, ran at ~60% of the FMA limit on
+ * Zen 3: its 8 loads per 8 FMAs and FMA latency left the two pipes idle.) */
 NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp, const float *bias,
-                                   size_t Cin, size_t o0, size_t m0, size_t rows, size_t p0,
-                                   const __m256i *km, const struct dconv *d,
-                                   const struct net__epi *e, double *st)
+                                   size_t Cin, size_t o0, size_t rows, size_t p0, const __m256i *km,
+                                   const struct dconv *d, const struct net__epi *e, double *st)
 {
     const size_t N = d->N, KK = d->KK;
-    __m256 acc[4][2];
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
-    const float *base = in + p0, *w = wp + m0;
+    __m256 acc[NET__DMR2][2];
+#pragma GCC unroll 6
+    for (int m = 0; m < NET__DMR2; m++) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    const float *base = in + p0, *w = wp;
     for (size_t c = 0; c < Cin; c++, base += N)
-        for (size_t t = 0; t < KK; t++, w += NET__DMR) {
+        for (size_t t = 0; t < KK; t++, w += NET__DMR2) {
             const float *src = base + d->off[t];
             const __m256 a0 = _mm256_maskload_ps(src, km[2 * t]);
             const __m256 a1 = _mm256_maskload_ps(src + 8, km[2 * t + 1]);
-#pragma GCC unroll 4
-            for (int m = 0; m < 4; m++) {
+#pragma GCC unroll 6
+            for (int m = 0; m < NET__DMR2; m++) {
                 const __m256 wv = _mm256_broadcast_ss(w + m);
                 acc[m][0] = _mm256_fmadd_ps(wv, a0, acc[m][0]);
                 acc[m][1] = _mm256_fmadd_ps(wv, a1, acc[m][1]);
@@ -495,10 +503,10 @@ NET__AVX2 static void direct_tile2(float *out, const float *in, const float *wp,
     __m256i tm[2];
     tail_vec2(&tm[0], &tm[1], p0, N);
     const __m256 zero = _mm256_setzero_ps();
-#pragma GCC unroll 4
-    for (int m = 0; m < 4; m++) {
-        if (m0 + (size_t)m >= rows) break;
-        const size_t o = o0 + m0 + (size_t)m, at = o * N + p0;
+#pragma GCC unroll 6
+    for (int m = 0; m < NET__DMR2; m++) {
+        if ((size_t)m >= rows) break;
+        const size_t o = o0 + (size_t)m, at = o * N + p0;
         float *dst = out + at;
         const __m256 bv = _mm256_set1_ps(bias ? bias[o] : 0.0f);
         for (int j = 0; j < 2; j++) {
@@ -529,7 +537,8 @@ NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp,
                                    size_t Cin, size_t Cout, size_t p0, const struct dconv *d,
                                    const struct net__epi *e, double *st)
 {
-    const size_t N = d->N, KK = d->KK, nob = (Cout + 7) / 8, blk = KK * Cin * NET__DMR;
+    const size_t N = d->N, KK = d->KK, nob = (Cout + NET__DMR2 - 1) / NET__DMR2;
+    const size_t blk = KK * Cin * NET__DMR2;
     __m256i km[NET__DMAXK * NET__DMAXK * 2];
     __m256i tl, th;
     tail_vec2(&tl, &th, p0, N);
@@ -540,9 +549,8 @@ NET__AVX2 static void direct_unit2(float *out, const float *in, const float *wp,
             _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(mv + t * 16 + 8)), th);
     }
     for (size_t ob = 0; ob < nob; ob++) {
-        const size_t o0 = ob * NET__DMR, rows = Cout - o0 < NET__DMR ? Cout - o0 : NET__DMR;
-        for (size_t m0 = 0; m0 < rows; m0 += 4)
-            direct_tile2(out, in, wp + ob * blk, bias, Cin, o0, m0, rows, p0, km, d, e, st);
+        const size_t o0 = ob * NET__DMR2, rows = Cout - o0 < NET__DMR2 ? Cout - o0 : NET__DMR2;
+        direct_tile2(out, in, wp + ob * blk, bias, Cin, o0, rows, p0, km, d, e, st);
     }
 }
 
@@ -565,7 +573,9 @@ static void direct_run2(float *out, const float *in, const float *wp, const floa
 }
 
 /* Weight gradient, AVX2: MR rows x the K taps of kernel row ki of input channel c, over
- * pixels [pb, pe), into part[MR][K][16] (lanes 8..15 stay 0). dbuf as for AVX-512. */
+ * pixels [pb, pe), into part[MR][K][16] (lanes 8..15 stay 0). dbuf as for AVX-512. (Whole
+ * loads and an AND instead of the masked loads, where the taps lie inside the tensor, were
+ * tried: 1.6x slower, GCC then kept the accumulators in memory.) */
 NET__AVX2 static NET__INLINE void dw_block2(float *part, const float *dbuf, const float *in,
                                             size_t c, size_t ki, int MR, int K, size_t pb,
                                             size_t pe, const struct dconv *d)
@@ -578,11 +588,12 @@ NET__AVX2 static NET__INLINE void dw_block2(float *part, const float *dbuf, cons
         for (int t = 0; t < K; t++) acc[m][t] = _mm256_loadu_ps(part + (m * K + t) * 16);
     const float *src = in + c * N + d->off[t0];
     size_t row = (pb / 16) % d->period;
+    const size_t pfull = pe == N ? pb + (pe - pb) / 16 * 16 : pe; // full vectors end here
     for (size_t p = pb; p < pe; p += 16, dbuf += MR * 16) {
         const int32_t *mv = d->mvec + (row * KK + t0) * 16;
         if (++row == d->period) row = 0;
-        __m256i tl, th;
-        tail_vec2(&tl, &th, p, N);
+        __m256i tl = _mm256_set1_epi32(-1), th = tl;
+        if (p >= pfull) tail_vec2(&tl, &th, p, N); // the batch's partial last vector
 #pragma GCC unroll 2
         for (int h = 0; h < 2; h++) {
             const __m256i tm = h ? th : tl;
@@ -595,7 +606,10 @@ NET__AVX2 static NET__INLINE void dw_block2(float *part, const float *dbuf, cons
             }
 #pragma GCC unroll 4
             for (int m = 0; m < MR; m++) {
-                const __m256 dv = _mm256_loadu_ps(dbuf + m * 16 + 8 * h);
+                __m256 dv = _mm256_loadu_ps(dbuf + m * 16 + 8 * h);
+                // In a register: GCC otherwise folds dv into each of the K FMAs as a memory
+                // operand (K loads of it instead of one).
+                __asm__("" : "+x"(dv));
 #pragma GCC unroll 7
                 for (int t = 0; t < K; t++) acc[m][t] = _mm256_fmadd_ps(dv, a[t], acc[m][t]);
             }
@@ -607,11 +621,6 @@ NET__AVX2 static NET__INLINE void dw_block2(float *part, const float *dbuf, cons
         for (int t = 0; t < K; t++) _mm256_storeu_ps(part + (m * K + t) * 16, acc[m][t]);
 }
 
-/* Rows per AVX2 weight-gradient block: MR*K accumulators + K inputs + 1 <= 16. */
-static int dw_rows2(size_t K)
-{
-    return K <= 3 ? 4 : K <= 5 ? 2 : 1;
-}
 
 #define NET__DW2(mr, k) dw_block2(part, dbuf, in, c, ki, mr, k, pb, pe, d)
 NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, size_t c, size_t ki,
@@ -619,7 +628,6 @@ NET__AVX2 static void dw_item2(float *part, const float *dbuf, const float *in, 
 {
     if (K == 3) {
         switch (mr) {
-        case 4: NET__DW2(4, 3); break;
         case 3: NET__DW2(3, 3); break;
         case 2: NET__DW2(2, 3); break;
         default: NET__DW2(1, 3); break;
@@ -720,17 +728,19 @@ static void direct_dw(float *dw, float *db, float *part, const float *dout, cons
 
 #endif // NET__DIRECT
 
-/* Packs w (OC, C, KK) for direct_run, 8 output rows at a time, zero rows past the end:
- * forward      wp[ob][c][t][m] = w[o = ob*8+m][c][t]
- * data grad    wp[ob][o][t][m] = w[o][c = ob*8+m][KK-1-t]   (flip: transposed, taps flipped) */
-static void pack_weights(float *wp, const float *w, size_t C, size_t OC, size_t KK, int flip)
+/* Packs w (OC, C, KK) for direct_run (mr = 8) or direct_run2 (mr = 6), mr output rows at a
+ * time, zero rows past the end:
+ * forward      wp[ob][c][t][m] = w[o = ob*mr+m][c][t]
+ * data grad    wp[ob][o][t][m] = w[o][c = ob*mr+m][KK-1-t]   (flip: transposed, taps flipped) */
+static void pack_weights(float *wp, const float *w, size_t C, size_t OC, size_t KK, int flip,
+                         size_t mr)
 {
-    const size_t rows = flip ? C : OC, inner = flip ? OC : C, nob = pad8(rows) / NET__DMR;
+    const size_t rows = flip ? C : OC, inner = flip ? OC : C, nob = (rows + mr - 1) / mr;
     for (size_t ob = 0; ob < nob; ob++)
         for (size_t i = 0; i < inner; i++)
             for (size_t t = 0; t < KK; t++)
-                for (size_t m = 0; m < NET__DMR; m++) {
-                    size_t r = ob * NET__DMR + m;
+                for (size_t m = 0; m < mr; m++) {
+                    size_t r = ob * mr + m;
                     *wp++ = r >= rows ? 0.0f
                             : flip    ? w[(i * C + r) * KK + (KK - 1 - t)]
                                       : w[(r * C + i) * KK + t];
@@ -745,7 +755,7 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
     static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
-    pack_weights(wp, w, g->C, g->OC, d.KK, 0);
+    pack_weights(wp, w, g->C, g->OC, d.KK, 0, d.mvec ? NET__DMR2 : NET__DMR);
     if (d.mvec)
         direct_run2(out, inp, wp, b, g->C, g->OC, &d, e ? e : &plain);
     else
@@ -765,7 +775,7 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *db, float *scratch, con
     float *wp = direct_setup(&d, scratch, g, B);
     direct_dw(dw, db, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
     if (dinp) {
-        pack_weights(wp, w, g->C, g->OC, d.KK, 1);
+        pack_weights(wp, w, g->C, g->OC, d.KK, 1, d.mvec ? NET__DMR2 : NET__DMR);
         if (d.mvec)
             direct_run2(dinp, dout, wp, NULL, g->OC, g->C, &d, e ? e : &plain);
         else
