@@ -160,6 +160,19 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
 }
 #endif
 
+static int pool_level_cached = -1;
+
+/* 1 when the 2x2 / stride-2 planes run in AVX-512 (EVOWIDTH_POOL=scalar: the plain loops). */
+static int pool_simd(void)
+{
+    return net__simd_level(&pool_level_cached, MP_AVX512 ? 2 : 0, "EVOWIDTH_POOL", "scalar") == 2;
+}
+
+int net__pool_force(int level)
+{
+    return net__simd_force(&pool_level_cached, MP_AVX512 ? 2 : 0, "EVOWIDTH_POOL", "scalar", level);
+}
+
 /* The max pool of inp, or with relu of max(inp, 0) read on the fly (a ReLU before the pool,
  * whose output is then never written). */
 static void mp_fwd(struct net_layer *l, float *out, const float *inp, size_t B, int relu)
@@ -167,7 +180,7 @@ static void mp_fwd(struct net_layer *l, float *out, const float *inp, size_t B, 
     const size_t C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
     const size_t K = l->spec.k, S = mp_stride(l);
     uint32_t *arg = (uint32_t *)l->ws;
-    const int simd = net__cpu_avx512();
+    const int simd = pool_simd();
     (void)simd;
 #pragma omp parallel for schedule(static)
     for (size_t p = 0; p < C * B; p++) {
@@ -255,7 +268,7 @@ static void mp_backward_plane(const struct net_layer *l, float *d, const uint32_
          * an odd last row or column is left uncovered). */
         if ((H | W) & 1) memset(d, 0, HW * sizeof(float));
 #if MP_AVX512
-        if (net__cpu_avx512()) {
+        if (pool_simd()) {
             mp2_bwd_plane(d, ap, g, z, W, OH, OW);
             return;
         }

@@ -189,6 +189,9 @@ int net__simd_force(int *cached, int max, const char *env, const char *off_word,
  * floats they need (at any level). _force (tests): use level 2 (AVX-512), 1 (AVX2) or 0
  * (none) from now on, capped by the CPU; returns the previous level. */
 int net__conv_direct_force(int level);
+/* The max pool's 2x2 / stride-2 planes in AVX-512 (level 2) or plain loops (below 2;
+ * EVOWIDTH_POOL=scalar): _force (tests) as above, returns the previous level. */
+int net__pool_force(int level);
 int net__conv_direct_shape(const struct net__conv *g);
 int net__conv_direct_ok(const struct net__conv *g);
 size_t net__conv_direct_scratch(const struct net__conv *g);

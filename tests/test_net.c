@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "net/net.h"
+#include "net/net_internal.h"
 #include "tests/test.h"
 #include "tests/util.h"
 
@@ -339,24 +340,33 @@ TEST(grad_relu)
     GC("relu flat", shp(1, 2, 3), 3, 3, 42, S_FLAT(), S_DENSE(8, 1), S_RELU(), S_DENSE(3, 1));
 }
 
+/* Both levels of the 2x2 / stride-2 planes: AVX-512 where the CPU has it, and the plain loops
+ * (which a CPU without AVX-512 runs) on every CPU. */
+static const int pool_levels[] = {2, 0};
+
 TEST(grad_maxpool)
 {
     net_set_threads(T_THREADS);
-    GC("maxpool k2", shp(2, 6, 6), 3, 2, 51, S_CONV(3, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
-       S_DENSE(3, 1));
-    // Odd size: the last row and column are in no window and get no gradient; 34 columns
-    // give 17 outputs per row, one full vector of 16 and a partial one.
-    GC("maxpool k2 odd", shp(2, 5, 7), 3, 2, 53, S_CONV(3, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
-       S_DENSE(3, 1));
-    GC("maxpool k2 wide", shp(1, 4, 34), 3, 2, 54, S_CONV(2, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
-       S_DENSE(3, 1));
-    // ReLU -> max pool: net.c fuses the ReLU's backward into the pool's (net_internal.h);
-    // the second pair has an odd 3x3 input, so its last row and column are uncovered.
-    GC("relu then maxpool", shp(2, 6, 6), 3, 2, 55, S_CONV(3, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0),
-       S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_FLAT(), S_DENSE(3, 1));
-    // Overlapping windows: one input can be the max of several outputs.
-    GC("maxpool k3 s2", shp(2, 7, 7), 3, 2, 52, S_CONV(3, 3, 1, 1, 1), S_POOL(3, 2), S_FLAT(),
-       S_DENSE(3, 1));
+    for (size_t lv = 0; lv < N_OF(pool_levels); lv++) {
+        const int was = net__pool_force(pool_levels[lv]);
+        printf("    pool level %d\n", pool_levels[lv]);
+        GC("maxpool k2", shp(2, 6, 6), 3, 2, 51, S_CONV(3, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
+           S_DENSE(3, 1));
+        // Odd size: the last row and column are in no window and get no gradient; 34 columns
+        // give 17 outputs per row, one full vector of 16 and a partial one.
+        GC("maxpool k2 odd", shp(2, 5, 7), 3, 2, 53, S_CONV(3, 3, 1, 1, 1), S_POOL(2, 0), S_FLAT(),
+           S_DENSE(3, 1));
+        GC("maxpool k2 wide", shp(1, 4, 34), 3, 2, 54, S_CONV(2, 3, 1, 1, 1), S_POOL(2, 0),
+           S_FLAT(), S_DENSE(3, 1));
+        // ReLU -> max pool: net.c fuses the ReLU's backward into the pool's (net_internal.h);
+        // the second pair has an odd 3x3 input, so its last row and column are uncovered.
+        GC("relu then maxpool", shp(2, 6, 6), 3, 2, 55, S_CONV(3, 3, 1, 1, 1), S_RELU(),
+           S_POOL(2, 0), S_CONV(4, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_FLAT(), S_DENSE(3, 1));
+        // Overlapping windows: one input can be the max of several outputs.
+        GC("maxpool k3 s2", shp(2, 7, 7), 3, 2, 52, S_CONV(3, 3, 1, 1, 1), S_POOL(3, 2), S_FLAT(),
+           S_DENSE(3, 1));
+        net__pool_force(was);
+    }
 }
 
 TEST(grad_gap)
@@ -1281,8 +1291,14 @@ static int relu_pool_known(size_t k, size_t st)
 
 TEST(relu_pool_fusion_keeps_the_known_answer)
 {
-    ASSERT_EQ(relu_pool_known(2, 2), 0); // the AVX-512 plane (or the vectorised 2x2 loop)
-    ASSERT_EQ(relu_pool_known(3, 2), 0); // the general window
+    for (size_t lv = 0; lv < N_OF(pool_levels); lv++) {
+        const int was = net__pool_force(pool_levels[lv]);
+        const int a = relu_pool_known(2, 2); // the AVX-512 plane, then the 2x2 loop
+        const int b = relu_pool_known(3, 2); // the general window
+        net__pool_force(was);
+        ASSERT_EQ(a, 0);
+        ASSERT_EQ(b, 0);
+    }
 }
 
 /* Three steps of net_backward_update on one net and of net_backward + net_optim_step on its
