@@ -128,6 +128,11 @@ static int direct_level(void)
     return net__simd_level(&direct_level_cached, 2, "EVOWIDTH_CONV", "im2col");
 }
 
+int net__conv_direct_level(void)
+{
+    return NET__DIRECT ? direct_level() : 0;
+}
+
 int net__conv_direct_force(int level)
 {
     return net__simd_force(&direct_level_cached, 2, "EVOWIDTH_CONV", "im2col", level);
@@ -773,7 +778,7 @@ void net__conv_direct_bwd(float *dinp, float *dw, float *db, float *scratch, con
     static const struct net__epi plain = {0};
     struct dconv d;
     float *wp = direct_setup(&d, scratch, g, B);
-    direct_dw(dw, db, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
+    if (dw) direct_dw(dw, db, wp, dout, inp, g->C, g->OC, g->K, &d, d.mvec != NULL);
     if (dinp) {
         pack_weights(wp, w, g->C, g->OC, d.KK, 1, d.mvec ? NET__DMR2 : NET__DMR);
         if (d.mvec)

@@ -189,6 +189,7 @@ int net__simd_force(int *cached, int max, const char *env, const char *off_word,
  * floats they need (at any level). _force (tests): use level 2 (AVX-512), 1 (AVX2) or 0
  * (none) from now on, capped by the CPU; returns the previous level. */
 int net__conv_direct_force(int level);
+int net__conv_direct_level(void); // the level in use: 2, 1 or 0
 /* The max pool's 2x2 / stride-2 planes in AVX-512 (level 2) or plain loops (below 2;
  * EVOWIDTH_POOL=scalar): _force (tests) as above, returns the previous level. */
 int net__pool_force(int level);
@@ -201,6 +202,7 @@ void net__conv_direct_fwd(float *out, float *scratch, const float *inp, const fl
                           const struct net__epi *e);
 /* dw += weight gradient; db += bias gradient (row sums of dout, taken while the weight
  * gradient packs dout) when db != NULL; dinp = epilogue(data gradient) when dinp != NULL. */
+/* dw NULL: the data gradient only (db is then ignored). */
 void net__conv_direct_bwd(float *dinp, float *dw, float *db, float *scratch, const float *dout,
                           const float *inp, const float *w, const struct net__conv *g, size_t B,
                           const struct net__epi *e);

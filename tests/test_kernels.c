@@ -72,11 +72,21 @@ static int compare_conv(size_t C, size_t OC, size_t H, size_t W, size_t K, size_
     memcpy(db2, db1, OC * sizeof(float));
     memcpy(di1, dinp0, C * N * sizeof(float));
     memcpy(di2, dinp0, C * N * sizeof(float));
+    float *dw3 = malloc(OC * C * KK * sizeof(float)), *db3 = malloc(OC * sizeof(float));
+    float *di3 = malloc(C * N * sizeof(float));
+    float *scr3 = malloc(net__conv_col_size(&g, B) * sizeof(float));
+    memcpy(dw3, dw1, OC * C * KK * sizeof(float));
+    memcpy(db3, db1, OC * sizeof(float));
+    memcpy(di3, dinp0, C * N * sizeof(float));
 
     net__conv_fwd_im2col(o1, col, inp, w, b, &g, B);
     net__conv_direct_fwd(o2, scr, inp, w, b, &g, B, NULL);
     net__conv_bwd_im2col(di1, dw1, db1, col, dcol, dout, inp, w, &g, B);
-    net__conv_bwd(di2, dw2, db2, scr, NULL, dout, inp, w, &g, B);
+    // The direct kernels themselves (net__conv_bwd on AVX2 takes the weight gradient from
+    // im2col + sgemm, kernels.c), with net__conv_bwd's accumulating epilogue.
+    const struct net__epi acc = {.accum = 1};
+    net__conv_direct_bwd(di2, dw2, db2, scr, dout, inp, w, &g, B, &acc);
+    net__conv_bwd(di3, dw3, db3, scr3, NULL, dout, inp, w, &g, B);
 
     int bad = 0;
     double s, d;
@@ -99,6 +109,15 @@ static int compare_conv(size_t C, size_t OC, size_t H, size_t W, size_t K, size_
         fprintf(stderr, "bias gradient differs by %g (scale %g)\n", d, s);
         bad = 1;
     }
+    // The dispatcher as the layers call it, with the scratch they reserve (at AVX2 its
+    // weight gradient comes from im2col + sgemm after the direct scratch).
+    if ((d = max_abs_diff(dw3, dw1, OC * C * KK, &s)) > 2e-5 * (s + 1) ||
+        max_abs_diff(db3, db1, OC, &s) > 2e-5 * (s + 1) ||
+        max_abs_diff(di3, di1, C * N, &s) > 2e-5 * (s + 1)) {
+        fprintf(stderr, "net__conv_bwd differs from im2col (weight gradient by %g)\n", d);
+        bad = 1;
+    }
+    free(dw3), free(db3), free(di3), free(scr3);
     if (bad) fprintf(stderr, "  geometry C%zu OC%zu %zux%zu K%zu B%zu\n", C, OC, H, W, K, B);
     free(inp), free(w), free(b), free(dout), free(dinp0), free(col), free(dcol), free(scr);
     free(o1), free(o2), free(di1), free(di2), free(dw1), free(dw2), free(db1), free(db2);
