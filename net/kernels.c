@@ -268,7 +268,7 @@ void net__conv_bwd_epi(float *dinp, float *dw, float *db, float *col, float *dco
     }
     if (net__conv_direct_level() == 1) {
         /* AVX2: im2col + sgemm computes the weight gradient faster than the direct kernel
-         * (Zen 3, build/conv_kernels, 2 threads: 86-88 GFLOP/s direct against 90-119), so
+         * (Zen 3, build/conv_kernels, 2 threads: 84-88 GFLOP/s direct against 88-119), so
          * the direct kernel keeps the data gradient only. */
         net__conv_bwd_im2col(NULL, dw, db, col + net__conv_direct_scratch(g), NULL, dout, inp, w, g,
                              B);
