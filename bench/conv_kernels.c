@@ -48,7 +48,10 @@ int main(int argc, char **argv)
         const size_t N = B * g.H * g.W, KK = 9, col = g.C * KK * N;
         float *inp = buf(g.C * N), *out = buf(g.OC * N), *dout = buf(g.OC * N);
         float *dinp = buf(g.C * N), *w = buf(g.OC * g.C * KK), *dw = buf(g.OC * g.C * KK);
-        float *db = buf(g.OC), *b = buf(g.OC), *c1 = buf(col), *c2 = buf(col);
+        float *db = buf(g.OC), *b = buf(g.OC), *c2 = buf(col);
+        // c1 is scratch for both paths: im2col's matrix, or the direct scratch and (at AVX2)
+        // one im2col chunk after it (net__conv_col_size).
+        float *c1 = buf(col + net__conv_direct_scratch(&g));
         double macs = (double)N * g.OC * g.C * KK;
         // path 0: direct at the CPU's best level, 1: direct AVX2 (when the best is AVX-512),
         // 2: im2col + sgemm

@@ -77,12 +77,16 @@ static size_t conv_im2col_size(const struct net__conv *g, size_t B)
 
 static size_t net__conv_chunk(const struct net__conv *g, size_t B);
 
-/* The direct path's scratch, then (at any level: tests may switch levels after reserving) one
- * im2col chunk for the AVX2 level's weight gradient (net__conv_bwd_epi). */
+/* The direct path's scratch, then, at the AVX2 level only, one im2col chunk for its weight
+ * gradient (net__conv_bwd_epi). The level is the one in effect now: a caller that switches
+ * levels (net__conv_direct_force) reserves again. */
 size_t net__conv_col_size(const struct net__conv *g, size_t B)
 {
     if (!net__conv_direct_ok(g)) return conv_im2col_size(g, B);
-    return net__conv_direct_scratch(g) + net__conv_chunk(g, B) * g->C * g->K * g->K * g->OH * g->OW;
+    const size_t chunk = net__conv_direct_level() == 1
+                             ? net__conv_chunk(g, B) * g->C * g->K * g->K * g->OH * g->OW
+                             : 0;
+    return net__conv_direct_scratch(g) + chunk;
 }
 
 /* col (C*K*K, (b1-b0)*OH*OW) from samples [b0, b1) of inp (C, B, H, W); out-of-image
