@@ -457,6 +457,27 @@ static void bc_run(const struct bc_out *o, int lvl, const float *A, const float 
     const size_t tm = (M + mr - 1) / mr, tn = (N + nr - 1) / nr;
     const int T = gemm_threads(M, N, K);
     (void)T; // read by the pragma only: a build without OpenMP (the fuzzers') ignores it
+    if (o->sgd && T > 1) {
+        /* The fused SGD step writes w and its momentum: each thread takes one range of row
+         * tiles (all strips), the rows of w the next forward's row split reads on that
+         * thread. Split by (strip, row tile) pairs as below, half of w's lines moved between
+         * the two cores' caches every step: on a 2-core Zen 5 the fused 512 x 784 weight
+         * gradient took 244 us at 2 threads (290 at one) against 132 us for the plain store. */
+#pragma omp parallel for schedule(static, 1) num_threads(T)
+        for (int q = 0; q < T; q++) {
+            const size_t i0 = tm * (size_t)q / (size_t)T, i1 = tm * (size_t)(q + 1) / (size_t)T;
+            for (size_t jn = 0; jn < tn; jn++)
+                for (size_t im = i0; im < i1; im++) {
+                    if (lvl == 1)
+                        bc_tile256(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
+                    else if (wide)
+                        bc_tile512_6x4(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
+                    else
+                        bc_tile512_8x3(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
+                }
+        }
+        return;
+    }
     // Column strips outer (a strip of B stays in L1/L2 across the row tiles), split over
     // threads as one range of (strip, row tile) pairs.
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)

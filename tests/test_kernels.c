@@ -427,9 +427,12 @@ static int check_bc_sgd(size_t M, size_t N, size_t K, int trans, int nest, int l
 
 TEST(dense_gemm_bc_sgd_steps_as_the_optimizer)
 {
-    // The MLP's weight gradients (K = batch), then the tails of every tile.
+    // The MLP's weight gradients (K = batch), then the tails of every tile; the last two are
+    // big enough for the threads' split by row tiles (M * N * K >= 2^18), with a row tail
+    // and an odd count of row tiles to split.
     static const size_t shapes[][3] = {{512, 784, 64}, {10, 256, 64}, {1, 1, 1},   {9, 49, 3},
-                                       {7, 64, 5},     {13, 65, 17},  {3, 15, 40}, {8, 47, 9}};
+                                       {7, 64, 5},     {13, 65, 17},  {3, 15, 40}, {8, 47, 9},
+                                       {517, 101, 64}, {37, 777, 13}};
     FOR_EACH_GEMM_LEVEL({
         for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
             for (int v = 0; v < 4; v++)
