@@ -446,6 +446,21 @@ static void transpose(float *dst, const float *src, size_t rows, size_t cols, si
         }
 }
 
+#if NET__GSIMD
+/* One tile of the broadcast kernel at (m0, n0), of the kind bc_run chose. */
+static inline void bc_tile(const struct bc_out *o, int lvl, int wide, const float *A,
+                           const float *Bm, size_t M, size_t N, size_t K, size_t rsa, size_t csa,
+                           size_t ldb, size_t m0, size_t n0)
+{
+    if (lvl == 1)
+        bc_tile256(o, A, Bm, M, N, K, rsa, csa, ldb, m0, n0);
+    else if (wide)
+        bc_tile512_6x4(o, A, Bm, M, N, K, rsa, csa, ldb, m0, n0);
+    else
+        bc_tile512_8x3(o, A, Bm, M, N, K, rsa, csa, ldb, m0, n0);
+}
+#endif
+
 /* The broadcast kernel over all tiles of an M x N product (lvl 1 or 2). */
 static void bc_run(const struct bc_out *o, int lvl, const float *A, const float *Bm, size_t M,
                    size_t N, size_t K, size_t rsa, size_t csa, size_t ldb)
@@ -461,35 +476,22 @@ static void bc_run(const struct bc_out *o, int lvl, const float *A, const float 
         /* The fused SGD step writes w and its momentum: each thread takes one range of row
          * tiles (all strips), the rows of w the next forward's row split reads on that
          * thread. Split by (strip, row tile) pairs as below, half of w's lines moved between
-         * the two cores' caches every step: on a 2-core Zen 5 the fused 512 x 784 weight
-         * gradient took 244 us at 2 threads (290 at one) against 132 us for the plain store. */
+         * the cores' caches every step: the MLP's 2-thread step on a 2-core Zen 5 took a
+         * median 863-906 us that way, 725-730 us this way (bench/train_step mlp). */
 #pragma omp parallel for schedule(static, 1) num_threads(T)
         for (int q = 0; q < T; q++) {
             const size_t i0 = tm * (size_t)q / (size_t)T, i1 = tm * (size_t)(q + 1) / (size_t)T;
             for (size_t jn = 0; jn < tn; jn++)
-                for (size_t im = i0; im < i1; im++) {
-                    if (lvl == 1)
-                        bc_tile256(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
-                    else if (wide)
-                        bc_tile512_6x4(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
-                    else
-                        bc_tile512_8x3(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
-                }
+                for (size_t im = i0; im < i1; im++)
+                    bc_tile(o, lvl, wide, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
         }
         return;
     }
     // Column strips outer (a strip of B stays in L1/L2 across the row tiles), split over
     // threads as one range of (strip, row tile) pairs.
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-    for (size_t t = 0; t < tn * tm; t++) {
-        const size_t jn = t / tm, im = t % tm;
-        if (lvl == 1)
-            bc_tile256(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
-        else if (wide)
-            bc_tile512_6x4(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
-        else
-            bc_tile512_8x3(o, A, Bm, M, N, K, rsa, csa, ldb, im * mr, jn * nr);
-    }
+    for (size_t t = 0; t < tn * tm; t++)
+        bc_tile(o, lvl, wide, A, Bm, M, N, K, rsa, csa, ldb, t % tm * mr, t / tm * nr);
 #else
     (void)o, (void)lvl, (void)A, (void)Bm, (void)M, (void)N, (void)K, (void)rsa, (void)csa,
         (void)ldb;
