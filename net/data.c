@@ -52,7 +52,8 @@ __attribute__((format(printf, 3, 4))) static void data_err(char *err, size_t err
 /* Sample storage of `bytes` (free() releases it). A training set is read at random one
  * sample at a time, so with 4 KiB pages nearly every sample costs a TLB miss, and under a
  * hypervisor's nested paging a miss is a walk of two page tables: on a 2-core Zen 5 guest
- * the MLP's batch of 64 Fashion-MNIST samples took 80 us on average against 17 us at best.
+ * a batch of 64 Fashion-MNIST samples took 120-141 us on average, 20-22 us with huge pages
+ * (bench/batch_gather.c).
  * Large sets are therefore 2 MiB-aligned and marked for transparent huge pages (a hint: where
  * the kernel has them off, nothing changes). */
 static void *data_alloc_samples(size_t bytes)
