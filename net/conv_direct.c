@@ -387,7 +387,8 @@ NET__AVX512 static NET__INLINE void dw_block(float *part, const float *dbuf, con
             mk += KK;
 #pragma GCC unroll 8
         for (int m = 0; m < MR; m++) {
-            const __m512 dv = _mm512_load_ps(dbuf + m * 16);
+            __m512 dv = _mm512_load_ps(dbuf + m * 16);
+            __asm__("" : "+v"(dv)); // one load, held for its K FMAs (not one load per FMA)
 #pragma GCC unroll 7
             for (int t = 0; t < K; t++) acc[m][t] = _mm512_fmadd_ps(dv, a[t], acc[m][t]);
         }
