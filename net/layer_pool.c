@@ -1,8 +1,10 @@
 /* net/layer_pool.c: the parameter-free reshaping layers.
  *   maxpool: (C, B, H, W) -> (C, B, OH, OW), window k, stride s; the argmax of every output is
- *            kept in the workspace (as uint32 indices into the input plane) for backward.
+ *            kept in the workspace for backward (uint32 indices into the input plane; the
+ *            AVX-512 2x2 planes keep a byte code per output instead, MP2_PASS below).
  *   gap:     (C, B, H, W) -> (B, C), the mean of each plane.
  *   flatten: (C, B, H, W) -> (B, C*H*W) in torch's order, or a copy for a flat input. */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,7 +13,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define MP_AVX512 1
 #include <immintrin.h>
-#define MP_TARGET __attribute__((target("avx512f")))
+#define MP_TARGET __attribute__((target("avx512f,avx512bw,avx512vl")))
 #else
 #define MP_AVX512 0
 #endif
@@ -61,16 +63,22 @@ static size_t mp_ws(const struct net_layer *l, size_t B)
 }
 
 #if MP_AVX512
+/* The AVX-512 planes keep one byte per output instead of the uint32 index: bits 0-1 say
+ * which input of the window won (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right) and
+ * bit 2 whether the gradient passes (always without a ReLU; with one, where the winner's input
+ * z >= 0, the ReLU's backward of layer_act.c). So the backward reads neither the uint32
+ * indices nor the ReLU's input: a quarter of the index traffic and none of z's. */
+#define MP2_PASS 4
+
 /* 2x2 / stride 2 on one plane, 16 outputs per step: the 32 inputs of each row are split
  * into even and odd columns with one permute each, then the first-maximum rule of the scalar
  * code (top-left, top-right, bottom-left, bottom-right) runs on masks. */
-MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, size_t W, size_t OH,
-                                    size_t OW, int relu)
+MP_TARGET static void mp2_fwd_plane(float *dst, uint8_t *code, const float *src, size_t W,
+                                    size_t OH, size_t OW, int relu)
 {
     const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-    const __m512i lane2 = _mm512_slli_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
+    const __m512 zero = _mm512_setzero_ps();
     for (size_t oh = 0; oh < OH; oh++) {
         const float *r0 = src + 2 * oh * W, *r1 = r0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
@@ -79,45 +87,52 @@ MP_TARGET static void mp2_fwd_plane(float *dst, uint32_t *a, const float *src, s
             const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
             const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
             const float *p0 = r0 + 2 * ow, *p1 = r1 + 2 * ow;
-            __m512 l0 = _mm512_maskz_loadu_ps(ml, p0), h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
-            __m512 l1 = _mm512_maskz_loadu_ps(ml, p1), h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
-            if (relu) { // max(x, 0) returns its second operand, 0, for a NaN x: as relu_forward
-                const __m512 zero = _mm512_setzero_ps();
-                l0 = _mm512_max_ps(l0, zero), h0 = _mm512_max_ps(h0, zero);
-                l1 = _mm512_max_ps(l1, zero), h1 = _mm512_max_ps(h1, zero);
-            }
+            const __m512 l0 = _mm512_maskz_loadu_ps(ml, p0),
+                         h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
+            const __m512 l1 = _mm512_maskz_loadu_ps(ml, p1),
+                         h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
             const __m512 v0 = _mm512_permutex2var_ps(l0, ev, h0),
                          v1 = _mm512_permutex2var_ps(l0, od, h0);
             const __m512 v2 = _mm512_permutex2var_ps(l1, ev, h1),
                          v3 = _mm512_permutex2var_ps(l1, od, h1);
-            const __m512i i0 =
-                _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
-            __m512 m = v0;
-            __m512i at = i0;
+            /* The first maximum of the raw inputs. With a ReLU in front, a NaN top-left
+             * starts as -inf (max returns its second operand for a NaN first one), so a NaN
+             * never wins, as a ReLU'd NaN (0) would not. */
+            __m512 m = relu ? _mm512_max_ps(v0, _mm512_set1_ps(-INFINITY)) : v0;
+            __m512i at = _mm512_setzero_si512();
             __mmask16 k = _mm512_cmp_ps_mask(v1, m, _CMP_GT_OQ);
-            at = _mm512_mask_add_epi32(at, k, i0, _mm512_set1_epi32(1));
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(1));
             m = _mm512_mask_mov_ps(m, k, v1);
             k = _mm512_cmp_ps_mask(v2, m, _CMP_GT_OQ);
-            at = _mm512_mask_add_epi32(at, k, i0, _mm512_set1_epi32((int)W));
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(2));
             m = _mm512_mask_mov_ps(m, k, v2);
             k = _mm512_cmp_ps_mask(v3, m, _CMP_GT_OQ);
-            at = _mm512_mask_add_epi32(at, k, i0, _mm512_set1_epi32((int)W + 1));
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(3));
             m = _mm512_mask_mov_ps(m, k, v3);
+            __mmask16 pass = 0xFFFF;
+            if (relu) {
+                /* The ReLU'd window: a positive maximum wins where the raw one did; otherwise
+                 * every ReLU'd input is 0, the top-left one wins (no later one is greater),
+                 * and the gradient passes where that z >= 0. max(m, 0) gives +0 there. */
+                const __mmask16 posm = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
+                at = _mm512_maskz_mov_epi32(posm, at);
+                pass = posm | _mm512_cmp_ps_mask(v0, zero, _CMP_GE_OQ);
+                m = _mm512_max_ps(m, zero);
+            }
+            at = _mm512_mask_or_epi32(at, pass, at, _mm512_set1_epi32(MP2_PASS));
             _mm512_mask_storeu_ps(dst + oh * OW + ow, mo, m);
-            _mm512_mask_storeu_epi32(a + oh * OW + ow, mo, at);
+            _mm_mask_storeu_epi8(code + oh * OW + ow, mo, _mm512_cvtepi32_epi8(at));
         }
     }
 }
 
-/* Its backward: every covered input gets one store, the output gradient where it was the
- * maximum and 0 elsewhere (interleaved back with two permutes per row). */
-MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g, const float *z,
-                                    size_t W, size_t OH, size_t OW)
+/* Its backward: every covered input gets one store, the output gradient where it won and
+ * passes, 0 elsewhere (interleaved back with two permutes per row). */
+MP_TARGET static void mp2_bwd_plane(float *d, const uint8_t *code, const float *g, size_t W,
+                                    size_t OH, size_t OW)
 {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-    const __m512i lane2 = _mm512_slli_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 1);
     for (size_t oh = 0; oh < OH; oh++) {
         float *d0 = d + 2 * oh * W, *d1 = d0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
@@ -126,35 +141,19 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
             const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
             const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
             const __m512 gv = _mm512_maskz_loadu_ps(mo, g + oh * OW + ow);
-            const __m512i at = _mm512_maskz_loadu_epi32(mo, a + oh * OW + ow);
-            const __m512i i0 =
-                _mm512_add_epi32(_mm512_set1_epi32((int)(2 * oh * W + 2 * ow)), lane2);
-            const __m512i iw = _mm512_add_epi32(i0, _mm512_set1_epi32((int)W)),
-                          one = _mm512_set1_epi32(1);
-            const __m512 t0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, i0), gv);
-            const __m512 t1 =
-                _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(i0, one)), gv);
-            const __m512 b0 = _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, iw), gv);
-            const __m512 b1 =
-                _mm512_maskz_mov_ps(_mm512_cmpeq_epi32_mask(at, _mm512_add_epi32(iw, one)), gv);
-            __m512 s0 = _mm512_permutex2var_ps(t0, lo, t1), s1 = _mm512_permutex2var_ps(t0, hi, t1);
-            __m512 s2 = _mm512_permutex2var_ps(b0, lo, b1), s3 = _mm512_permutex2var_ps(b0, hi, b1);
-            if (z) { // a ReLU before the pool: zero where its input z < 0
-                const float *z0 = z + 2 * oh * W + 2 * ow, *z1 = z0 + W;
-                const __m512 zero = _mm512_setzero_ps();
-                s0 = _mm512_maskz_mov_ps(
-                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z0), zero, _CMP_GE_OQ), s0);
-                s1 = _mm512_maskz_mov_ps(
-                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z0 + 16), zero, _CMP_GE_OQ), s1);
-                s2 = _mm512_maskz_mov_ps(
-                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(ml, z1), zero, _CMP_GE_OQ), s2);
-                s3 = _mm512_maskz_mov_ps(
-                    _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(mh, z1 + 16), zero, _CMP_GE_OQ), s3);
-            }
-            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, s0);
-            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, s1);
-            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, s2);
-            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, s3);
+            const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, code + oh * OW + ow));
+            const __mmask16 pass = _mm512_test_epi32_mask(c, _mm512_set1_epi32(MP2_PASS));
+            const __m512i at = _mm512_and_si512(c, _mm512_set1_epi32(3));
+#define MP2_AT(v) (__mmask16)(pass & _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(v)))
+            const __m512 t0 = _mm512_maskz_mov_ps(MP2_AT(0), gv);
+            const __m512 t1 = _mm512_maskz_mov_ps(MP2_AT(1), gv);
+            const __m512 b0 = _mm512_maskz_mov_ps(MP2_AT(2), gv);
+            const __m512 b1 = _mm512_maskz_mov_ps(MP2_AT(3), gv);
+#undef MP2_AT
+            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, _mm512_permutex2var_ps(t0, lo, t1));
+            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, _mm512_permutex2var_ps(t0, hi, t1));
+            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, _mm512_permutex2var_ps(b0, lo, b1));
+            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, _mm512_permutex2var_ps(b0, hi, b1));
         }
     }
 }
@@ -162,15 +161,29 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint32_t *a, const float *g,
 
 static int pool_level_cached = -1;
 
+/* 2 when this CPU can run the AVX-512 planes (their byte codes take AVX512BW and VL too). */
+static int pool_max(void)
+{
+#if MP_AVX512
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl")
+               ? 2
+               : 0;
+#else
+    return 0;
+#endif
+}
+
 /* 1 when the 2x2 / stride-2 planes run in AVX-512 (EVOWIDTH_POOL=scalar: the plain loops). */
 static int pool_simd(void)
 {
-    return net__simd_level(&pool_level_cached, MP_AVX512 ? 2 : 0, "EVOWIDTH_POOL", "scalar") == 2;
+    return net__simd_level(&pool_level_cached, pool_max(), "EVOWIDTH_POOL", "scalar") == 2;
 }
 
 int net__pool_force(int level)
 {
-    return net__simd_force(&pool_level_cached, MP_AVX512 ? 2 : 0, "EVOWIDTH_POOL", "scalar", level);
+    return net__simd_force(&pool_level_cached, pool_max(), "EVOWIDTH_POOL", "scalar", level);
 }
 
 /* The max pool of inp, or with relu of max(inp, 0) read on the fly (a ReLU before the pool,
@@ -188,8 +201,8 @@ static void mp_fwd(struct net_layer *l, float *out, const float *inp, size_t B, 
         float *dst = out + p * OH * OW;
         uint32_t *a = arg + p * OH * OW;
 #if MP_AVX512
-        if (K == 2 && S == 2 && simd) {
-            mp2_fwd_plane(dst, a, src, W, OH, OW, relu);
+        if (K == 2 && S == 2 && simd) { // one byte per output, not the uint32 index
+            mp2_fwd_plane(dst, (uint8_t *)l->ws + p * OH * OW, src, W, OH, OW, relu);
             continue;
         }
 #endif
@@ -256,20 +269,22 @@ void net__mp_forward_relu(struct net_layer *l, float *out, const float *z, size_
     mp_fwd(l, out, z, B, 1);
 }
 
-/* One plane's input gradient d (overwritten) from its outputs' gradient g and argmaxes;
- * with z (a ReLU's input before the pool), also that ReLU's backward: 0 where z < 0. */
-static void mp_backward_plane(const struct net_layer *l, float *d, const uint32_t *ap,
-                              const float *g, const float *z)
+/* Plane p's input gradient d (overwritten) from its outputs' gradient g and argmaxes; with
+ * z (a ReLU's input before the pool), also that ReLU's backward: 0 where z < 0 (the AVX-512
+ * planes have it in their codes and do not read z). */
+static void mp_backward_plane(const struct net_layer *l, float *d, size_t p, const float *g,
+                              const float *z)
 {
     const size_t H = l->in.h, W = l->in.w, HW = H * W;
     const size_t OH = l->out.h, OW = l->out.w, OHW = OH * OW;
+    const uint32_t *ap = (const uint32_t *)l->ws + p * OHW;
     if (l->spec.k == 2 && mp_stride(l) == 2) {
         /* Disjoint 2x2 windows: each covered input gets exactly one store (no memset unless
          * an odd last row or column is left uncovered). */
         if ((H | W) & 1) memset(d, 0, HW * sizeof(float));
 #if MP_AVX512
         if (pool_simd()) {
-            mp2_bwd_plane(d, ap, g, z, W, OH, OW);
+            mp2_bwd_plane(d, (const uint8_t *)l->ws + p * OHW, g, W, OH, OW);
             return;
         }
 #endif
@@ -299,20 +314,17 @@ static void mp_backward(struct net *n, struct net_layer *l, float *dinp, const f
 {
     if (!dinp) return;
     const size_t C = l->in.c, HW = l->in.h * l->in.w, OHW = l->out.h * l->out.w;
-    const uint32_t *arg = (const uint32_t *)l->ws;
 #pragma omp parallel for schedule(static)
-    for (size_t p = 0; p < C * B; p++)
-        mp_backward_plane(l, dinp + p * HW, arg + p * OHW, dout + p * OHW, NULL);
+    for (size_t p = 0; p < C * B; p++) mp_backward_plane(l, dinp + p * HW, p, dout + p * OHW, NULL);
 }
 
 void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, const float *z,
                            size_t B)
 {
     const size_t C = l->in.c, HW = l->in.h * l->in.w, OHW = l->out.h * l->out.w;
-    const uint32_t *arg = (const uint32_t *)l->ws;
 #pragma omp parallel for schedule(static)
     for (size_t p = 0; p < C * B; p++)
-        mp_backward_plane(l, dz + p * HW, arg + p * OHW, dout + p * OHW, z + p * HW);
+        mp_backward_plane(l, dz + p * HW, p, dout + p * OHW, z + p * HW);
 }
 
 const struct net__ops net__maxpool_ops = {mp_shape, pool_no_tensors, mp_ws,       pool_none,

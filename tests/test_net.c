@@ -1289,6 +1289,83 @@ static int relu_pool_known(size_t k, size_t st)
     return bad ? -1 : 0;
 }
 
+/* The fused ReLU -> 2x2 max pool, forward and backward, called directly on inputs made of the
+ * cases its codes must tell apart: all four inputs negative (no gradient), a top-left input
+ * of exactly 0 or -0 with the rest negative (the gradient passes: the ReLU's derivative is 1
+ * at 0), NaN inputs (ReLU'd to 0, no gradient through them), ties between positive inputs
+ * (the first wins) and plain random windows; 5 x 34 planes, so the last row is in no window
+ * and a row has 17 outputs (a full vector and a partial one). Against a scalar reference of
+ * the same rules, exactly, at both pool levels. */
+static int relu_pool_backward_known(void)
+{
+    const struct net_shape in = shp(2, 5, 34);
+    const struct net_layer_spec s[] = {S_CONV(3, 3, 1, 1, 1), S_RELU(), S_POOL(2, 0), S_FLAT(),
+                                       S_DENSE(3, 1)};
+    const size_t B = 2;
+    uint64_t rng = 77;
+    struct net *n = mk_init(&in, 3, s, N_OF(s), &rng);
+    if (!n || net_reserve(n, B)) return -1;
+    struct net_layer *l = &n->layers[2];
+    const size_t H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
+    const size_t P = l->in.c * B, HW = H * W, OHW = OH * OW;
+    float *z = malloc(P * HW * sizeof(float)), *dz = malloc(P * HW * sizeof(float));
+    float *out = malloc(P * OHW * sizeof(float)), *g = malloc(P * OHW * sizeof(float));
+    float *want = malloc(P * HW * sizeof(float));
+    int bad = !z || !dz || !out || !g || !want;
+    size_t cases[5] = {0};
+    for (size_t i = 0; !bad && i < P * HW; i++) z[i] = net_rand_normal(&rng);
+    for (size_t p = 0; !bad && p < P; p++)
+        for (size_t o = 0; o < OHW; o++) {
+            float *w0 = z + p * HW + 2 * (o / OW) * W + 2 * (o % OW), *w1 = w0 + W;
+            const size_t kind = (p * OHW + o) % 7;
+            if (kind == 0) w0[0] = -0.5f, w0[1] = -1.0f, w1[0] = -2.0f, w1[1] = -0.1f;
+            if (kind == 1) w0[0] = 0.0f, w0[1] = -1.0f, w1[0] = -2.0f, w1[1] = -0.1f;
+            if (kind == 2) w0[0] = -0.0f, w0[1] = -1.0f, w1[0] = -2.0f, w1[1] = -0.1f;
+            if (kind == 3) w0[(o / OW) & 1] = NAN;
+            if (kind == 4) w0[1] = 0.75f, w1[1] = 0.75f, w0[0] = 0.5f, w1[0] = -3.0f;
+            if (kind < 5) cases[kind]++;
+        }
+    for (size_t i = 0; !bad && i < P * OHW; i++) g[i] = 1.0f + (float)(i % 13);
+    // The reference: first maximum of max(z, 0) (NaN -> 0); the gradient to it where z >= 0.
+    for (size_t i = 0; !bad && i < P * HW; i++) want[i] = 0.0f;
+    for (size_t p = 0; !bad && p < P; p++)
+        for (size_t o = 0; o < OHW; o++) {
+            const size_t i0 = p * HW + 2 * (o / OW) * W + 2 * (o % OW);
+            const size_t idx[4] = {i0, i0 + 1, i0 + W, i0 + W + 1};
+            size_t at = idx[0];
+            float m = z[at] > 0.0f ? z[at] : 0.0f;
+            for (int t = 1; t < 4; t++) {
+                const float v = z[idx[t]] > 0.0f ? z[idx[t]] : 0.0f;
+                if (v > m) m = v, at = idx[t];
+            }
+            want[at] = z[at] >= 0.0f ? g[p * OHW + o] : 0.0f;
+        }
+    for (size_t lv = 0; !bad && lv < N_OF(pool_levels); lv++) {
+        const int was = net__pool_force(pool_levels[lv]);
+        for (size_t i = 0; i < P * HW; i++) dz[i] = 7.0f; // every entry must be overwritten
+        net__mp_forward_relu(l, out, z, B);
+        net__mp_backward_relu(l, dz, g, z, B);
+        net__pool_force(was);
+        for (size_t i = 0; i < P * HW && !bad; i++)
+            if (!(dz[i] == want[i])) {
+                printf("    level %d: dz[%zu] (plane %zu, row %zu, col %zu) = %g, want %g (z %g)\n",
+                       pool_levels[lv], i, i / HW, i % HW / W, i % W, (double)dz[i],
+                       (double)want[i], (double)z[i]);
+                bad = 1;
+            }
+    }
+    for (size_t k = 0; k < 5; k++)
+        if (cases[k] == 0) printf("    case %zu never built\n", k), bad = 1;
+    free(z), free(dz), free(out), free(g), free(want);
+    net_destroy(n);
+    return bad ? -1 : 0;
+}
+
+TEST(relu_pool_backward_keeps_the_known_answer)
+{
+    ASSERT_EQ(relu_pool_backward_known(), 0);
+}
+
 TEST(relu_pool_fusion_keeps_the_known_answer)
 {
     for (size_t lv = 0; lv < N_OF(pool_levels); lv++) {
