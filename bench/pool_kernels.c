@@ -54,8 +54,7 @@ static int run(size_t C, size_t H, int reps)
         {.kind = NET_DENSE, .out = 10, .bias = 1}};
     struct net *n = NULL;
     char err[256];
-    if (net_create(&n, &in, 10, s, sizeof s / sizeof s[0], err, sizeof err) ||
-        net_reserve(n, B)) {
+    if (net_create(&n, &in, 10, s, sizeof s / sizeof s[0], err, sizeof err) || net_reserve(n, B)) {
         fprintf(stderr, "pool_kernels: %s\n", err);
         return -1;
     }

@@ -387,6 +387,33 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
                      NULL);
 }
 
+void net__bn_moments(float *mean, float *istd, float *inv, float *rmean, float *rvar,
+                     const float *x, size_t N, size_t is, int training, const double *stats,
+                     size_t c)
+{
+    if (training) {
+        double s, s2;
+        if (stats)
+            s = stats[2 * c], s2 = stats[2 * c + 1];
+        else
+            bn_sums(x, x, N, is, &s, &s2);
+        double mu = s / (double)N;
+        double var = s2 / (double)N - mu * mu;
+        if (var < 0.0) var = 0.0;
+        *mean = (float)mu;
+        *istd = (float)(1.0 / sqrt(var + NET__BN_EPS));
+        inv[c] = *istd;
+        // Running variance is unbiased, as in torch.
+        double unb = N > 1 ? var * (double)N / (double)(N - 1) : var;
+        rmean[c] = (1.0f - NET__BN_MOMENTUM) * rmean[c] + NET__BN_MOMENTUM * *mean;
+        rvar[c] = (1.0f - NET__BN_MOMENTUM) * rvar[c] + NET__BN_MOMENTUM * (float)unb;
+    } else {
+        *mean = rmean[c];
+        *istd = 1.0f / sqrtf(rvar[c] + NET__BN_EPS);
+        if (inv) inv[c] = *istd;
+    }
+}
+
 void net__bn_fwd_relu(float *out, float *out2, float *xhat, float *inv, float *rmean, float *rvar,
                       const float *inp, const float *gamma, const float *beta, size_t C, size_t N,
                       size_t cs, size_t is, int training, const double *stats)
@@ -395,27 +422,7 @@ void net__bn_fwd_relu(float *out, float *out2, float *xhat, float *inv, float *r
     for (size_t c = 0; c < C; c++) {
         const float *x = inp + c * cs;
         float mean, istd;
-        if (training) {
-            double s, s2;
-            if (stats)
-                s = stats[2 * c], s2 = stats[2 * c + 1];
-            else
-                bn_sums(x, x, N, is, &s, &s2);
-            double mu = s / (double)N;
-            double var = s2 / (double)N - mu * mu;
-            if (var < 0.0) var = 0.0;
-            mean = (float)mu;
-            istd = (float)(1.0 / sqrt(var + NET__BN_EPS));
-            inv[c] = istd;
-            // Running variance is unbiased, as in torch.
-            double unb = N > 1 ? var * (double)N / (double)(N - 1) : var;
-            rmean[c] = (1.0f - NET__BN_MOMENTUM) * rmean[c] + NET__BN_MOMENTUM * mean;
-            rvar[c] = (1.0f - NET__BN_MOMENTUM) * rvar[c] + NET__BN_MOMENTUM * (float)unb;
-        } else {
-            mean = rmean[c];
-            istd = 1.0f / sqrtf(rvar[c] + NET__BN_EPS);
-            if (inv) inv[c] = istd;
-        }
+        net__bn_moments(&mean, &istd, inv, rmean, rvar, x, N, is, training, stats, c);
         const float gc = gamma[c], bc = beta[c];
         float *o = out + c * cs;
         float *xh = xhat ? xhat + c * cs : NULL;

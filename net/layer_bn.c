@@ -24,7 +24,8 @@ static size_t bn_tensors(const struct net_layer *l, struct net__tdesc *t)
 
 static size_t bn_ws(const struct net_layer *l, size_t B)
 {
-    return B * l->in.c * l->in.h * l->in.w + l->in.c;
+    // xhat, then inv [C], then the batch means [C] (read by net__bn_pool_backward)
+    return B * l->in.c * l->in.h * l->in.w + 2 * l->in.c;
 }
 
 static size_t bn_scratch(const struct net_layer *l, size_t B)

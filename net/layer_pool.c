@@ -59,7 +59,8 @@ static int mp_shape(struct net_layer *l, char *err, size_t errlen)
 
 static size_t mp_ws(const struct net_layer *l, size_t B)
 {
-    return l->out.c * B * l->out.h * l->out.w; // uint32 argmax per output
+    // uint32 argmax (or byte code) per output, then the winner's xhat for net__bn_pool_*
+    return 2 * l->out.c * B * l->out.h * l->out.w;
 }
 
 #if MP_AVX512
@@ -156,6 +157,142 @@ MP_TARGET static void mp2_bwd_plane(float *d, const uint8_t *code, const float *
             _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, _mm512_permutex2var_ps(b0, hi, b1));
         }
     }
+}
+
+/* BN -> ReLU -> pool, forward, on one plane of channel c (net__bn_pool_forward): from z, the
+ * BN's xhat h = (z - mean) * istd and output y = gc * h + bc (neither stored: the backward
+ * recomputes h from z), then the ReLU'd pool of y as mp2_fwd_plane's, its codes, and the
+ * winner's h. */
+MP_TARGET static void mp2_bn_fwd_plane(float *dst, uint8_t *code, float *hw, const float *z,
+                                       size_t W, size_t OH, size_t OW, float mean, float istd,
+                                       float gc, float bc)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+    const __m512 zero = _mm512_setzero_ps(), vm = _mm512_set1_ps(mean), vi = _mm512_set1_ps(istd);
+    const __m512 vg = _mm512_set1_ps(gc), vb = _mm512_set1_ps(bc);
+    for (size_t oh = 0; oh < OH; oh++) {
+        const float *r0 = z + 2 * oh * W, *r1 = r0 + W;
+        for (size_t ow = 0; ow < OW; ow += 16) {
+            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
+            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
+            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
+            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+            const size_t j = 2 * ow;
+#define MP2_H(r, off, k) _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, r + j + off), vm), vi)
+            const __m512 hl0 = MP2_H(r0, 0, ml), hh0 = MP2_H(r0, 16, mh);
+            const __m512 hl1 = MP2_H(r1, 0, ml), hh1 = MP2_H(r1, 16, mh);
+#undef MP2_H
+            const __m512 h0 = _mm512_permutex2var_ps(hl0, ev, hh0),
+                         h1 = _mm512_permutex2var_ps(hl0, od, hh0);
+            const __m512 h2 = _mm512_permutex2var_ps(hl1, ev, hh1),
+                         h3 = _mm512_permutex2var_ps(hl1, od, hh1);
+            // y = gc * h + bc as net__bn_fwd_relu computes it (a product, then a sum)
+            const __m512 v0 = _mm512_add_ps(_mm512_mul_ps(vg, h0), vb),
+                         v1 = _mm512_add_ps(_mm512_mul_ps(vg, h1), vb);
+            const __m512 v2 = _mm512_add_ps(_mm512_mul_ps(vg, h2), vb),
+                         v3 = _mm512_add_ps(_mm512_mul_ps(vg, h3), vb);
+            __m512 m = _mm512_max_ps(v0, _mm512_set1_ps(-INFINITY)), hv = h0;
+            __m512i at = _mm512_setzero_si512();
+            __mmask16 k = _mm512_cmp_ps_mask(v1, m, _CMP_GT_OQ);
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(1));
+            m = _mm512_mask_mov_ps(m, k, v1), hv = _mm512_mask_mov_ps(hv, k, h1);
+            k = _mm512_cmp_ps_mask(v2, m, _CMP_GT_OQ);
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(2));
+            m = _mm512_mask_mov_ps(m, k, v2), hv = _mm512_mask_mov_ps(hv, k, h2);
+            k = _mm512_cmp_ps_mask(v3, m, _CMP_GT_OQ);
+            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(3));
+            m = _mm512_mask_mov_ps(m, k, v3), hv = _mm512_mask_mov_ps(hv, k, h3);
+            const __mmask16 posm = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
+            at = _mm512_maskz_mov_epi32(posm, at);
+            hv = _mm512_mask_mov_ps(h0, posm, hv); // the top-left wins a window of zeros
+            const __mmask16 pass = posm | _mm512_cmp_ps_mask(v0, zero, _CMP_GE_OQ);
+            at = _mm512_mask_or_epi32(at, pass, at, _mm512_set1_epi32(MP2_PASS));
+            _mm512_mask_storeu_ps(dst + oh * OW + ow, mo, _mm512_max_ps(m, zero));
+            _mm512_mask_storeu_ps(hw + oh * OW + ow, mo, hv);
+            _mm_mask_storeu_epi8(code + oh * OW + ow, mo, _mm512_cvtepi32_epi8(at));
+        }
+    }
+}
+
+/* Its backward's sums over one plane: the gradient reaches the BN only at the windows'
+ * winners that pass, so sum(dy) and sum(dy * xhat) come from the pool's output gradient g,
+ * codes and winners' xhat alone. */
+MP_TARGET static void mp2_bn_sums_plane(double *sdy, double *sdyx, const uint8_t *code,
+                                        const float *g, const float *hw, size_t OHW)
+{
+    __m512 a = _mm512_setzero_ps(), ab = _mm512_setzero_ps();
+    for (size_t o = 0; o < OHW; o += 16) {
+        const __mmask16 mo = (__mmask16)(OHW - o >= 16 ? 0xFFFF : (1u << (OHW - o)) - 1);
+        const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, code + o));
+        const __mmask16 pass = _mm512_test_epi32_mask(c, _mm512_set1_epi32(MP2_PASS));
+        const __m512 d = _mm512_maskz_loadu_ps(pass, g + o);
+        a = _mm512_add_ps(a, d);
+        ab = _mm512_add_ps(ab, _mm512_mul_ps(d, _mm512_maskz_loadu_ps(pass, hw + o)));
+    }
+    *sdy += _mm512_reduce_add_pd(_mm512_add_pd(
+        _mm512_cvtps_pd(_mm512_castps512_ps256(a)),
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))));
+    *sdyx += _mm512_reduce_add_pd(_mm512_add_pd(
+        _mm512_cvtps_pd(_mm512_castps512_ps256(ab)),
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ab), 1)))));
+}
+
+/* ... and its input gradient on one plane, net__bn_bwd's training formula
+ * dx = k (N dy - a - xhat b) with dy the pool's gradient put back at the winners that pass
+ * (mp2_bwd_plane's interleave) and 0 elsewhere, the pixels of an odd last row or column
+ * included; xhat = (z - mean) * istd as the forward computed it. */
+MP_TARGET static void mp2_bn_dx_plane(float *dx, const uint8_t *code, const float *g,
+                                      const float *z, size_t H, size_t W, size_t OH, size_t OW,
+                                      float mean, float istd, float k, float fn, float a,
+                                      float bsum)
+{
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512 vk = _mm512_set1_ps(k), vn = _mm512_set1_ps(fn), va = _mm512_set1_ps(a),
+                 vb = _mm512_set1_ps(bsum), vm = _mm512_set1_ps(mean), vi = _mm512_set1_ps(istd);
+    for (size_t oh = 0; oh < OH; oh++) {
+        float *d0 = dx + 2 * oh * W, *d1 = d0 + W;
+        const float *x0 = z + 2 * oh * W, *x1 = x0 + W;
+        for (size_t ow = 0; ow < OW; ow += 16) {
+            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
+            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
+            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
+            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+            const __m512 gv = _mm512_maskz_loadu_ps(mo, g + oh * OW + ow);
+            const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, code + oh * OW + ow));
+            const __mmask16 pass = _mm512_test_epi32_mask(c, _mm512_set1_epi32(MP2_PASS));
+            const __m512i at = _mm512_and_si512(c, _mm512_set1_epi32(3));
+#define MP2_AT(v) (__mmask16)(pass & _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(v)))
+            const __m512 t0 = _mm512_maskz_mov_ps(MP2_AT(0), gv);
+            const __m512 t1 = _mm512_maskz_mov_ps(MP2_AT(1), gv);
+            const __m512 b0 = _mm512_maskz_mov_ps(MP2_AT(2), gv);
+            const __m512 b1 = _mm512_maskz_mov_ps(MP2_AT(3), gv);
+#undef MP2_AT
+            const size_t j = 2 * ow;
+#define MP2_DX(dy, xp, km)                                                                         \
+    _mm512_mul_ps(                                                                                 \
+        vk, _mm512_sub_ps(                                                                         \
+                _mm512_sub_ps(_mm512_mul_ps(vn, dy), va),                                          \
+                _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, xp), vm), vi), \
+                              vb)))
+            _mm512_mask_storeu_ps(d0 + j, ml,
+                                  MP2_DX(_mm512_permutex2var_ps(t0, lo, t1), x0 + j, ml));
+            _mm512_mask_storeu_ps(d0 + j + 16, mh,
+                                  MP2_DX(_mm512_permutex2var_ps(t0, hi, t1), x0 + j + 16, mh));
+            _mm512_mask_storeu_ps(d1 + j, ml,
+                                  MP2_DX(_mm512_permutex2var_ps(b0, lo, b1), x1 + j, ml));
+            _mm512_mask_storeu_ps(d1 + j + 16, mh,
+                                  MP2_DX(_mm512_permutex2var_ps(b0, hi, b1), x1 + j + 16, mh));
+#undef MP2_DX
+        }
+        for (size_t x = 2 * OW; x < W; x++) { // an odd last column: no gradient from the pool
+            d0[x] = k * (fn * 0.0f - a - (x0[x] - mean) * istd * bsum);
+            d1[x] = k * (fn * 0.0f - a - (x1[x] - mean) * istd * bsum);
+        }
+    }
+    for (size_t i = 2 * OH * W; i < H * W; i++) // an odd last row
+        dx[i] = k * (fn * 0.0f - a - (z[i] - mean) * istd * bsum);
 }
 #endif
 
@@ -325,6 +462,71 @@ void net__mp_backward_relu(struct net_layer *l, float *dz, const float *dout, co
 #pragma omp parallel for schedule(static)
     for (size_t p = 0; p < C * B; p++)
         mp_backward_plane(l, dz + p * HW, p, dout + p * OHW, z + p * HW);
+}
+
+int net__bn_pool_ok(const struct net_layer *pool)
+{
+    return MP_AVX512 && pool->spec.kind == NET_MAXPOOL && pool->spec.k == 2 &&
+           mp_stride(pool) == 2 && pool_simd();
+}
+
+void net__bn_pool_forward(struct net *n, struct net_layer *bn, struct net_layer *pool, float *out,
+                          const float *z, size_t B, const double *stats)
+{
+#if MP_AVX512
+    const size_t C = bn->in.c, H = bn->in.h, W = bn->in.w, HW = H * W, N = B * HW;
+    const size_t OH = pool->out.h, OW = pool->out.w, OHW = OH * OW;
+    float *inv = bn->ws + C * N, *means = inv + C;
+    const float *gamma = net__p(n, bn, 0), *beta = net__p(n, bn, 1);
+    float *rmean = net__p(n, bn, 2), *rvar = net__p(n, bn, 3);
+    uint8_t *codes = (uint8_t *)pool->ws;
+    float *hw = pool->ws + C * B * OHW;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++) {
+        float mean, istd;
+        net__bn_moments(&mean, &istd, inv, rmean, rvar, z + c * N, N, 1, 1, stats, c);
+        means[c] = mean;
+        for (size_t b = 0; b < B; b++) {
+            const size_t p = c * B + b;
+            mp2_bn_fwd_plane(out + p * OHW, codes + p * OHW, hw + p * OHW, z + p * HW, W, OH, OW,
+                             mean, istd, gamma[c], beta[c]);
+        }
+    }
+#else
+    (void)n, (void)bn, (void)pool, (void)out, (void)z, (void)B, (void)stats;
+#endif
+}
+
+void net__bn_pool_backward(struct net *n, struct net_layer *bn, struct net_layer *pool, float *dinp,
+                           const float *dout, const float *z, size_t B)
+{
+#if MP_AVX512
+    const size_t C = bn->in.c, H = bn->in.h, W = bn->in.w, HW = H * W, N = B * HW;
+    const size_t OH = pool->out.h, OW = pool->out.w, OHW = OH * OW;
+    const float *inv = bn->ws + C * N, *means = inv + C, *gamma = net__p(n, bn, 0);
+    float *dgamma = net__g(n, bn, 0), *dbeta = net__g(n, bn, 1);
+    const uint8_t *codes = (const uint8_t *)pool->ws;
+    const float *hw = pool->ws + C * B * OHW;
+#pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < C; c++) {
+        double sdy = 0.0, sdyx = 0.0;
+        for (size_t b = 0; b < B; b++) {
+            const size_t p = c * B + b;
+            mp2_bn_sums_plane(&sdy, &sdyx, codes + p * OHW, dout + p * OHW, hw + p * OHW, OHW);
+        }
+        dgamma[c] += (float)sdyx;
+        dbeta[c] += (float)sdy;
+        if (!dinp) continue;
+        const float k = gamma[c] * inv[c] / (float)N, fn = (float)N;
+        for (size_t b = 0; b < B; b++) {
+            const size_t p = c * B + b;
+            mp2_bn_dx_plane(dinp + p * HW, codes + p * OHW, dout + p * OHW, z + p * HW, H, W, OH,
+                            OW, means[c], inv[c], k, fn, (float)sdy, (float)sdyx);
+        }
+    }
+#else
+    (void)n, (void)bn, (void)pool, (void)dinp, (void)dout, (void)z, (void)B;
+#endif
 }
 
 const struct net__ops net__maxpool_ops = {mp_shape, pool_no_tensors, mp_ws,       pool_none,

@@ -421,11 +421,31 @@ static void net__forward_layers(struct net *n, const float *x, size_t B, int tra
             i++;
             continue;
         }
+        // BN at j, then a ReLU and a max pool the fused pass takes (training only).
+#define BN_POOL(j)                                                                                 \
+    (j + 2 < end && n->layers[j].spec.kind == NET_BN && n->layers[j + 1].spec.kind == NET_RELU &&  \
+     net__bn_pool_ok(&n->layers[j + 2]))
         // A ReLU followed by a max pool is left to the pool (below).
 #define RELU_ALONE(j)                                                                              \
     (j < end && n->layers[j].spec.kind == NET_RELU &&                                              \
      !(j + 1 < end && n->layers[j + 1].spec.kind == NET_MAXPOOL))
         const int bn_next = i + 1 < end && n->layers[i + 1].spec.kind == NET_BN;
+        const size_t bn_at = l->spec.kind == NET_BN ? i : i + 1; // a BN here or next
+        if (training && (l->spec.kind == NET_BN || (l->spec.kind == NET_CONV && bn_next)) &&
+            BN_POOL(bn_at)) {
+            /* [Conv ->] BN -> ReLU -> 2x2 max pool: one pass from the BN's input to the
+             * pool's output (net_internal.h); the conv's store gives the BN's statistics. */
+            double *st = NULL;
+            if (bn_at == i + 1) {
+                st = n->chan_stats;
+                memset(st, 0, 2 * l->out.c * sizeof(double));
+                net__conv_forward_stats(n, l, n->acts[i + 1], n->acts[i], B, st);
+            }
+            net__bn_pool_forward(n, &n->layers[bn_at], &n->layers[bn_at + 2], n->acts[bn_at + 3],
+                                 n->acts[bn_at], B, st);
+            i = bn_at + 2;
+            continue;
+        }
         if (l->spec.kind == NET_CONV && bn_next && training) {
             // Conv -> BN [-> ReLU]: the BN's batch statistics from the conv's store, the
             // ReLU's output from the BN's (net_internal.h).
@@ -445,6 +465,7 @@ static void net__forward_layers(struct net *n, const float *x, size_t B, int tra
             continue;
         }
 #undef RELU_ALONE
+#undef BN_POOL
         if (l->spec.kind == NET_RELU && i + 1 < end && n->layers[i + 1].spec.kind == NET_MAXPOOL) {
             // ReLU -> max pool: the pool applies the ReLU as it reads (net_internal.h).
             net__mp_forward_relu(&n->layers[i + 1], n->acts[i + 2], n->acts[i], B);
@@ -503,6 +524,15 @@ void net_backward(struct net *n, const uint8_t *y, size_t B)
     while (first < L && n->layers[first].n_t == 0) first++;
     for (size_t i = L; i-- > first;) {
         struct net_layer *l = &n->layers[i];
+        if (n->training && l->spec.kind == NET_MAXPOOL && i >= first + 2 &&
+            n->layers[i - 1].spec.kind == NET_RELU && n->layers[i - 2].spec.kind == NET_BN &&
+            net__bn_pool_ok(l)) {
+            // BN -> ReLU -> max pool, as its forward ran (net_internal.h).
+            net__bn_pool_backward(n, &n->layers[i - 2], l, i - 2 > first ? n->dacts[i - 2] : NULL,
+                                  n->dacts[i + 1], n->acts[i - 2], B);
+            i -= 2;
+            continue;
+        }
         if (l->spec.kind == NET_MAXPOOL && i > first + 1 &&
             n->layers[i - 1].spec.kind == NET_RELU) {
             // ReLU -> max pool: the pool writes the ReLU's input gradient (net_internal.h).

@@ -231,6 +231,13 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
 void net__bn_fwd_relu(float *out, float *out2, float *xhat, float *inv, float *rmean, float *rvar,
                       const float *inp, const float *gamma, const float *beta, size_t C, size_t N,
                       size_t cs, size_t is, int training, const double *stats);
+/* Channel c's normalisation: training, the batch's mean and 1 / std from stats[2 c],
+ * stats[2 c + 1] (sum, sum of squares) or, with stats NULL, a pass over x (channel c's N
+ * items at stride is), inv[c] and the running statistics updated; eval, the running ones
+ * (inv[c] set when inv is not NULL). */
+void net__bn_moments(float *mean, float *istd, float *inv, float *rmean, float *rvar,
+                     const float *x, size_t N, size_t is, int training, const double *stats,
+                     size_t c);
 /* st[2 c] += sum of x[c * N + i] over i < N, st[2 c + 1] += sum of its squares. */
 void net__chan_stats(double *st, const float *x, size_t C, size_t N);
 /* dinp = BN backward (overwrites); dgamma, dbeta accumulate. dinp may alias dout.
@@ -256,6 +263,19 @@ void net__bn_forward_relu(struct net *n, struct net_layer *l, float *out, float 
 /* The layer's half of it (layer_bn.c): BN layer l, dout = the ReLU's output gradient. */
 void net__bn_backward_relu(struct net *n, struct net_layer *l, float *dinp, const float *dout,
                            size_t B);
+/* BN -> ReLU -> 2x2 / stride-2 max pool in training (layer_pool.c), when
+ * net__bn_pool_ok(pool layer): one pass from the BN's input z (C, B, H, W) writes the BN's
+ * inv and batch means (its workspace; not xhat), the pool's output and its per-output codes
+ * plus the winner's xhat (the pool's workspace); neither the BN's output nor the ReLU's is
+ * written. stats as net__bn_forward_relu's (NULL: a pass over z). The backward takes the
+ * pool's output gradient to the BN's input gradient (dinp; NULL: the BN's parameter
+ * gradients only) without writing the two in between: the BN's sums come from the winners
+ * alone, and xhat is recomputed from z (the same z, still in the activations). */
+int net__bn_pool_ok(const struct net_layer *pool);
+void net__bn_pool_forward(struct net *n, struct net_layer *bn, struct net_layer *pool, float *out,
+                          const float *z, size_t B, const double *stats);
+void net__bn_pool_backward(struct net *n, struct net_layer *bn, struct net_layer *pool, float *dinp,
+                           const float *dout, const float *z, size_t B);
 
 // ---- files: the shared pieces of the checkpoint and the compressed export (codec.c) -----
 

@@ -365,6 +365,14 @@ TEST(grad_maxpool)
         // Overlapping windows: one input can be the max of several outputs.
         GC("maxpool k3 s2", shp(2, 7, 7), 3, 2, 52, S_CONV(3, 3, 1, 1, 1), S_POOL(3, 2), S_FLAT(),
            S_DENSE(3, 1));
+        // Conv -> BN -> ReLU -> max pool: in training one fused pass (layer_pool.c) at the
+        // AVX-512 level; the odd 5x7 input leaves a row and a column in no window, whose
+        // gradient comes from the BN's batch terms alone. Then a BN first (its statistics from
+        // a pass over the input, no input gradient), on 34 columns (a full vector and a part).
+        GC("conv bn relu maxpool", shp(2, 5, 7), 3, 3, 56, S_CONV(3, 3, 1, 1, 1), S_BN(), S_RELU(),
+           S_POOL(2, 0), S_FLAT(), S_DENSE(3, 1));
+        GC("bn relu maxpool first", shp(2, 4, 34), 3, 3, 57, S_BN(), S_RELU(), S_POOL(2, 0),
+           S_FLAT(), S_DENSE(3, 1));
         net__pool_force(was);
     }
 }
