@@ -24,12 +24,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include "net/net.h"
+#include "net/net_internal.h"
 
 #define IDX_MAGIC_IMAGES 0x00000803u // unsigned bytes, 3 dims (n, h, w)
 #define IDX_MAGIC_LABELS 0x00000801u // unsigned bytes, 1 dim (n)
@@ -47,22 +47,6 @@ __attribute__((format(printf, 3, 4))) static void data_err(char *err, size_t err
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
-}
-
-/* Sample storage of `bytes` (free() releases it). A training set is read at random one
- * sample at a time, so with 4 KiB pages nearly every sample costs a TLB miss, and under a
- * hypervisor's nested paging a miss is a walk of two page tables: on a 2-core Zen 5 guest
- * a batch of 64 Fashion-MNIST samples took 120-141 us on average, 20-22 us with huge pages
- * (bench/batch_gather.c).
- * Large sets are therefore 2 MiB-aligned and marked for transparent huge pages (a hint: where
- * the kernel has them off, nothing changes). */
-static void *data_alloc_samples(size_t bytes)
-{
-    const size_t huge = (size_t)2 << 20;
-    if (bytes < 2 * huge || bytes > SIZE_MAX - huge) return malloc(bytes);
-    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
-    if (p) (void)madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
-    return p;
 }
 
 /* realloc(p, bytes); on failure NULL (p is kept) and err says "path: out of memory <what>",
@@ -315,7 +299,7 @@ int net_data_load_idx(struct net_dataset *d, const char *images, const char *lab
     if (labels && (rc = data_expect_eof(gl, labels, 8 + n, !gzdirect(gl), err, errlen)) < 0)
         goto fail;
 
-    x = data_alloc_samples(n_pix * sizeof *x);
+    x = net__alloc_big(n_pix * sizeof *x);
     if (!x) {
         data_err(err, errlen, "%s: out of memory for %zu pixels", images, n_pix);
         rc = -ENOMEM;
@@ -480,7 +464,7 @@ int net_data_synthetic(struct net_dataset *d, size_t n, const struct net_shape *
         return -EOVERFLOW;
 
     tmpl = malloc(n_tmpl * sizeof *tmpl);
-    x = data_alloc_samples(n_pix * sizeof *x);
+    x = net__alloc_big(n_pix * sizeof *x);
     y = malloc(n);
     if (!tmpl || !x || !y) {
         rc = -ENOMEM;
@@ -532,14 +516,14 @@ int net_data_split(struct net_dataset *all, struct net_dataset *train, struct ne
     v = (struct net_dataset){.n = n_val, .n_classes = all->n_classes, .shape = all->shape};
 
     order = malloc(all->n * sizeof *order);
-    t.x = data_alloc_samples(n_tr * per * sizeof *t.x);
+    t.x = net__alloc_big(n_tr * per * sizeof *t.x);
     t.y = malloc(n_tr);
     if (!order || !t.x || !t.y) {
         rc = -ENOMEM;
         goto fail;
     }
     if (n_val > 0) { // an empty validation set has NULL buffers
-        v.x = data_alloc_samples(n_val * per * sizeof *v.x);
+        v.x = net__alloc_big(n_val * per * sizeof *v.x);
         v.y = malloc(n_val);
         if (!v.x || !v.y) {
             rc = -ENOMEM;

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <cblas.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -267,11 +268,11 @@ int net__create_bounded(struct net **out, const struct net_shape *in, size_t n_c
                  n->n_params, n->n_state, max_params, max_state);
         goto fail;
     }
-    n->params = calloc(n->n_params + 1, sizeof(float));
-    n->grads = calloc(n->n_params + 1, sizeof(float));
+    n->params = net__calloc_big(n->n_params + 1, sizeof(float));
+    n->grads = net__calloc_big(n->n_params + 1, sizeof(float));
     n->grads_zero = 1;
-    n->m = calloc(n->n_params + 1, sizeof(float));
-    n->v = calloc(n->n_params + 1, sizeof(float));
+    n->m = net__calloc_big(n->n_params + 1, sizeof(float));
+    n->v = net__calloc_big(n->n_params + 1, sizeof(float));
     n->state = calloc(n->n_state + 1, sizeof(float));
     n->chan_stats = calloc(n->n_state + 2, sizeof(double)); // a BN's 2 C <= n_state
     if (!n->params || !n->grads || !n->m || !n->v || !n->state || !n->chan_stats) {
@@ -344,6 +345,26 @@ int net_clone(struct net **out, const struct net *n)
 
 // ---- workspace ------------------------------------------------------------------------
 
+#define NET__HUGE ((size_t)2 << 20)
+
+void *net__alloc_big(size_t bytes)
+{
+    if (bytes < NET__HUGE || bytes > SIZE_MAX - NET__HUGE) return malloc(bytes);
+    const size_t whole = (bytes + NET__HUGE - 1) / NET__HUGE * NET__HUGE;
+    void *p = aligned_alloc(NET__HUGE, whole);
+    if (p) (void)madvise(p, whole, MADV_HUGEPAGE);
+    return p;
+}
+
+void *net__calloc_big(size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size) return NULL;
+    if (n * size < NET__HUGE) return calloc(n, size);
+    void *p = net__alloc_big(n * size);
+    if (p) memset(p, 0, n * size);
+    return p;
+}
+
 static size_t net__numel(const struct net_shape *s)
 {
     return s->c * s->h * s->w;
@@ -368,12 +389,12 @@ int net_reserve(struct net *n, size_t batch)
     }
     for (size_t i = 0; i <= n->n_layers; i++) {
         size_t sz = batch * net__numel(i == 0 ? &n->in_shape : &n->layers[i - 1].out);
-        tmp.acts[i] = malloc((sz + 1) * sizeof(float));
-        tmp.dacts[i] = malloc((sz + 1) * sizeof(float));
+        tmp.acts[i] = net__alloc_big((sz + 1) * sizeof(float));
+        tmp.dacts[i] = net__alloc_big((sz + 1) * sizeof(float));
         if (!tmp.acts[i] || !tmp.dacts[i]) goto nomem;
     }
-    tmp.ws_pool = malloc((ws_total + 1) * sizeof(float));
-    tmp.scratch = malloc((scratch + 1) * sizeof(float));
+    tmp.ws_pool = net__alloc_big((ws_total + 1) * sizeof(float));
+    tmp.scratch = net__alloc_big((scratch + 1) * sizeof(float));
     tmp.probs = malloc((batch * n->n_classes + 1) * sizeof(float));
     if (!tmp.ws_pool || !tmp.scratch || !tmp.probs) goto nomem;
     tmp.scratch_n = scratch;

@@ -231,6 +231,14 @@ void net__bn_fwd(float *out, float *xhat, float *inv, float *rmean, float *rvar,
 void net__bn_fwd_relu(float *out, float *out2, float *xhat, float *inv, float *rmean, float *rvar,
                       const float *inp, const float *gamma, const float *beta, size_t C, size_t N,
                       size_t cs, size_t is, int training, const double *stats);
+/* Buffers of 2 MiB or more (sample sets, activations, workspace, parameter arenas): 2 MiB-
+ * aligned, rounded up to whole 2 MiB pages and marked for transparent huge pages, a hint that
+ * changes nothing where the kernel has them off. Every pass over a big buffer otherwise pays
+ * a TLB miss per 4 KiB page (a walk of two page tables under a hypervisor) and loses the
+ * hardware prefetch at each page end; a random read of the training set paid one per sample.
+ * Smaller buffers come from malloc / calloc; free() releases either. calloc_big zeroes. */
+void *net__alloc_big(size_t bytes);
+void *net__calloc_big(size_t n, size_t size);
 /* Channel c's normalisation: training, the batch's mean and 1 / std from stats[2 c],
  * stats[2 c + 1] (sum, sum of squares) or, with stats NULL, a pass over x (channel c's N
  * items at stride is), inv[c] and the running statistics updated; eval, the running ones
