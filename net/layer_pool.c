@@ -70,57 +70,93 @@ static size_t mp_ws(const struct net_layer *l, size_t B)
  * z >= 0, the ReLU's backward of layer_act.c). So the backward reads neither the uint32
  * indices nor the ReLU's input: a quarter of the index traffic and none of z's. */
 #define MP2_PASS 4
+#define MP2_INLINE __attribute__((always_inline)) inline
+
+/* The lane masks of the 16-output step at ow of a row of OW outputs: the outputs (mo) and
+ * the low and high 16 of their 32 inputs (ml, mh). */
+static MP2_INLINE void mp2_masks(size_t OW, size_t ow, __mmask16 *mo, __mmask16 *ml, __mmask16 *mh)
+{
+    const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
+    *mo = (__mmask16)((1u << nout) - 1);
+    *ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
+    *mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+}
+
+/* The even and odd columns of 32 inputs (lo, hi): out[0] even, out[1] odd. */
+MP_TARGET static MP2_INLINE void mp2_split(__m512 out[2], __m512 lo, __m512 hi)
+{
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    out[0] = _mm512_permutex2var_ps(lo, ev, hi);
+    out[1] = _mm512_permutex2var_ps(lo, _mm512_add_epi32(ev, _mm512_set1_epi32(1)), hi);
+}
+
+/* The first maximum of 16 windows v[0..3] (top-left, top-right, bottom-left, bottom-right,
+ * the scalar code's order) into *m, its code returned; with h, *hv = h[winner]. With relu,
+ * the maximum of the ReLU'd inputs: a positive maximum wins where the raw one did; otherwise
+ * every ReLU'd input is 0, the top-left wins (no later one is greater) and the gradient passes
+ * where its z >= 0; a NaN top-left starts as -inf (max returns its second operand for a NaN
+ * first one), so a NaN never wins, as a ReLU'd NaN (0) would not; max(m, 0) gives +0. */
+MP_TARGET static MP2_INLINE __m512i mp2_win(__m512 *m, __m512 *hv, const __m512 v[4],
+                                            const __m512 *h, int relu)
+{
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 mx = relu ? _mm512_max_ps(v[0], _mm512_set1_ps(-INFINITY)) : v[0];
+    __m512 hx = h ? h[0] : zero;
+    __m512i at = _mm512_setzero_si512();
+    for (int t = 1; t < 4; t++) {
+        const __mmask16 k = _mm512_cmp_ps_mask(v[t], mx, _CMP_GT_OQ);
+        at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(t));
+        mx = _mm512_mask_mov_ps(mx, k, v[t]);
+        if (h) hx = _mm512_mask_mov_ps(hx, k, h[t]);
+    }
+    __mmask16 pass = 0xFFFF;
+    if (relu) {
+        const __mmask16 posm = _mm512_cmp_ps_mask(mx, zero, _CMP_GT_OQ);
+        at = _mm512_maskz_mov_epi32(posm, at);
+        if (h) hx = _mm512_mask_mov_ps(h[0], posm, hx);
+        pass = posm | _mm512_cmp_ps_mask(v[0], zero, _CMP_GE_OQ);
+        mx = _mm512_max_ps(mx, zero);
+    }
+    *m = mx;
+    if (hv) *hv = hx;
+    return _mm512_mask_or_epi32(at, pass, at, _mm512_set1_epi32(MP2_PASS));
+}
+
+/* The 16 outputs' gradient g (lanes mo) put back at the winners that pass, 0 elsewhere, as
+ * the window's two rows of 32 inputs: s[0], s[1] the top row's low and high 16, s[2], s[3]
+ * the bottom row's. */
+MP_TARGET static MP2_INLINE void mp2_spread(__m512 s[4], const uint8_t *code, const float *g,
+                                            __mmask16 mo)
+{
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
+    const __m512 gv = _mm512_maskz_loadu_ps(mo, g);
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, code));
+    const __mmask16 pass = _mm512_test_epi32_mask(c, _mm512_set1_epi32(MP2_PASS));
+    const __m512i at = _mm512_and_si512(c, _mm512_set1_epi32(3));
+    __m512 t[4];
+    for (int k = 0; k < 4; k++)
+        t[k] = _mm512_maskz_mov_ps(
+            (__mmask16)(pass & _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(k))), gv);
+    s[0] = _mm512_permutex2var_ps(t[0], lo, t[1]), s[1] = _mm512_permutex2var_ps(t[0], hi, t[1]);
+    s[2] = _mm512_permutex2var_ps(t[2], lo, t[3]), s[3] = _mm512_permutex2var_ps(t[2], hi, t[3]);
+}
 
 /* 2x2 / stride 2 on one plane, 16 outputs per step: the 32 inputs of each row are split
- * into even and odd columns with one permute each, then the first-maximum rule of the scalar
- * code (top-left, top-right, bottom-left, bottom-right) runs on masks. */
+ * into even and odd columns with one permute each, then mp2_win. */
 MP_TARGET static void mp2_fwd_plane(float *dst, uint8_t *code, const float *src, size_t W,
                                     size_t OH, size_t OW, int relu)
 {
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-    const __m512 zero = _mm512_setzero_ps();
     for (size_t oh = 0; oh < OH; oh++) {
         const float *r0 = src + 2 * oh * W, *r1 = r0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
-            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
-            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
-            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
-            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+            __mmask16 mo, ml, mh;
+            mp2_masks(OW, ow, &mo, &ml, &mh);
             const float *p0 = r0 + 2 * ow, *p1 = r1 + 2 * ow;
-            const __m512 l0 = _mm512_maskz_loadu_ps(ml, p0),
-                         h0 = _mm512_maskz_loadu_ps(mh, p0 + 16);
-            const __m512 l1 = _mm512_maskz_loadu_ps(ml, p1),
-                         h1 = _mm512_maskz_loadu_ps(mh, p1 + 16);
-            const __m512 v0 = _mm512_permutex2var_ps(l0, ev, h0),
-                         v1 = _mm512_permutex2var_ps(l0, od, h0);
-            const __m512 v2 = _mm512_permutex2var_ps(l1, ev, h1),
-                         v3 = _mm512_permutex2var_ps(l1, od, h1);
-            /* The first maximum of the raw inputs. With a ReLU in front, a NaN top-left
-             * starts as -inf (max returns its second operand for a NaN first one), so a NaN
-             * never wins, as a ReLU'd NaN (0) would not. */
-            __m512 m = relu ? _mm512_max_ps(v0, _mm512_set1_ps(-INFINITY)) : v0;
-            __m512i at = _mm512_setzero_si512();
-            __mmask16 k = _mm512_cmp_ps_mask(v1, m, _CMP_GT_OQ);
-            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(1));
-            m = _mm512_mask_mov_ps(m, k, v1);
-            k = _mm512_cmp_ps_mask(v2, m, _CMP_GT_OQ);
-            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(2));
-            m = _mm512_mask_mov_ps(m, k, v2);
-            k = _mm512_cmp_ps_mask(v3, m, _CMP_GT_OQ);
-            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(3));
-            m = _mm512_mask_mov_ps(m, k, v3);
-            __mmask16 pass = 0xFFFF;
-            if (relu) {
-                /* The ReLU'd window: a positive maximum wins where the raw one did; otherwise
-                 * every ReLU'd input is 0, the top-left one wins (no later one is greater),
-                 * and the gradient passes where that z >= 0. max(m, 0) gives +0 there. */
-                const __mmask16 posm = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
-                at = _mm512_maskz_mov_epi32(posm, at);
-                pass = posm | _mm512_cmp_ps_mask(v0, zero, _CMP_GE_OQ);
-                m = _mm512_max_ps(m, zero);
-            }
-            at = _mm512_mask_or_epi32(at, pass, at, _mm512_set1_epi32(MP2_PASS));
+            __m512 v[4], m;
+            mp2_split(v, _mm512_maskz_loadu_ps(ml, p0), _mm512_maskz_loadu_ps(mh, p0 + 16));
+            mp2_split(v + 2, _mm512_maskz_loadu_ps(ml, p1), _mm512_maskz_loadu_ps(mh, p1 + 16));
+            const __m512i at = mp2_win(&m, NULL, v, NULL, relu);
             _mm512_mask_storeu_ps(dst + oh * OW + ow, mo, m);
             _mm_mask_storeu_epi8(code + oh * OW + ow, mo, _mm512_cvtepi32_epi8(at));
         }
@@ -128,33 +164,21 @@ MP_TARGET static void mp2_fwd_plane(float *dst, uint8_t *code, const float *src,
 }
 
 /* Its backward: every covered input gets one store, the output gradient where it won and
- * passes, 0 elsewhere (interleaved back with two permutes per row). */
+ * passes, 0 elsewhere. */
 MP_TARGET static void mp2_bwd_plane(float *d, const uint8_t *code, const float *g, size_t W,
                                     size_t OH, size_t OW)
 {
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
     for (size_t oh = 0; oh < OH; oh++) {
         float *d0 = d + 2 * oh * W, *d1 = d0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
-            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
-            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
-            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
-            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
-            const __m512 gv = _mm512_maskz_loadu_ps(mo, g + oh * OW + ow);
-            const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, code + oh * OW + ow));
-            const __mmask16 pass = _mm512_test_epi32_mask(c, _mm512_set1_epi32(MP2_PASS));
-            const __m512i at = _mm512_and_si512(c, _mm512_set1_epi32(3));
-#define MP2_AT(v) (__mmask16)(pass & _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(v)))
-            const __m512 t0 = _mm512_maskz_mov_ps(MP2_AT(0), gv);
-            const __m512 t1 = _mm512_maskz_mov_ps(MP2_AT(1), gv);
-            const __m512 b0 = _mm512_maskz_mov_ps(MP2_AT(2), gv);
-            const __m512 b1 = _mm512_maskz_mov_ps(MP2_AT(3), gv);
-#undef MP2_AT
-            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, _mm512_permutex2var_ps(t0, lo, t1));
-            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, _mm512_permutex2var_ps(t0, hi, t1));
-            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, _mm512_permutex2var_ps(b0, lo, b1));
-            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, _mm512_permutex2var_ps(b0, hi, b1));
+            __mmask16 mo, ml, mh;
+            mp2_masks(OW, ow, &mo, &ml, &mh);
+            __m512 sv[4];
+            mp2_spread(sv, code + oh * OW + ow, g + oh * OW + ow, mo);
+            _mm512_mask_storeu_ps(d0 + 2 * ow, ml, sv[0]);
+            _mm512_mask_storeu_ps(d0 + 2 * ow + 16, mh, sv[1]);
+            _mm512_mask_storeu_ps(d1 + 2 * ow, ml, sv[2]);
+            _mm512_mask_storeu_ps(d1 + 2 * ow + 16, mh, sv[3]);
         }
     }
 }
@@ -167,52 +191,35 @@ MP_TARGET static void mp2_bn_fwd_plane(float *dst, uint8_t *code, float *hw, con
                                        size_t W, size_t OH, size_t OW, float mean, float istd,
                                        float gc, float bc)
 {
-    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
-    const __m512 zero = _mm512_setzero_ps(), vm = _mm512_set1_ps(mean), vi = _mm512_set1_ps(istd);
+    const __m512 vm = _mm512_set1_ps(mean), vi = _mm512_set1_ps(istd);
     const __m512 vg = _mm512_set1_ps(gc), vb = _mm512_set1_ps(bc);
     for (size_t oh = 0; oh < OH; oh++) {
         const float *r0 = z + 2 * oh * W, *r1 = r0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
-            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
-            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
-            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
-            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
+            __mmask16 mo, ml, mh;
+            mp2_masks(OW, ow, &mo, &ml, &mh);
             const size_t j = 2 * ow;
 #define MP2_H(r, off, k) _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, r + j + off), vm), vi)
-            const __m512 hl0 = MP2_H(r0, 0, ml), hh0 = MP2_H(r0, 16, mh);
-            const __m512 hl1 = MP2_H(r1, 0, ml), hh1 = MP2_H(r1, 16, mh);
+            __m512 h[4], v[4], m, hv;
+            mp2_split(h, MP2_H(r0, 0, ml), MP2_H(r0, 16, mh));
+            mp2_split(h + 2, MP2_H(r1, 0, ml), MP2_H(r1, 16, mh));
 #undef MP2_H
-            const __m512 h0 = _mm512_permutex2var_ps(hl0, ev, hh0),
-                         h1 = _mm512_permutex2var_ps(hl0, od, hh0);
-            const __m512 h2 = _mm512_permutex2var_ps(hl1, ev, hh1),
-                         h3 = _mm512_permutex2var_ps(hl1, od, hh1);
             // y = gc * h + bc as net__bn_fwd_relu computes it (a product, then a sum)
-            const __m512 v0 = _mm512_add_ps(_mm512_mul_ps(vg, h0), vb),
-                         v1 = _mm512_add_ps(_mm512_mul_ps(vg, h1), vb);
-            const __m512 v2 = _mm512_add_ps(_mm512_mul_ps(vg, h2), vb),
-                         v3 = _mm512_add_ps(_mm512_mul_ps(vg, h3), vb);
-            __m512 m = _mm512_max_ps(v0, _mm512_set1_ps(-INFINITY)), hv = h0;
-            __m512i at = _mm512_setzero_si512();
-            __mmask16 k = _mm512_cmp_ps_mask(v1, m, _CMP_GT_OQ);
-            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(1));
-            m = _mm512_mask_mov_ps(m, k, v1), hv = _mm512_mask_mov_ps(hv, k, h1);
-            k = _mm512_cmp_ps_mask(v2, m, _CMP_GT_OQ);
-            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(2));
-            m = _mm512_mask_mov_ps(m, k, v2), hv = _mm512_mask_mov_ps(hv, k, h2);
-            k = _mm512_cmp_ps_mask(v3, m, _CMP_GT_OQ);
-            at = _mm512_mask_mov_epi32(at, k, _mm512_set1_epi32(3));
-            m = _mm512_mask_mov_ps(m, k, v3), hv = _mm512_mask_mov_ps(hv, k, h3);
-            const __mmask16 posm = _mm512_cmp_ps_mask(m, zero, _CMP_GT_OQ);
-            at = _mm512_maskz_mov_epi32(posm, at);
-            hv = _mm512_mask_mov_ps(h0, posm, hv); // the top-left wins a window of zeros
-            const __mmask16 pass = posm | _mm512_cmp_ps_mask(v0, zero, _CMP_GE_OQ);
-            at = _mm512_mask_or_epi32(at, pass, at, _mm512_set1_epi32(MP2_PASS));
-            _mm512_mask_storeu_ps(dst + oh * OW + ow, mo, _mm512_max_ps(m, zero));
+            for (int t = 0; t < 4; t++) v[t] = _mm512_add_ps(_mm512_mul_ps(vg, h[t]), vb);
+            const __m512i at = mp2_win(&m, &hv, v, h, 1);
+            _mm512_mask_storeu_ps(dst + oh * OW + ow, mo, m);
             _mm512_mask_storeu_ps(hw + oh * OW + ow, mo, hv);
             _mm_mask_storeu_epi8(code + oh * OW + ow, mo, _mm512_cvtepi32_epi8(at));
         }
     }
+}
+
+/* The 16 lanes of v summed in double (each half widened first). */
+MP_TARGET static MP2_INLINE double mp2_sum_pd(__m512 v)
+{
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return _mm512_reduce_add_pd(
+        _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), _mm512_cvtps_pd(hi)));
 }
 
 /* Its backward's sums over one plane: the gradient reaches the BN only at the windows'
@@ -230,12 +237,8 @@ MP_TARGET static void mp2_bn_sums_plane(double *sdy, double *sdyx, const uint8_t
         a = _mm512_add_ps(a, d);
         ab = _mm512_add_ps(ab, _mm512_mul_ps(d, _mm512_maskz_loadu_ps(pass, hw + o)));
     }
-    *sdy += _mm512_reduce_add_pd(_mm512_add_pd(
-        _mm512_cvtps_pd(_mm512_castps512_ps256(a)),
-        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))));
-    *sdyx += _mm512_reduce_add_pd(_mm512_add_pd(
-        _mm512_cvtps_pd(_mm512_castps512_ps256(ab)),
-        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ab), 1)))));
+    *sdy += mp2_sum_pd(a);
+    *sdyx += mp2_sum_pd(ab);
 }
 
 /* ... and its input gradient on one plane, net__bn_bwd's training formula
@@ -247,44 +250,28 @@ MP_TARGET static void mp2_bn_dx_plane(float *dx, const uint8_t *code, const floa
                                       float mean, float istd, float k, float fn, float a,
                                       float bsum)
 {
-    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-    const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
     const __m512 vk = _mm512_set1_ps(k), vn = _mm512_set1_ps(fn), va = _mm512_set1_ps(a),
                  vb = _mm512_set1_ps(bsum), vm = _mm512_set1_ps(mean), vi = _mm512_set1_ps(istd);
     for (size_t oh = 0; oh < OH; oh++) {
         float *d0 = dx + 2 * oh * W, *d1 = d0 + W;
         const float *x0 = z + 2 * oh * W, *x1 = x0 + W;
         for (size_t ow = 0; ow < OW; ow += 16) {
-            const size_t nout = OW - ow < 16 ? OW - ow : 16, nin = 2 * nout;
-            const __mmask16 mo = (__mmask16)((1u << nout) - 1);
-            const __mmask16 ml = (__mmask16)(nin >= 16 ? 0xFFFF : (1u << nin) - 1);
-            const __mmask16 mh = (__mmask16)(nin <= 16 ? 0 : (1u << (nin - 16)) - 1);
-            const __m512 gv = _mm512_maskz_loadu_ps(mo, g + oh * OW + ow);
-            const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mo, code + oh * OW + ow));
-            const __mmask16 pass = _mm512_test_epi32_mask(c, _mm512_set1_epi32(MP2_PASS));
-            const __m512i at = _mm512_and_si512(c, _mm512_set1_epi32(3));
-#define MP2_AT(v) (__mmask16)(pass & _mm512_cmpeq_epi32_mask(at, _mm512_set1_epi32(v)))
-            const __m512 t0 = _mm512_maskz_mov_ps(MP2_AT(0), gv);
-            const __m512 t1 = _mm512_maskz_mov_ps(MP2_AT(1), gv);
-            const __m512 b0 = _mm512_maskz_mov_ps(MP2_AT(2), gv);
-            const __m512 b1 = _mm512_maskz_mov_ps(MP2_AT(3), gv);
-#undef MP2_AT
+            __mmask16 mo, ml, mh;
+            mp2_masks(OW, ow, &mo, &ml, &mh);
+            __m512 sv[4];
+            mp2_spread(sv, code + oh * OW + ow, g + oh * OW + ow, mo);
             const size_t j = 2 * ow;
-#define MP2_DX(dy, xp, km)                                                                         \
-    _mm512_mul_ps(                                                                                 \
-        vk, _mm512_sub_ps(                                                                         \
-                _mm512_sub_ps(_mm512_mul_ps(vn, dy), va),                                          \
-                _mm512_mul_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, xp), vm), vi), \
-                              vb)))
-            _mm512_mask_storeu_ps(d0 + j, ml,
-                                  MP2_DX(_mm512_permutex2var_ps(t0, lo, t1), x0 + j, ml));
-            _mm512_mask_storeu_ps(d0 + j + 16, mh,
-                                  MP2_DX(_mm512_permutex2var_ps(t0, hi, t1), x0 + j + 16, mh));
-            _mm512_mask_storeu_ps(d1 + j, ml,
-                                  MP2_DX(_mm512_permutex2var_ps(b0, lo, b1), x1 + j, ml));
-            _mm512_mask_storeu_ps(d1 + j + 16, mh,
-                                  MP2_DX(_mm512_permutex2var_ps(b0, hi, b1), x1 + j + 16, mh));
-#undef MP2_DX
+            float *const dp[4] = {d0 + j, d0 + j + 16, d1 + j, d1 + j + 16};
+            const float *const xp[4] = {x0 + j, x0 + j + 16, x1 + j, x1 + j + 16};
+            for (int q = 0; q < 4; q++) {
+                const __mmask16 km = q & 1 ? mh : ml;
+                const __m512 h =
+                    _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, xp[q]), vm), vi);
+                const __m512 v =
+                    _mm512_mul_ps(vk, _mm512_sub_ps(_mm512_sub_ps(_mm512_mul_ps(vn, sv[q]), va),
+                                                    _mm512_mul_ps(h, vb)));
+                _mm512_mask_storeu_ps(dp[q], km, v);
+            }
         }
         for (size_t x = 2 * OW; x < W; x++) { // an odd last column: no gradient from the pool
             d0[x] = k * (fn * 0.0f - a - (x0[x] - mean) * istd * bsum);
