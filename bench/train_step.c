@@ -19,22 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "bench_time.h" // next to this file: builds against an older tree too
 #include "net/net.h"
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* The reference nets, one letter a layer (a number after it is its width): F flatten, D dense
  * (with bias), R relu, C 3 x 3 conv (stride 1, pad 1, bias), P 2 x 2 max-pool, N batch norm,
